@@ -1,0 +1,39 @@
+"""Architecture adapters and the registry that picks one for a model."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..errors import UnsupportedModel
+from .base import Adapter, CommitRecord, ParamSpec
+from .gpt2 import GPT2Adapter
+from .llama import LlamaLikeAdapter
+from .phi3 import Phi3Adapter
+
+ADAPTERS: tuple[type[Adapter], ...] = (LlamaLikeAdapter, Phi3Adapter, GPT2Adapter)
+
+
+def supported_model_types() -> list[str]:
+    return [name for adapter in ADAPTERS for name in adapter.model_types]
+
+
+def adapter_for(model: nn.Module) -> Adapter:
+    """The adapter for ``model``'s family, or one clear error naming the supported ones."""
+    model_type = getattr(model.config, "model_type", None)
+    for adapter in ADAPTERS:
+        if model_type in adapter.model_types:
+            return adapter(model)
+    raise UnsupportedModel(
+        f"architecture '{model_type}' ({type(model).__name__}) is not supported; "
+        f"supported: {', '.join(supported_model_types())}"
+    )
+
+
+__all__ = [
+    "ADAPTERS",
+    "Adapter",
+    "CommitRecord",
+    "ParamSpec",
+    "adapter_for",
+    "supported_model_types",
+]

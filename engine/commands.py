@@ -1,0 +1,58 @@
+"""What a caller may ask of a running engine: frozen values put on a thread-safe queue.
+
+The engine drains the queue between candidate evaluations, so each command takes effect within
+one candidate evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Command:
+    """Base of all commands."""
+
+
+@dataclass(frozen=True)
+class Pause(Command):
+    pass
+
+
+@dataclass(frozen=True)
+class Resume(Command):
+    pass
+
+
+@dataclass(frozen=True)
+class Override(Command):
+    """Commit this structure next instead of the engine's choice (``L3.mlp``, ``L7.heads``)."""
+
+    structure: str
+
+
+@dataclass(frozen=True)
+class Accept(Command):
+    """Guided mode: commit the engine's proposal."""
+
+
+@dataclass(frozen=True)
+class SetOrder(Command):
+    """New order of the dimensions, applied from the next step; shares move with them."""
+
+    order: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SetGuided(Command):
+    guided: bool
+
+
+@dataclass(frozen=True)
+class Undo(Command):
+    pass
+
+
+@dataclass(frozen=True)
+class Stop(Command):
+    pass

@@ -1,0 +1,25 @@
+"""Errors the engine raises on purpose.
+
+Every error a user can cause is an :class:`EngineError` whose message is one clear line, so the
+CLI can print it without a traceback and the app can show it as a notice.
+"""
+
+
+class EngineError(Exception):
+    """A problem the user can fix; ``str(error)`` is a complete sentence."""
+
+
+class BadInput(EngineError):
+    """A setting, path or file given by the user is not usable."""
+
+
+class UnsupportedModel(EngineError):
+    """The model's architecture has no adapter, or is not shaped as its adapter expects."""
+
+
+class CalibrationError(BadInput):
+    """The calibration source is missing, empty, or too short for one chunk."""
+
+
+class OutOfMemory(EngineError):
+    """The device ran out of memory; the message says what to lower."""

@@ -1,0 +1,141 @@
+"""What the engine reports, as frozen values of plain Python types (never tensors).
+
+Subscribers (the app, the headless printer, the session journal) receive these from the engine
+thread; they must not block it for long.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base of all events; ``time`` is ``time.monotonic()`` when it was made."""
+
+    time: float = field(default=0.0, kw_only=True)
+
+
+@dataclass(frozen=True)
+class Loaded(Event):
+    """The model is loaded, ranked and scored dense; the search is about to start."""
+
+    model: str
+    architecture: str
+    num_layers: int
+    params_dense: int
+    params_layers_dense: int
+    dense_score: float
+    mlp_group: int
+    attn_group: int
+    group_source: str
+    mlp_width: int
+    attn_width: int
+    order: tuple[str, ...]
+    targets: dict[str, float]
+    tokens: int
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StepStarted(Event):
+    """Scoring of step ``step`` begins: ``candidates`` ids in canonical order."""
+
+    step: int
+    dimension: str
+    candidates: tuple[str, ...]
+    current_score: float
+
+
+@dataclass(frozen=True)
+class CandidateScored(Event):
+    step: int
+    dimension: str
+    structure: str
+    score: float
+    delta: float
+    params_freed: int
+    k: int
+    n: int
+
+
+@dataclass(frozen=True)
+class Progress(Event):
+    """Progress of the current step: candidate ``k`` of ``n``."""
+
+    step: int
+    k: int
+    n: int
+    tokens_per_s: float
+    eta_s: float
+
+
+@dataclass(frozen=True)
+class Proposal(Event):
+    """Guided mode: the engine proposes ``structure`` and waits for the user."""
+
+    step: int
+    structure: str
+    score: float
+
+
+@dataclass(frozen=True)
+class StepCommitted(Event):
+    """A removal was committed. ``step`` is the plan entry exactly as written to plan.json."""
+
+    step: dict
+    score: float
+    ratio: float
+    ratio_layers: float
+    params: int
+    seconds: float
+    candidates: int
+    tokens: int
+
+
+@dataclass(frozen=True)
+class StepUndone(Event):
+    index: int
+    structure: str
+    score: float
+    ratio: float
+
+
+@dataclass(frozen=True)
+class DimensionChanged(Event):
+    dimension: str | None
+    target: float | None
+    order: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StateChanged(Event):
+    """One of ``loading``, ``running``, ``paused``, ``waiting``, ``done``, ``error``."""
+
+    state: str
+
+
+@dataclass(frozen=True)
+class MemorySample(Event):
+    """Process RSS always; per CUDA device (index, allocated, reserved) when there is one."""
+
+    rss_bytes: int
+    cuda: tuple[tuple[int, int, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class Warning(Event):
+    message: str
+
+
+@dataclass(frozen=True)
+class Error(Event):
+    message: str
+
+
+@dataclass(frozen=True)
+class Finished(Event):
+    """The search ended; ``reason`` says why, ``plan`` is the plan file's content."""
+
+    reason: str
+    plan: dict

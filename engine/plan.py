@@ -1,0 +1,43 @@
+"""The plan file (SPEC §8): written atomically, read back with its format checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import BadInput
+from .session import PLAN_FORMAT
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_plan(path: Path, plan: dict) -> None:
+    write_json_atomic(path, plan)
+
+
+def read_plan(path: Path) -> dict:
+    try:
+        plan = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise BadInput(f"plan file '{path}' does not exist") from None
+    except json.JSONDecodeError as error:
+        raise BadInput(f"plan file '{path}' is not valid JSON ({error})") from None
+    if plan.get("format") != PLAN_FORMAT:
+        raise BadInput(f"'{path}' is not an mptui plan (format {plan.get('format')!r})")
+    return plan

@@ -1,0 +1,295 @@
+"""Calibration perplexity (SPEC §2) with the exact prefix cache of SPEC §4.
+
+The model is run sub-block by sub-block (``2*L`` residual sub-blocks: attention then MLP of
+each layer) with the decoder layers' own modules and the exact keyword arguments the model
+passes them (captured once per batch shape). A candidate at sub-block ``b`` leaves everything
+before ``b`` unchanged, so the hidden states entering ``b`` — a *boundary* — can be cached and
+only the suffix run. Boundaries are stored every ``stride`` sub-blocks to fit a memory budget;
+a candidate starts from the nearest stored boundary at or before its own. With the cache off
+every candidate starts from the embeddings, which is the reference's cost.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .adapters import Adapter
+from .errors import OutOfMemory
+from .surgery import RemovedBlock
+
+#: Largest float32 logits block computed at once, in elements (256 MiB).
+LOSS_CHUNK_ELEMENTS = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    """Which boundaries are kept, and why: the stride and the bytes it costs."""
+
+    stride: int
+    boundary_bytes: int
+    stored: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.boundary_bytes * self.stored
+
+
+class _StopCapture(Exception):
+    """Raised by the last recorder to end a capture forward before the LM head runs."""
+
+
+class _LayerRecorder(nn.Module):
+    """Takes a decoder layer's place for one forward and records what the model passes it."""
+
+    def __init__(self, layer: nn.Module, sink: list, is_last: bool) -> None:
+        super().__init__()
+        self._signature = inspect.signature(layer.forward)
+        self._sink = sink
+        self._is_last = is_last
+        if hasattr(layer, "attention_type"):  # Qwen2/3 and Mistral pick a mask per layer type
+            self.attention_type = layer.attention_type
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        bound = self._signature.bind(*args, **kwargs)
+        arguments = dict(bound.arguments)
+        extra = arguments.pop("kwargs", {})
+        arguments.update(extra)
+        hidden = arguments.pop("hidden_states")
+        self._sink.append((hidden, arguments))
+        if self._is_last:
+            raise _StopCapture
+        return hidden
+
+
+def move_to(value: Any, device: torch.device) -> Any:
+    """Move every tensor inside nested tuples/lists/dicts to ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, tuple):
+        return tuple(move_to(v, device) for v in value)
+    if isinstance(value, list):
+        return [move_to(v, device) for v in value]
+    if isinstance(value, dict):
+        return {k: move_to(v, device) for k, v in value.items()}
+    return value
+
+
+def default_cache_budget(device: torch.device) -> int:
+    """Half the free memory of the device that holds the activations (CPU: a third of RAM)."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free * 0.5)
+    import psutil
+
+    return int(psutil.virtual_memory().available / 3)
+
+
+class Scorer:
+    """Perplexity of the model as it is now, from any sub-block on.
+
+    ``score(b)`` gives the calibration perplexity of the *current* model (a trial structure
+    applied by the adapter counts as current), recomputing only sub-blocks ``>= b`` when the
+    boundary before ``b`` is cached. After a commit or an undo at sub-block ``b`` call
+    :meth:`refresh` with ``b`` so that the boundaries behind it follow the model.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        adapter: Adapter,
+        chunks: torch.Tensor,
+        batch_size: int,
+        *,
+        prefix_cache: bool = True,
+        cache_budget_bytes: int | None = None,
+        ignore_label_id: int | None = None,
+        on_warning: Callable[[str], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.adapter = adapter
+        self.chunks = chunks
+        self.batch_size = max(1, min(batch_size, len(chunks)))
+        self.prefix_cache = prefix_cache
+        self.ignore_label_id = ignore_label_id
+        self._on_warning = on_warning or (lambda message: None)
+        self._contexts: dict[int, list[dict[str, Any]]] = {}
+        self._device_contexts: dict[tuple[int, int, str], dict[str, Any]] = {}
+        self._boundaries: dict[int, torch.Tensor] = {}
+        self.num_sub_blocks = 2 * adapter.num_layers
+        self._embed_boundary()
+        self.cache_plan = self._plan_cache(cache_budget_bytes)
+        self.refresh(0)
+
+    # --- set-up -------------------------------------------------------------------------------
+    @property
+    def tokens(self) -> int:
+        return self.chunks.numel()
+
+    def _batches(self) -> list[slice]:
+        n = len(self.chunks)
+        return [slice(i, min(i + self.batch_size, n)) for i in range(0, n, self.batch_size)]
+
+    def _capture(self, input_ids: torch.Tensor) -> list[tuple[torch.Tensor, dict[str, Any]]]:
+        """Run the model's own forward up to the first layer and record every layer's inputs."""
+        layers = self.adapter.layers
+        sink: list = []
+        originals = list(layers)
+        for index, layer in enumerate(originals):
+            layers[index] = _LayerRecorder(layer, sink, is_last=index == len(originals) - 1)
+        try:
+            with torch.inference_mode():
+                self.model(input_ids=input_ids, use_cache=False)
+        except _StopCapture:
+            pass
+        finally:
+            for index, layer in enumerate(originals):
+                layers[index] = layer
+        return sink
+
+    def _embed_boundary(self) -> None:
+        """Boundary 0 is the input to layer 0 (embeddings, plus positions where the model adds
+        them); both cached and naive scoring start here."""
+        device = self.model.get_input_embeddings().weight.device
+        parts = []
+        for batch in self._batches():
+            ids = self.chunks[batch].to(device)
+            records = self._capture(ids)
+            parts.append(records[0][0])
+            self._contexts.setdefault(len(ids), [kwargs for _hidden, kwargs in records])
+        self._boundaries[0] = torch.cat(parts)
+
+    def _context(self, batch_len: int, layer: int, device: torch.device) -> dict[str, Any]:
+        if batch_len not in self._contexts:
+            ids = self.chunks[:batch_len].to(self.model.get_input_embeddings().weight.device)
+            self._contexts[batch_len] = [kwargs for _hidden, kwargs in self._capture(ids)]
+        key = (batch_len, layer, str(device))
+        if key not in self._device_contexts:
+            self._device_contexts[key] = move_to(self._contexts[batch_len][layer], device)
+        return self._device_contexts[key]
+
+    def _plan_cache(self, budget: int | None) -> CachePlan:
+        boundary = self._boundaries[0]
+        boundary_bytes = boundary.numel() * boundary.element_size()
+        if not self.prefix_cache:
+            return CachePlan(self.num_sub_blocks, boundary_bytes, 1)
+        if budget is None:
+            budget = default_cache_budget(boundary.device)
+        wanted = self.num_sub_blocks * boundary_bytes
+        stride = max(1, math.ceil(wanted / max(budget, 1)))
+        if stride > 1:
+            self._on_warning(
+                f"prefix cache limited to every {stride}th boundary "
+                f"({budget / 2**30:.1f} GiB budget, {wanted / 2**30:.1f} GiB for all)"
+            )
+        stride = min(stride, self.num_sub_blocks)
+        stored = len(range(0, self.num_sub_blocks, stride))
+        return CachePlan(stride, boundary_bytes, stored)
+
+    # --- running sub-blocks -------------------------------------------------------------------
+    def _run_sub_block(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
+        adapter = self.adapter
+        layer_index, is_mlp = divmod(index, 2)
+        layer = adapter.layers[layer_index]
+        block = getattr(layer, adapter.mlp if is_mlp else adapter.attn)
+        if isinstance(block, RemovedBlock):
+            return hidden
+        norm = getattr(layer, adapter.mlp_norm if is_mlp else adapter.attn_norm)
+        device = next(block.parameters()).device
+        hidden = hidden.to(device)
+        if is_mlp:
+            return hidden + block(norm(hidden))
+        kwargs = self._context(hidden.shape[0], layer_index, device)
+        return hidden + block(norm(hidden), **kwargs)[0]
+
+    def _sequence_nll(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """Mean token NLL of each sequence, on float32 logits, in vocabulary-sized chunks."""
+        norm, head = self.adapter.final_norm(), self.adapter.lm_head()
+        device = head.weight.device
+        hidden = norm(hidden.to(next(norm.parameters(), head.weight).device)).to(device)
+        labels = input_ids[:, 1:].to(device)
+        hidden = hidden[:, :-1]
+        batch, length = labels.shape
+        vocab = head.weight.shape[0]
+        step = max(1, LOSS_CHUNK_ELEMENTS // max(1, vocab * batch))
+        total = torch.zeros(batch, dtype=torch.float64, device=device)
+        for start in range(0, length, step):
+            logits = head(hidden[:, start : start + step]).float()
+            target = labels[:, start : start + step]
+            nll = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+            if self.ignore_label_id is not None:
+                nll = nll.masked_fill(target == self.ignore_label_id, 0.0)
+            total += nll.double().sum(dim=1)
+        if self.ignore_label_id is None:
+            counts = torch.full_like(total, float(length))
+        else:
+            counts = (labels != self.ignore_label_id).double().sum(dim=1).clamp_min(1.0)
+        return (total / counts).cpu()
+
+    def _nearest_stored(self, index: int) -> int:
+        return max(b for b in self._boundaries if b <= index)
+
+    def _stores(self, index: int) -> bool:
+        return index % self.cache_plan.stride == 0
+
+    # --- public -------------------------------------------------------------------------------
+    def score(self, start: int = 0) -> float:
+        """Perplexity of the current model; sub-blocks before ``start`` must be unchanged."""
+        while True:
+            try:
+                return self._score(start)
+            except torch.OutOfMemoryError as error:
+                self._lower_batch(error)
+
+    def _score(self, start: int) -> float:
+        origin = self._nearest_stored(start)
+        nll = []
+        with torch.inference_mode():
+            for batch in self._batches():
+                hidden = self._boundaries[origin][batch]
+                for index in range(origin, self.num_sub_blocks):
+                    hidden = self._run_sub_block(index, hidden)
+                nll.append(self._sequence_nll(hidden, self.chunks[batch]))
+        return math.exp(torch.cat(nll).mean().item())
+
+    def refresh(self, changed: int) -> None:
+        """Recompute the stored boundaries after sub-block ``changed`` (it was committed)."""
+        for index in [b for b in self._boundaries if b > changed]:
+            del self._boundaries[index]
+        wanted = [b for b in range(changed + 1, self.num_sub_blocks) if self._stores(b)]
+        if not wanted:
+            return
+        origin = self._nearest_stored(changed)
+        outputs: dict[int, list[torch.Tensor]] = {b: [] for b in wanted}
+        with torch.inference_mode():
+            for batch in self._batches():
+                hidden = self._boundaries[origin][batch]
+                for index in range(origin, wanted[-1]):
+                    hidden = self._run_sub_block(index, hidden)
+                    if index + 1 in outputs:
+                        outputs[index + 1].append(hidden)
+        for index, parts in outputs.items():
+            self._boundaries[index] = torch.cat(parts)
+
+    def sub_blocks_run(self, start: int) -> int:
+        """How many sub-blocks one evaluation from ``start`` runs (for cost reporting)."""
+        return self.num_sub_blocks - self._nearest_stored(start)
+
+    def _lower_batch(self, error: BaseException) -> None:
+        if self.batch_size == 1:
+            raise OutOfMemory(
+                "out of memory with batch size 1; lower --seqlen or --nsamples, or spread the "
+                "model over more devices with --device-map"
+            ) from error
+        self.batch_size = max(1, self.batch_size // 2)
+        self._device_contexts.clear()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self._on_warning(f"out of memory while scoring; batch size lowered to {self.batch_size}")

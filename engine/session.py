@@ -1,0 +1,244 @@
+"""The state of one pruning run: the model as pruned so far, its plan, budget and eligibility.
+
+This is the part of MultiPruner that does not care who drives it: the runner (greedy, guided,
+or a user's override) decides *which* structure; the session knows which ones are eligible,
+what each would cost and free, and how to commit and undo exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from .adapters import Adapter, CommitRecord
+from .errors import BadInput
+from .scoring import Scorer
+from .settings import GroupSizes, PruneSettings
+from .structures import Dimension, Structure, parse_structure_id
+
+PLAN_FORMAT = "mptui.plan/1"
+
+
+@dataclass
+class StepStats:
+    """What a step cost, reported per step (SPEC §6)."""
+
+    seconds: float = 0.0
+    candidates: int = 0
+    tokens: int = 0
+
+
+@dataclass
+class PruningSession:
+    """One run over one model. Not thread-safe: only the engine thread touches it."""
+
+    model: nn.Module
+    adapter: Adapter
+    settings: PruneSettings
+    groups: GroupSizes
+    scorers: dict[str, Scorer]
+    name_or_path: str
+    count_removed_norms: bool = False
+    steps: list[dict] = field(default_factory=list)
+    records: list[CommitRecord] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.params_dense = self.model.num_parameters()
+        self.params_layers_dense = sum(p.numel() for p in self.adapter.layers.parameters())
+        self.params_removed = 0
+        self.dense_scores = self._read_scores()
+        self.current_scores = dict(self.dense_scores)
+        self._check_groups()
+
+    # --- budget ---------------------------------------------------------------------------------
+    @property
+    def params(self) -> int:
+        return self.params_dense - self.params_removed
+
+    def ratio(self, params_removed: int | None = None) -> float:
+        removed = self.params_removed if params_removed is None else params_removed
+        return removed / self.params_dense
+
+    @property
+    def ratio_layers(self) -> float:
+        return self.params_removed / self.params_layers_dense
+
+    @property
+    def blocks_removed(self) -> int:
+        return sum(1 for s in self.steps if s["dimension"] == "blocks")
+
+    def dimension_done(self, dimension: str) -> bool:
+        settings = self.settings
+        if settings.shares.get(dimension, 0.0) <= 0.0 or not self.eligible(dimension):
+            return True
+        if dimension == "blocks" and settings.block_count is not None:
+            return self.blocks_removed >= settings.block_count
+        return self.ratio() >= settings.targets()[dimension]
+
+    def current_dimension(self) -> Dimension | None:
+        """First dimension, in the current order, that is below its cumulative target."""
+        for dimension in self.settings.order:
+            if not self.dimension_done(dimension):
+                return dimension
+        return None
+
+    # --- eligibility ----------------------------------------------------------------------------
+    def eligible(self, dimension: str) -> list[Structure]:
+        """Candidates of ``dimension`` in canonical order (SPEC §3)."""
+        adapter, layers = self.adapter, range(self.adapter.num_layers)
+        if dimension == "blocks":
+            attn = [Structure("attn_block", i) for i in layers if adapter.has_block(i, "attn")]
+            mlp = [Structure("mlp_block", i) for i in layers if adapter.has_block(i, "mlp")]
+            return attn + mlp
+        out = []
+        for layer in layers:
+            candidate = self.width_structure(dimension, layer)
+            if candidate is not None:
+                out.append(candidate)
+        return out
+
+    def width_structure(self, dimension: str, layer: int) -> Structure | None:
+        """The next width step of ``layer``, or None when the layer is not eligible."""
+        if dimension == "mlp_channels":
+            width, group = self.adapter.mlp_width(layer), self.groups.mlp
+        else:
+            width = self.adapter.attn_groups(layer) * self.adapter.attn_group_channels
+            group = self.groups.attn
+        if width - group <= 0:
+            return None
+        return Structure(dimension, layer, remove=group, width_after=width - group)
+
+    def structure_from_id(self, text: str) -> Structure:
+        """Resolve a user's structure id to the eligible structure it names."""
+        try:
+            kind, layer = parse_structure_id(text)
+        except ValueError as error:
+            raise BadInput(str(error)) from None
+        if not 0 <= layer < self.adapter.num_layers:
+            raise BadInput(
+                f"layer {layer} does not exist (the model has {self.adapter.num_layers})"
+            )
+        if kind in ("attn_block", "mlp_block"):
+            structure = Structure(kind, layer)
+            if structure not in self.eligible("blocks"):
+                raise BadInput(f"{structure.id} is already removed")
+            return structure
+        candidate = self.width_structure(kind, layer)
+        if candidate is None:
+            raise BadInput(f"layer {layer} has no {kind.replace('_', ' ')} left to remove")
+        return candidate
+
+    def params_freed(self, structure: Structure) -> int:
+        return self.adapter.params_freed(structure, count_removed_norms=self.count_removed_norms)
+
+    # --- scoring, commit, undo -----------------------------------------------------------------
+    def scorer_for(self, structure: Structure) -> Scorer:
+        return self.scorers[structure.dimension]
+
+    def evaluate(self, structure: Structure) -> float:
+        with self.adapter.trial(structure):
+            return self.scorer_for(structure).score(structure.sub_block)
+
+    def current_score(self, dimension: str) -> float:
+        return self.current_scores[dimension]
+
+    def commit(
+        self, structure: Structure, score: float, chosen_by: str, stats: StepStats | None = None
+    ) -> dict:
+        freed = self.params_freed(structure)
+        self.records.append(self.adapter.commit(structure))
+        self.params_removed += freed
+        self._refresh(structure)
+        stats = stats or StepStats()
+        step = {
+            "index": len(self.steps) + 1,
+            "dimension": structure.dimension,
+            "structure": structure.to_dict(),
+            "score": score,
+            "params": self.params,
+            "ratio": self.ratio(),
+            "chosen_by": chosen_by,
+            "ratio_layers": self.ratio_layers,
+            "seconds": round(stats.seconds, 3),
+            "candidates": stats.candidates,
+            "tokens": stats.tokens,
+        }
+        self.steps.append(step)
+        return step
+
+    def undo(self) -> dict:
+        if not self.steps:
+            raise BadInput("nothing to undo")
+        step = self.steps.pop()
+        record = self.records.pop()
+        self.adapter.undo(record)
+        self.params_removed -= self.params_freed(record.structure)
+        self._refresh(record.structure)
+        return step
+
+    def _refresh(self, structure: Structure) -> None:
+        """Follow a change at ``structure`` in every scorer; re-read their current scores."""
+        for scorer in {id(s): s for s in self.scorers.values()}.values():
+            scorer.refresh(structure.sub_block)
+        self.current_scores = self._read_scores()
+
+    def _read_scores(self) -> dict[str, float]:
+        """Each scorer's perplexity of the current model (only its last sub-block runs)."""
+        by_scorer: dict[int, float] = {}
+        for scorer in self.scorers.values():
+            if id(scorer) not in by_scorer:
+                by_scorer[id(scorer)] = scorer.score(scorer.num_sub_blocks - 1)
+        return {dim: by_scorer[id(scorer)] for dim, scorer in self.scorers.items()}
+
+    def apply_plan_steps(self, steps: list[dict]) -> None:
+        """Re-apply recorded steps (resume); the scores are taken from the record."""
+        for step in steps:
+            structure = Structure.from_dict(step["structure"])
+            self.commit(structure, step["score"], step["chosen_by"])
+
+    # --- the plan -------------------------------------------------------------------------------
+    def plan(self) -> dict:
+        first = self.settings.order[0]
+        return {
+            "format": PLAN_FORMAT,
+            "model": {
+                "name_or_path": self.name_or_path,
+                "architecture": type(self.model).__name__,
+                "params_dense": self.params_dense,
+            },
+            "settings": {
+                **self.settings.to_dict(),
+                "mlp_group": self.groups.mlp,
+                "attn_group": self.groups.attn,
+                "group_source": self.groups.source,
+                "count_removed_norms": self.count_removed_norms,
+            },
+            "dense_score": self.dense_scores[first],
+            "dense_scores": self.dense_scores,
+            "steps": list(self.steps),
+            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+    def _check_groups(self) -> None:
+        channels = self.adapter.attn_group_channels
+        if self.groups.attn % channels:
+            raise BadInput(
+                f"--attn-group {self.groups.attn} is not whole KV groups: it must be a multiple "
+                f"of {channels} (head_dim {self.adapter.head_dim} x {self.adapter.q_per_kv} "
+                "query heads per KV head)"
+            )
+        attn_width = self.adapter.dense_kv_groups * channels
+        if self.settings.shares.get("attn_heads", 0) > 0 and self.groups.attn >= attn_width:
+            raise BadInput(
+                f"--attn-group {self.groups.attn} leaves no layer eligible: attention is "
+                f"{attn_width} query channels wide"
+            )
+        if self.settings.shares.get("mlp_channels", 0) > 0 and self.groups.mlp >= (
+            self.adapter.dense_mlp_width
+        ):
+            raise BadInput(
+                f"--mlp-group {self.groups.mlp} leaves no layer eligible: the MLP is "
+                f"{self.adapter.dense_mlp_width} channels wide"
+            )

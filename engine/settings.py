@@ -1,0 +1,187 @@
+"""The settings of one pruning run, validated once, with the reference defaults of SPEC §3.
+
+Validation lives here (not in the CLI) so the library API and the CLI reject the same input
+with the same one-line messages.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+
+from .calibration import CalibrationSpec
+from .errors import BadInput
+from .structures import DIMENSIONS, Dimension
+
+#: Reference group sizes (MLP channels, attention query channels) by model name (SPEC §3).
+REFERENCE_GROUPS: tuple[tuple[str, int, int], ...] = (
+    ("llama-2-7b", 1024, 128),
+    ("llama-2-13b", 1024, 128),
+    ("qwen1.5-7b", 1024, 128),
+    ("qwen1.5-14b", 2048, 128),
+    ("llama-3.1-8b", 1024, 512),
+    ("meta-llama-3.1-8b", 1024, 512),
+    ("llama-3-8b", 1024, 512),
+    ("meta-llama-3-8b", 1024, 512),
+    ("llama-3.2-3b", 768, 384),
+    ("qwen2.5-7b", 1024, 896),
+)
+
+FAITHFUL_MODES = ("multipruner", "blockpruner")
+
+
+@dataclass(frozen=True)
+class GroupSizes:
+    """Channels one width step removes, and where the numbers came from (shown in the UI)."""
+
+    mlp: int
+    attn: int
+    source: str
+
+
+def reference_group_sizes(name_or_path: str) -> tuple[int, int] | None:
+    """The authors' group sizes when ``name_or_path`` names a model they pruned."""
+    name = name_or_path.rstrip("/").split("/")[-1].lower()
+    for key, mlp, attn in REFERENCE_GROUPS:
+        if name == key or name.startswith(key + "-") or name == key + "-hf":
+            return mlp, attn
+    return None
+
+
+def resolve_group_sizes(
+    name_or_path: str,
+    intermediate_size: int,
+    attn_group_channels: int,
+    mlp_group: int | None,
+    attn_group: int | None,
+) -> GroupSizes:
+    """Explicit sizes win; then the reference's; else ~9% of the MLP width and one KV group."""
+    reference = reference_group_sizes(name_or_path)
+    if reference and mlp_group is None and attn_group is None:
+        return GroupSizes(reference[0], reference[1], "reference defaults for this model")
+    rule_mlp = max(1, round(0.09 * intermediate_size))
+    mlp = mlp_group if mlp_group is not None else rule_mlp
+    attn = attn_group if attn_group is not None else attn_group_channels
+    given = [n for n, v in (("--mlp-group", mlp_group), ("--attn-group", attn_group)) if v]
+    source = (
+        "given"
+        if len(given) == 2
+        else (
+            "rule: ~9% of the MLP width, one KV group"
+            + (f" ({', '.join(given)} given)" if given else "")
+        )
+    )
+    return GroupSizes(mlp, attn, source)
+
+
+def parse_distribution(text: str | None, count: int = 3) -> tuple[float, ...]:
+    """``44:52:4`` -> shares normalised to 1; non-negative numbers with a positive sum."""
+    if text is None:
+        return tuple([1.0 / count] * count)
+    parts = text.replace(",", ":").split(":")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise BadInput(
+            f"--distribution '{text}' must be numbers separated by ':' (e.g. 44:52:4)"
+        ) from None
+    if len(values) != count:
+        raise BadInput(f"--distribution '{text}' needs {count} shares, one per dimension")
+    if any(v < 0 or not math.isfinite(v) for v in values) or sum(values) <= 0:
+        raise BadInput(f"--distribution '{text}' must be non-negative numbers with a positive sum")
+    total = sum(values)
+    return tuple(v / total for v in values)
+
+
+def parse_order(text: str | list[str] | tuple[str, ...]) -> tuple[Dimension, ...]:
+    names = [n.strip() for n in text.split(",")] if isinstance(text, str) else list(text)
+    for name in names:
+        if name not in DIMENSIONS:
+            raise BadInput(f"unknown dimension '{name}'; use {', '.join(DIMENSIONS)}")
+    if sorted(names) != sorted(DIMENSIONS):
+        raise BadInput(f"--order must name each of {', '.join(DIMENSIONS)} exactly once")
+    return tuple(names)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class PruneSettings:
+    """Everything that decides the plan. ``shares`` maps each dimension to its share of ``T``."""
+
+    target_ratio: float
+    order: tuple[Dimension, ...] = DIMENSIONS
+    shares: dict[str, float] = field(
+        default_factory=lambda: {"blocks": 0.44, "mlp_channels": 0.52, "attn_heads": 0.04}
+    )
+    calibration: CalibrationSpec = field(
+        default_factory=lambda: CalibrationSpec(source="", nsamples=0, seqlen=2048)
+    )
+    batch_size: int = 2
+    mlp_group: int | None = None
+    attn_group: int | None = None
+    block_count: int | None = None
+    prefix_cache: bool = True
+    faithful: str | None = None
+    guided: bool = False
+
+    def __post_init__(self) -> None:
+        if not (0.0 < self.target_ratio < 1.0):
+            raise BadInput(f"--target-ratio {self.target_ratio} must be strictly between 0 and 1")
+        parse_order(self.order)
+        for name, value in (
+            ("--batch-size", self.batch_size),
+            ("--seqlen", self.calibration.seqlen),
+        ):
+            _positive_int(name, value)
+        for name, value in (("--mlp-group", self.mlp_group), ("--attn-group", self.attn_group)):
+            if value is not None:
+                _positive_int(name, value)
+        if self.block_count is not None:
+            _positive_int("--block-count", self.block_count)
+        if self.calibration.nsamples < 0:
+            raise BadInput(f"--nsamples {self.calibration.nsamples} must be 0 (all) or more")
+        if self.faithful is not None and self.faithful not in FAITHFUL_MODES:
+            raise BadInput(
+                f"--faithful '{self.faithful}' must be one of {', '.join(FAITHFUL_MODES)}"
+            )
+        if self.faithful == "blockpruner" and self.block_count is None:
+            raise BadInput(
+                "--faithful blockpruner needs --block-count (17 gave 21.99% on Llama-2-7B)"
+            )
+
+    @classmethod
+    def with_distribution(
+        cls, target_ratio: float, distribution: str | None, order: str | tuple = DIMENSIONS, **kw
+    ) -> PruneSettings:
+        """Build from CLI-style text: the distribution lists shares in the order of ``order``."""
+        dims = parse_order(order)
+        if kw.get("faithful") == "blockpruner":
+            distribution = "1:0:0" if dims[0] == "blocks" else _only_blocks(dims)
+        shares = parse_distribution(distribution if distribution else "44:52:4")
+        return cls(target_ratio, dims, dict(zip(dims, shares, strict=True)), **kw)
+
+    def with_order(self, order: tuple[Dimension, ...]) -> PruneSettings:
+        return replace(self, order=parse_order(order))
+
+    def targets(self) -> dict[str, float]:
+        """Cumulative ratio target of each dimension in the current order (SPEC §3)."""
+        running, out = 0.0, {}
+        for dim in self.order:
+            running += self.shares[dim]
+            out[dim] = self.target_ratio * min(running, 1.0)
+        return out
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["order"] = list(self.order)
+        data["distribution"] = [self.shares[d] for d in self.order]
+        data["calibration"] = self.calibration.to_dict()
+        return data
+
+
+def _only_blocks(dims: tuple[str, ...]) -> str:
+    return ":".join("1" if d == "blocks" else "0" for d in dims)
+
+
+def _positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise BadInput(f"{name} {value} must be a positive whole number")

@@ -1,0 +1,174 @@
+"""From a run request to a ready session: load, check, rank, tokenize, score dense.
+
+Kept apart from the runner so the headless CLI, the app and resume share one path, and so every
+check on user input happens before any long work starts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import events as ev
+from .adapters import Adapter, adapter_for
+from .calibration import CalibrationSpec, faithful_rows, load_calibration, tokenize_chunks
+from .errors import BadInput
+from .loading import load_model, max_positions
+from .scoring import Scorer
+from .session import PruningSession
+from .settings import PruneSettings, resolve_group_sizes
+
+log = logging.getLogger("mptui.engine")
+
+#: Rows the reference draws in faithful mode (SPEC §9): width rows first, then block rows.
+FAITHFUL_WIDTH_ROWS = 128
+FAITHFUL_BLOCK_ROWS = 256
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What to prune and how; plain values, so it can be saved with a session."""
+
+    model: str
+    settings: PruneSettings
+    dtype: str | None = None
+    device: str | None = None
+    device_map: str | None = None
+    cache_dir: Path | None = None
+    cache_budget_bytes: int | None = None
+    resume_steps: tuple[dict, ...] = field(default_factory=tuple)
+
+
+def faithful_dtype(faithful: str | None, dtype: str | None) -> str | None:
+    """The reference's precision in faithful mode (SPEC §9), else what the user asked for."""
+    return {"multipruner": "float16", "blockpruner": "bfloat16"}.get(faithful or "", dtype)
+
+
+def build_session(request: RunRequest, emit: Callable[[ev.Event], None]) -> PruningSession:
+    settings = request.settings
+    model, tokenizer = load_model(
+        request.model,
+        dtype=faithful_dtype(settings.faithful, request.dtype),
+        device=request.device,
+        device_map=request.device_map,
+    )
+    adapter = adapter_for(model)
+    limit = max_positions(model.config)
+    if limit is not None and settings.calibration.seqlen > limit:
+        raise BadInput(
+            f"--seqlen {settings.calibration.seqlen} is above this model's limit of {limit}"
+        )
+    chunks_by_dimension = _calibration(request, tokenizer)
+    for layer in range(adapter.num_layers):
+        adapter.reorder_layer(layer)
+    groups = resolve_group_sizes(
+        request.model,
+        adapter.dense_mlp_width,
+        adapter.attn_group_channels,
+        settings.mlp_group,
+        settings.attn_group,
+    )
+    notes = _notes(adapter, groups.attn, groups.source)
+    for note in notes:
+        emit(ev.Warning(note))
+    ignore = faithful_label_mask(settings.faithful, tokenizer, model.config)
+    scorers = _scorers(model, adapter, chunks_by_dimension, request, emit, ignore)
+    session = PruningSession(
+        model=model,
+        adapter=adapter,
+        settings=settings,
+        groups=groups,
+        scorers=scorers,
+        name_or_path=request.model,
+        count_removed_norms=settings.faithful == "multipruner",
+    )
+    session.apply_plan_steps(list(request.resume_steps))
+    emit(
+        ev.Loaded(
+            model=request.model,
+            architecture=type(model).__name__,
+            num_layers=adapter.num_layers,
+            params_dense=session.params_dense,
+            params_layers_dense=session.params_layers_dense,
+            dense_score=session.dense_scores[settings.order[0]],
+            mlp_group=groups.mlp,
+            attn_group=groups.attn,
+            group_source=groups.source,
+            mlp_width=adapter.dense_mlp_width,
+            attn_width=adapter.dense_kv_groups * adapter.attn_group_channels,
+            order=settings.order,
+            targets=settings.targets(),
+            tokens=next(iter(scorers.values())).tokens,
+            notes=tuple(notes),
+        )
+    )
+    return session
+
+
+def _calibration(request: RunRequest, tokenizer) -> dict[str, torch.Tensor]:
+    """Token chunks per dimension: one set, or the reference's two in faithful multipruner."""
+    settings = request.settings
+    spec: CalibrationSpec = settings.calibration
+    if not spec.source:
+        raise BadInput("no calibration text given; pass --calibration PATH")
+    if settings.faithful is None:
+        chunks = load_calibration(spec, tokenizer, request.cache_dir)
+        return dict.fromkeys(("blocks", "mlp_channels", "attn_heads"), chunks)
+    if settings.faithful == "multipruner":
+        width_rows, block_rows = faithful_rows(
+            spec.source, spec.text_field, [FAITHFUL_WIDTH_ROWS, FAITHFUL_BLOCK_ROWS]
+        )
+        blocks = tokenize_chunks(tokenizer, block_rows, spec.seqlen, request.cache_dir)
+        width = tokenize_chunks(tokenizer, width_rows, spec.seqlen, request.cache_dir)
+        return {"blocks": blocks, "mlp_channels": width, "attn_heads": width}
+    (block_rows,) = faithful_rows(spec.source, spec.text_field, [FAITHFUL_BLOCK_ROWS])
+    chunks = tokenize_chunks(tokenizer, block_rows, spec.seqlen, request.cache_dir)
+    return dict.fromkeys(("blocks", "mlp_channels", "attn_heads"), chunks)
+
+
+def faithful_label_mask(faithful: str | None, tokenizer, config) -> int | None:
+    """The label id the reference ignored: EOS (multipruner) or pad (blockpruner); 0 or none
+    masks nothing, as in the reference's test."""
+    if faithful == "multipruner":
+        token = tokenizer.eos_token_id
+    elif faithful == "blockpruner":
+        token = getattr(config, "pad_token_id", None)
+    else:
+        return None
+    return token or None
+
+
+def _scorers(model, adapter: Adapter, chunks_by_dimension, request: RunRequest, emit, ignore):
+    """One scorer per distinct calibration set, shared by the dimensions that use it."""
+    settings = request.settings
+    by_tensor: dict[int, Scorer] = {}
+    out = {}
+    for dimension, chunks in chunks_by_dimension.items():
+        if id(chunks) not in by_tensor:
+            by_tensor[id(chunks)] = Scorer(
+                model,
+                adapter,
+                chunks,
+                settings.batch_size,
+                prefix_cache=settings.prefix_cache,
+                cache_budget_bytes=request.cache_budget_bytes,
+                ignore_label_id=ignore,
+                on_warning=lambda message: emit(ev.Warning(message)),
+            )
+        out[dimension] = by_tensor[id(chunks)]
+    return out
+
+
+def _notes(adapter: Adapter, attn_group: int, source: str) -> list[str]:
+    notes = [f"group sizes: {source}"]
+    attn_width = adapter.dense_kv_groups * adapter.attn_group_channels
+    if attn_group * 4 > attn_width:
+        notes.append(
+            f"the attention group ({attn_group} channels) is more than a quarter of the "
+            f"attention width ({attn_width}); each head step is coarse"
+        )
+    return notes

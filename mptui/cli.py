@@ -1,0 +1,78 @@
+"""The ``mptui`` command. Parsing only: heavy imports wait until a run needs them, so
+``mptui --help`` and ``mptui --version`` answer without loading torch."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+
+DEMO_DIR = Path(__file__).parent / "demo"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mptui",
+        description="Prune a causal LM with MultiPruner (blocks, MLP channels, attention heads), "
+        "watch it happen and steer it.",
+    )
+    parser.add_argument("model", nargs="?", help="hub id or local model folder")
+    parser.add_argument("--version", action="version", version=f"mptui {__version__}")
+    parser.add_argument("--demo", action="store_true", help="use the bundled demo model and text")
+    parser.add_argument("--headless", action="store_true", help="no UI: print a line per step")
+    run = parser.add_argument_group("search")
+    run.add_argument(
+        "--target-ratio", type=float, default=None, help="target pruning ratio T (0.22)"
+    )
+    run.add_argument(
+        "--distribution", default=None, help="shares a:b:c in the order of --order (44:52:4)"
+    )
+    run.add_argument("--order", default="blocks,mlp_channels,attn_heads", help="dimension order")
+    run.add_argument("--mlp-group", type=int, default=None, help="MLP channels per step")
+    run.add_argument("--attn-group", type=int, default=None, help="query channels per head step")
+    run.add_argument("--block-count", type=int, default=None, help="stop blocks after K removals")
+    run.add_argument("--faithful", choices=("multipruner", "blockpruner"), default=None)
+    run.add_argument("--guided", action="store_true", help="every commit waits for the user")
+    run.add_argument("--no-prefix-cache", action="store_true", help="naive scoring (compare)")
+    calib = parser.add_argument_group("calibration")
+    calib.add_argument("--calibration", default=None, help=".txt, .jsonl, .parquet or a dataset")
+    calib.add_argument("--text-field", default="text", help="field of .jsonl/.parquet/datasets")
+    calib.add_argument("--nsamples", type=int, default=None, help="documents to sample (0: all)")
+    calib.add_argument("--seqlen", type=int, default=None, help="tokens per chunk (2048)")
+    calib.add_argument("--batch-size", type=int, default=2, help="chunks per forward")
+    calib.add_argument("--seed", type=int, default=42, help="sampler seed")
+    device = parser.add_argument_group("device")
+    device.add_argument("--dtype", default="auto", help="auto, float32, float16, bfloat16")
+    device.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if any)")
+    device.add_argument("--device-map", default=None, help="as in transformers, e.g. auto")
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", default=None, help="folder for plan.json (default ./mptui-out)")
+    return parser
+
+
+def demo_defaults(args: argparse.Namespace) -> None:
+    """``--demo`` fills what the user left out with settings sized for the demo model."""
+    args.model = args.model or str(DEMO_DIR / "model")
+    args.calibration = args.calibration or str(DEMO_DIR / "calibration.txt")
+    args.target_ratio = args.target_ratio if args.target_ratio is not None else 0.25
+    args.distribution = args.distribution or "40:40:20"
+    args.seqlen = args.seqlen or 128
+    args.nsamples = args.nsamples if args.nsamples is not None else 64
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.demo:
+        demo_defaults(args)
+    if not args.model:
+        parser.error("give a MODEL (hub id or folder), or --demo")
+    from .headless_cli import run_from_args
+
+    return run_from_args(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""The control API on a real engine thread: pause, override, order, undo, guided, stop, errors."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from mptui.engine import commands as cmd
+from mptui.engine import events as ev
+from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
+
+TIMEOUT = 60
+
+
+class EventLog:
+    """Collects events from the engine thread; tests wait on conditions over them."""
+
+    def __init__(self) -> None:
+        self.events: list[ev.Event] = []
+        self._changed = threading.Condition()
+
+    def __call__(self, event: ev.Event) -> None:
+        with self._changed:
+            self.events.append(event)
+            self._changed.notify_all()
+
+    def of(self, kind) -> list:
+        with self._changed:
+            return [e for e in self.events if isinstance(e, kind)]
+
+    def wait_for(self, predicate, timeout: float = TIMEOUT):
+        with self._changed:
+            assert self._changed.wait_for(lambda: predicate(self), timeout), self.summary()
+
+    def wait_count(self, kind, count: int) -> None:
+        self.wait_for(lambda log: len(log.of(kind)) >= count)
+
+    def state(self) -> str | None:
+        states = self.of(ev.StateChanged)
+        return states[-1].state if states else None
+
+    def summary(self) -> str:
+        return ", ".join(type(e).__name__ for e in self.events[-30:])
+
+
+def make_engine(path, calibration_file, tmp_path, **settings) -> tuple[Engine, EventLog]:
+    options = {"target_ratio": 0.35, "mlp_group": 40, "batch_size": 2} | settings
+    target = options.pop("target_ratio")
+    run_settings = PruneSettings.with_distribution(
+        target,
+        options.pop("distribution", "30:40:30"),
+        options.pop("order", "blocks,mlp_channels,attn_heads"),
+        calibration=CalibrationSpec(str(calibration_file), 0, 32),
+        **options,
+    )
+    log = EventLog()
+    engine = Engine(RunRequest(str(path), run_settings, cache_dir=tmp_path), [log])
+    return engine, log
+
+
+@pytest.fixture
+def llama(tiny_model_dir):
+    return tiny_model_dir("llama")
+
+
+def finish(engine: Engine, log: EventLog) -> ev.Finished:
+    log.wait_count(ev.Finished, 1)
+    assert engine.join(TIMEOUT)
+    return log.of(ev.Finished)[0]
+
+
+def test_pause_stops_commits_within_one_candidate(llama, calibration_file, tmp_path):
+    engine, log = make_engine(llama, calibration_file, tmp_path)
+    engine.start()
+    log.wait_count(ev.StepCommitted, 1)
+    scored_before = len(log.of(ev.CandidateScored))
+    engine.send(cmd.Pause())
+    log.wait_for(lambda log: log.state() == "paused")
+    assert len(log.of(ev.CandidateScored)) - scored_before <= 1
+    commits, scored = len(log.of(ev.StepCommitted)), len(log.of(ev.CandidateScored))
+    time.sleep(0.5)
+    assert len(log.of(ev.StepCommitted)) == commits
+    assert len(log.of(ev.CandidateScored)) == scored
+    engine.send(cmd.Resume())
+    assert finish(engine, log).reason == "done"
+    assert len(log.of(ev.StepCommitted)) > commits
+
+
+def test_override_commits_the_users_choice(llama, calibration_file, tmp_path):
+    engine, log = make_engine(llama, calibration_file, tmp_path)
+    engine.send(cmd.Pause())  # paused before the first step
+    engine.start()
+    log.wait_for(lambda log: log.state() == "paused")
+    engine.send(cmd.Override("L3.mlp-40"))  # a width structure while blocks would run
+    engine.send(cmd.Resume())
+    plan = finish(engine, log).plan
+    first = plan["steps"][0]
+    assert first["structure"] == {
+        "kind": "mlp_channels",
+        "layer": 3,
+        "remove": 40,
+        "width_after": 136,
+    }
+    assert first["chosen_by"] == "user"
+    assert all(step["chosen_by"] == "engine" for step in plan["steps"][1:])
+
+
+def test_order_change_changes_the_next_dimension(llama, calibration_file, tmp_path):
+    engine, log = make_engine(llama, calibration_file, tmp_path)
+    engine.send(cmd.Pause())
+    engine.start()
+    log.wait_for(lambda log: log.state() == "paused")
+    engine.send(cmd.SetOrder(("attn_heads", "blocks", "mlp_channels")))
+    engine.send(cmd.Resume())
+    plan = finish(engine, log).plan
+    assert plan["steps"][0]["dimension"] == "attn_heads"
+    assert plan["settings"]["order"] == ["attn_heads", "blocks", "mlp_channels"]
+    # the shares moved with their dimensions: heads keep 30% of the target
+    assert plan["settings"]["distribution"] == pytest.approx([0.3, 0.3, 0.4])
+
+
+def test_guided_mode_waits_and_undo_restores_the_model(llama, calibration_file, tmp_path):
+    engine, log = make_engine(llama, calibration_file, tmp_path, guided=True)
+    engine.start()
+    log.wait_count(ev.Proposal, 1)
+    assert log.state() == "waiting"
+    time.sleep(0.3)
+    assert not log.of(ev.StepCommitted)  # nothing is committed while the engine waits
+    ids = torch.randint(0, 500, (1, 16), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        before = engine.session.model(ids).logits.clone()
+    engine.send(cmd.Accept())
+    log.wait_count(ev.Proposal, 2)
+    assert log.of(ev.StepCommitted)[0].step["chosen_by"] == "engine"
+    engine.send(cmd.Undo())
+    log.wait_count(ev.StepUndone, 1)
+    log.wait_count(ev.Proposal, 3)
+    with torch.inference_mode():
+        after = engine.session.model(ids).logits
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
+    assert engine.session.steps == []
+    assert log.of(ev.Proposal)[2].structure == log.of(ev.Proposal)[0].structure
+    engine.send(cmd.SetGuided(False))
+    assert finish(engine, log).reason == "done"
+
+
+def test_stop_ends_cleanly(llama, calibration_file, tmp_path):
+    engine, log = make_engine(llama, calibration_file, tmp_path)
+    engine.start()
+    log.wait_count(ev.CandidateScored, 2)
+    engine.send(cmd.Stop())
+    assert finish(engine, log).reason == "stopped"
+    assert log.state() == "done"
+
+
+def test_an_error_becomes_an_event_and_a_clean_stop(llama, tmp_path):
+    engine, log = make_engine(llama, tmp_path / "missing.txt", tmp_path)
+    engine.start()
+    result = finish(engine, log)
+    assert result.reason == "error"
+    (error,) = log.of(ev.Error)
+    assert "missing.txt" in error.message
+    assert log.state() == "error"
+
+
+def test_events_carry_no_tensors(llama, calibration_file, tmp_path):
+    engine, log = make_engine(llama, calibration_file, tmp_path)
+    engine.run()
+
+    def plain(value) -> bool:
+        if isinstance(value, (str, int, float, bool, type(None))):
+            return True
+        if isinstance(value, (list, tuple)):
+            return all(plain(v) for v in value)
+        if isinstance(value, dict):
+            return all(plain(k) and plain(v) for k, v in value.items())
+        return False
+
+    for event in log.events:
+        assert plain(list(vars(event).values())), event
+    kinds = {type(e) for e in log.events}
+    assert {
+        ev.Loaded,
+        ev.CandidateScored,
+        ev.Progress,
+        ev.StepCommitted,
+        ev.MemorySample,
+        ev.DimensionChanged,
+        ev.Finished,
+    } <= kinds
+    progress = log.of(ev.Progress)[0]
+    assert progress.n > 0 and progress.tokens_per_s > 0
