@@ -15,8 +15,8 @@ from .setup import RunRequest
 class LinePrinter:
     """Prints one line per committed step (and the few other things a log reader needs)."""
 
-    def __init__(self, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
-        self.out, self.err = out, err
+    def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
+        self.out, self.err = out or sys.stdout, err or sys.stderr
         self.error: str | None = None
         self._target = 0.0
 

@@ -12,8 +12,15 @@ from . import __version__
 DEMO_DIR = Path(__file__).parent / "demo"
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line on stderr and exit status 2, like every other bad input."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"mptui: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mptui",
         description="Prune a causal LM with MultiPruner (blocks, MLP channels, attention heads), "
         "watch it happen and steer it.",

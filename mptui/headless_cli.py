@@ -7,7 +7,16 @@ import sys
 from pathlib import Path
 
 
+def quiet_libraries() -> None:
+    """Progress bars and library chatter would interleave with our one line per step."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def run_from_args(args: argparse.Namespace) -> int:
+    quiet_libraries()
     from mptui.engine.calibration import CalibrationSpec
     from mptui.engine.errors import EngineError
     from mptui.engine.headless import run

@@ -1,0 +1,286 @@
+"""Build the bundled demo model: ``python -m mptui.demo.build`` (deterministic, offline).
+
+The text is what every Python installation carries: the standard library's docstrings and the
+pydoc topics (about 2M characters). From it we train a byte-level BPE tokenizer and a small
+Llama with grouped-query attention, long enough that removing different residual sub-blocks
+changes perplexity very unevenly — which is what makes a pruning demo worth watching.
+Everything is seeded; the step count is a constant, not a time budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import math
+import pkgutil
+import random
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).parent
+SEED = 1234
+VOCAB = 4096
+SEQLEN = 256
+BATCH = 16
+STEPS = 500
+LEARNING_RATE = 3e-3
+WARMUP = 40
+VALIDATION_SHARE = 0.05
+MAX_TEXT_CHARS = 2_400_000
+SPECIAL = "<|endoftext|>"
+
+#: Modules with side effects on import (a browser, a window, printing) or none worth reading.
+SKIP_MODULES = {
+    "antigravity",
+    "this",
+    "idlelib",
+    "tkinter",
+    "turtle",
+    "turtledemo",
+    "pydoc_data",
+    "__main__",
+    "ensurepip",
+    "venv",
+    "lib2to3",
+    "test",
+    "unittest",
+    "sre_compile",
+    "sre_constants",
+    "sre_parse",
+    "xxsubtype",
+    "xxlimited",
+}
+
+
+def model_config():
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=192,
+        intermediate_size=512,
+        num_hidden_layers=8,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=0,
+        eos_token_id=0,
+        rms_norm_eps=1e-5,
+    )
+
+
+# --- text ---------------------------------------------------------------------------------
+def _clean(doc: str) -> str:
+    """One paragraph block per document: internal blank lines would split it at load."""
+    return re.sub(r"\n\s*\n", "\n", doc.strip())
+
+
+def _import(name: str):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return importlib.import_module(name)
+    except Exception:
+        return None
+
+
+def _submodules(name: str) -> list[str]:
+    """A package and its public submodules (``email.message``, ``xml.etree.ElementTree``)."""
+    module = _import(name)
+    if module is None:
+        return []
+    names = [name]
+    for info in pkgutil.walk_packages(getattr(module, "__path__", []), prefix=name + "."):
+        if not any(part.startswith("_") or part == "tests" for part in info.name.split(".")):
+            names.append(info.name)
+    return sorted(names)
+
+
+def _own(member, name: str) -> bool:
+    """Defined by this module or its C accelerator (``_collections`` for ``collections``)."""
+    owner = getattr(member, "__module__", None) or ""
+    return owner == name or owner == "_" + name.rsplit(".", 1)[-1]
+
+
+def _module_docs(name: str) -> list[str]:
+    module = _import(name)
+    if module is None:
+        return []
+    docs = [inspect.getdoc(module) or ""]
+    for member_name, member in sorted(vars(module).items()):
+        if member_name.startswith("_") or not _own(member, name):
+            continue
+        if inspect.isclass(member) or inspect.isroutine(member):
+            docs.append(inspect.getdoc(member) or "")
+        if inspect.isclass(member):
+            for attr, value in sorted(vars(member).items()):
+                if not attr.startswith("_") and inspect.isroutine(value):
+                    docs.append(inspect.getdoc(value) or "")
+    return docs
+
+
+def documents() -> list[str]:
+    """Docstrings and pydoc topics, deduplicated, in a seeded order."""
+    from pydoc_data.topics import topics
+
+    names = sorted(
+        n for n in sys.stdlib_module_names if not n.startswith("_") and n not in SKIP_MODULES
+    )
+    raw = [topics[key] for key in sorted(topics)]
+    for name in names:
+        for module_name in _submodules(name):
+            raw.extend(_module_docs(module_name))
+    seen, out = set(), []
+    for doc in map(_clean, raw):
+        if len(doc) >= 80 and doc not in seen:
+            seen.add(doc)
+            out.append(doc)
+    random.Random(SEED).shuffle(out)
+    return out
+
+
+def write_text(docs: list[str]) -> tuple[Path, Path]:
+    cut = max(1, int(len(docs) * VALIDATION_SHARE))
+    validation, calibration = docs[:cut], docs[cut:]
+    total, kept = 0, []
+    for doc in calibration:
+        total += len(doc)
+        if total > MAX_TEXT_CHARS:
+            break
+        kept.append(doc)
+    calibration_path, validation_path = HERE / "calibration.txt", HERE / "validation.txt"
+    calibration_path.write_text("\n\n".join(kept) + "\n", encoding="utf-8")
+    validation_path.write_text("\n\n".join(validation) + "\n", encoding="utf-8")
+    return calibration_path, validation_path
+
+
+# --- tokenizer and model --------------------------------------------------------------------
+def train_tokenizer(text_path: Path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB,
+        special_tokens=[SPECIAL],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train([str(text_path)], trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token=SPECIAL, eos_token=SPECIAL, unk_token=SPECIAL
+    )
+
+
+def token_stream(tokenizer, path: Path) -> torch.Tensor:
+    return torch.tensor(tokenizer(path.read_text(encoding="utf-8"))["input_ids"], dtype=torch.long)
+
+
+def learning_rate(step: int) -> float:
+    if step < WARMUP:
+        return LEARNING_RATE * (step + 1) / WARMUP
+    progress = (step - WARMUP) / max(1, STEPS - WARMUP)
+    return LEARNING_RATE * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train(model, stream: torch.Tensor, log) -> float:
+    generator = torch.Generator().manual_seed(SEED)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.1)
+    model.train()
+    started = time.monotonic()
+    for step in range(STEPS):
+        starts = torch.randint(0, len(stream) - SEQLEN - 1, (BATCH,), generator=generator)
+        batch = torch.stack([stream[s : s + SEQLEN] for s in starts.tolist()])
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step)
+        loss = model(input_ids=batch, labels=batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if step % 50 == 0 or step == STEPS - 1:
+            log(f"step {step:4d}/{STEPS} loss {loss.item():.3f} {time.monotonic() - started:.0f}s")
+    model.eval()
+    return time.monotonic() - started
+
+
+# --- evaluation ---------------------------------------------------------------------------------
+def evaluate(model_dir: Path, validation: Path) -> dict:
+    """Validation perplexity, and the perplexity with each single sub-block removed."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mptui.engine.adapters import adapter_for
+    from mptui.engine.calibration import split_documents, tokenize_chunks
+    from mptui.engine.scoring import Scorer
+    from mptui.engine.structures import Structure
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    chunks = tokenize_chunks(tokenizer, split_documents(validation.read_text()), SEQLEN)
+    adapter = adapter_for(model)
+    scorer = Scorer(model, adapter, chunks, batch_size=8)
+    removal = {}
+    for kind in ("attn_block", "mlp_block"):
+        for layer in range(adapter.num_layers):
+            structure = Structure(kind, layer)
+            with adapter.trial(structure):
+                removal[structure.id] = round(scorer.score(structure.sub_block), 2)
+    return {
+        "val_ppl": round(scorer.score(), 2),
+        "block_removal_ppl": removal,
+        "val_tokens": chunks.numel(),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=HERE / "model")
+    args = parser.parse_args(argv)
+    torch.manual_seed(SEED)
+    torch.set_num_threads(2)
+
+    def log(text: str) -> None:
+        print(text, flush=True)
+
+    docs = documents()
+    calibration, validation = write_text(docs)
+    log(f"{len(docs)} documents; calibration {calibration.stat().st_size:,} bytes")
+    tokenizer = train_tokenizer(calibration)
+    stream = token_stream(tokenizer, calibration)
+    log(f"{len(stream):,} training tokens")
+
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM(model_config())
+    seconds = train(model, stream, log)
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.half().save_pretrained(args.out)
+    tokenizer.save_pretrained(args.out)
+    report = {
+        "params": model.num_parameters(),
+        "size_bytes": sum(f.stat().st_size for f in args.out.iterdir()),
+        "steps": STEPS,
+        "batch": BATCH,
+        "seqlen": SEQLEN,
+        "train_seconds": round(seconds),
+        **evaluate(args.out, validation),
+    }
+    (args.out / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    removal = report["block_removal_ppl"]
+    log(f"val ppl {report['val_ppl']}; removal {min(removal.values())} .. {max(removal.values())}")
+    for name, value in removal.items():
+        log(f"| {name} | {value} |")
+
+
+if __name__ == "__main__":
+    main()
