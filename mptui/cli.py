@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--block-count", type=int, default=None, help="stop blocks after K removals")
     run.add_argument("--faithful", choices=("multipruner", "blockpruner"), default=None)
     run.add_argument("--guided", action="store_true", help="every commit waits for the user")
+    parser.add_argument(
+        "--theme", default=None, help="mptui-dark, mptui-light, mptui-high-contrast"
+    )
     run.add_argument("--no-prefix-cache", action="store_true", help="naive scoring (compare)")
     calib = parser.add_argument_group("calibration")
     calib.add_argument("--calibration", default=None, help=".txt, .jsonl, .parquet or a dataset")
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         demo_defaults(args)
     if not args.model:
         parser.error("give a MODEL (hub id or folder), or --demo")
-    from .headless_cli import run_from_args
+    from .runs import run_from_args
 
     return run_from_args(args)
 

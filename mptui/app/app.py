@@ -1,0 +1,211 @@
+"""The mptui Textual app: status line, four live panes, and controls over the engine thread.
+
+The engine runs in its own thread and pushes events into a deque; a timer drains it a few
+times a second, folds the events into :class:`RunState` and repaints, so however fast events
+arrive the screen repaints at a bounded rate, and keys always answer.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from pathlib import Path
+
+from textual import on
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Container, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer
+
+from mptui.engine import commands as cmd
+from mptui.engine import events as ev
+
+from .gpu import NvmlReader
+from .panes import CandidatesPane, LayersPane, MemoryPane, PerplexityPane, StatusLine
+from .screens import HelpScreen, OrderScreen, OverrideScreen, QuitScreen
+from .state import RunState
+from .themes import load_themes
+
+#: Seconds between repaints.
+REPAINT_INTERVAL = 0.25
+WIDE_COLUMNS = 140
+
+
+class MptuiApp(App):
+    CSS_PATH = "app.tcss"
+    TITLE = "mptui"
+    BINDINGS = [
+        Binding("space", "toggle_pause", "Pause"),
+        Binding("o", "override", "Override"),
+        Binding("d", "order", "Order"),
+        Binding("g", "guided", "Guided"),
+        Binding("a", "accept", "Accept"),
+        Binding("u", "undo", "Undo"),
+        Binding("l", "log_scale", "Log"),
+        Binding("question_mark", "help", "Help"),
+        Binding("q", "quit_app", "Quit"),
+    ]
+
+    def __init__(
+        self,
+        engine=None,
+        *,
+        replay: Iterable[ev.Event] = (),
+        theme_name: str | None = None,
+        user_theme_dir: Path | None = None,
+        gpu_reader: NvmlReader | None = None,
+    ) -> None:
+        super().__init__()
+        self._gpu_reader = gpu_reader or NvmlReader()
+        self.engine = engine
+        self.state = RunState()
+        self._inbox: deque[ev.Event] = deque(replay)
+        self._guided = bool(engine and engine.request.settings.guided)
+        self._theme_name = theme_name
+        self._user_theme_dir = user_theme_dir
+        if engine is not None:
+            engine.subscribe(self._inbox.append)  # deque.append is thread-safe
+
+    def compose(self) -> ComposeResult:
+        yield StatusLine(id="status")
+        with Container(id="panes"):
+            candidates = CandidatesPane(id="candidates")
+            candidates.border_title = "Candidates"
+            yield candidates
+            with VerticalScroll(id="layers-scroll") as scroll:
+                scroll.border_title = "Removed per layer"
+                yield LayersPane(id="layers")
+            plot = PerplexityPane(id="perplexity")
+            plot.border_title = "Perplexity"
+            yield plot
+            memory = MemoryPane(self._gpu_reader, id="memory")
+            memory.border_title = "Memory"
+            yield memory
+        yield Footer()
+
+    def on_mount(self) -> None:
+        themes, problems = load_themes(self._user_theme_dir)
+        for theme in themes.values():
+            self.register_theme(theme)
+        for problem in problems:
+            self.notify(problem, severity="warning", timeout=8)
+        wanted = self._theme_name or "mptui-dark"
+        if wanted not in themes:
+            self.notify(f"no theme '{wanted}'; using mptui-dark", severity="warning")
+            wanted = "mptui-dark"
+        self.theme = wanted
+        self._reflow()
+        self.drain()
+        self.set_interval(REPAINT_INTERVAL, self.drain)
+        if self.engine is not None:
+            self.engine.start()
+
+    def on_resize(self) -> None:
+        self._reflow()
+
+    def _reflow(self) -> None:
+        self.set_class(self.size.width >= WIDE_COLUMNS, "wide")
+
+    # --- events in, repaint out -----------------------------------------------------------
+    def drain(self) -> None:
+        changed = False
+        while self._inbox:
+            event = self._inbox.popleft()
+            self.state.apply(event)
+            changed = True
+            if isinstance(event, ev.Warning):
+                self.notify(event.message, timeout=6)
+            elif isinstance(event, ev.Error):
+                self.notify(event.message, title="engine error", severity="error", timeout=30)
+        if changed:
+            self.repaint()
+        self.query_one(MemoryPane).show(self.state)
+
+    def repaint(self) -> None:
+        self.query_one(StatusLine).show(self.state)
+        self.query_one(CandidatesPane).show(self.state)
+        self.query_one(LayersPane).show(self.state)
+        self.query_one(PerplexityPane).show(self.state)
+
+    # --- actions ----------------------------------------------------------------------------
+    def send(self, command: cmd.Command) -> None:
+        if self.engine is not None:
+            self.engine.send(command)
+
+    def action_toggle_pause(self) -> None:
+        """Pause the engine, or resume it (within one candidate)."""
+        if self.state.state == "paused":
+            self.send(cmd.Resume())
+        else:
+            self.send(cmd.Pause())
+
+    def action_override(self) -> None:
+        """Override the next removal with the highlighted or a typed structure."""
+        suggestion = self.query_one(CandidatesPane).selected_structure()
+
+        def chosen(structure: str | None) -> None:
+            if structure:
+                self.send(cmd.Override(structure))
+                self.notify(f"next removal: {structure}")
+
+        self.push_screen(OverrideScreen(suggestion), chosen)
+
+    @on(DataTable.RowSelected, "#candidates")
+    def override_selected(self, event: DataTable.RowSelected) -> None:
+        structure = event.row_key.value
+        if structure:
+            self.send(cmd.Override(structure))
+            self.notify(f"next removal: {structure}")
+
+    def action_order(self) -> None:
+        """Change the order of the dimensions, from the next step."""
+
+        def chosen(order: tuple[str, ...] | None) -> None:
+            if order:
+                self.send(cmd.SetOrder(order))
+
+        self.push_screen(OrderScreen(self.state.order), chosen)
+
+    def action_guided(self) -> None:
+        """Toggle guided mode: each commit waits for you."""
+        self._guided = not self._guided
+        self.send(cmd.SetGuided(self._guided))
+        self.notify("guided mode on: each commit waits for you" if self._guided else "guided off")
+
+    def action_accept(self) -> None:
+        """Accept the engine's proposal (guided mode)."""
+        if self.state.proposal:
+            self.send(cmd.Accept())
+
+    def action_undo(self) -> None:
+        """Undo the last commit."""
+        self.send(cmd.Undo())
+
+    def action_log_scale(self) -> None:
+        """Toggle a log scale on the perplexity curve."""
+        plot = self.query_one(PerplexityPane)
+        plot.log_scale = not plot.log_scale
+        plot.show(self.state)
+
+    def action_help(self) -> None:
+        """Show the keys and what each pane means."""
+        self.push_screen(HelpScreen())
+
+    def action_quit_app(self) -> None:
+        """Quit (asks first; the plan so far is kept)."""
+
+        def chosen(quit_now: bool | None) -> None:
+            if quit_now:
+                self.send(cmd.Stop())
+                if self.engine is not None:
+                    self.engine.join(timeout=10)
+                self.exit()
+
+        self.push_screen(QuitScreen(), chosen)
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for binding in self.BINDINGS:
+            action = getattr(self, f"action_{binding.action}")
+            yield SystemCommand(binding.description, (action.__doc__ or "").strip(), action)

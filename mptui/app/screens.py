@@ -1,0 +1,101 @@
+"""Modal screens: help, dimension order, override, quit."""
+
+from __future__ import annotations
+
+from itertools import permutations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Input, Label, OptionList, Static
+from textual.widgets.option_list import Option
+
+from mptui.engine.structures import DIMENSIONS
+
+HELP = """\
+[b]Panes[/b]
+  [b]Candidates[/b]        this step's ranking, filling in as each candidate is scored:
+                    perplexity with it removed, change against now, parameters freed
+  [b]Removed per layer[/b] ■ present · removed, for attention and MLP; bars: MLP width
+                    and attention (query) channels kept; the last commit is highlighted
+  [b]Perplexity[/b]        perplexity against pruning ratio; vertical lines: a new
+                    dimension started; x: a user override
+  [b]Memory[/b]            GPU used/total as nvidia-smi shows it, torch allocated and
+                    reserved, a short history; without a GPU the process memory
+
+[b]Keys[/b]
+  space   pause / resume (takes effect within one candidate)
+  o       override the next removal (the highlighted candidate, or type an id such as
+          L12.attn, L7.mlp, L3.mlp-1024, L3.heads-128)
+  enter   override with the highlighted candidate
+  d       order of the dimensions (applied from the next step)
+  g       guided mode: every commit waits for you
+  a       accept the engine's proposal (guided mode)
+  u       undo the last commit
+  l       log scale for the perplexity curve
+  ctrl+p  command palette
+  q       quit (asks; the plan so far is kept)
+  ?       this help; escape closes it
+"""
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q,question_mark", "dismiss", "Close")]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Static(HELP, id="help-text")
+
+
+class OrderScreen(ModalScreen[tuple[str, ...] | None]):
+    """Pick one of the six orders; the current one is highlighted."""
+
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
+
+    def __init__(self, current: tuple[str, ...]) -> None:
+        super().__init__()
+        self.current = current
+        self.orders = list(permutations(DIMENSIONS))
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label("Order of the dimensions (from the next step; shares move with them)")
+            options = [Option(" → ".join(order), id=",".join(order)) for order in self.orders]
+            yield OptionList(*options, id="orders")
+
+    def on_mount(self) -> None:
+        orders = self.query_one(OptionList)
+        if self.current in self.orders:
+            orders.highlighted = self.orders.index(self.current)
+        orders.focus()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(tuple(event.option.id.split(",")))
+
+
+class OverrideScreen(ModalScreen[str | None]):
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
+
+    def __init__(self, suggestion: str | None) -> None:
+        super().__init__()
+        self.suggestion = suggestion or ""
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label("Remove next (L12.attn, L7.mlp, L3.mlp-1024, L3.heads-128):")
+            yield Input(value=self.suggestion, placeholder="structure id", id="structure")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip() or None)
+
+
+class QuitScreen(ModalScreen[bool]):
+    BINDINGS = [
+        Binding("y,enter", "dismiss(True)", "Quit"),
+        Binding("n,escape", "dismiss(False)", "Stay"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label("Quit mptui? The plan so far is kept.  [b]y[/b] quit   [b]n[/b] stay")

@@ -1,0 +1,188 @@
+"""What the screen shows, folded from engine events; plain Python, no Textual.
+
+The app applies every event here (cheap) and repaints from this state at a bounded rate, so a
+burst of events costs one repaint and a test can check the state without a terminal.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field, replace
+
+from mptui.engine import events as ev
+from mptui.engine.structures import Structure
+
+STATE_LABELS = {
+    "loading": "LOADING",
+    "running": "RUNNING",
+    "paused": "PAUSED",
+    "waiting": "WAITING FOR YOU",
+    "done": "DONE",
+    "error": "ERROR",
+}
+
+MEMORY_HISTORY = 60
+
+
+@dataclass
+class CandidateRow:
+    structure: str
+    score: float
+    delta: float
+    params_freed: int
+
+
+@dataclass
+class LayerRow:
+    """One decoder layer as the *Removed per layer* pane draws it."""
+
+    attn_removed: bool = False
+    mlp_removed: bool = False
+    mlp_width: int = 0
+    attn_width: int = 0
+
+
+@dataclass
+class CurvePoint:
+    ratio: float
+    score: float
+    dimension: str
+    chosen_by: str
+
+
+@dataclass
+class RunState:
+    model: str = ""
+    architecture: str = ""
+    state: str = "loading"
+    dimension: str | None = None
+    order: tuple[str, ...] = ()
+    step: int = 0
+    ratio: float = 0.0
+    ratio_layers: float = 0.0
+    target: float = 0.0
+    targets: dict[str, float] = field(default_factory=dict)
+    score: float | None = None
+    dense_score: float | None = None
+    params_dense: int = 0
+    mlp_width: int = 0
+    attn_width: int = 0
+    progress: tuple[int, int] = (0, 0)
+    eta_s: float = 0.0
+    tokens_per_s: float = 0.0
+    candidates: dict[str, CandidateRow] = field(default_factory=dict)
+    candidates_step: int = 0
+    candidates_dimension: str | None = None
+    layers: list[LayerRow] = field(default_factory=list)
+    last_commit_layer: int | None = None
+    curve: list[CurvePoint] = field(default_factory=list)
+    dimension_marks: list[tuple[float, str]] = field(default_factory=list)
+    proposal: str | None = None
+    memory: deque = field(default_factory=lambda: deque(maxlen=MEMORY_HISTORY))
+    messages: list[str] = field(default_factory=list)
+    error: str | None = None
+    finished: str | None = None
+    notes: tuple[str, ...] = ()
+    undo_stack: list[tuple[int, LayerRow]] = field(default_factory=list)
+
+    @property
+    def state_label(self) -> str:
+        return STATE_LABELS.get(self.state, self.state.upper())
+
+    def ranked(self) -> list[CandidateRow]:
+        """Candidates by score, lowest (best) first; ties keep canonical (arrival) order."""
+        return sorted(self.candidates.values(), key=lambda row: row.score)
+
+    def apply(self, event: ev.Event) -> None:
+        handler = getattr(self, f"_on_{type(event).__name__}", None)
+        if handler is not None:
+            handler(event)
+
+    # --- handlers, one per event type -------------------------------------------------------
+    def _on_Loaded(self, event: ev.Loaded) -> None:
+        self.model, self.architecture = event.model, event.architecture
+        self.dense_score = self.score = event.dense_score
+        self.params_dense = event.params_dense
+        self.order, self.targets = event.order, dict(event.targets)
+        self.target = max(event.targets.values())
+        self.mlp_width, self.attn_width = event.mlp_width, event.attn_width
+        self.layers = [
+            LayerRow(mlp_width=event.mlp_width, attn_width=event.attn_width)
+            for _ in range(event.num_layers)
+        ]
+        self.curve = [CurvePoint(0.0, event.dense_score, "dense", "engine")]
+        self.notes = event.notes
+
+    def _on_StateChanged(self, event: ev.StateChanged) -> None:
+        self.state = event.state
+        if event.state != "waiting":
+            self.proposal = None
+
+    def _on_DimensionChanged(self, event: ev.DimensionChanged) -> None:
+        self.dimension, self.order = event.dimension, event.order
+        if event.dimension is not None:
+            self.dimension_marks.append((self.ratio, event.dimension))
+
+    def _on_StepStarted(self, event: ev.StepStarted) -> None:
+        self.step = event.step
+        self.progress = (0, len(event.candidates))
+        self.score = event.current_score
+
+    def _on_CandidateScored(self, event: ev.CandidateScored) -> None:
+        if event.step != self.candidates_step or event.dimension != self.candidates_dimension:
+            # the last step's table stays until the next step's first score arrives
+            self.candidates = {}
+            self.candidates_step, self.candidates_dimension = event.step, event.dimension
+        self.candidates[event.structure] = CandidateRow(
+            event.structure, event.score, event.delta, event.params_freed
+        )
+
+    def _on_Progress(self, event: ev.Progress) -> None:
+        self.progress = (event.k, event.n)
+        self.eta_s, self.tokens_per_s = event.eta_s, event.tokens_per_s
+
+    def _on_Proposal(self, event: ev.Proposal) -> None:
+        self.proposal = event.structure
+
+    def _on_StepCommitted(self, event: ev.StepCommitted) -> None:
+        structure = Structure.from_dict(event.step["structure"])
+        self.undo_stack.append((structure.layer, replace(self.layers[structure.layer])))
+        self._apply_structure(structure)
+        self.last_commit_layer = structure.layer
+        self.ratio, self.ratio_layers, self.score = event.ratio, event.ratio_layers, event.score
+        self.curve.append(
+            CurvePoint(event.ratio, event.score, structure.dimension, event.step["chosen_by"])
+        )
+
+    def _on_StepUndone(self, event: ev.StepUndone) -> None:
+        if len(self.curve) > 1:
+            self.curve.pop()
+        self.ratio, self.score = event.ratio, event.score
+        if self.undo_stack:
+            layer, row = self.undo_stack.pop()
+            self.layers[layer] = row
+        self.messages.append(f"undid {event.structure}")
+        self.last_commit_layer = None
+
+    def _apply_structure(self, structure: Structure) -> None:
+        row = self.layers[structure.layer]
+        if structure.kind == "attn_block":
+            row.attn_removed = True
+        elif structure.kind == "mlp_block":
+            row.mlp_removed = True
+        elif structure.kind == "mlp_channels":
+            row.mlp_width = structure.width_after
+        else:
+            row.attn_width = structure.width_after
+
+    def _on_MemorySample(self, event: ev.MemorySample) -> None:
+        self.memory.append(event)
+
+    def _on_Warning(self, event: ev.Warning) -> None:
+        self.messages.append(event.message)
+
+    def _on_Error(self, event: ev.Error) -> None:
+        self.error = event.message
+
+    def _on_Finished(self, event: ev.Finished) -> None:
+        self.finished = event.reason

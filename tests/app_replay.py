@@ -1,0 +1,50 @@
+"""A fixed engine state for the app's snapshots: the events of a short run, made by hand."""
+
+from __future__ import annotations
+
+from mptui.engine import events as ev
+
+
+class NoGpu:
+    """A GPU reader that finds none, so snapshots do not depend on the machine."""
+
+    def read(self) -> list:
+        return []
+
+
+def fixed_run_events() -> list[ev.Event]:
+    layers = 8
+    events: list[ev.Event] = [
+        ev.StateChanged("loading"),
+        ev.Loaded(
+            model="demo-llama", architecture="LlamaForCausalLM", num_layers=layers,
+            params_dense=3_935_424, params_layers_dense=3_149_568, dense_score=37.91,
+            mlp_group=46, attn_group=96, group_source="rule", mlp_width=512, attn_width=192,
+            order=("blocks", "mlp_channels", "attn_heads"),
+            targets={"blocks": 0.1, "mlp_channels": 0.2, "attn_heads": 0.25}, tokens=8192,
+        ),
+        ev.StateChanged("running"),
+        ev.DimensionChanged("blocks", 0.1, ("blocks", "mlp_channels", "attn_heads")),
+        ev.MemorySample(rss_bytes=900 * 2**20),
+    ]  # fmt: skip
+    commits = [
+        ({"kind": "attn_block", "layer": 6}, 39.2, 0.025, "engine"),
+        ({"kind": "mlp_block", "layer": 7}, 44.8, 0.125, "engine"),
+        ({"kind": "mlp_channels", "layer": 2, "remove": 46, "width_after": 466}, 45.6, 0.136,
+         "user"),
+    ]  # fmt: skip
+    for index, (structure, score, ratio, chosen_by) in enumerate(commits, start=1):
+        events.append(ev.StepStarted(index, "blocks", ("L0.attn",), score))
+        step = {"index": index, "dimension": "blocks", "structure": structure, "score": score,
+                "params": 0, "ratio": ratio, "chosen_by": chosen_by}  # fmt: skip
+        events.append(ev.StepCommitted(step, score, ratio, ratio * 1.2, 0, 1.5, 16, 131072))
+        events.append(ev.MemorySample(rss_bytes=(900 + 40 * index) * 2**20))
+    events.append(
+        ev.DimensionChanged("mlp_channels", 0.2, ("blocks", "mlp_channels", "attn_heads"))
+    )
+    events.append(ev.StepStarted(4, "mlp_channels", tuple(f"L{i}.mlp-46" for i in range(7)), 45.6))
+    for k, (layer, score) in enumerate([(0, 47.1), (1, 46.2), (3, 45.9), (4, 49.0)], start=1):
+        events.append(ev.CandidateScored(4, "mlp_channels", f"L{layer}.mlp-46", score,
+                                         score - 45.6, 70_656, k, 7))  # fmt: skip
+        events.append(ev.Progress(4, k, 7, 52_000.0, 4.5 * (7 - k)))
+    return events

@@ -1,0 +1,181 @@
+"""The app driven by Textual's pilot over the real engine on a tiny model."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from app_replay import NoGpu, fixed_run_events
+
+from mptui.app.app import MptuiApp
+from mptui.app.state import RunState
+from mptui.app.themes import load_themes
+from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
+
+TIMEOUT = 60
+
+
+def make_app(model, calibration, tmp_path, **settings) -> MptuiApp:
+    options = {"mlp_group": 40} | settings
+    run_settings = PruneSettings.with_distribution(
+        0.35, "30:40:30", calibration=CalibrationSpec(str(calibration), 0, 32), **options
+    )
+    engine = Engine(RunRequest(str(model), run_settings, cache_dir=tmp_path))
+    return MptuiApp(engine, gpu_reader=NoGpu(), user_theme_dir=tmp_path / "themes")
+
+
+async def wait_until(pilot, predicate, timeout: float = TIMEOUT) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "timed out"
+        await pilot.pause(0.05)
+
+
+def steps(app: MptuiApp) -> list[dict]:
+    return list(app.engine.session.steps) if app.engine.session else []
+
+
+@pytest.fixture
+def llama(tiny_model_dir):
+    return tiny_model_dir("llama")
+
+
+async def test_pause_stops_commits_and_resume_finishes(llama, calibration_file, tmp_path):
+    app = make_app(llama, calibration_file, tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until(pilot, lambda: len(steps(app)) >= 1)
+        await pilot.press("space")
+        await wait_until(pilot, lambda: app.state.state == "paused")
+        count = len(steps(app))
+        await pilot.pause(0.6)
+        assert len(steps(app)) == count
+        assert "PAUSED" in str(app.query_one("#status").render())
+        await pilot.press("space")
+        await wait_until(pilot, lambda: app.state.finished is not None)
+        assert app.state.finished == "done"
+        assert len(steps(app)) > count
+        assert app.state.curve[-1].ratio >= 0.35
+
+
+async def test_override_from_the_candidates_table(llama, calibration_file, tmp_path):
+    app = make_app(llama, calibration_file, tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until(pilot, lambda: len(app.state.candidates) >= 2)
+        await pilot.press("space")
+        await wait_until(pilot, lambda: app.state.state == "paused")
+        table = app.query_one("#candidates")
+        table.focus()
+        await pilot.press("down")  # the second-best candidate, not the engine's choice
+        chosen = table.selected_structure()
+        assert chosen == app.state.ranked()[1].structure
+        await pilot.press("enter")
+        await pilot.press("space")
+        await wait_until(pilot, lambda: any(s["chosen_by"] == "user" for s in steps(app)))
+        user = next(s for s in steps(app) if s["chosen_by"] == "user")
+        from mptui.engine.structures import Structure
+
+        assert Structure.from_dict(user["structure"]).id.split("-")[0] == chosen.split("-")[0]
+        await pilot.press("q", "y")
+
+
+async def test_override_by_typing_an_id(llama, calibration_file, tmp_path):
+    app = make_app(llama, calibration_file, tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("space")
+        await wait_until(pilot, lambda: app.state.state == "paused")
+        await pilot.press("o")
+        await pilot.press("ctrl+a", *"L2.mlp", "enter")  # replace any suggestion
+        await pilot.press("space")
+        await wait_until(pilot, lambda: len(steps(app)) >= 1)
+        first = steps(app)[0]
+        assert first["structure"] == {"kind": "mlp_block", "layer": 2}
+        assert first["chosen_by"] == "user"
+
+
+async def test_order_screen_changes_the_next_dimension(llama, calibration_file, tmp_path):
+    app = make_app(llama, calibration_file, tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("space")
+        await wait_until(pilot, lambda: app.state.state == "paused" and app.state.order)
+        await pilot.press("d")
+        # the six orders are listed in permutation order; the last starts with attn_heads
+        await pilot.press("end", "enter")
+        await pilot.press("space")
+        await wait_until(pilot, lambda: len(steps(app)) >= 1)
+        assert steps(app)[0]["dimension"] == "attn_heads"
+        assert app.engine.session.settings.order[0] == "attn_heads"
+
+
+async def test_undo_restores_the_previous_state(llama, calibration_file, tmp_path):
+    app = make_app(llama, calibration_file, tmp_path, guided=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until(pilot, lambda: app.state.proposal is not None)
+        await pilot.press("a")
+        await wait_until(pilot, lambda: len(steps(app)) == 1 and app.state.proposal is not None)
+        layers_after_one = [row.__dict__.copy() for row in app.state.layers]
+        ratio_after_one = app.state.ratio
+        await pilot.press("a")
+        await wait_until(pilot, lambda: len(steps(app)) == 2 and app.state.proposal is not None)
+        await pilot.press("u")
+        await wait_until(pilot, lambda: len(steps(app)) == 1 and app.state.proposal is not None)
+        assert app.state.ratio == pytest.approx(ratio_after_one)
+        assert [row.__dict__ for row in app.state.layers] == layers_after_one
+
+
+async def test_guided_mode_waits_for_the_user(llama, calibration_file, tmp_path):
+    app = make_app(llama, calibration_file, tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("g")
+        await wait_until(pilot, lambda: app.state.proposal is not None)
+        committed = len(steps(app))
+        assert app.state.state_label == "WAITING FOR YOU"
+        await pilot.pause(0.6)
+        assert len(steps(app)) == committed
+        await pilot.press("a")
+        await wait_until(pilot, lambda: len(steps(app)) == committed + 1)
+        assert steps(app)[-1]["chosen_by"] == "engine"
+
+
+async def test_help_screen_and_quit_asks(llama, calibration_file, tmp_path):
+    app = make_app(llama, calibration_file, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("question_mark")
+        assert "Removed per layer" in str(app.screen.query_one("#help-text").render())
+        await pilot.press("escape")
+        await pilot.press("q")
+        assert type(app.screen).__name__ == "QuitScreen"
+        await pilot.press("n")
+        assert type(app.screen).__name__ == "Screen"
+        await pilot.press("q", "y")
+    assert app.engine.join(TIMEOUT)
+
+
+def test_state_keeps_the_last_table_until_the_next_first_score():
+    state = RunState()
+    for event in fixed_run_events():
+        state.apply(event)
+    assert [row.structure for row in state.ranked()][:2] == ["L3.mlp-46", "L1.mlp-46"]
+    assert state.layers[6].attn_removed and state.layers[7].mlp_removed
+    assert state.layers[2].mlp_width == 466
+    assert state.curve[-1].chosen_by == "user"
+
+
+def test_bad_user_theme_gives_a_notice_and_the_default(tmp_path):
+    folder = tmp_path / "themes"
+    folder.mkdir()
+    (folder / "broken.toml").write_text("name = 'x'\nprimary = 'not-a-colour'\n")
+    (folder / "mine.toml").write_text("name = 'mine'\nprimary = '#ff0000'\n")
+    themes, problems = load_themes(folder)
+    assert {"mptui-dark", "mptui-light", "mptui-high-contrast", "mine"} <= set(themes)
+    assert len(problems) == 1 and "broken.toml" in problems[0]
+
+
+def test_snapshot_80x24(snap_compare):
+    app = MptuiApp(replay=fixed_run_events(), gpu_reader=NoGpu())
+    assert snap_compare(app, terminal_size=(80, 24))
+
+
+def test_snapshot_160x48(snap_compare):
+    app = MptuiApp(replay=fixed_run_events(), gpu_reader=NoGpu())
+    assert snap_compare(app, terminal_size=(160, 48))
