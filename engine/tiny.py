@@ -13,8 +13,12 @@ import functools
 import os
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedTokenizerFast
 
 FAMILIES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gpt2")
 
@@ -27,6 +31,7 @@ SPECIAL = "<|endoftext|>"
 
 @functools.cache
 def _pydoc_paragraphs() -> tuple[str, ...]:
+    """Paragraphs of ``pydoc_data.topics``: fixed per Python version, offline, a few hundred KB."""
     from pydoc_data.topics import topics
 
     paragraphs = []
@@ -46,8 +51,12 @@ def tiny_text(n_docs: int = 200, seed: int = 0) -> list[str]:
 
 
 @functools.cache
-def tiny_tokenizer(vocab_size: int = 512):
-    """A byte-level BPE of ``vocab_size`` tokens, trained once per process."""
+def tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """A byte-level BPE of ``vocab_size`` tokens, trained once per process.
+
+    Trained rather than shipped so that no file or download is needed; a few hundred
+    paragraphs train in tens of milliseconds, and the cache makes every later call free.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -66,7 +75,10 @@ def tiny_tokenizer(vocab_size: int = 512):
     )
 
 
-def _config(family: str, num_layers: int, vocab_size: int, overrides: dict):
+def _config(
+    family: str, num_layers: int, vocab_size: int, overrides: dict[str, Any]
+) -> PretrainedConfig:
+    """The family's own config class with tiny dimensions; ``overrides`` win over them."""
     import transformers as tf
 
     common = {
@@ -103,7 +115,8 @@ def _config(family: str, num_layers: int, vocab_size: int, overrides: dict):
     }
     if family not in classes:
         raise ValueError(f"unknown family '{family}'; use one of {', '.join(FAMILIES)}")
-    extra = {"head_dim": 16} if family == "qwen3" else {}  # head_dim != hidden / heads
+    # Qwen3 takes head_dim from its config (default 128), not hidden / heads: make them differ.
+    extra = {"head_dim": 16} if family == "qwen3" else {}
     return classes[family](**(common | extra | overrides))
 
 
@@ -116,18 +129,24 @@ def build_tiny_model(
     vocab_size: int = 512,
     **config_overrides,
 ) -> Path:
-    """Build, perturb and save a tiny ``family`` model plus tokenizer into ``path``."""
+    """Build, perturb and save a tiny ``family`` model plus tokenizer into ``path``.
+
+    The same ``seed`` always gives the same weights. Returns ``path`` as a :class:`Path`,
+    ready for ``AutoModelForCausalLM.from_pretrained`` and ``AutoTokenizer.from_pretrained``.
+    """
     from transformers import AutoModelForCausalLM
 
     config = _config(family, num_layers, vocab_size, config_overrides)
-    config._attn_implementation = "sdpa"
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_config(
+        config, attn_implementation="sdpa", dtype=torch.float32
+    )
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             noise = torch.randn(parameter.shape, generator=generator)
-            if parameter.dim() == 1 and ("norm" in name or "ln_" in name):
+            is_norm = "norm" in name or "ln_" in name
+            if is_norm and name.endswith(".weight"):
                 parameter.copy_(1.0 + 0.3 * noise)  # uneven norms make blocks matter unevenly
             else:
                 parameter.copy_(0.08 * noise)

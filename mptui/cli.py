@@ -69,7 +69,7 @@ def demo_defaults(args: argparse.Namespace) -> None:
     args.target_ratio = args.target_ratio if args.target_ratio is not None else 0.25
     args.distribution = args.distribution or "40:40:20"
     args.seqlen = args.seqlen or 128
-    args.nsamples = args.nsamples if args.nsamples is not None else 64
+    args.nsamples = args.nsamples if args.nsamples is not None else 16
 
 
 def main(argv: list[str] | None = None) -> int:

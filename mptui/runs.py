@@ -82,27 +82,35 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def native_stderr_to(path: Path) -> Iterator[None]:
-    """Send file descriptor 2 (C++ warnings from torch, stray prints) and Python's logging and
-    warnings to ``path`` while the app owns the terminal, so nothing draws over the screen."""
+def terminal_kept_logs_to(path: Path) -> Iterator[None]:
+    """While the app owns the terminal, send everything else to ``path``.
+
+    File descriptor 2 (C++ warnings from torch, stray prints of native code) and Python's
+    logging and warnings go to the log file, so nothing draws over the screen. Textual draws
+    on ``sys.__stderr__``, so that becomes a fresh handle on the terminal first.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    saved = os.dup(2)
+    saved_fd = os.dup(2)
+    original = sys.__stderr__
+    terminal = os.fdopen(os.dup(2), "w", encoding="utf-8")
+    root = logging.getLogger()
     with path.open("a") as log_file:
         handler = logging.StreamHandler(log_file)
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-        root = logging.getLogger()
         root.addHandler(handler)
         root.setLevel(logging.INFO)
         logging.captureWarnings(True)
+        sys.__stderr__ = terminal
         os.dup2(log_file.fileno(), 2)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("default")
                 yield
         finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+            sys.__stderr__ = original
+            terminal.close()
             root.removeHandler(handler)
             logging.captureWarnings(False)
 
@@ -114,9 +122,8 @@ def run_app(request, out_dir: Path, theme: str | None) -> int:
 
     engine = Engine(request)
     engine.subscribe(PlanWriter(out_dir, lambda: engine.session))
-    app = MptuiApp(engine, theme_name=theme)
-    with native_stderr_to(out_dir / "mptui.log"):
-        app.run()
+    with terminal_kept_logs_to(out_dir / "mptui.log"):
+        MptuiApp(engine, theme_name=theme).run()
     plan = out_dir / "plan.json"
     if plan.exists():
         print(f"plan written to {plan}; log in {out_dir / 'mptui.log'}")

@@ -3,21 +3,32 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-# Nothing in the suite may reach a hub.
+# Nothing in the suite may reach a hub; set before anything can import huggingface_hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+from mptui.engine.tiny import FAMILIES, build_tiny_model, tiny_text
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request: pytest.FixtureRequest) -> str:
+    """Each supported family in turn; a test that asks for ``family`` runs once per family."""
+    return request.param
+
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    """``tiny_model_dir(family, **kwargs)`` -> folder of a tiny seeded model (cached)."""
-    from mptui.engine.tiny import build_tiny_model
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``tiny_model_dir(family, **kwargs)`` -> folder of a tiny seeded model.
 
+    Built once per session for each family and set of ``build_tiny_model`` keyword arguments,
+    so the many tests that only read a model share one copy on disk.
+    """
     built: dict[tuple, Path] = {}
 
     def make(family: str, **kwargs) -> Path:
@@ -31,10 +42,8 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def calibration_file(tmp_path_factory) -> Path:
+def calibration_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A .txt calibration file of documents separated by blank lines."""
-    from mptui.engine.tiny import tiny_text
-
     path = tmp_path_factory.mktemp("calibration") / "calibration.txt"
     path.write_text("\n\n".join(tiny_text(6)) + "\n")
     return path

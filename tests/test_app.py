@@ -66,7 +66,9 @@ async def test_override_from_the_candidates_table(llama, calibration_file, tmp_p
         await wait_until(pilot, lambda: app.state.state == "paused")
         table = app.query_one("#candidates")
         table.focus()
-        await pilot.press("down")  # the second-best candidate, not the engine's choice
+        # the cursor follows its row while rows re-sort; from the top, down is the second best
+        table.move_cursor(row=0)
+        await pilot.press("down")
         chosen = table.selected_structure()
         assert chosen == app.state.ranked()[1].structure
         await pilot.press("enter")

@@ -120,3 +120,44 @@ def test_bad_input_from_the_real_entry_point(tmp_path):
     )  # fmt: skip
     assert result.returncode != 0
     assert result.stderr.strip() == "mptui: error: model path '/no/such/model' does not exist"
+
+
+def test_a_hub_id_loads_from_the_local_hub_cache(tiny_model_dir, calibration_file, tmp_path):
+    """Real hub ids go through transformers' own resolution; here the cache stands in for
+    the network (HF_HUB_OFFLINE=1), as on a GPU box with a pre-filled cache."""
+    import os
+    import shutil
+
+    snapshot = tmp_path / "hub" / "models--acme--tiny-llama" / "snapshots" / "0123abcd"
+    shutil.copytree(tiny_model_dir("llama"), snapshot)
+    refs = tmp_path / "hub" / "models--acme--tiny-llama" / "refs"
+    refs.mkdir()
+    (refs / "main").write_text("0123abcd")
+    args = common(Path("acme/tiny-llama"), calibration_file, tmp_path / "out")
+    env = os.environ | {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([str(MPTUI), *args], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads((tmp_path / "out" / "plan.json").read_text())
+    assert plan["model"]["name_or_path"] == "acme/tiny-llama"
+    missing = subprocess.run(
+        [str(MPTUI), *common(Path("acme/absent"), calibration_file, tmp_path / "x")],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert missing.returncode != 0
+    assert missing.stderr.startswith("mptui: error: could not load model 'acme/absent'")
+    assert "Traceback" not in missing.stderr
+
+
+def test_demo_headless_prunes_to_25_percent_across_all_dimensions(tmp_path):
+    """The shipped demo model, its calibration text and settings: the README's first run."""
+    result = subprocess.run(
+        [str(MPTUI), "--demo", "--headless", "--out", str(tmp_path)],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert {s["dimension"] for s in plan["steps"]} == {"blocks", "mlp_channels", "attn_heads"}
+    assert plan["steps"][-1]["ratio"] >= 0.25 > plan["steps"][-2]["ratio"]
+    assert plan["model"]["architecture"] == "LlamaForCausalLM"
+    lines = [line for line in result.stdout.splitlines() if line.startswith("step ")]
+    assert len(lines) == len(plan["steps"])

@@ -151,3 +151,21 @@ def test_out_of_memory_lowers_the_batch_then_explains(tiny_model_dir, calibratio
     with pytest.raises(OutOfMemory, match="lower --seqlen or --nsamples"):
         scorer.score()
     handle.remove()
+
+
+def test_faithful_blockpruner(tiny_model_dir, tmp_path):
+    import datasets
+
+    folder = tmp_path / "alpaca"
+    rows = [f"Row {i}: the answer is {i * 13 % 97} because {i % 11}." for i in range(3000)]
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": rows})}).save_to_disk(
+        str(folder)
+    )
+    plan = prune(
+        str(tiny_model_dir("qwen2")), calibration=str(folder), target_ratio=0.5, seqlen=64,
+        faithful="blockpruner", block_count=3,
+    )  # fmt: skip
+    assert plan["settings"]["faithful"] == "blockpruner"
+    assert plan["settings"]["distribution"] == [1.0, 0.0, 0.0]
+    assert [s["dimension"] for s in plan["steps"]] == ["blocks"] * 3
+    assert plan["settings"]["count_removed_norms"] is False

@@ -199,7 +199,7 @@ class MptuiApp(App):
             if quit_now:
                 self.send(cmd.Stop())
                 if self.engine is not None:
-                    self.engine.join(timeout=10)
+                    self.engine.join(timeout=2)  # the plan is saved at every commit
                 self.exit()
 
         self.push_screen(QuitScreen(), chosen)

@@ -1,0 +1,23 @@
+"""``python -m bench search ...`` or ``python -m bench build-llama12 DIR``."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    command, argv = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
+    if command == "search":
+        from .search import main as search
+
+        search(argv)
+    elif command == "build-llama12":
+        from .models import build_llama12
+
+        print(build_llama12(argv[0] if argv else "bench-llama12"))
+    else:
+        print(__doc__)
+        sys.exit(2)
+
+
+main()

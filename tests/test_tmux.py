@@ -1,0 +1,76 @@
+"""The real ``mptui --demo`` in tmux: keys in, screen out, as a user over SSH sees it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MPTUI = Path(sys.executable).parent / "mptui"
+TMUX = shutil.which("tmux") or "tmux"
+
+
+class Tmux:
+    def __init__(self, tmp_path: Path) -> None:
+        self.socket = f"mptui-test-{os.getpid()}"
+        self.tmp_path = tmp_path
+
+    def run(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [TMUX, "-L", self.socket, *args], capture_output=True, text=True, check=False
+        )
+
+    def screen(self) -> str:
+        return self.run("capture-pane", "-p", "-t", "demo").stdout
+
+    def wait_for(self, text: str, timeout: float = 120) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            screen = self.screen()
+            if text in screen:
+                return screen
+            time.sleep(0.2)
+        raise AssertionError(f"{text!r} never appeared; screen:\n{self.screen()}")
+
+    def alive(self) -> bool:
+        return self.run("has-session", "-t", "demo").returncode == 0
+
+
+def wait_gone(tmux: Tmux, text: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while text in tmux.screen():
+        assert time.monotonic() < deadline, f"{text!r} stayed on screen"
+        time.sleep(0.2)
+
+
+def test_demo_in_tmux(tmp_path):
+    tmux = Tmux(tmp_path)
+    out = tmp_path / "out"
+    command = f"cd {tmp_path} && TERM=xterm-256color {MPTUI} --demo --out {out}"
+    tmux.run("new-session", "-d", "-s", "demo", "-x", "100", "-y", "30", command)
+    try:
+        screen = tmux.wait_for("Removed per layer")
+        assert "Candidates" in screen and "Perplexity" in screen and "Memory" in screen
+        tmux.wait_for("RUNNING")
+        tmux.wait_for("ppl")
+        tmux.run("send-keys", "-t", "demo", "space")
+        tmux.wait_for("PAUSED")
+        tmux.wait_for("no GPU")  # the memory pane, once the start-up notices have faded
+        tmux.run("send-keys", "-t", "demo", "?")
+        tmux.wait_for("pause / resume")
+        tmux.run("send-keys", "-t", "demo", "Escape")
+        wait_gone(tmux, "pause / resume")  # a key right after Escape would read as alt+key
+        tmux.run("send-keys", "-t", "demo", "q")
+        tmux.wait_for("Quit mptui?")
+        tmux.run("send-keys", "-t", "demo", "y")
+        deadline = time.monotonic() + 60
+        while tmux.alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not tmux.alive()
+        assert (out / "plan.json").exists()
+        assert (out / "mptui.log").exists()
+    finally:
+        tmux.run("kill-server")
