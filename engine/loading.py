@@ -53,6 +53,18 @@ def load_config(name_or_path: str):
         ) from error
 
 
+def check_supported(config) -> None:
+    """One clear error, naming the supported architectures, before any weight is read."""
+    from .adapters import supported_model_types
+
+    supported = supported_model_types()
+    if config.model_type not in supported:
+        raise UnsupportedModel(
+            f"architecture '{config.model_type}' is not supported; "
+            f"supported: {', '.join(supported)}"
+        )
+
+
 def load_model(
     name_or_path: str,
     *,
@@ -63,14 +75,7 @@ def load_model(
     """Return ``(model, tokenizer)`` in eval mode with gradients off and SDPA attention."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .adapters import ADAPTERS, supported_model_types
-
-    config = load_config(name_or_path)
-    if not any(config.model_type in a.model_types for a in ADAPTERS):
-        raise UnsupportedModel(
-            f"architecture '{config.model_type}' is not supported; "
-            f"supported: {', '.join(supported_model_types())}"
-        )
+    check_supported(load_config(name_or_path))
     device = device or default_device()
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise BadInput(f"--device {device} asked for a GPU but torch sees none")

@@ -15,9 +15,15 @@ import torch
 
 from . import events as ev
 from .adapters import Adapter, adapter_for
-from .calibration import CalibrationSpec, faithful_rows, load_calibration, tokenize_chunks
+from .calibration import (
+    CalibrationSpec,
+    faithful_rows,
+    load_calibration,
+    load_documents,
+    tokenize_chunks,
+)
 from .errors import BadInput
-from .loading import load_model, max_positions
+from .loading import check_supported, load_config, load_model, max_positions
 from .scoring import Scorer
 from .session import PruningSession
 from .settings import PruneSettings, resolve_group_sizes
@@ -46,6 +52,25 @@ class RunRequest:
 def faithful_dtype(faithful: str | None, dtype: str | None) -> str | None:
     """The reference's precision in faithful mode (SPEC §9), else what the user asked for."""
     return {"multipruner": "float16", "blockpruner": "bfloat16"}.get(faithful or "", dtype)
+
+
+def preflight(request: RunRequest) -> None:
+    """The cheap checks, before anything long starts: model config and architecture, seqlen
+    against the model's limit, and a calibration source that exists and has text."""
+    config = load_config(request.model)
+    check_supported(config)
+    _check_seqlen(request.settings.calibration.seqlen, config)
+    spec = request.settings.calibration
+    if not spec.source:
+        raise BadInput("no calibration text given; pass --calibration PATH")
+    if request.settings.faithful is None:
+        load_documents(spec.source, spec.text_field)
+
+
+def _check_seqlen(seqlen: int, config) -> None:
+    limit = max_positions(config)
+    if limit is not None and seqlen > limit:
+        raise BadInput(f"--seqlen {seqlen} is above this model's limit of {limit}")
 
 
 def build_session(request: RunRequest, emit: Callable[[ev.Event], None]) -> PruningSession:

@@ -67,10 +67,12 @@ def calibration_cache_dir() -> Path:
 
 def run_from_args(args: argparse.Namespace) -> int:
     from mptui.engine.errors import EngineError
+    from mptui.engine.setup import preflight
 
     quiet_libraries()
     try:
         request, out_dir = build_request(args)
+        preflight(request)
     except EngineError as error:
         print(f"mptui: error: {error}", file=sys.stderr)
         return 2
