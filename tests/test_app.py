@@ -181,3 +181,27 @@ def test_snapshot_80x24(snap_compare):
 def test_snapshot_160x48(snap_compare):
     app = MptuiApp(replay=fixed_run_events(), gpu_reader=NoGpu())
     assert snap_compare(app, terminal_size=(160, 48))
+
+
+async def test_repaints_are_bounded_however_fast_events_arrive():
+    from mptui.engine import events as ev
+
+    app = MptuiApp(replay=fixed_run_events(), gpu_reader=NoGpu())
+    async with app.run_test(size=(100, 30)) as pilot:
+        repaints = []
+        original = app.repaint
+        app.repaint = lambda: (repaints.append(1), original())[1]
+        for k in range(5000):  # a burst far faster than any screen
+            app._inbox.append(
+                ev.CandidateScored(9, "attn_heads", f"L{k % 8}.heads-96", 50.0 + k, k, 1, k, 5000)
+            )
+        await pilot.pause(0.6)
+        assert 1 <= len(repaints) <= 4
+        assert len(app.state.candidates) == 8  # every event was folded in, once
+
+
+async def test_no_color_is_respected(monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+    app = MptuiApp(replay=fixed_run_events(), gpu_reader=NoGpu())
+    async with app.run_test(size=(80, 24)):
+        assert app.no_color
