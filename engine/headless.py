@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import TextIO
 
 from . import events as ev
-from .plan import write_plan
-from .runner import run_headless
-from .setup import RunRequest
+from .plan import PlanWriter
+from .runner import Engine
 
 
 class LinePrinter:
@@ -57,28 +56,12 @@ def _structure_text(structure: dict) -> str:
     return Structure.from_dict(structure).id
 
 
-class PlanWriter:
-    """Rewrites plan.json after every commit and at the end, so a killed run leaves its plan."""
-
-    def __init__(self, out_dir: Path, engine_session) -> None:
-        self.path = Path(out_dir) / "plan.json"
-        self._session = engine_session
-
-    def __call__(self, event: ev.Event) -> None:
-        session = self._session()
-        if isinstance(event, (ev.StepCommitted, ev.StepUndone)) and session is not None:
-            write_plan(self.path, session.plan())
-        elif isinstance(event, ev.Finished) and event.plan:
-            write_plan(self.path, event.plan)
-
-
-def run(request: RunRequest, out_dir: Path, printer: LinePrinter | None = None) -> int:
-    """Run to the end; exit status 0 when done, 1 when the engine reported an error."""
-    from .runner import Engine
-
+def run(engine: Engine, out_dir: Path, printer: LinePrinter | None = None) -> int:
+    """Run ``engine`` to the end in this thread, printing a line per step; plan.json goes to
+    ``out_dir``. Exit status 0 when done or stopped, 1 when the engine reported an error."""
     printer = printer or LinePrinter()
-    engine = Engine(request, [printer])
-    engine.subscribe(PlanWriter(out_dir, lambda: engine.session))
+    engine.subscribe(printer)
+    engine.subscribe(PlanWriter(out_dir, engine.plan))
     result = engine.run()
     if printer.error is not None:
         print(f"mptui: error: {printer.error}", file=printer.err, flush=True)
@@ -87,4 +70,4 @@ def run(request: RunRequest, out_dir: Path, printer: LinePrinter | None = None) 
     return 0 if result.reason in ("done", "stopped") else 1
 
 
-__all__ = ["LinePrinter", "PlanWriter", "run", "run_headless"]
+__all__ = ["LinePrinter", "run"]

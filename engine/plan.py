@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
+from . import events as ev
 from .errors import BadInput
 from .session import PLAN_FORMAT
 
@@ -41,3 +43,19 @@ def read_plan(path: Path) -> dict:
     if plan.get("format") != PLAN_FORMAT:
         raise BadInput(f"'{path}' is not an mptui plan (format {plan.get('format')!r})")
     return plan
+
+
+class PlanWriter:
+    """Rewrites plan.json after every commit and at the end, so a killed run leaves its plan."""
+
+    def __init__(self, folder: Path, plan: Callable[[], dict | None]) -> None:
+        self.path = Path(folder) / "plan.json"
+        self._plan = plan
+
+    def __call__(self, event: ev.Event) -> None:
+        if isinstance(event, (ev.StepCommitted, ev.StepUndone)):
+            plan = self._plan()
+            if plan:
+                write_plan(self.path, plan)
+        elif isinstance(event, ev.Finished) and event.plan:
+            write_plan(self.path, event.plan)

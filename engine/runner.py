@@ -60,6 +60,10 @@ class Engine:
         self.result: ev.Finished | None = None
 
     # --- caller side --------------------------------------------------------------------------
+    def plan(self) -> dict | None:
+        """The plan so far (call from a subscriber, which runs on the engine thread)."""
+        return self.session.plan() if self.session is not None else None
+
     def subscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.append(subscriber)
 

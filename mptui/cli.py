@@ -58,7 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     device.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if any)")
     device.add_argument("--device-map", default=None, help="as in transformers, e.g. auto")
     out = parser.add_argument_group("output")
-    out.add_argument("--out", default=None, help="folder for plan.json (default ./mptui-out)")
+    out.add_argument("--out", default=None, help="also write plan.json here")
+    out.add_argument(
+        "--session",
+        default=None,
+        help="session folder (default: a new one in ~/.local/share/mptui)",
+    )
+    out.add_argument("--resume", default=None, metavar="DIR", help="continue a session")
     return parser
 
 
@@ -77,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.demo:
         demo_defaults(args)
-    if not args.model:
-        parser.error("give a MODEL (hub id or folder), or --demo")
+    if not args.model and not args.resume:
+        parser.error("give a MODEL (hub id or folder), --demo, or --resume DIR")
     from .runs import run_from_args
 
     return run_from_args(args)

@@ -9,7 +9,9 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +26,7 @@ def quiet_libraries() -> None:
 
 
 def build_request(args: argparse.Namespace):
-    """The engine request for ``args`` and the output folder; raises the engine's BadInput."""
+    """The engine request for ``args`` and ``--out`` (or None); raises the engine's BadInput."""
     from mptui.engine.calibration import CalibrationSpec
     from mptui.engine.settings import PruneSettings
     from mptui.engine.setup import RunRequest
@@ -48,7 +50,7 @@ def build_request(args: argparse.Namespace):
         faithful=args.faithful,
         guided=args.guided,
     )
-    out_dir = Path(args.out or "mptui-out")
+    out_dir = Path(args.out) if args.out else None
     request = RunRequest(
         model=args.model,
         settings=settings,
@@ -65,22 +67,68 @@ def calibration_cache_dir() -> Path:
     return cache / "mptui" / "calibration"
 
 
+def default_session_dir(model: str) -> Path:
+    data = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    name = Path(model.rstrip("/")).name or "model"
+    return data / "mptui" / "sessions" / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
+
+
+def open_session(args: argparse.Namespace):
+    """The request and the locked session folder: a new session, or one to resume."""
+    from mptui.engine.errors import BadInput
+    from mptui.engine.journal import SessionFolder
+    from mptui.engine.setup import preflight
+
+    if args.resume:
+        folder = SessionFolder(Path(args.resume))
+        if not (folder.path / "settings.json").is_file():
+            raise BadInput(f"'{folder.path}' is not an mptui session (no settings.json)")
+        folder.lock()
+        request = folder.read_request(cache_dir=calibration_cache_dir())
+        out_dir = Path(args.out) if args.out else folder.path
+    else:
+        request, out_dir = build_request(args)
+        folder = SessionFolder(
+            Path(args.session) if args.session else default_session_dir(args.model)
+        )
+        out_dir = out_dir or folder.path
+    preflight(request)
+    if not args.resume:
+        folder.lock()
+        folder.write_request(request)
+    return request, folder, out_dir
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     from mptui.engine.errors import EngineError
-    from mptui.engine.setup import preflight
+    from mptui.engine.journal import SessionRecorder
+    from mptui.engine.runner import Engine
 
     quiet_libraries()
     try:
-        request, out_dir = build_request(args)
-        preflight(request)
+        request, folder, out_dir = open_session(args)
     except EngineError as error:
         print(f"mptui: error: {error}", file=sys.stderr)
         return 2
-    if args.headless:
-        from mptui.engine.headless import run
+    engine = Engine(request)
+    engine.subscribe(SessionRecorder(folder, engine.plan))  # first: on disk before shown
+    stop_on_hangup(engine)
+    try:
+        if args.headless:
+            from mptui.engine.headless import run
 
-        return run(request, out_dir)
-    return run_app(request, out_dir, args.theme)
+            print(f"session {folder.path}", flush=True)
+            return run(engine, out_dir)
+        return run_app(engine, folder.path, out_dir, args.theme)
+    finally:
+        folder.unlock()
+
+
+def stop_on_hangup(engine) -> None:
+    """When the SSH link drops (SIGHUP), stop at the next candidate boundary and save."""
+    from mptui.engine.commands import Stop
+
+    signal.signal(signal.SIGHUP, lambda signum, frame: engine.send(Stop()))
 
 
 @contextlib.contextmanager
@@ -117,16 +165,16 @@ def terminal_kept_logs_to(path: Path) -> Iterator[None]:
             logging.captureWarnings(False)
 
 
-def run_app(request, out_dir: Path, theme: str | None) -> int:
+def run_app(engine, session_dir: Path, out_dir: Path, theme: str | None) -> int:
     from mptui.app.app import MptuiApp
-    from mptui.engine.headless import PlanWriter
-    from mptui.engine.runner import Engine
+    from mptui.engine.plan import PlanWriter
 
-    engine = Engine(request)
-    engine.subscribe(PlanWriter(out_dir, lambda: engine.session))
-    with terminal_kept_logs_to(out_dir / "mptui.log"):
+    if out_dir != session_dir:
+        engine.subscribe(PlanWriter(out_dir, engine.plan))
+    log = session_dir / "mptui.log"
+    with terminal_kept_logs_to(log):
         MptuiApp(engine, theme_name=theme).run()
-    plan = out_dir / "plan.json"
-    if plan.exists():
-        print(f"plan written to {plan}; log in {out_dir / 'mptui.log'}")
+    print(
+        f"session {session_dir} (plan.json, journal, log); resume with mptui --resume {session_dir}"
+    )
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,8 +13,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# Sessions and caches of the CLI under test go to a scratch folder, never the user's home.
+_SCRATCH = tempfile.mkdtemp(prefix="mptui-tests-")
+os.environ["XDG_DATA_HOME"] = os.path.join(_SCRATCH, "data")
+os.environ["XDG_CACHE_HOME"] = os.path.join(_SCRATCH, "cache")
 
-from mptui.engine.tiny import FAMILIES, build_tiny_model, tiny_text
+from mptui.engine.tiny import FAMILIES, build_tiny_model, tiny_text  # noqa: E402
 
 
 @pytest.fixture(params=FAMILIES)

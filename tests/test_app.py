@@ -36,6 +36,10 @@ def steps(app: MptuiApp) -> list[dict]:
     return list(app.engine.session.steps) if app.engine.session else []
 
 
+def shown_commits(app: MptuiApp) -> int:
+    return len(app.state.curve) - 1  # the curve starts at the dense model
+
+
 @pytest.fixture
 def llama(tiny_model_dir):
     return tiny_model_dir("llama")
@@ -59,26 +63,24 @@ async def test_pause_stops_commits_and_resume_finishes(llama, calibration_file, 
 
 
 async def test_override_from_the_candidates_table(llama, calibration_file, tmp_path):
-    app = make_app(llama, calibration_file, tmp_path)
+    # guided mode: the whole ranking is in and the engine waits, so the table holds still
+    app = make_app(llama, calibration_file, tmp_path, guided=True)
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_until(pilot, lambda: len(app.state.candidates) >= 2)
-        await pilot.press("space")
-        await wait_until(pilot, lambda: app.state.state == "paused")
+        await wait_until(pilot, lambda: app.state.proposal is not None)
         table = app.query_one("#candidates")
         table.focus()
-        # the cursor follows its row while rows re-sort; from the top, down is the second best
         table.move_cursor(row=0)
-        await pilot.press("down")
+        await pilot.press("down")  # the second best: not the engine's choice
         chosen = table.selected_structure()
-        assert chosen == app.state.ranked()[1].structure
+        assert chosen == app.state.ranked()[1].structure != app.state.proposal
         await pilot.press("enter")
-        await pilot.press("space")
-        await wait_until(pilot, lambda: any(s["chosen_by"] == "user" for s in steps(app)))
-        user = next(s for s in steps(app) if s["chosen_by"] == "user")
+        await wait_until(pilot, lambda: shown_commits(app) == 1)
+        (step,) = steps(app)
         from mptui.engine.structures import Structure
 
-        assert Structure.from_dict(user["structure"]).id.split("-")[0] == chosen.split("-")[0]
-        await pilot.press("q", "y")
+        assert Structure.from_dict(step["structure"]).id == chosen
+        assert step["chosen_by"] == "user"
+        assert app.state.curve[-1].chosen_by == "user"
 
 
 async def test_override_by_typing_an_id(llama, calibration_file, tmp_path):
@@ -114,13 +116,15 @@ async def test_undo_restores_the_previous_state(llama, calibration_file, tmp_pat
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_until(pilot, lambda: app.state.proposal is not None)
         await pilot.press("a")
-        await wait_until(pilot, lambda: len(steps(app)) == 1 and app.state.proposal is not None)
+        # wait on what the screen shows (the app state), not on the engine's own session
+        await wait_until(pilot, lambda: shown_commits(app) == 1 and app.state.proposal)
         layers_after_one = [row.__dict__.copy() for row in app.state.layers]
         ratio_after_one = app.state.ratio
         await pilot.press("a")
-        await wait_until(pilot, lambda: len(steps(app)) == 2 and app.state.proposal is not None)
+        await wait_until(pilot, lambda: shown_commits(app) == 2 and app.state.proposal)
         await pilot.press("u")
-        await wait_until(pilot, lambda: len(steps(app)) == 1 and app.state.proposal is not None)
+        await wait_until(pilot, lambda: shown_commits(app) == 1 and app.state.proposal)
+        assert len(steps(app)) == 1
         assert app.state.ratio == pytest.approx(ratio_after_one)
         assert [row.__dict__ for row in app.state.layers] == layers_after_one
 

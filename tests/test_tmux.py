@@ -48,8 +48,8 @@ def wait_gone(tmux: Tmux, text: str, timeout: float = 30) -> None:
 
 def test_demo_in_tmux(tmp_path):
     tmux = Tmux(tmp_path)
-    out = tmp_path / "out"
-    command = f"cd {tmp_path} && TERM=xterm-256color {MPTUI} --demo --out {out}"
+    out, session = tmp_path / "out", tmp_path / "session"
+    command = f"cd {tmp_path} && TERM=xterm-256color {MPTUI} --demo --out {out} --session {session}"
     tmux.run("new-session", "-d", "-s", "demo", "-x", "100", "-y", "30", command)
     try:
         screen = tmux.wait_for("Removed per layer")
@@ -71,6 +71,7 @@ def test_demo_in_tmux(tmp_path):
             time.sleep(0.2)
         assert not tmux.alive()
         assert (out / "plan.json").exists()
-        assert (out / "mptui.log").exists()
+        assert (session / "mptui.log").exists()
+        assert (session / "settings.json").exists()
     finally:
         tmux.run("kill-server")

@@ -68,20 +68,23 @@ class MptuiApp(App):
             engine.subscribe(self._inbox.append)  # deque.append is thread-safe
 
     def compose(self) -> ComposeResult:
-        yield StatusLine(id="status")
+        # kept as attributes: a modal screen on top must not hide them from the repaint timer
+        self.status = StatusLine(id="status")
+        self.candidates = CandidatesPane(id="candidates")
+        self.layers = LayersPane(id="layers")
+        self.perplexity = PerplexityPane(id="perplexity")
+        self.memory = MemoryPane(self._gpu_reader, id="memory")
+        self.candidates.border_title = "Candidates"
+        self.perplexity.border_title = "Perplexity"
+        self.memory.border_title = "Memory"
+        yield self.status
         with Container(id="panes"):
-            candidates = CandidatesPane(id="candidates")
-            candidates.border_title = "Candidates"
-            yield candidates
+            yield self.candidates
             with VerticalScroll(id="layers-scroll") as scroll:
                 scroll.border_title = "Removed per layer"
-                yield LayersPane(id="layers")
-            plot = PerplexityPane(id="perplexity")
-            plot.border_title = "Perplexity"
-            yield plot
-            memory = MemoryPane(self._gpu_reader, id="memory")
-            memory.border_title = "Memory"
-            yield memory
+                yield self.layers
+            yield self.perplexity
+            yield self.memory
         yield Footer()
 
     def on_mount(self) -> None:
@@ -120,13 +123,11 @@ class MptuiApp(App):
                 self.notify(event.message, title="engine error", severity="error", timeout=30)
         if changed:
             self.repaint()
-        self.query_one(MemoryPane).show(self.state)
+        self.memory.show(self.state)
 
     def repaint(self) -> None:
-        self.query_one(StatusLine).show(self.state)
-        self.query_one(CandidatesPane).show(self.state)
-        self.query_one(LayersPane).show(self.state)
-        self.query_one(PerplexityPane).show(self.state)
+        for pane in (self.status, self.candidates, self.layers, self.perplexity):
+            pane.show(self.state)
 
     # --- actions ----------------------------------------------------------------------------
     def send(self, command: cmd.Command) -> None:
@@ -142,7 +143,7 @@ class MptuiApp(App):
 
     def action_override(self) -> None:
         """Override the next removal with the highlighted or a typed structure."""
-        suggestion = self.query_one(CandidatesPane).selected_structure()
+        suggestion = self.candidates.selected_structure()
 
         def chosen(structure: str | None) -> None:
             if structure:
@@ -184,9 +185,8 @@ class MptuiApp(App):
 
     def action_log_scale(self) -> None:
         """Toggle a log scale on the perplexity curve."""
-        plot = self.query_one(PerplexityPane)
-        plot.log_scale = not plot.log_scale
-        plot.show(self.state)
+        self.perplexity.log_scale = not self.perplexity.log_scale
+        self.perplexity.show(self.state)
 
     def action_help(self) -> None:
         """Show the keys and what each pane means."""
