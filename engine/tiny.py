@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import random
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,13 +51,11 @@ def tiny_text(n_docs: int = 200, seed: int = 0) -> list[str]:
     return paragraphs[:n_docs]
 
 
-@functools.cache
-def tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """A byte-level BPE of ``vocab_size`` tokens, trained once per process.
-
-    Trained rather than shipped so that no file or download is needed; a few hundred
-    paragraphs train in tens of milliseconds, and the cache makes every later call free.
-    """
+def train_byte_level_bpe(
+    vocab_size: int, *, texts: Iterable[str] = (), files: Sequence[str] = ()
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained here on ``texts`` or ``files``, wrapped for transformers, with
+    ``<|endoftext|>`` as its BOS, EOS and unknown token (the demo model uses it too)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -69,10 +68,23 @@ def tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_pydoc_paragraphs()[:400], trainer=trainer)
+    if files:
+        tokenizer.train(list(files), trainer=trainer)
+    else:
+        tokenizer.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token=SPECIAL, eos_token=SPECIAL, unk_token=SPECIAL
     )
+
+
+@functools.cache
+def tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """A byte-level BPE of ``vocab_size`` tokens, trained once per process.
+
+    Trained rather than shipped so that no file or download is needed; a few hundred
+    paragraphs train in tens of milliseconds, and the cache makes every later call free.
+    """
+    return train_byte_level_bpe(vocab_size, texts=_pydoc_paragraphs()[:400])
 
 
 def _config(

@@ -164,22 +164,9 @@ def write_text(docs: list[str]) -> tuple[Path, Path]:
 
 # --- tokenizer and model --------------------------------------------------------------------
 def train_tokenizer(text_path: Path):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from mptui.engine.tiny import train_byte_level_bpe
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB,
-        special_tokens=[SPECIAL],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train([str(text_path)], trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token=SPECIAL, eos_token=SPECIAL, unk_token=SPECIAL
-    )
+    return train_byte_level_bpe(VOCAB, files=[str(text_path)])
 
 
 def token_stream(tokenizer, path: Path) -> torch.Tensor:
