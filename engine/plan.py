@@ -9,8 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import events as ev
-from .errors import BadInput
-from .session import PLAN_FORMAT
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -31,18 +29,6 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 def write_plan(path: Path, plan: dict) -> None:
     write_json_atomic(path, plan)
-
-
-def read_plan(path: Path) -> dict:
-    try:
-        plan = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise BadInput(f"plan file '{path}' does not exist") from None
-    except json.JSONDecodeError as error:
-        raise BadInput(f"plan file '{path}' is not valid JSON ({error})") from None
-    if plan.get("format") != PLAN_FORMAT:
-        raise BadInput(f"'{path}' is not an mptui plan (format {plan.get('format')!r})")
-    return plan
 
 
 class PlanWriter:

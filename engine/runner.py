@@ -308,9 +308,4 @@ class Engine:
         raise _Restart
 
 
-def run_headless(request: RunRequest, subscribers: list[Subscriber]) -> ev.Finished:
-    """Run to the end in the calling thread (scripts, the headless CLI)."""
-    return Engine(request, subscribers).run()
-
-
-__all__ = ["Engine", "RunRequest", "run_headless"]
+__all__ = ["Engine", "RunRequest"]

@@ -37,10 +37,6 @@ class CachePlan:
     boundary_bytes: int
     stored: int
 
-    @property
-    def total_bytes(self) -> int:
-        return self.boundary_bytes * self.stored
-
 
 class _StopCapture(Exception):
     """Raised by the last recorder to end a capture forward before the LM head runs."""
@@ -280,10 +276,6 @@ class Scorer:
                         outputs[index + 1].append(hidden)
         for index, parts in outputs.items():
             self._boundaries[index] = torch.cat(parts)
-
-    def sub_blocks_run(self, start: int) -> int:
-        """How many sub-blocks one evaluation from ``start`` runs (for cost reporting)."""
-        return self.num_sub_blocks - self._nearest_stored(start)
 
     def _lower_batch(self, error: BaseException) -> None:
         if self.batch_size == 1:

@@ -15,7 +15,6 @@ Kind = Literal["attn_block", "mlp_block", "mlp_channels", "attn_heads"]
 Dimension = Literal["blocks", "mlp_channels", "attn_heads"]
 
 DIMENSIONS: tuple[Dimension, ...] = ("blocks", "mlp_channels", "attn_heads")
-KINDS: tuple[Kind, ...] = ("attn_block", "mlp_block", "mlp_channels", "attn_heads")
 
 _DIMENSION_OF_KIND: dict[str, Dimension] = {
     "attn_block": "blocks",
@@ -100,7 +99,3 @@ def parse_structure_id(text: str) -> tuple[Kind, int]:
     if what == "mlp":
         return ("mlp_channels" if channels else "mlp_block"), layer
     return "attn_block", layer
-
-
-def dimension_of(kind: str) -> Dimension:
-    return _DIMENSION_OF_KIND[kind]
