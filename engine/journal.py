@@ -26,6 +26,7 @@ from .errors import BadInput
 from .plan import PlanWriter, write_json_atomic
 from .settings import PruneSettings
 from .setup import RunRequest
+from .summary import write_summary
 
 SETTINGS = "settings.json"
 JOURNAL = "journal.jsonl"
@@ -155,3 +156,5 @@ class SessionRecorder:
             self._events.flush()
         if isinstance(event, ev.Finished):
             self._events.close()
+            if event.plan:
+                write_summary(self.folder.path, event.plan)

@@ -207,6 +207,9 @@ class PruningSession:
                 "name_or_path": self.name_or_path,
                 "architecture": type(self.model).__name__,
                 "params_dense": self.params_dense,
+                "num_layers": self.adapter.num_layers,
+                "mlp_width": self.adapter.dense_mlp_width,
+                "attn_width": self.adapter.dense_kv_groups * self.adapter.attn_group_channels,
             },
             "settings": {
                 **self.settings.to_dict(),

@@ -1,0 +1,37 @@
+"""The run summary, derived from the plan, agrees with the pruned model itself."""
+
+from __future__ import annotations
+
+import pytest
+
+from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
+from mptui.engine.summary import markdown, summarize, write_summary
+
+
+def test_summary_matches_the_pruned_model(tiny_model_dir, calibration_file, tmp_path):
+    settings = PruneSettings.with_distribution(
+        0.4, "30:40:30", calibration=CalibrationSpec(str(calibration_file), 0, 32), mlp_group=40
+    )
+    engine = Engine(RunRequest(str(tiny_model_dir("phi3")), settings))
+    plan = engine.run().plan
+    adapter, model = engine.session.adapter, engine.session.model
+    summary = summarize(plan)
+    for row in summary["layers"]:
+        layer = row["layer"]
+        assert row["attn_removed"] == (not adapter.has_block(layer, "attn"))
+        assert row["mlp_removed"] == (not adapter.has_block(layer, "mlp"))
+        if not row["mlp_removed"]:
+            assert row["mlp_width"] == adapter.mlp_width(layer)
+        if not row["attn_removed"]:
+            assert row["attn_width"] == adapter.attn_groups(layer) * adapter.attn_group_channels
+    assert summary["params"] == model.num_parameters()
+    assert summary["ratio"] == pytest.approx(
+        1 - model.num_parameters() / plan["model"]["params_dense"]
+    )
+    assert sum(d["steps"] for d in summary["per_dimension"].values()) == len(plan["steps"])
+    assert set(summary["per_dimension"]) == {"blocks", "mlp_channels", "attn_heads"}
+    write_summary(tmp_path, plan, {"piqa": 0.61})
+    text = (tmp_path / "summary.md").read_text()
+    assert text == markdown(summarize(plan, {"piqa": 0.61}))
+    assert "| piqa | 0.61 |" in text and f"{summary['final_score']:.4f} pruned" in text
+    assert (tmp_path / "summary.json").exists()
