@@ -40,7 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--mlp-group", type=int, default=None, help="MLP channels per step")
     run.add_argument("--attn-group", type=int, default=None, help="query channels per head step")
     run.add_argument("--block-count", type=int, default=None, help="stop blocks after K removals")
-    run.add_argument("--faithful", choices=("multipruner", "blockpruner"), default=None)
+    run.add_argument(
+        "--faithful",
+        choices=("multipruner", "blockpruner"),
+        default=None,
+        help="reproduce the reference's sampling, precision, label mask and count",
+    )
     run.add_argument("--guided", action="store_true", help="every commit waits for the user")
     parser.add_argument(
         "--theme", default=None, help="mptui-dark, mptui-light, mptui-high-contrast"
