@@ -167,6 +167,23 @@ def test_state_keeps_the_last_table_until_the_next_first_score():
     assert state.curve[-1].chosen_by == "user"
 
 
+def test_an_undo_makes_the_next_score_start_a_fresh_table():
+    from mptui.engine import events as ev
+
+    state = RunState()
+    for event in fixed_run_events():  # the table shows step 4 of mlp_channels
+        state.apply(event)
+    step = {"index": 4, "dimension": "mlp_channels", "score": 45.9, "params": 0,
+            "structure": {"kind": "mlp_channels", "layer": 3, "remove": 46, "width_after": 466},
+            "ratio": 0.14, "chosen_by": "engine"}  # fmt: skip
+    state.apply(ev.StepCommitted(step, 45.9, 0.14, 0.16, 0, 1.0, 7, 1))
+    state.apply(ev.StepUndone(4, "L3.mlp-46", 45.6, 0.136))
+    # step 4 is scored again: same number, same dimension, but only fresh scores are shown
+    state.apply(ev.CandidateScored(4, "mlp_channels", "L5.mlp-46", 45.0, -0.6, 70_656, 1, 7))
+    assert list(state.candidates) == ["L5.mlp-46"]
+    assert state.layers[3].mlp_width == 512  # the undone width step is back
+
+
 def test_bad_user_theme_gives_a_notice_and_the_default(tmp_path):
     folder = tmp_path / "themes"
     folder.mkdir()

@@ -163,6 +163,7 @@ class RunState:
             self.layers[layer] = row
         self.messages.append(f"undid {event.structure}")
         self.last_commit_layer = None
+        self.candidates_step = 0  # the scores shown are of a model that no longer exists
 
     def _apply_structure(self, structure: Structure) -> None:
         row = self.layers[structure.layer]
