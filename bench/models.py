@@ -17,3 +17,33 @@ def build_llama12(path: str) -> Path:
         "llama", path, num_layers=12, vocab_size=32000, hidden_size=512, intermediate_size=1376,
         num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=1024,
     )  # fmt: skip
+
+
+#: Llama-2-7B's shape (random weights: nothing can be downloaded on the GPU machine).
+LLAMA2_7B = {
+    "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
+    "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
+    "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
+}  # fmt: skip
+
+
+def build_llama_in_memory(
+    device: str, dtype: str = "bfloat16", shape: dict = LLAMA2_7B, seed: int = 0
+):
+    """A Llama of ``shape`` (Llama-2-7B's by default) built straight on ``device`` in ``dtype``
+    (13.5 GB in bf16: writing it to disk first would cost more than the benchmark), and a
+    tokenizer whose ids all fall inside the vocabulary."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from mptui.engine.loading import resolve_dtype
+    from mptui.engine.tiny import tiny_tokenizer
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(**shape)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=resolve_dtype(dtype, device), attn_implementation="sdpa"
+        )
+    model.eval().requires_grad_(False)
+    return model, tiny_tokenizer(min(shape["vocab_size"], 32000))

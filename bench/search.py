@@ -24,6 +24,7 @@ from mptui.engine.settings import PruneSettings
 from mptui.engine.setup import RunRequest, build_session
 
 from .flops import evaluation_flops
+from .models import build_llama_in_memory
 
 
 @dataclass
@@ -58,7 +59,10 @@ def run_mode(args, prefix_cache: bool) -> ModeResult:
         prefix_cache=prefix_cache,
     )
     request = RunRequest(args.model, settings, dtype=args.dtype, device=args.device)
-    session = build_session(request, lambda event: None)
+    loaded = None
+    if args.model == "llama2-7b":
+        loaded = build_llama_in_memory(args.device, args.dtype or "bfloat16")
+    session = build_session(request, lambda event: None, loaded)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     chunks = next(iter(session.scorers.values())).chunks
@@ -85,12 +89,17 @@ def run_mode(args, prefix_cache: bool) -> ModeResult:
         result.tokens += len(candidates) * chunks.numel()
         result.structures.append(best.id)
     result.peak_bytes = peak_memory(args.device)
+    del session  # free the model before the other mode builds its own
+    if args.device.startswith("cuda"):
+        torch.cuda.empty_cache()
     return result
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench search", description=__doc__)
-    parser.add_argument("--model", required=True)
+    parser.add_argument(
+        "--model", required=True, help="a model folder, or llama2-7b (random, built in memory)"
+    )
     parser.add_argument("--calibration", required=True)
     parser.add_argument("--nsamples", type=int, default=0)
     parser.add_argument("--seqlen", type=int, default=128)

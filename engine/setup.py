@@ -73,20 +73,20 @@ def _check_seqlen(seqlen: int, config) -> None:
         raise BadInput(f"--seqlen {seqlen} is above this model's limit of {limit}")
 
 
-def build_session(request: RunRequest, emit: Callable[[ev.Event], None]) -> PruningSession:
+def build_session(
+    request: RunRequest, emit: Callable[[ev.Event], None], loaded: tuple | None = None
+) -> PruningSession:
+    """Load (or take ``loaded``: a model and tokenizer already in memory, as benchmarks do with
+    big random models), check, rank, tokenize and score the dense model."""
     settings = request.settings
-    model, tokenizer = load_model(
+    model, tokenizer = loaded or load_model(
         request.model,
         dtype=faithful_dtype(settings.faithful, request.dtype),
         device=request.device,
         device_map=request.device_map,
     )
     adapter = adapter_for(model)
-    limit = max_positions(model.config)
-    if limit is not None and settings.calibration.seqlen > limit:
-        raise BadInput(
-            f"--seqlen {settings.calibration.seqlen} is above this model's limit of {limit}"
-        )
+    _check_seqlen(settings.calibration.seqlen, model.config)
     chunks_by_dimension = _calibration(request, tokenizer)
     for layer in range(adapter.num_layers):
         adapter.reorder_layer(layer)

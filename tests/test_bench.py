@@ -1,0 +1,30 @@
+"""The benchmark harness keeps working: both modes agree and the report is complete."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.models import build_llama_in_memory
+from bench.search import main
+
+
+def test_search_benchmark_runs_both_modes(tiny_model_dir, calibration_file, tmp_path):
+    report = main([
+        "--model", str(tiny_model_dir("llama")), "--calibration", str(calibration_file),
+        "--seqlen", "32", "--steps", "2", "--json", str(tmp_path / "r.json"),
+    ])  # fmt: skip
+    naive, cached = report["modes"]["naive"], report["modes"]["cached"]
+    assert naive["structures"] == cached["structures"] and len(naive["structures"]) == 2
+    assert naive["flops"] > cached["flops"] > 0
+    assert report["flop_ratio"] == pytest.approx(naive["flops"] / cached["flops"])
+    assert (tmp_path / "r.json").exists()
+
+
+def test_in_memory_llama_has_the_asked_shape():
+    shape = {
+        "vocab_size": 1000, "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+    }  # fmt: skip
+    model, tokenizer = build_llama_in_memory("cpu", "float32", shape)
+    assert model.config.num_hidden_layers == 2 and model.lm_head.weight.shape == (1000, 64)
+    assert max(tokenizer.get_vocab().values()) < 1000
