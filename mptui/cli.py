@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="mptui",
         description="Prune a causal LM with MultiPruner (blocks, MLP channels, attention heads), "
-        "watch it happen and steer it.",
+        "watch it happen and steer it. `mptui eval --help` for evaluation.",
     )
     parser.add_argument("model", nargs="?", help="hub id or local model folder")
     parser.add_argument("--version", action="version", version=f"mptui {__version__}")
@@ -84,6 +84,11 @@ def demo_defaults(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["eval"]:
+        from .evaluate_cli import main as evaluate
+
+        return evaluate(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.demo:

@@ -1,0 +1,77 @@
+"""Zero-shot scores with the current lm-eval, and a rolling perplexity, on a live model.
+
+The SPEC §5 tasks are asked for by name (their datasets must be reachable); local tasks come
+from ``include_path`` folders of YAML and JSONL, which is how everything is tested offline.
+Each task reports ``acc_norm`` where it has one, else ``acc``; the average is the plain mean.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from .adapters import adapter_for
+from .calibration import split_documents, tokenize_chunks
+from .errors import BadInput
+from .scoring import Scorer
+
+#: The zero-shot tasks of SPEC §5.
+ZERO_SHOT_TASKS = ("piqa", "winogrande", "hellaswag", "arc_easy", "arc_challenge")
+
+
+def zero_shot(
+    model,
+    tokenizer,
+    tasks: Sequence[str] = ZERO_SHOT_TASKS,
+    *,
+    include_path: Path | None = None,
+    limit: int | None = None,
+    batch_size: int = 8,
+) -> dict:
+    """``{"tasks": {name: {"metric": m, "value": v}}, "average": mean, "lm_eval": version}``."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    logging.getLogger("lm-eval").setLevel(logging.WARNING)
+    manager = TaskManager(include_path=str(include_path) if include_path else None)
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        raise BadInput(
+            f"unknown lm-eval task(s): {', '.join(unknown)}; give --include-path for local tasks"
+        )
+    wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    try:
+        output = lm_eval.simple_evaluate(
+            model=wrapped, tasks=list(tasks), num_fewshot=0, limit=limit,
+            task_manager=manager, log_samples=False, bootstrap_iters=0,
+        )  # fmt: skip
+    except Exception as error:  # datasets that cannot be reached raise many types
+        raise BadInput(f"lm-eval could not run {', '.join(tasks)}: {error}") from error
+    scores = {}
+    for task in tasks:
+        metrics = output["results"][task]
+        name = "acc_norm" if "acc_norm,none" in metrics else "acc"
+        scores[task] = {"metric": name, "value": float(metrics[f"{name},none"])}
+    average = sum(s["value"] for s in scores.values()) / len(scores)
+    return {"tasks": scores, "average": average, "lm_eval": lm_eval.__version__}
+
+
+def rolling_perplexity(model, tokenizer, text: str, seqlen: int) -> float:
+    """SPEC §5's protocol: documents joined by a blank line, tokenized once, non-overlapping
+    ``seqlen`` rows, tail dropped, batch 1, the same score as calibration."""
+    chunks = tokenize_chunks(tokenizer, split_documents(text), seqlen, label="the evaluation text")
+    return Scorer(model, adapter_for(model), chunks, batch_size=1, prefix_cache=False).score()
+
+
+def apply_plan(model, plan: dict) -> None:
+    """Prune a freshly loaded dense ``model`` to ``plan``: the same L1 reorder, then every
+    committed structure in order (the plan is what reproduces the pruned model)."""
+    from .structures import Structure
+
+    adapter = adapter_for(model)
+    for layer in range(adapter.num_layers):
+        adapter.reorder_layer(layer)
+    for step in plan["steps"]:
+        adapter.commit(Structure.from_dict(step["structure"]))

@@ -1,0 +1,108 @@
+"""``mptui eval``: zero-shot scores and a rolling perplexity, for a model or a session.
+
+With ``--session DIR`` the session's plan is re-applied to its dense model, both are scored,
+and the results go into the session (``evaluation.json`` and the summary) side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .cli import _Parser
+
+    parser = _Parser(prog="mptui eval", description=__doc__)
+    parser.add_argument("model", nargs="?", help="hub id or model folder (or use --session)")
+    parser.add_argument("--session", default=None, help="evaluate a session: dense and pruned")
+    parser.add_argument("--tasks", default=None, help="comma-separated lm-eval task names")
+    parser.add_argument("--include-path", default=None, help="folder of local task YAML files")
+    parser.add_argument("--limit", type=int, default=None, help="documents per task (testing)")
+    parser.add_argument("--perplexity", default=None, help="text file for a rolling perplexity")
+    parser.add_argument("--seqlen", type=int, default=2048, help="rows of the rolling perplexity")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--device", default=None)
+    return parser
+
+
+def evaluate_one(model, tokenizer, args) -> dict:
+    from mptui.engine.evaluate import ZERO_SHOT_TASKS, rolling_perplexity, zero_shot
+
+    result: dict = {}
+    if args.tasks is not None or args.perplexity is None:
+        tasks = args.tasks.split(",") if args.tasks else list(ZERO_SHOT_TASKS)
+        include = Path(args.include_path) if args.include_path else None
+        result["zero_shot"] = zero_shot(
+            model, tokenizer, tasks, include_path=include, limit=args.limit,
+            batch_size=args.batch_size,
+        )  # fmt: skip
+    if args.perplexity:
+        text = Path(args.perplexity).read_text(encoding="utf-8")
+        result["perplexity"] = rolling_perplexity(model, tokenizer, text, args.seqlen)
+    return result
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.model and not args.session:
+        parser.error("give a MODEL or --session DIR")
+    from mptui.engine.errors import EngineError
+    from mptui.runs import quiet_libraries
+
+    quiet_libraries()
+    try:
+        results = run(args)
+    except EngineError as error:
+        print(f"mptui: error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def run(args) -> dict:
+    from mptui.engine.errors import BadInput
+    from mptui.engine.evaluate import apply_plan
+    from mptui.engine.journal import SessionFolder
+    from mptui.engine.loading import load_model
+    from mptui.engine.plan import write_json_atomic
+    from mptui.engine.summary import write_summary
+
+    if args.perplexity and not Path(args.perplexity).is_file():
+        raise BadInput(f"perplexity text '{args.perplexity}' does not exist")
+    if not args.session:
+        model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+        return evaluate_one(model, tokenizer, args)
+    folder = SessionFolder(Path(args.session))
+    plan_path = folder.path / "plan.json"
+    if not plan_path.is_file():
+        raise BadInput(f"'{folder.path}' is not an mptui session with a plan")
+    plan = json.loads(plan_path.read_text())
+    model, tokenizer = load_model(
+        plan["model"]["name_or_path"], dtype=args.dtype, device=args.device
+    )
+    results = {"dense": evaluate_one(model, tokenizer, args)}
+    apply_plan(model, plan)
+    results["pruned"] = evaluate_one(model, tokenizer, args)
+    results["ratio"] = plan["steps"][-1]["ratio"] if plan["steps"] else 0.0
+    write_json_atomic(folder.path / "evaluation.json", results)
+    write_summary(folder.path, plan, _flat(results))
+    return results
+
+
+def _flat(results: dict) -> dict:
+    """``{"piqa (dense)": 0.78, "piqa (pruned)": 0.71, ...}`` for the summary's table."""
+    flat = {}
+    for which in ("dense", "pruned"):
+        part = results[which]
+        for task, score in part.get("zero_shot", {}).get("tasks", {}).items():
+            flat[f"{task} {score['metric']} ({which})"] = round(score["value"], 4)
+        if "zero_shot" in part:
+            flat[f"average ({which})"] = round(part["zero_shot"]["average"], 4)
+        if "perplexity" in part:
+            flat[f"perplexity ({which})"] = round(part["perplexity"], 4)
+    return flat

@@ -1,0 +1,113 @@
+"""Evaluation: lm-eval on local tasks offline, a rolling perplexity, and a plan re-applied."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
+from mptui.engine.calibration import split_documents
+from mptui.engine.evaluate import apply_plan, rolling_perplexity
+
+MPTUI = Path(sys.executable).parent / "mptui"
+ITEMS = [
+    ("A dictionary maps keys to", [" values", " fish"], 0),
+    ("The for statement is used to", [" eat lunch", " iterate over a sequence"], 1),
+    ("Raise an exception when", [" an error occurs", " the sun sets"], 0),
+]
+
+
+@pytest.fixture
+def local_task(tmp_path) -> Path:
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    rows = folder / "mini.jsonl"
+    rows.write_text(
+        "".join(json.dumps({"question": q, "choices": c, "label": n}) + "\n" for q, c, n in ITEMS)
+    )
+    (folder / "mini.yaml").write_text(
+        "task: mptui_mini\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {rows}\n"
+        "test_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{question}}"\ndoc_to_target: label\ndoc_to_choice: "{{choices}}"\n'
+        "metric_list:\n  - metric: acc\n  - metric: acc_norm\nmetadata:\n  version: 1.0\n"
+    )
+    return folder
+
+
+def test_rolling_perplexity_is_the_plain_computation(tiny_model_dir, calibration_file):
+    path = tiny_model_dir("llama")
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    text = calibration_file.read_text()
+    ids = tokenizer("\n\n".join(split_documents(text)))["input_ids"]
+    rows = torch.tensor(ids[: len(ids) // 48 * 48]).view(-1, 48)
+    nll = []
+    with torch.inference_mode():
+        for row in rows:
+            logits = model(row[None]).logits[0].float()
+            nll.append(F.cross_entropy(logits[:-1], row[1:]).item())
+    expected = math.exp(sum(nll) / len(nll))
+    assert rolling_perplexity(model, tokenizer, text, 48) == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_plan_applied_to_the_dense_model_reproduces_the_pruned_one(
+    tiny_model_dir, calibration_file
+):
+    path = tiny_model_dir("qwen3")
+    settings = PruneSettings.with_distribution(
+        0.35, "30:40:30", calibration=CalibrationSpec(str(calibration_file), 0, 32), mlp_group=40
+    )
+    engine = Engine(RunRequest(str(path), settings))
+    plan = engine.run().plan
+    fresh = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa").eval()
+    apply_plan(fresh, plan)
+    ids = torch.randint(0, 500, (2, 20), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            fresh(ids).logits, engine.session.model(ids).logits, rtol=1e-6, atol=1e-6
+        )
+    assert fresh.num_parameters() == plan["steps"][-1]["params"]
+
+
+def test_eval_a_session_dense_and_pruned(tiny_model_dir, calibration_file, local_task, tmp_path):
+    session = tmp_path / "session"
+    run = [
+        str(MPTUI), str(tiny_model_dir("llama")), "--headless", "--calibration",
+        str(calibration_file), "--seqlen", "32", "--target-ratio", "0.3", "--mlp-group", "40",
+        "--distribution", "30:40:30", "--session", str(session),
+    ]  # fmt: skip
+    assert subprocess.run(run, capture_output=True).returncode == 0
+    result = subprocess.run(
+        [str(MPTUI), "eval", "--session", str(session), "--tasks", "mptui_mini",
+         "--include-path", str(local_task), "--perplexity", str(calibration_file),
+         "--seqlen", "32"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    evaluation = json.loads((session / "evaluation.json").read_text())
+    for which in ("dense", "pruned"):
+        scores = evaluation[which]["zero_shot"]
+        assert scores["tasks"]["mptui_mini"]["metric"] == "acc_norm"
+        assert 0.0 <= scores["average"] <= 1.0
+        assert evaluation[which]["perplexity"] > 1.0
+    assert evaluation["pruned"]["perplexity"] != evaluation["dense"]["perplexity"]
+    summary = (session / "summary.md").read_text()
+    assert "| perplexity (dense) |" in summary and "| mptui_mini acc_norm (pruned) |" in summary
+
+
+def test_eval_bad_input_is_one_line(tiny_model_dir, tmp_path):
+    result = subprocess.run(
+        [str(MPTUI), "eval", str(tiny_model_dir("llama")), "--tasks", "no_such_task"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("mptui: error: unknown lm-eval task(s): no_such_task")
