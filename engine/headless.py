@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import TextIO
 
 from . import events as ev
-from .plan import PlanWriter
 from .runner import Engine
+from .structures import Structure
 
 
 class LinePrinter:
@@ -51,17 +51,15 @@ class LinePrinter:
 
 
 def _structure_text(structure: dict) -> str:
-    from .structures import Structure
-
     return Structure.from_dict(structure).id
 
 
 def run(engine: Engine, out_dir: Path, printer: LinePrinter | None = None) -> int:
-    """Run ``engine`` to the end in this thread, printing a line per step; plan.json goes to
-    ``out_dir``. Exit status 0 when done or stopped, 1 when the engine reported an error."""
+    """Run ``engine`` to the end in this thread, printing a line per step (the caller has
+    subscribed whatever writes plan.json to ``out_dir``). Exit status 0 when done or stopped,
+    1 when the engine reported an error."""
     printer = printer or LinePrinter()
     engine.subscribe(printer)
-    engine.subscribe(PlanWriter(out_dir, engine.plan))
     result = engine.run()
     if printer.error is not None:
         print(f"mptui: error: {printer.error}", file=printer.err, flush=True)

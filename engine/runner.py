@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from . import commands as cmd
 from . import events as ev
@@ -39,11 +39,6 @@ class _Restart(Exception):
     """Abandons the step being scored (after an undo) and starts a fresh one."""
 
 
-@dataclass
-class _Pending:
-    override: Structure | None = None
-
-
 class Engine:
     """Runs one pruning session. ``start()`` for a thread, ``run()`` to run in the caller's."""
 
@@ -54,7 +49,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._paused = False
         self._guided = request.settings.guided
-        self._pending = _Pending()
+        self._override: Structure | None = None  # the user's next removal
         self._last_memory = 0.0
         self.session: PruningSession | None = None
         self.result: ev.Finished | None = None
@@ -130,7 +125,7 @@ class Engine:
                 dimension = current
                 target = session.settings.targets().get(current) if current else None
                 self._emit(ev.DimensionChanged(current, target, session.settings.order))
-            if current is None and self._pending.override is None:
+            if current is None and self._override is None:
                 return
             try:
                 self._step(current)
@@ -140,7 +135,7 @@ class Engine:
     def _step(self, dimension: str | None) -> None:
         session = self.session
         assert session is not None
-        if self._pending.override is not None:
+        if self._override is not None:
             self._commit_override()
             return
         assert dimension is not None
@@ -153,7 +148,7 @@ class Engine:
         tokens = session.scorers[dimension].tokens
         for k, candidate in enumerate(candidates, start=1):
             self._drain()
-            if self._pending.override is not None:
+            if self._override is not None:
                 self._commit_override(known=scores)
                 return
             score = session.evaluate(candidate)
@@ -209,8 +204,8 @@ class Engine:
         self._emit_memory(force=True)
 
     def _commit_override(self, known: dict[Structure, float] | None = None) -> None:
-        structure = self._pending.override
-        self._pending.override = None
+        structure = self._override
+        self._override = None
         assert structure is not None and self.session is not None
         started = time.monotonic()
         score = (known or {}).get(structure)
@@ -265,7 +260,7 @@ class Engine:
             self._paused = False
             self._emit(ev.StateChanged("running"))
         elif isinstance(command, cmd.Override):
-            self._pending.override = self._resolve(command.structure)
+            self._override = self._resolve(command.structure)
         elif isinstance(command, cmd.SetOrder):
             self._set_order(command.order)
         elif isinstance(command, cmd.SetGuided):

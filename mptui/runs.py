@@ -102,6 +102,7 @@ def open_session(args: argparse.Namespace):
 def run_from_args(args: argparse.Namespace) -> int:
     from mptui.engine.errors import EngineError
     from mptui.engine.journal import SessionRecorder
+    from mptui.engine.plan import PlanWriter
     from mptui.engine.runner import Engine
 
     quiet_libraries()
@@ -112,6 +113,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         return 2
     engine = Engine(request)
     engine.subscribe(SessionRecorder(folder, engine.plan))  # first: on disk before shown
+    if out_dir != folder.path:  # the session folder already holds plan.json
+        engine.subscribe(PlanWriter(out_dir, engine.plan))
     stop_on_hangup(engine)
     try:
         if args.headless:
@@ -119,7 +122,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 
             print(f"session {folder.path}", flush=True)
             return run(engine, out_dir)
-        return run_app(engine, folder.path, out_dir, args.theme)
+        return run_app(engine, folder.path, args.theme)
     finally:
         folder.unlock()
 
@@ -165,12 +168,9 @@ def terminal_kept_logs_to(path: Path) -> Iterator[None]:
             logging.captureWarnings(False)
 
 
-def run_app(engine, session_dir: Path, out_dir: Path, theme: str | None) -> int:
+def run_app(engine, session_dir: Path, theme: str | None) -> int:
     from mptui.app.app import MptuiApp
-    from mptui.engine.plan import PlanWriter
 
-    if out_dir != session_dir:
-        engine.subscribe(PlanWriter(out_dir, engine.plan))
     log = session_dir / "mptui.log"
     with terminal_kept_logs_to(log):
         MptuiApp(engine, theme_name=theme).run()
