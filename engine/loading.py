@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import torch
 
 from .errors import BadInput, UnsupportedModel
+from .pruned_modeling import MptuiPrunedConfig, family_model_types
 
 DTYPES = {
     "float32": torch.float32,
@@ -39,13 +41,28 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def is_mptui_export(name_or_path: str) -> bool:
+    """A local folder written by ``mptui export`` that needs its carried modeling code.
+
+    Only this code is trusted, and only because the user named the folder; any other model that
+    asks for remote code is refused by transformers as usual.
+    """
+    config = Path(name_or_path).expanduser() / "config.json"
+    try:
+        return json.loads(config.read_text()).get("model_type") == MptuiPrunedConfig.model_type
+    except (OSError, ValueError):
+        return False
+
+
 def load_config(name_or_path: str):
     from transformers import AutoConfig
 
     if looks_like_path(name_or_path) and not Path(name_or_path).expanduser().exists():
         raise BadInput(f"model path '{name_or_path}' does not exist")
     try:
-        return AutoConfig.from_pretrained(os.path.expanduser(name_or_path))
+        return AutoConfig.from_pretrained(
+            os.path.expanduser(name_or_path), trust_remote_code=is_mptui_export(name_or_path)
+        )
     except (OSError, ValueError) as error:
         raise BadInput(
             f"could not load model '{name_or_path}': it is not a local model folder and not in "
@@ -58,7 +75,7 @@ def check_supported(config) -> None:
     from .adapters import supported_model_types
 
     supported = supported_model_types()
-    if config.model_type not in supported:
+    if not set(family_model_types(config)) & set(supported):
         raise UnsupportedModel(
             f"architecture '{config.model_type}' is not supported; "
             f"supported: {', '.join(supported)}"
@@ -83,7 +100,11 @@ def load_model(
     path = os.path.expanduser(name_or_path)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch_dtype, device_map=device_map, attn_implementation="sdpa"
+            path,
+            dtype=torch_dtype,
+            device_map=device_map,
+            attn_implementation="sdpa",
+            trust_remote_code=is_mptui_export(path),
         )
         tokenizer = AutoTokenizer.from_pretrained(path)
     except torch.OutOfMemoryError as error:

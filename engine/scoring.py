@@ -23,7 +23,7 @@ from torch import nn
 
 from .adapters import Adapter
 from .errors import OutOfMemory
-from .surgery import RemovedBlock
+from .pruned_modeling import is_removed
 
 #: Largest float32 logits block computed at once, in elements (256 MiB).
 LOSS_CHUNK_ELEMENTS = 64 * 1024 * 1024
@@ -195,7 +195,7 @@ class Scorer:
         layer_index, is_mlp = divmod(index, 2)
         layer = adapter.layers[layer_index]
         block = getattr(layer, adapter.mlp if is_mlp else adapter.attn)
-        if isinstance(block, RemovedBlock):
+        if is_removed(block):
             return hidden
         norm = getattr(layer, adapter.mlp_norm if is_mlp else adapter.attn_norm)
         device = next(block.parameters()).device

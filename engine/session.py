@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
@@ -41,6 +42,7 @@ class PruningSession:
     scorers: dict[str, Scorer]
     name_or_path: str
     count_removed_norms: bool = False
+    tokenizer: Any = None  # saved with an export
     steps: list[dict] = field(default_factory=list)
     records: list[CommitRecord] = field(default_factory=list)
 

@@ -109,6 +109,7 @@ def build_session(
         groups=groups,
         scorers=scorers,
         name_or_path=request.model,
+        tokenizer=tokenizer,
         count_removed_norms=settings.faithful == "multipruner",
     )
     session.apply_plan_steps(list(request.resume_steps))

@@ -4,7 +4,8 @@ Width pruning keeps a *prefix* of each segment of a parameter along one dimensio
 are permuted once, at load, so that the prefix holds the most important channels). A segment is
 one run of channels inside a fused projection: Phi-3's ``gate_up_proj`` rows are two segments
 (gate, up), GPT-2's ``c_attn`` columns three (q, k, v). Everything here works on those segments,
-so the adapters only describe where the segments are.
+so the adapters only describe where the segments are. The placeholders that stand in for removed
+sub-blocks live in :mod:`.pruned_modeling`, which every export carries.
 """
 
 from __future__ import annotations
@@ -13,6 +14,13 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from .pruned_modeling import (
+    RemovedAttention,
+    RemovedBlock,
+    RemovedMLP,
+    sync_shape_attributes,
+)
 
 
 def narrow_segments(
@@ -76,48 +84,15 @@ def restore_parameter(module: nn.Module, name: str, old: nn.Parameter) -> None:
     sync_shape_attributes(module)
 
 
-def sync_shape_attributes(module: nn.Module) -> None:
-    """Keep the size attributes that forwards and ``repr`` read equal to the weight's shape.
-
-    ``nn.Linear`` stores ``in/out_features``; transformers' ``Conv1D`` (GPT-2) reads ``nf`` in
-    its forward, so a stale value would silently reshape to the old width.
-    """
-    weight = getattr(module, "weight", None)
-    if weight is None or weight.dim() != 2:
-        return
-    if isinstance(module, nn.Linear):
-        module.out_features, module.in_features = weight.shape
-    elif hasattr(module, "nf") and hasattr(module, "nx"):
-        module.nx, module.nf = weight.shape
-
-
-class RemovedBlock(nn.Module):
-    """Marker base class for a removed residual sub-block: it has no parameters."""
-
-
-class RemovedAttention(RemovedBlock):
-    """Stands in for a removed attention: adds nothing to the residual stream.
-
-    During generation it still appends a one-channel placeholder to the KV cache for its layer,
-    so that the cache's sequence length (which transformers reads from any layer, often layer 0)
-    stays right; the placeholder costs one number per token.
-    """
-
-    def __init__(self, layer_idx: int | None) -> None:
-        super().__init__()
-        self.layer_idx = layer_idx
-
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        if cache is not None and self.layer_idx is not None:
-            batch, length = hidden_states.shape[0], hidden_states.shape[1]
-            placeholder = hidden_states.new_zeros(batch, 1, length, 1)
-            cache.update(placeholder, placeholder, self.layer_idx)
-        return torch.zeros_like(hidden_states), None
-
-
-class RemovedMLP(RemovedBlock):
-    """Stands in for a removed MLP: adds nothing to the residual stream."""
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(hidden_states)
+__all__ = [
+    "RemovedAttention",
+    "RemovedBlock",
+    "RemovedMLP",
+    "join_segments",
+    "narrow_segments",
+    "permute_segments",
+    "replace_parameter",
+    "restore_parameter",
+    "segment_tails",
+    "sync_shape_attributes",
+]

@@ -17,6 +17,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 _SCRATCH = tempfile.mkdtemp(prefix="mptui-tests-")
 os.environ["XDG_DATA_HOME"] = os.path.join(_SCRATCH, "data")
 os.environ["XDG_CACHE_HOME"] = os.path.join(_SCRATCH, "cache")
+# Remote code of the exports under test is imported from here, not the user's HF cache.
+os.environ["HF_MODULES_CACHE"] = os.path.join(_SCRATCH, "hf-modules")
 
 from mptui.engine.tiny import FAMILIES, build_tiny_model, tiny_text  # noqa: E402
 

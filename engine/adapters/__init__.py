@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import UnsupportedModel
+from ..pruned_modeling import family_model_types
 from .base import Adapter, CommitRecord, ParamSpec
 from .gpt2 import GPT2Adapter
 from .llama import LlamaLikeAdapter
@@ -19,9 +20,10 @@ def supported_model_types() -> list[str]:
 
 def adapter_for(model: nn.Module) -> Adapter:
     """The adapter for ``model``'s family, or one clear error naming the supported ones."""
-    model_type = getattr(model.config, "model_type", None)
+    model_types = family_model_types(model.config)
+    model_type = model_types[0] if model_types else None
     for adapter in ADAPTERS:
-        if model_type in adapter.model_types:
+        if any(name in adapter.model_types for name in model_types):
             return adapter(model)
     raise UnsupportedModel(
         f"architecture '{model_type}' ({type(model).__name__}) is not supported; "

@@ -11,7 +11,6 @@ its forward reads, how a fused projection is laid out).
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -20,10 +19,10 @@ import torch
 from torch import nn
 
 from ..errors import UnsupportedModel
+from ..pruned_modeling import is_removed, set_attributes
 from ..structures import Structure
 from ..surgery import (
     RemovedAttention,
-    RemovedBlock,
     RemovedMLP,
     join_segments,
     narrow_segments,
@@ -135,7 +134,7 @@ class Adapter:
 
     def has_block(self, layer: int, kind: str) -> bool:
         name = self.attn if kind == "attn" else self.mlp
-        return not isinstance(self.sub_module(layer, name), RemovedBlock)
+        return not is_removed(self.sub_module(layer, name))
 
     def mlp_width(self, layer: int) -> int:
         if not self.has_block(layer, "mlp"):
@@ -185,7 +184,7 @@ class Adapter:
             ("attn_heads", self.attn, self.attn_specs),
         ):
             module = getattr(layer, module_name)
-            if isinstance(module, RemovedBlock):
+            if is_removed(module):
                 continue
             for spec in specs:
                 tensor = self._param(module, spec)
@@ -330,11 +329,11 @@ class Adapter:
             narrowed = narrow_segments(tensor.data, dim, lengths, keep)
             saved.append((owner, spec.name, replace_parameter(owner, spec.name, narrowed)))
         module, values = self._width_attributes(structure)
-        old_values = _set_attributes(module, values)
+        old_values = set_attributes(module, values)
         try:
             yield
         finally:
-            _set_attributes(module, old_values)
+            set_attributes(module, old_values)
             for owner, name, old in reversed(saved):
                 restore_parameter(owner, name, old)
 
@@ -351,7 +350,7 @@ class Adapter:
             kept = narrow_segments(tensor, dim, lengths, keep).contiguous().clone()
             replace_parameter(owner, spec.name, kept)
         module, values = self._width_attributes(structure)
-        record.old_attributes["module"] = _set_attributes(module, values)
+        record.old_attributes["module"] = set_attributes(module, values)
         return record
 
     def undo(self, record: CommitRecord) -> None:
@@ -377,7 +376,7 @@ class Adapter:
             dim = spec.dim
             keep = self._segment_lengths(spec, units_after, per_unit)
             replace_parameter(owner, spec.name, join_segments(kept, record.tails[key], dim, keep))
-        _set_attributes(module, record.old_attributes["module"])
+        set_attributes(module, record.old_attributes["module"])
 
     def _block_names(self, structure: Structure) -> tuple[str, str]:
         if structure.kind == "attn_block":
@@ -430,24 +429,3 @@ class Adapter:
 
 def _numel(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def _set_attributes(module: nn.Module, values: dict[str, Any]) -> dict[str, Any]:
-    """Set attributes and return the previous values (a config is copied, never shared)."""
-    old: dict[str, Any] = {}
-    for name, value in values.items():
-        if name == "config":
-            old["config"] = module.config
-            module.config = value
-            continue
-        old[name] = getattr(module, name)
-        setattr(module, name, value)
-    return old
-
-
-def config_with(config: Any, **values: Any) -> Any:
-    """A shallow copy of a config with some sizes changed, for one pruned module only."""
-    clone = copy.copy(config)
-    for name, value in values.items():
-        setattr(clone, name, value)
-    return clone

@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from .base import Adapter, ParamSpec, config_with
+from .base import Adapter, ParamSpec
 
 
 class Phi3Adapter(Adapter):
@@ -25,13 +25,12 @@ class Phi3Adapter(Adapter):
     )
 
     def mlp_attributes(self, module: nn.Module, width: int) -> dict[str, Any]:
-        return {"config": config_with(module.config, intermediate_size=width)}
+        return {"config.intermediate_size": width}
 
     def attn_attributes(self, module: nn.Module, groups: int) -> dict[str, Any]:
         heads = groups * self.q_per_kv
         return {
             "num_key_value_heads": groups,
-            "config": config_with(
-                module.config, num_attention_heads=heads, num_key_value_heads=groups
-            ),
+            "config.num_attention_heads": heads,
+            "config.num_key_value_heads": groups,
         }

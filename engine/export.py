@@ -1,0 +1,346 @@
+"""Export a pruned model as a real, smaller checkpoint that loads without mptui.
+
+The folder holds exactly the kept parameters (safetensors, sharded like transformers does), a
+config, the tokenizer, ``plan.json`` and a model card. Two cases:
+
+- the plan removed only whole layers (both sub-blocks of each touched layer): the remaining
+  layers are renumbered and the stock config says fewer layers, so it loads with no remote code;
+- anything else: the config gets its own model type, an ``mptui_layout`` and an ``auto_map`` to
+  the carried modeling code (:mod:`.pruned_modeling`), so it loads with
+  ``trust_remote_code=True``, strictly: a missing or changed weight is an error.
+
+The folder is written next to its destination and renamed into place at the end, so an
+interrupted export never leaves a half checkpoint where a good one is expected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from . import pruned_modeling
+from .adapters import Adapter, adapter_for
+from .errors import BadInput
+from .summary import markdown, summarize
+
+#: Largest safetensors shard, as transformers' default.
+MAX_SHARD_BYTES = 5 * 1024**3
+MODELING_FILE = "modeling_mptui.py"
+_FAMILY_LINE = re.compile(r"^from transformers import (\w+) as (Family\w+)  # mptui: family$", re.M)
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    params: int
+    bytes: int
+    stock: bool  # loads without remote code
+    seconds: float
+
+
+def export_model(
+    model: nn.Module,
+    tokenizer,
+    plan: dict,
+    out_dir: Path,
+    *,
+    progress: Progress | None = None,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
+) -> ExportResult:
+    """Write ``model`` (already pruned to ``plan``) to ``out_dir``; see the module docstring."""
+    started = time.monotonic()
+    out_dir = Path(out_dir).expanduser()
+    _check_destination(out_dir)
+    adapter = adapter_for(model)
+    layout = pruned_layout(adapter)
+    dropped = whole_layers_removed(adapter, layout)
+    stock = dropped is not None
+    tensors = _kept_tensors(model, adapter, dropped if stock else [])
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would hide the export from others
+    try:
+        size = _write_safetensors(tensors, staging, max_shard_bytes, progress)
+        if stock:
+            _write_stock_config(model, adapter, dropped, staging)
+        else:
+            _write_pruned_config(model, layout, staging)
+            (staging / MODELING_FILE).write_text(modeling_source(model))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        _write_json(staging / "plan.json", plan)
+        (staging / "README.md").write_text(model_card(plan, stock))
+        _move_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    params = sum(t.numel() for t in tensors.values())
+    return ExportResult(out_dir, params, size, stock, time.monotonic() - started)
+
+
+# --- what was pruned, as data -----------------------------------------------------------------
+def pruned_layout(adapter: Adapter) -> dict:
+    """The ``mptui_layout`` of :mod:`.pruned_modeling` for the model as it is now."""
+    names = {id(module): name for name, module in adapter.model.named_modules()}
+    layout: dict[str, dict] = {"removed": {}, "shapes": {}, "attributes": {}}
+    for index, layer in enumerate(adapter.layers):
+        prefix = names[id(layer)]
+        for role, norm, block in (
+            ("attention", adapter.attn_norm, adapter.attn),
+            ("mlp", adapter.mlp_norm, adapter.mlp),
+        ):
+            if pruned_modeling.is_removed(getattr(layer, block)):
+                layout["removed"][f"{prefix}.{block}"] = role
+                layout["removed"][f"{prefix}.{norm}"] = "norm"
+        width = adapter.mlp_width(index)
+        if width and width != adapter.dense_mlp_width:
+            module = adapter.sub_module(index, adapter.mlp)
+            _record_narrowed(layout, f"{prefix}.{adapter.mlp}", module)
+            layout["attributes"][f"{prefix}.{adapter.mlp}"] = adapter.mlp_attributes(module, width)
+        groups = adapter.attn_groups(index)
+        if groups and groups != adapter.dense_kv_groups:
+            module = adapter.sub_module(index, adapter.attn)
+            _record_narrowed(layout, f"{prefix}.{adapter.attn}", module)
+            layout["attributes"][f"{prefix}.{adapter.attn}"] = adapter.attn_attributes(
+                module, groups
+            )
+    return layout
+
+
+def _record_narrowed(layout: dict, path: str, module: nn.Module) -> None:
+    for name, parameter in module.named_parameters():
+        layout["shapes"][f"{path}.{name}"] = list(parameter.shape)
+
+
+def whole_layers_removed(adapter: Adapter, layout: dict) -> list[int] | None:
+    """The layers removed whole, when that is all the plan did; else None."""
+    if layout["shapes"] or layout["attributes"]:
+        return None
+    dropped = []
+    for index in range(adapter.num_layers):
+        attn, mlp = adapter.has_block(index, "attn"), adapter.has_block(index, "mlp")
+        if attn != mlp:
+            return None
+        if not attn:
+            dropped.append(index)
+    return dropped
+
+
+# --- weights ----------------------------------------------------------------------------------
+def _kept_tensors(model: nn.Module, adapter: Adapter, dropped: list[int]) -> dict:
+    """The state dict to save: tied copies left out, dropped layers out and the rest renumbered."""
+    state = model.state_dict()
+    tied = _tied_targets(model, state)
+    prefix = next(n for n, m in model.named_modules() if m is adapter.layers) + "."
+    renumber = {}
+    kept_layers = [i for i in range(adapter.num_layers) if i not in set(dropped)]
+    for new, old in enumerate(kept_layers):
+        renumber[str(old)] = str(new)
+    tensors = {}
+    for name, tensor in state.items():
+        if name in tied:
+            continue
+        if name.startswith(prefix):
+            index, _, rest = name[len(prefix) :].partition(".")
+            if index not in renumber:
+                continue
+            name = f"{prefix}{renumber[index]}.{rest}"
+        tensors[name] = tensor
+    return tensors
+
+
+def _tied_targets(model: nn.Module, state: dict) -> set[str]:
+    """Keys that are the same tensor as another, kept key (an lm_head tied to the embeddings)."""
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    return {
+        target
+        for target, source in tied.items()
+        if target in state
+        and source in state
+        and state[target].data_ptr() == state[source].data_ptr()
+    }
+
+
+def _write_safetensors(
+    tensors: dict, folder: Path, max_shard_bytes: int, progress: Progress | None
+) -> int:
+    from safetensors.torch import save_file
+
+    shards: list[dict] = [{}]
+    shard_bytes = 0
+    for name, tensor in tensors.items():
+        size = tensor.numel() * tensor.element_size()
+        if shards[-1] and shard_bytes + size > max_shard_bytes:
+            shards.append({})
+            shard_bytes = 0
+        shards[-1][name] = tensor
+        shard_bytes += size
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    names = (
+        ["model.safetensors"]
+        if len(shards) == 1
+        else [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
+    )
+    written = 0
+    weight_map = {}
+    for file_name, shard in zip(names, shards, strict=True):
+        on_cpu = {name: t.detach().to("cpu").contiguous() for name, t in shard.items()}
+        save_file(on_cpu, str(folder / file_name), metadata={"format": "pt"})
+        written += sum(t.numel() * t.element_size() for t in on_cpu.values())
+        weight_map.update(dict.fromkeys(shard, file_name))
+        if progress is not None:
+            progress(written, total)
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        _write_json(folder / "model.safetensors.index.json", index)
+    return total
+
+
+# --- config and code --------------------------------------------------------------------------
+def _config_dict(model: nn.Module) -> dict:
+    config = model.config.to_dict()
+    config["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
+    config.pop("_name_or_path", None)
+    return config
+
+
+def _write_stock_config(model: nn.Module, adapter: Adapter, dropped: list[int], folder) -> None:
+    config = _config_dict(model)
+    kept = [i for i in range(adapter.num_layers) if i not in set(dropped)]
+    layers_key = next(
+        key for key in ("num_hidden_layers", "n_layer", "num_layers") if key in config
+    )
+    config[layers_key] = len(kept)
+    if isinstance(config.get("layer_types"), list):
+        config["layer_types"] = [config["layer_types"][i] for i in kept]
+    _write_json(folder / "config.json", config)
+
+
+def _write_pruned_config(model: nn.Module, layout: dict, folder: Path) -> None:
+    config = _config_dict(model)
+    config["model_type"] = pruned_modeling.MptuiPrunedConfig.model_type
+    config["architectures"] = [pruned_modeling.MptuiPrunedForCausalLM.__name__]
+    module = Path(MODELING_FILE).stem
+    config["auto_map"] = {
+        "AutoConfig": f"{module}.{pruned_modeling.MptuiPrunedConfig.__name__}",
+        "AutoModelForCausalLM": f"{module}.{pruned_modeling.MptuiPrunedForCausalLM.__name__}",
+    }
+    config["mptui_layout"] = layout
+    _write_json(folder / "config.json", config)
+
+
+def modeling_source(model: nn.Module) -> str:
+    """The carried modeling code, with its family import naming ``model``'s classes."""
+    source = Path(pruned_modeling.__file__).read_text()
+    classes = {
+        "FamilyConfig": type(model.config).__name__,
+        "FamilyForCausalLM": type(model).__name__,
+    }
+    found = []
+
+    def rename(match: re.Match) -> str:
+        alias = match.group(2)
+        found.append(alias)
+        return match.group(0).replace(match.group(1), classes[alias], 1)
+
+    source = _FAMILY_LINE.sub(rename, source)
+    if sorted(found) != sorted(classes):
+        raise RuntimeError("the carried modeling code lost its family import lines")
+    return source
+
+
+# --- card and destination -----------------------------------------------------------------
+def model_card(plan: dict, stock: bool) -> str:
+    base = plan["model"]["name_or_path"]
+    summary = summarize(plan)
+    remote = "" if stock else ", trust_remote_code=True"
+    how = (
+        "The plan removed whole layers only: this is a stock checkpoint with fewer layers."
+        if stock
+        else "Layers have different widths, so the folder carries its modeling code "
+        f"(`{MODELING_FILE}`, built on transformers' own classes); load it with "
+        "`trust_remote_code=True`. A missing or changed weight makes loading fail."
+    )
+    return "\n".join(
+        [
+            "---",
+            f"base_model: {base}" if not Path(base).is_absolute() else "base_model: local",
+            "library_name: transformers",
+            "tags: [mptui, multipruner, pruned]",
+            "---",
+            "",
+            f"Pruned from `{base}` by mptui (MultiPruner, no training): "
+            f"{summary['ratio']:.2%} of the parameters removed, {summary['params']:,} kept.",
+            "",
+            how,
+            "",
+            "```python",
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            f'model = AutoModelForCausalLM.from_pretrained("PATH"{remote})',
+            'tokenizer = AutoTokenizer.from_pretrained("PATH")',
+            "```",
+            "",
+            "`plan.json` lists every removal in order. The license is the base model's.",
+            "",
+            markdown(summary),
+        ]
+    )
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """A plain write: the whole staging folder is renamed into place at the end."""
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _check_destination(out_dir: Path) -> None:
+    """Never write over a folder that is not a previous export."""
+    if out_dir.is_file():
+        raise BadInput(f"export destination '{out_dir}' is a file")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not is_export(out_dir):
+        raise BadInput(
+            f"export destination '{out_dir}' is not empty and holds no earlier export; "
+            "choose a new folder"
+        )
+
+
+def is_export(folder: Path) -> bool:
+    return (folder / "plan.json").is_file() and (folder / "config.json").is_file()
+
+
+def _move_into_place(staging: Path, out_dir: Path) -> None:
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.replaced")
+        shutil.rmtree(old, ignore_errors=True)
+        out_dir.rename(old)
+    staging.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+__all__ = [
+    "ExportResult",
+    "export_model",
+    "is_export",
+    "model_card",
+    "modeling_source",
+    "pruned_layout",
+    "whole_layers_removed",
+]

@@ -1,0 +1,226 @@
+"""Exports: real smaller checkpoints that load without mptui and compute what the engine did."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
+from mptui.engine.errors import BadInput
+from mptui.engine.evaluate import apply_plan
+from mptui.engine.export import export_model
+from mptui.engine.pruned_modeling import IncompleteCheckpoint
+from mptui.engine.structures import Structure
+from mptui.engine.tiny import FAMILIES
+
+#: Loads each export in a fresh interpreter where importing mptui fails, as on a machine
+#: without it, and saves its logits and a greedy continuation.
+LOADER = """
+import importlib.abc, sys
+class NoMptui(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] == "mptui":
+            raise ImportError("mptui is not installed here")
+sys.meta_path.insert(0, NoMptui())
+import torch
+from transformers import AutoModelForCausalLM
+ids = torch.load(sys.argv[1])
+results = {}
+for folder, remote in zip(sys.argv[3::2], sys.argv[4::2]):
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=remote == "remote")
+    with torch.inference_mode():
+        results[folder] = {
+            "class": type(model).__name__,
+            "model_type": model.config.model_type,
+            "logits": model(ids).logits,
+            "generated": model.generate(ids[:1, :6], max_new_tokens=6, do_sample=False),
+        }
+torch.save(results, sys.argv[2])
+"""
+IDS = torch.randint(3, 500, (2, 24), generator=torch.Generator().manual_seed(5))
+
+
+def load_elsewhere(tmp_path: Path, exports: dict[Path, bool]) -> dict:
+    """``{folder: outputs}`` from a fresh interpreter that cannot import mptui."""
+    torch.save(IDS, tmp_path / "ids.pt")
+    args = [str(tmp_path / "ids.pt"), str(tmp_path / "out.pt")]
+    for folder, remote in exports.items():
+        args += [str(folder), "remote" if remote else "stock"]
+    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", LOADER, *args], capture_output=True, text=True, env=env,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return torch.load(tmp_path / "out.pt")
+
+
+def run_engine(path: Path, calibration: Path) -> Engine:
+    settings = PruneSettings.with_distribution(
+        0.35, "30:40:30", calibration=CalibrationSpec(str(calibration), 0, 32), mlp_group=40
+    )
+    engine = Engine(RunRequest(str(path), settings))
+    assert engine.run().reason == "done"
+    return engine
+
+
+def engine_outputs(model) -> dict:
+    with torch.inference_mode():
+        return {
+            "logits": model(IDS).logits,
+            "generated": model.generate(IDS[:1, :6], max_new_tokens=6, do_sample=False),
+        }
+
+
+def kept_parameter_count(folder: Path) -> int:
+    return sum(t.numel() for t in load_file(folder / "model.safetensors").values())
+
+
+def test_every_family_exports_a_checkpoint_that_loads_without_mptui(
+    tiny_model_dir, calibration_file, tmp_path
+):
+    expected, exports = {}, {}
+    for family in FAMILIES:
+        engine = run_engine(tiny_model_dir(family), calibration_file)
+        session = engine.session
+        kinds = {step["structure"]["kind"] for step in session.steps}
+        assert {"mlp_channels", "attn_heads"} <= kinds and kinds & {"attn_block", "mlp_block"}
+        result = export_model(session.model, session.tokenizer, session.plan(), tmp_path / family)
+        assert not result.stock
+        assert result.params == session.params == kept_parameter_count(tmp_path / family)
+        expected[tmp_path / family] = engine_outputs(session.model)
+        exports[tmp_path / family] = True
+    loaded = load_elsewhere(tmp_path, exports)
+    for folder, want in expected.items():
+        got = loaded[str(folder)]
+        assert got["class"] == "MptuiPrunedForCausalLM"
+        assert got["model_type"] == "mptui_pruned"
+        torch.testing.assert_close(got["logits"], want["logits"], rtol=0, atol=1e-5)
+        assert torch.equal(got["generated"], want["generated"])
+
+
+def commit_all(model, structures: list[Structure]) -> None:
+    plan = {"steps": [{"structure": s.to_dict()} for s in structures]}
+    apply_plan(model, plan)
+
+
+def demo_plan(path: Path, params: int) -> dict:
+    """The least of a plan that an export writes and describes."""
+    return {
+        "model": {"name_or_path": str(path), "params_dense": params, "num_layers": 4,
+                  "mlp_width": 128, "attn_width": 64},
+        "settings": {}, "dense_score": 10.0, "steps": [],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gpt2"])
+def test_removing_whole_layers_exports_a_stock_checkpoint(family, tiny_model_dir, tmp_path):
+    path = tiny_model_dir(family)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    dense_layers = model.config.num_hidden_layers
+    commit_all(model, [Structure(kind, layer) for layer in (0, 2) for kind in
+                       ("attn_block", "mlp_block")])  # fmt: skip
+    result = export_model(model, None, demo_plan(path, 1), tmp_path / family)
+    assert result.stock and result.params == model.num_parameters()
+    config = json.loads((tmp_path / family / "config.json").read_text())
+    assert "auto_map" not in config and not (tmp_path / family / "modeling_mptui.py").exists()
+    assert AutoConfig.from_pretrained(tmp_path / family).num_hidden_layers == dense_layers - 2
+    if "layer_types" in config:
+        assert len(config["layer_types"]) == dense_layers - 2
+    got = load_elsewhere(tmp_path, {tmp_path / family: False})[str(tmp_path / family)]
+    assert got["model_type"] == family
+    torch.testing.assert_close(got["logits"], engine_outputs(model)["logits"], rtol=0, atol=1e-5)
+
+
+@pytest.fixture
+def llama_export(tiny_model_dir, tmp_path) -> Path:
+    path = tiny_model_dir("llama")
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    commit_all(model, [Structure("attn_block", 1), Structure("mlp_channels", 0, 112, 64),
+                       Structure("attn_heads", 2, 32, 32)])  # fmt: skip
+    export_model(model, None, demo_plan(path, 1), tmp_path / "export")
+    return tmp_path / "export"
+
+
+def rewrite_weights(folder: Path, change) -> None:
+    tensors = load_file(folder / "model.safetensors")
+    change(tensors)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def test_an_export_that_lost_a_weight_fails_to_load(llama_export):
+    rewrite_weights(llama_export, lambda t: t.pop("model.layers.0.mlp.down_proj.weight"))
+    with pytest.raises(ValueError, match=r"missing keys: model\.layers\.0\.mlp\.down") as error:
+        AutoModelForCausalLM.from_pretrained(llama_export, trust_remote_code=True)
+    assert type(error.value).__name__ == IncompleteCheckpoint.__name__  # the export's own copy
+
+
+def test_an_export_with_a_weight_of_another_shape_fails_to_load(llama_export):
+    def widen(tensors):
+        tensors["model.layers.2.self_attn.q_proj.weight"] = torch.zeros(64, 64)
+
+    rewrite_weights(llama_export, widen)
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        AutoModelForCausalLM.from_pretrained(llama_export, trust_remote_code=True)
+
+
+def test_an_export_with_an_extra_weight_fails_to_load(llama_export):
+    def add(tensors):
+        tensors["model.layers.1.self_attn.q_proj.weight"] = torch.zeros(64, 64)
+
+    rewrite_weights(llama_export, add)
+    with pytest.raises(ValueError, match="unexpected keys"):
+        AutoModelForCausalLM.from_pretrained(llama_export, trust_remote_code=True)
+
+
+def test_an_export_refuses_to_load_as_a_dense_model_without_its_code(llama_export):
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        AutoModelForCausalLM.from_pretrained(llama_export)
+
+
+def test_an_export_never_overwrites_a_folder_that_is_not_an_export(tiny_model_dir, tmp_path):
+    path = tiny_model_dir("llama")
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    precious = tmp_path / "notes"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("irreplaceable")
+    with pytest.raises(BadInput, match="not empty"):
+        export_model(model, None, demo_plan(path, 1), precious)
+    assert (precious / "thesis.txt").read_text() == "irreplaceable"
+    assert [p.name for p in tmp_path.iterdir()] == ["notes"]  # no staging folder left behind
+
+
+def test_a_new_export_replaces_an_earlier_one(tiny_model_dir, tmp_path):
+    path = tiny_model_dir("llama")
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    export_model(model, None, demo_plan(path, 1), tmp_path / "out")
+    commit_all(model, [Structure("mlp_block", 3)])
+    export_model(model, None, demo_plan(path, 1), tmp_path / "out")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["mptui_layout"]["removed"]["model.layers.3.mlp"] == "mlp"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_big_export_is_sharded_with_an_index(tiny_model_dir, tmp_path):
+    path = tiny_model_dir("llama")
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    commit_all(model, [Structure("mlp_channels", 1, 112, 64)])
+    seen = []
+    export_model(
+        model, None, demo_plan(path, 1), tmp_path / "out", max_shard_bytes=200_000,
+        progress=lambda done, total: seen.append((done, total)),
+    )  # fmt: skip
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) == len(seen) > 1 and seen[-1][0] == seen[-1][1]
+    assert shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out", trust_remote_code=True)
+    torch.testing.assert_close(reloaded(IDS).logits, model(IDS).logits, rtol=0, atol=1e-5)
