@@ -61,7 +61,7 @@ def export_model(
     """Write ``model`` (already pruned to ``plan``) to ``out_dir``; see the module docstring."""
     started = time.monotonic()
     out_dir = Path(out_dir).expanduser()
-    _check_destination(out_dir)
+    check_destination(out_dir)
     adapter = adapter_for(model)
     layout = pruned_layout(adapter)
     dropped = whole_layers_removed(adapter, layout)
@@ -288,7 +288,7 @@ def model_card(plan: dict, stock: bool) -> str:
             "```python",
             "from transformers import AutoModelForCausalLM, AutoTokenizer",
             f'model = AutoModelForCausalLM.from_pretrained("PATH"{remote})',
-            'tokenizer = AutoTokenizer.from_pretrained("PATH")',
+            f'tokenizer = AutoTokenizer.from_pretrained("PATH"{remote})',
             "```",
             "",
             "`plan.json` lists every removal in order. The license is the base model's.",
@@ -309,7 +309,7 @@ def _umask() -> int:
     return mask
 
 
-def _check_destination(out_dir: Path) -> None:
+def check_destination(out_dir: Path) -> None:
     """Never write over a folder that is not a previous export."""
     if out_dir.is_file():
         raise BadInput(f"export destination '{out_dir}' is a file")

@@ -103,6 +103,18 @@ class SessionFolder:
             resume_steps=tuple(self.read_steps()),
         )
 
+    def read_plan(self) -> dict:
+        """The plan snapshot, for commands that work on a session (eval, export)."""
+        try:
+            plan = json.loads((self.path / PLAN).read_text())
+        except FileNotFoundError:
+            raise BadInput(f"'{self.path}' is not an mptui session with a plan") from None
+        except json.JSONDecodeError as error:
+            raise BadInput(f"{self.path / PLAN} is damaged ({error})") from None
+        if not isinstance(plan, dict) or "steps" not in plan or "model" not in plan:
+            raise BadInput(f"{self.path / PLAN} is not an mptui plan")
+        return plan
+
     # --- the journal -----------------------------------------------------------------------
     def _append(self, record: dict) -> None:
         with (self.path / JOURNAL).open("a") as handle:

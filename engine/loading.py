@@ -44,8 +44,8 @@ def default_device() -> str:
 def is_mptui_export(name_or_path: str) -> bool:
     """A local folder written by ``mptui export`` that needs its carried modeling code.
 
-    Only this code is trusted, and only because the user named the folder; any other model that
-    asks for remote code is refused by transformers as usual.
+    The folder's code then runs as ``trust_remote_code=True`` would run it, because the user
+    named this folder; a hub model that asks for remote code is refused by transformers as usual.
     """
     config = Path(name_or_path).expanduser() / "config.json"
     try:
@@ -98,15 +98,16 @@ def load_model(
         raise BadInput(f"--device {device} asked for a GPU but torch sees none")
     torch_dtype = resolve_dtype(dtype, device)
     path = os.path.expanduser(name_or_path)
+    carried_code = is_mptui_export(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path,
             dtype=torch_dtype,
             device_map=device_map,
             attn_implementation="sdpa",
-            trust_remote_code=is_mptui_export(path),
+            trust_remote_code=carried_code,
         )
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=carried_code)
     except torch.OutOfMemoryError as error:
         raise BadInput(
             "out of memory while loading the model; use --device-map auto or a smaller --dtype"

@@ -208,6 +208,7 @@ class PruningSession:
             "model": {
                 "name_or_path": self.name_or_path,
                 "architecture": type(self.model).__name__,
+                "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
                 "params_dense": self.params_dense,
                 "num_layers": self.adapter.num_layers,
                 "mlp_width": self.adapter.dense_mlp_width,

@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="mptui",
         description="Prune a causal LM with MultiPruner (blocks, MLP channels, attention heads), "
-        "watch it happen and steer it. `mptui eval --help` for evaluation.",
+        "watch it happen and steer it. See also `mptui eval --help` (lm-eval scores) and "
+        "`mptui export --help` (a smaller checkpoint).",
     )
     parser.add_argument("model", nargs="?", help="hub id or local model folder")
     parser.add_argument("--version", action="version", version=f"mptui {__version__}")
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     device.add_argument("--device-map", default=None, help="as in transformers, e.g. auto")
     out = parser.add_argument_group("output")
     out.add_argument("--out", default=None, help="also write plan.json here")
+    out.add_argument("--export", default=None, metavar="DIR", help="headless: export when done")
     out.add_argument(
         "--session",
         default=None,
@@ -89,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         from .evaluate_cli import main as evaluate
 
         return evaluate(argv[1:])
+    if argv[:1] == ["export"]:
+        from .export_cli import main as export
+
+        return export(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.demo:

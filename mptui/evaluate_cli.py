@@ -78,12 +78,11 @@ def run(args) -> dict:
         model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
         return evaluate_one(model, tokenizer, args)
     folder = SessionFolder(Path(args.session))
-    plan_path = folder.path / "plan.json"
-    if not plan_path.is_file():
-        raise BadInput(f"'{folder.path}' is not an mptui session with a plan")
-    plan = json.loads(plan_path.read_text())
+    plan = folder.read_plan()
     model, tokenizer = load_model(
-        plan["model"]["name_or_path"], dtype=args.dtype, device=args.device
+        plan["model"]["name_or_path"],
+        dtype=args.dtype if args.dtype != "auto" else plan["model"].get("dtype"),
+        device=args.device,
     )
     results = {"dense": evaluate_one(model, tokenizer, args)}
     apply_plan(model, plan)

@@ -93,6 +93,10 @@ def open_session(args: argparse.Namespace):
         )
         out_dir = out_dir or folder.path
     preflight(request)
+    if getattr(args, "export", None):
+        from mptui.engine.export import check_destination
+
+        check_destination(Path(args.export))
     if not args.resume:
         folder.lock()
         folder.write_request(request)
@@ -121,7 +125,12 @@ def run_from_args(args: argparse.Namespace) -> int:
             from mptui.engine.headless import run
 
             print(f"session {folder.path}", flush=True)
-            return run(engine, out_dir)
+            status = run(engine, out_dir)
+            if args.export and status == 0:
+                from .export_cli import export_live
+
+                status = export_live(engine.session, Path(args.export))
+            return status
         return run_app(engine, folder.path, args.theme)
     finally:
         folder.unlock()

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
 from mptui.engine.errors import BadInput
-from mptui.engine.evaluate import apply_plan
+from mptui.engine.evaluate import apply_plan, rolling_perplexity
 from mptui.engine.export import export_model
 from mptui.engine.pruned_modeling import IncompleteCheckpoint
 from mptui.engine.structures import Structure
@@ -224,3 +224,63 @@ def test_a_big_export_is_sharded_with_an_index(tiny_model_dir, tmp_path):
     assert shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out", trust_remote_code=True)
     torch.testing.assert_close(reloaded(IDS).logits, model(IDS).logits, rtol=0, atol=1e-5)
+
+
+MPTUI = Path(sys.executable).parent / "mptui"
+
+
+def test_headless_export_and_session_export_agree_and_evaluate(
+    tiny_model_dir, calibration_file, tmp_path
+):
+    session, live, later = tmp_path / "session", tmp_path / "live", tmp_path / "later"
+    run = [
+        str(MPTUI), str(tiny_model_dir("qwen2")), "--headless", "--calibration",
+        str(calibration_file), "--seqlen", "32", "--target-ratio", "0.3", "--mlp-group", "40",
+        "--distribution", "30:40:30", "--session", str(session), "--export", str(live),
+    ]  # fmt: skip
+    done = subprocess.run(run, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"exported to {live}:" in done.stdout and "trust_remote_code=True" in done.stdout
+    done = subprocess.run(
+        [str(MPTUI), "export", str(session), "--out", str(later)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    plan = json.loads((session / "plan.json").read_text())
+    assert json.loads((later / "plan.json").read_text())["steps"] == plan["steps"]
+    assert "| layer | attention | MLP |" in (later / "README.md").read_text()
+    models = [
+        AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
+        for folder in (live, later)
+    ]
+    assert models[0].num_parameters() == plan["steps"][-1]["params"]
+    with torch.inference_mode():
+        torch.testing.assert_close(models[0](IDS).logits, models[1](IDS).logits, rtol=0, atol=0)
+    scored = subprocess.run(
+        [str(MPTUI), "eval", str(live), "--perplexity", str(calibration_file), "--seqlen", "32"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert scored.returncode == 0, scored.stderr
+    tokenizer = AutoTokenizer.from_pretrained(later, trust_remote_code=True)
+    expected = rolling_perplexity(models[1], tokenizer, calibration_file.read_text(), 32)
+    assert json.loads(scored.stdout)["perplexity"] == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["export", "{tmp}/nowhere", "--out", "{tmp}/x"], "not an mptui session with a plan"),
+        (["export", "{tmp}"], "the following arguments are required: --out"),
+        (["{model}", "--headless", "--calibration", "{calibration}", "--seqlen", "32",
+          "--export", "{tmp}"],
+         "is not empty and holds no earlier export"),
+    ],
+)  # fmt: skip
+def test_export_bad_input_is_one_line(argv, message, tiny_model_dir, calibration_file, tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    values = {"tmp": tmp_path, "model": tiny_model_dir("llama"), "calibration": calibration_file}
+    done = subprocess.run(
+        [str(MPTUI), *(a.format(**values) for a in argv)], capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("mptui: error: ") and message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

@@ -1,0 +1,90 @@
+"""``mptui export SESSION --out DIR``: a session's plan applied to its dense model, exported.
+
+The dense model is loaded in the precision the session ran in (recorded in its plan), so the
+L1 channel order, and with it every kept channel, is the one the search used.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def build_parser():
+    from .cli import _Parser
+
+    parser = _Parser(prog="mptui export", description=__doc__)
+    parser.add_argument("session", help="session folder (holds plan.json)")
+    parser.add_argument("--out", required=True, help="folder to write the checkpoint to")
+    parser.add_argument("--dtype", default=None, help="load precision (default: the session's)")
+    parser.add_argument("--device", default=None, help="cuda, cpu (default: cuda if any)")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    from mptui.engine.errors import EngineError
+    from mptui.runs import quiet_libraries
+
+    quiet_libraries()
+    try:
+        result = export_session(Path(args.session), Path(args.out), args.dtype, args.device)
+    except EngineError as error:
+        print(f"mptui: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"mptui: error: the export failed: {error}", file=sys.stderr)
+        return 1
+    print(describe(result), flush=True)
+    return 0
+
+
+def export_session(session: Path, out: Path, dtype: str | None, device: str | None):
+    from mptui.engine.evaluate import apply_plan
+    from mptui.engine.export import check_destination, export_model
+    from mptui.engine.journal import SessionFolder
+    from mptui.engine.loading import load_model
+
+    plan = SessionFolder(session).read_plan()
+    check_destination(out)
+    print(f"loading {plan['model']['name_or_path']}", file=sys.stderr, flush=True)
+    model, tokenizer = load_model(
+        plan["model"]["name_or_path"], dtype=dtype or plan["model"].get("dtype"), device=device
+    )
+    apply_plan(model, plan)
+    return export_model(model, tokenizer, plan, out, progress=print_progress)
+
+
+def export_live(session, out: Path) -> int:
+    """Export the model a headless run just pruned (it is still in memory)."""
+    from mptui.engine.errors import EngineError
+    from mptui.engine.export import export_model
+
+    if session is None or not session.steps:
+        print("mptui: nothing was removed, so nothing is exported", file=sys.stderr)
+        return 1
+    try:
+        result = export_model(
+            session.model, session.tokenizer, session.plan(), out, progress=print_progress
+        )
+    except (EngineError, OSError) as error:
+        print(f"mptui: error: the export failed: {error}", file=sys.stderr)
+        return 1
+    print(describe(result), flush=True)
+    return 0
+
+
+def print_progress(done: int, total: int) -> None:
+    print(f"writing weights {done / 1e9:.2f} / {total / 1e9:.2f} GB", file=sys.stderr, flush=True)
+
+
+def describe(result) -> str:
+    how = (
+        "a stock checkpoint (loads without remote code)"
+        if result.stock
+        else "loads with AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)"
+    )
+    return (
+        f"exported to {result.path}: {result.params:,} parameters, "
+        f"{result.bytes / 1e9:.2f} GB in {result.seconds:.1f}s; {how}"
+    )
