@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .evaluate import EvalRequest
+
 
 @dataclass(frozen=True)
 class Command:
@@ -56,3 +58,17 @@ class Undo(Command):
 @dataclass(frozen=True)
 class Stop(Command):
     pass
+
+
+@dataclass(frozen=True)
+class Export(Command):
+    """Write the model as pruned so far to ``path`` (a checkpoint; see ``engine.export``)."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class Evaluate(Command):
+    """Score the dense and the pruned model with ``request`` (dense results are reused)."""
+
+    request: EvalRequest

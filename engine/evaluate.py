@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from .adapters import adapter_for
@@ -18,6 +19,57 @@ from .scoring import Scorer
 
 #: The zero-shot tasks of SPEC §5.
 ZERO_SHOT_TASKS = ("piqa", "winogrande", "hellaswag", "arc_easy", "arc_challenge")
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """What to evaluate: lm-eval tasks (none: skip), and a text for a rolling perplexity."""
+
+    tasks: tuple[str, ...] = ()
+    include_path: str | None = None
+    limit: int | None = None
+    batch_size: int = 8
+    text: str | None = None
+    seqlen: int = 2048
+
+    def check(self) -> None:
+        """Fail before anything long starts."""
+        if not self.tasks and not self.text:
+            raise BadInput("nothing to evaluate: give tasks or a text for perplexity")
+        if self.text and not Path(self.text).is_file():
+            raise BadInput(f"perplexity text '{self.text}' does not exist")
+        if self.include_path and not Path(self.include_path).is_dir():
+            raise BadInput(f"task folder '{self.include_path}' does not exist")
+
+
+def evaluate(model, tokenizer, request: EvalRequest) -> dict:
+    """``{"zero_shot": ..., "perplexity": ...}``, each present when asked for."""
+    request.check()
+    result: dict = {}
+    if request.tasks:
+        include = Path(request.include_path) if request.include_path else None
+        result["zero_shot"] = zero_shot(
+            model, tokenizer, request.tasks, include_path=include, limit=request.limit,
+            batch_size=request.batch_size,
+        )  # fmt: skip
+    if request.text:
+        text = Path(request.text).read_text(encoding="utf-8")
+        result["perplexity"] = rolling_perplexity(model, tokenizer, text, request.seqlen)
+    return result
+
+
+def flat_scores(results: dict) -> dict:
+    """``{"piqa acc_norm (dense)": 0.78, ...}`` from ``{"dense": ..., "pruned": ...}``."""
+    flat = {}
+    for which in ("dense", "pruned"):
+        part = results.get(which) or {}
+        for task, score in part.get("zero_shot", {}).get("tasks", {}).items():
+            flat[f"{task} {score['metric']} ({which})"] = round(score["value"], 4)
+        if "zero_shot" in part:
+            flat[f"average ({which})"] = round(part["zero_shot"]["average"], 4)
+        if "perplexity" in part:
+            flat[f"perplexity ({which})"] = round(part["perplexity"], 4)
+    return flat
 
 
 def zero_shot(

@@ -134,6 +134,37 @@ class Error(Event):
 
 
 @dataclass(frozen=True)
+class Activity(Event):
+    """Something long besides the search (an export, an evaluation); ``label`` "" when over.
+
+    ``done``/``total`` count bytes or items where known, else both are 0.
+    """
+
+    label: str
+    done: int = 0
+    total: int = 0
+
+
+@dataclass(frozen=True)
+class Exported(Event):
+    path: str
+    params: int
+    bytes: int
+    stock: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Evaluated(Event):
+    """Dense and pruned results of one evaluation, at ``steps`` commits (``ratio``)."""
+
+    dense: dict
+    pruned: dict
+    steps: int
+    ratio: float
+
+
+@dataclass(frozen=True)
 class Finished(Event):
     """The search ended; ``reason`` says why, ``plan`` is the plan file's content."""
 

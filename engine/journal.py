@@ -23,6 +23,7 @@ from pathlib import Path
 from . import events as ev
 from .calibration import CalibrationSpec
 from .errors import BadInput
+from .evaluate import flat_scores
 from .plan import PlanWriter, write_json_atomic
 from .settings import PruneSettings
 from .setup import RunRequest
@@ -152,8 +153,10 @@ class SessionRecorder:
 
     def __init__(self, folder: SessionFolder, plan: Callable[[], dict | None]) -> None:
         self.folder = folder
+        self._plan = plan
         self._plan_writer = PlanWriter(folder.path, plan)
         self._events = (folder.path / EVENTS).open("a")
+        self._evaluation: dict = {}
 
     def __call__(self, event: ev.Event) -> None:
         # the journal line is on disk before the plan snapshot and before any other subscriber
@@ -166,7 +169,18 @@ class SessionRecorder:
             record = {"event": type(event).__name__, **dataclasses.asdict(event)}
             self._events.write(json.dumps(record, default=str) + "\n")
             self._events.flush()
-        if isinstance(event, ev.Finished):
-            self._events.close()
-            if event.plan:
-                write_summary(self.folder.path, event.plan)
+        if isinstance(event, ev.Evaluated):
+            self._record_evaluation(event)
+        if isinstance(event, ev.Finished) and event.plan:
+            write_summary(self.folder.path, event.plan, flat_scores(self._evaluation))
+
+    def _record_evaluation(self, event: ev.Evaluated) -> None:
+        """``evaluation.json`` and the summary get the latest dense/pruned results."""
+        self._evaluation = {
+            "dense": event.dense, "pruned": event.pruned, "steps": event.steps,
+            "ratio": event.ratio,
+        }  # fmt: skip
+        write_json_atomic(self.folder.path / "evaluation.json", self._evaluation)
+        plan = self._plan()
+        if plan:
+            write_summary(self.folder.path, plan, flat_scores(self._evaluation))

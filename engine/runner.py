@@ -14,10 +14,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 from . import commands as cmd
 from . import events as ev
 from .errors import BadInput, EngineError
+from .evaluate import EvalRequest, evaluate
+from .export import export_model
 from .memory import sample_memory
 from .session import PruningSession, StepStats
 from .setup import RunRequest, build_session
@@ -42,8 +45,18 @@ class _Restart(Exception):
 class Engine:
     """Runs one pruning session. ``start()`` for a thread, ``run()`` to run in the caller's."""
 
-    def __init__(self, request: RunRequest, subscribers: list[Subscriber] | None = None) -> None:
+    def __init__(
+        self,
+        request: RunRequest,
+        subscribers: list[Subscriber] | None = None,
+        *,
+        linger: bool = False,
+    ) -> None:
+        """``linger``: after the search, keep answering exports and evaluations until a Stop
+        (the app, where the user looks at the result before quitting)."""
         self.request = request
+        self.linger = linger
+        self._dense_results: dict[EvalRequest, dict] = {}
         self._subscribers: list[Subscriber] = list(subscribers or [])
         self._commands: queue.Queue[cmd.Command] = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -97,7 +110,18 @@ class Engine:
         self._emit(ev.StateChanged("error" if reason == "error" else "done"))
         self.result = ev.Finished(reason=reason, plan=plan)
         self._emit(self.result)
+        if self.linger and reason != "stopped":
+            self._serve_after_search()
         return self.result
+
+    def _serve_after_search(self) -> None:
+        while not isinstance(command := self._commands.get(), cmd.Stop):
+            if self.session is None:
+                self._emit(ev.Warning("the model did not load; nothing to export or evaluate"))
+            elif isinstance(command, (cmd.Export, cmd.Evaluate)):
+                self._handle(command)
+            else:
+                self._emit(ev.Warning("the run is finished; export (x) and evaluate (e) remain"))
 
     def _emit(self, event: ev.Event) -> None:
         event = replace(event, time=time.monotonic())
@@ -267,6 +291,48 @@ class Engine:
             self._guided = command.guided
         elif isinstance(command, cmd.Undo):
             self._undo()
+        elif isinstance(command, cmd.Export):
+            self._export(Path(command.path))
+        elif isinstance(command, cmd.Evaluate):
+            self._evaluate(command.request)
+
+    def _export(self, path: Path) -> None:
+        session = self.session
+        label = f"exporting to {path}"
+        self._emit(ev.Activity(label))
+        try:
+            result = export_model(
+                session.model, session.tokenizer, session.plan(), path,
+                progress=lambda done, total: self._emit(ev.Activity(label, done, total)),
+            )  # fmt: skip
+        except (EngineError, OSError) as error:
+            self._emit(ev.Warning(f"export failed: {error}"))
+            return
+        finally:
+            self._emit(ev.Activity(""))
+        self._emit(
+            ev.Exported(str(result.path), result.params, result.bytes, result.stock, result.seconds)
+        )
+
+    def _evaluate(self, request: EvalRequest) -> None:
+        """Dense (once per request: undo all, score, redo) and pruned, side by side."""
+        session = self.session
+        try:
+            request.check()
+            dense = self._dense_results.get(request)
+            if dense is None:
+                self._emit(ev.Activity("evaluating the dense model"))
+                with session.dense_model() as model:
+                    dense = evaluate(model, session.tokenizer, request)
+                self._dense_results[request] = dense
+            self._emit(ev.Activity("evaluating the pruned model"))
+            pruned = evaluate(session.model, session.tokenizer, request)
+        except EngineError as error:
+            self._emit(ev.Warning(f"evaluation failed: {error}"))
+            return
+        finally:
+            self._emit(ev.Activity(""))
+        self._emit(ev.Evaluated(dense, pruned, len(session.steps), session.ratio()))
 
     def _resolve(self, structure_id: str) -> Structure | None:
         try:

@@ -7,7 +7,9 @@ what each would cost and free, and how to commit and undo exactly.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,6 +181,21 @@ class PruningSession:
         self.params_removed -= self.params_freed(record.structure)
         self._refresh(record.structure)
         return step
+
+    @contextlib.contextmanager
+    def dense_model(self) -> Iterator[nn.Module]:
+        """The dense model for a while (every commit undone exactly), then the pruned one again.
+
+        Re-committing restores the very same values, so the scorers' caches stay valid.
+        """
+        structures = [record.structure for record in self.records]
+        for record in reversed(self.records):
+            self.adapter.undo(record)
+        self.records = []
+        try:
+            yield self.model
+        finally:
+            self.records = [self.adapter.commit(structure) for structure in structures]
 
     def _refresh(self, structure: Structure) -> None:
         """Follow a change at ``structure`` in every scorer; re-read their current scores."""

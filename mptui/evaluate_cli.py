@@ -10,6 +10,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mptui.engine.evaluate import EvalRequest
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,21 +33,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def evaluate_one(model, tokenizer, args) -> dict:
-    from mptui.engine.evaluate import ZERO_SHOT_TASKS, rolling_perplexity, zero_shot
+def eval_request(args) -> EvalRequest:
+    from mptui.engine.evaluate import ZERO_SHOT_TASKS, EvalRequest
 
-    result: dict = {}
-    if args.tasks is not None or args.perplexity is None:
-        tasks = args.tasks.split(",") if args.tasks else list(ZERO_SHOT_TASKS)
-        include = Path(args.include_path) if args.include_path else None
-        result["zero_shot"] = zero_shot(
-            model, tokenizer, tasks, include_path=include, limit=args.limit,
-            batch_size=args.batch_size,
-        )  # fmt: skip
-    if args.perplexity:
-        text = Path(args.perplexity).read_text(encoding="utf-8")
-        result["perplexity"] = rolling_perplexity(model, tokenizer, text, args.seqlen)
-    return result
+    tasks: tuple[str, ...] = ()
+    if args.tasks is not None or args.perplexity is None:  # the SPEC §5 tasks by default
+        tasks = tuple(args.tasks.split(",")) if args.tasks else ZERO_SHOT_TASKS
+    return EvalRequest(
+        tasks=tasks,
+        include_path=args.include_path,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        text=args.perplexity,
+        seqlen=args.seqlen,
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -65,18 +68,17 @@ def main(argv: list[str]) -> int:
 
 
 def run(args) -> dict:
-    from mptui.engine.errors import BadInput
-    from mptui.engine.evaluate import apply_plan
+    from mptui.engine.evaluate import apply_plan, evaluate, flat_scores
     from mptui.engine.journal import SessionFolder
     from mptui.engine.loading import load_model
     from mptui.engine.plan import write_json_atomic
     from mptui.engine.summary import write_summary
 
-    if args.perplexity and not Path(args.perplexity).is_file():
-        raise BadInput(f"perplexity text '{args.perplexity}' does not exist")
+    request = eval_request(args)
+    request.check()
     if not args.session:
         model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-        return evaluate_one(model, tokenizer, args)
+        return evaluate(model, tokenizer, request)
     folder = SessionFolder(Path(args.session))
     plan = folder.read_plan()
     model, tokenizer = load_model(
@@ -84,24 +86,10 @@ def run(args) -> dict:
         dtype=args.dtype if args.dtype != "auto" else plan["model"].get("dtype"),
         device=args.device,
     )
-    results = {"dense": evaluate_one(model, tokenizer, args)}
+    results = {"dense": evaluate(model, tokenizer, request)}
     apply_plan(model, plan)
-    results["pruned"] = evaluate_one(model, tokenizer, args)
+    results["pruned"] = evaluate(model, tokenizer, request)
     results["ratio"] = plan["steps"][-1]["ratio"] if plan["steps"] else 0.0
     write_json_atomic(folder.path / "evaluation.json", results)
-    write_summary(folder.path, plan, _flat(results))
+    write_summary(folder.path, plan, flat_scores(results))
     return results
-
-
-def _flat(results: dict) -> dict:
-    """``{"piqa (dense)": 0.78, "piqa (pruned)": 0.71, ...}`` for the summary's table."""
-    flat = {}
-    for which in ("dense", "pruned"):
-        part = results[which]
-        for task, score in part.get("zero_shot", {}).get("tasks", {}).items():
-            flat[f"{task} {score['metric']} ({which})"] = round(score["value"], 4)
-        if "zero_shot" in part:
-            flat[f"average ({which})"] = round(part["zero_shot"]["average"], 4)
-        if "perplexity" in part:
-            flat[f"perplexity ({which})"] = round(part["perplexity"], 4)
-    return flat

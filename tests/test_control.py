@@ -193,3 +193,82 @@ def test_events_carry_no_tensors(llama, calibration_file, tmp_path):
     } <= kinds
     progress = log.of(ev.Progress)[0]
     assert progress.n > 0 and progress.tokens_per_s > 0
+
+
+def test_export_and_evaluate_mid_run_leave_the_search_unchanged(
+    llama, calibration_file, tmp_path
+):
+    """Paused after a commit: an evaluation (dense and pruned) and an export, then the run goes
+    on and ends with exactly the plan of a run that was never interrupted."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mptui.engine.evaluate import EvalRequest, rolling_perplexity
+
+    engine, log = make_engine(llama, calibration_file, tmp_path)
+    engine.send(cmd.Pause())  # paused before the first step
+    engine.start()
+    log.wait_for(lambda log: log.state() == "paused")
+    engine.send(cmd.Override("L2.mlp"))
+    engine.send(cmd.Resume())
+    log.wait_count(ev.StepCommitted, 1)
+    engine.send(cmd.Pause())
+    log.wait_for(lambda log: log.state() == "paused")
+    request = EvalRequest(text=str(calibration_file), seqlen=32)
+    engine.send(cmd.Evaluate(request))
+    engine.send(cmd.Export(str(tmp_path / "export")))
+    log.wait_count(ev.Exported, 1)
+    evaluated, exported = log.of(ev.Evaluated)[0], log.of(ev.Exported)[0]
+    steps_then = evaluated.steps
+    dense = AutoModelForCausalLM.from_pretrained(llama).eval()
+    tokenizer = AutoTokenizer.from_pretrained(llama)
+    text = calibration_file.read_text()
+    assert evaluated.dense["perplexity"] == pytest.approx(
+        rolling_perplexity(dense, tokenizer, text, 32), rel=1e-5
+    )
+    pruned = AutoModelForCausalLM.from_pretrained(exported.path, trust_remote_code=True)
+    assert evaluated.pruned["perplexity"] == pytest.approx(
+        rolling_perplexity(pruned, tokenizer, text, 32), rel=1e-5
+    )
+    assert evaluated.pruned["perplexity"] != evaluated.dense["perplexity"]
+    assert pruned.num_parameters() == exported.params == log.of(ev.StepCommitted)[-1].params
+    assert [a.label for a in log.of(ev.Activity)][-1] == ""
+    engine.send(cmd.Resume())
+    steps = finish(engine, log).plan["steps"]
+    assert steps_then >= 1 and steps[0]["structure"] == {"kind": "mlp_block", "layer": 2}
+    # from the same first step on, the uninterrupted search makes the same choices
+    rerun, rerun_log = make_engine(llama, calibration_file, tmp_path)
+    rerun.send(cmd.Override("L2.mlp"))
+    rerun.start()
+    expected = finish(rerun, rerun_log).plan["steps"]
+    assert [s["structure"] for s in steps] == [s["structure"] for s in expected]
+    assert [s["score"] for s in steps] == pytest.approx([s["score"] for s in expected], rel=1e-6)
+
+
+def test_a_lingering_engine_answers_exports_after_the_search_until_stopped(
+    llama, calibration_file, tmp_path
+):
+    engine, log = make_engine(llama, calibration_file, tmp_path)
+    engine.linger = True
+    engine.start()
+    log.wait_count(ev.Finished, 1)
+    engine.send(cmd.Undo())
+    engine.send(cmd.Export(str(tmp_path / "after")))
+    log.wait_count(ev.Exported, 1)
+    assert "the run is finished" in log.of(ev.Warning)[-1].message
+    assert (tmp_path / "after" / "model.safetensors").is_file()
+    assert not engine.join(0.2)  # still serving
+    engine.send(cmd.Stop())
+    assert engine.join(TIMEOUT)
+
+
+def test_a_failed_evaluation_is_a_warning_and_the_run_goes_on(llama, calibration_file, tmp_path):
+    from mptui.engine.evaluate import EvalRequest
+
+    engine, log = make_engine(llama, calibration_file, tmp_path)
+    engine.send(cmd.Pause())
+    engine.start()
+    log.wait_for(lambda log: log.state() == "paused")
+    engine.send(cmd.Evaluate(EvalRequest(text=str(tmp_path / "missing.txt"))))
+    engine.send(cmd.Resume())
+    assert finish(engine, log).reason == "done"
+    assert any("evaluation failed" in w.message for w in log.of(ev.Warning))
