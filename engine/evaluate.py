@@ -32,6 +32,25 @@ class EvalRequest:
     text: str | None = None
     seqlen: int = 2048
 
+    @classmethod
+    def from_options(
+        cls,
+        tasks: str | None,
+        text: str | None,
+        seqlen: int,
+        *,
+        include_path: str | None = None,
+        limit: int | None = None,
+        batch_size: int = 8,
+    ) -> EvalRequest:
+        """From comma-separated task names; with neither tasks nor a text, SPEC §5's tasks."""
+        names: tuple[str, ...] = ()
+        if tasks:
+            names = tuple(name.strip() for name in tasks.split(",") if name.strip())
+        elif not text:
+            names = ZERO_SHOT_TASKS
+        return cls(names, include_path, limit, batch_size, text, seqlen)
+
     def check(self) -> None:
         """Fail before anything long starts."""
         if not self.tasks and not self.text:

@@ -137,6 +137,19 @@ def whole_layers_removed(adapter: Adapter, layout: dict) -> list[int] | None:
     return dropped
 
 
+def describe_export(result) -> str:
+    """One line for an :class:`ExportResult` or an ``Exported`` event (same fields)."""
+    how = (
+        "a stock checkpoint (loads without remote code)"
+        if result.stock
+        else "loads with AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)"
+    )
+    return (
+        f"exported to {result.path}: {result.params:,} parameters, "
+        f"{result.bytes / 1e9:.2f} GB in {result.seconds:.1f}s; {how}"
+    )
+
+
 # --- weights ----------------------------------------------------------------------------------
 def _kept_tensors(model: nn.Module, adapter: Adapter, dropped: list[int]) -> dict:
     """The state dict to save: tied copies left out, dropped layers out and the rest renumbered."""
@@ -337,6 +350,7 @@ def _move_into_place(staging: Path, out_dir: Path) -> None:
 
 __all__ = [
     "ExportResult",
+    "describe_export",
     "export_model",
     "is_export",
     "model_card",

@@ -65,13 +65,22 @@ def build_parser() -> argparse.ArgumentParser:
     device.add_argument("--device-map", default=None, help="as in transformers, e.g. auto")
     out = parser.add_argument_group("output")
     out.add_argument("--out", default=None, help="also write plan.json here")
-    out.add_argument("--export", default=None, metavar="DIR", help="headless: export when done")
+    out.add_argument(
+        "--export", default=None, metavar="DIR", help="export here (headless: when done; app: x)"
+    )
     out.add_argument(
         "--session",
         default=None,
         help="session folder (default: a new one in ~/.local/share/mptui)",
     )
     out.add_argument("--resume", default=None, metavar="DIR", help="continue a session")
+    evaluation = parser.add_argument_group("evaluation (the app's e key)")
+    evaluation.add_argument(
+        "--eval-tasks", default=None, help="lm-eval tasks (default: piqa,winogrande,hellaswag,…)"
+    )
+    evaluation.add_argument("--eval-include-path", default=None, help="folder of local tasks")
+    evaluation.add_argument("--eval-limit", type=int, default=None, help="documents per task")
+    evaluation.add_argument("--eval-text", default=None, help="text for a rolling perplexity")
     return parser
 
 
@@ -83,6 +92,7 @@ def demo_defaults(args: argparse.Namespace) -> None:
     args.distribution = args.distribution or "40:40:20"
     args.seqlen = args.seqlen or 128
     args.nsamples = args.nsamples if args.nsamples is not None else 16
+    args.eval_text = args.eval_text or str(DEMO_DIR / "validation.txt")
 
 
 def main(argv: list[str] | None = None) -> int:

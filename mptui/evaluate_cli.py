@@ -10,10 +10,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from mptui.engine.evaluate import EvalRequest
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,22 +27,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--device", default=None)
     return parser
-
-
-def eval_request(args) -> EvalRequest:
-    from mptui.engine.evaluate import ZERO_SHOT_TASKS, EvalRequest
-
-    tasks: tuple[str, ...] = ()
-    if args.tasks is not None or args.perplexity is None:  # the SPEC §5 tasks by default
-        tasks = tuple(args.tasks.split(",")) if args.tasks else ZERO_SHOT_TASKS
-    return EvalRequest(
-        tasks=tasks,
-        include_path=args.include_path,
-        limit=args.limit,
-        batch_size=args.batch_size,
-        text=args.perplexity,
-        seqlen=args.seqlen,
-    )
 
 
 def main(argv: list[str]) -> int:
@@ -68,13 +48,16 @@ def main(argv: list[str]) -> int:
 
 
 def run(args) -> dict:
-    from mptui.engine.evaluate import apply_plan, evaluate, flat_scores
+    from mptui.engine.evaluate import EvalRequest, apply_plan, evaluate, flat_scores
     from mptui.engine.journal import SessionFolder
     from mptui.engine.loading import load_model
     from mptui.engine.plan import write_json_atomic
     from mptui.engine.summary import write_summary
 
-    request = eval_request(args)
+    request = EvalRequest.from_options(
+        args.tasks, args.perplexity, args.seqlen, include_path=args.include_path,
+        limit=args.limit, batch_size=args.batch_size,
+    )  # fmt: skip
     request.check()
     if not args.session:
         model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)

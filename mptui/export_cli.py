@@ -24,6 +24,7 @@ def build_parser():
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from mptui.engine.errors import EngineError
+    from mptui.engine.export import describe_export
     from mptui.runs import quiet_libraries
 
     quiet_libraries()
@@ -35,7 +36,7 @@ def main(argv: list[str]) -> int:
     except OSError as error:
         print(f"mptui: error: the export failed: {error}", file=sys.stderr)
         return 1
-    print(describe(result), flush=True)
+    print(describe_export(result), flush=True)
     return 0
 
 
@@ -58,7 +59,7 @@ def export_session(session: Path, out: Path, dtype: str | None, device: str | No
 def export_live(session, out: Path) -> int:
     """Export the model a headless run just pruned (it is still in memory)."""
     from mptui.engine.errors import EngineError
-    from mptui.engine.export import export_model
+    from mptui.engine.export import describe_export, export_model
 
     if session is None or not session.steps:
         print("mptui: nothing was removed, so nothing is exported", file=sys.stderr)
@@ -70,21 +71,9 @@ def export_live(session, out: Path) -> int:
     except (EngineError, OSError) as error:
         print(f"mptui: error: the export failed: {error}", file=sys.stderr)
         return 1
-    print(describe(result), flush=True)
+    print(describe_export(result), flush=True)
     return 0
 
 
 def print_progress(done: int, total: int) -> None:
     print(f"writing weights {done / 1e9:.2f} / {total / 1e9:.2f} GB", file=sys.stderr, flush=True)
-
-
-def describe(result) -> str:
-    how = (
-        "a stock checkpoint (loads without remote code)"
-        if result.stock
-        else "loads with AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)"
-    )
-    return (
-        f"exported to {result.path}: {result.params:,} parameters, "
-        f"{result.bytes / 1e9:.2f} GB in {result.seconds:.1f}s; {how}"
-    )

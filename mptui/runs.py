@@ -93,6 +93,8 @@ def open_session(args: argparse.Namespace):
         )
         out_dir = out_dir or folder.path
     preflight(request)
+    if getattr(args, "eval_text", None) or getattr(args, "eval_include_path", None):
+        app_eval_request(args, request.settings.calibration.seqlen).check()
     if getattr(args, "export", None):
         from mptui.engine.export import check_destination
 
@@ -101,6 +103,16 @@ def open_session(args: argparse.Namespace):
         folder.lock()
         folder.write_request(request)
     return request, folder, out_dir
+
+
+def app_eval_request(args: argparse.Namespace, seqlen: int):
+    """What the app's ``e`` evaluates, from the ``--eval-*`` options."""
+    from mptui.engine.evaluate import EvalRequest
+
+    return EvalRequest.from_options(
+        args.eval_tasks, args.eval_text, seqlen, include_path=args.eval_include_path,
+        limit=args.eval_limit,
+    )  # fmt: skip
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -115,7 +127,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     except EngineError as error:
         print(f"mptui: error: {error}", file=sys.stderr)
         return 2
-    engine = Engine(request)
+    engine = Engine(request, linger=not args.headless)
     engine.subscribe(SessionRecorder(folder, engine.plan))  # first: on disk before shown
     if out_dir != folder.path:  # the session folder already holds plan.json
         engine.subscribe(PlanWriter(out_dir, engine.plan))
@@ -131,7 +143,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 
                 status = export_live(engine.session, Path(args.export))
             return status
-        return run_app(engine, folder.path, args.theme)
+        return run_app(engine, folder.path, args, request.settings.calibration.seqlen)
     finally:
         folder.unlock()
 
@@ -177,12 +189,16 @@ def terminal_kept_logs_to(path: Path) -> Iterator[None]:
             logging.captureWarnings(False)
 
 
-def run_app(engine, session_dir: Path, theme: str | None) -> int:
+def run_app(engine, session_dir: Path, args: argparse.Namespace, seqlen: int) -> int:
     from mptui.app.app import MptuiApp
 
+    eval_request = app_eval_request(args, seqlen)
+    export_dir = Path(args.export) if args.export else session_dir / "export"
     log = session_dir / "mptui.log"
     with terminal_kept_logs_to(log):
-        MptuiApp(engine, theme_name=theme).run()
+        MptuiApp(
+            engine, theme_name=args.theme, eval_request=eval_request, export_dir=export_dir
+        ).run()
     print(
         f"session {session_dir} (plan.json, journal, log); resume with mptui --resume {session_dir}"
     )

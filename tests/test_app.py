@@ -6,22 +6,27 @@ import asyncio
 
 import pytest
 from app_replay import NoGpu, fixed_run_events
+from textual.widgets import DataTable, Input
 
 from mptui.app.app import MptuiApp
+from mptui.app.screens import EvaluationScreen, ExportScreen
 from mptui.app.state import RunState
 from mptui.app.themes import load_themes
 from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
+from mptui.engine.evaluate import EvalRequest
 
 TIMEOUT = 60
 
 
-def make_app(model, calibration, tmp_path, **settings) -> MptuiApp:
+def make_app(model, calibration, tmp_path, app_options=None, **settings) -> MptuiApp:
     options = {"mlp_group": 40} | settings
     run_settings = PruneSettings.with_distribution(
         0.35, "30:40:30", calibration=CalibrationSpec(str(calibration), 0, 32), **options
     )
-    engine = Engine(RunRequest(str(model), run_settings, cache_dir=tmp_path))
-    return MptuiApp(engine, gpu_reader=NoGpu(), user_theme_dir=tmp_path / "themes")
+    engine = Engine(RunRequest(str(model), run_settings, cache_dir=tmp_path), linger=True)
+    return MptuiApp(
+        engine, gpu_reader=NoGpu(), user_theme_dir=tmp_path / "themes", **(app_options or {})
+    )
 
 
 async def wait_until(pilot, predicate, timeout: float = TIMEOUT) -> None:
@@ -155,6 +160,45 @@ async def test_help_screen_and_quit_asks(llama, calibration_file, tmp_path):
         assert type(app.screen).__name__ == "Screen"
         await pilot.press("q", "y")
     assert app.engine.join(TIMEOUT)
+
+
+async def test_evaluate_and_export_from_the_app(llama, calibration_file, tmp_path):
+    request = EvalRequest(text=str(calibration_file), seqlen=32)
+    options = {"eval_request": request, "export_dir": tmp_path / "export"}
+    app = make_app(llama, calibration_file, tmp_path, options)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until(pilot, lambda: len(steps(app)) >= 1)
+        await pilot.press("space")
+        await wait_until(pilot, lambda: app.state.state == "paused")
+        await pilot.press("e")
+        await wait_until(
+            pilot, lambda: isinstance(app.screen, EvaluationScreen) and app.screen.query(DataTable)
+        )
+        table = app.screen.query_one("#evaluation", DataTable)
+        what, dense, pruned, change = table.get_row_at(0)
+        assert what == "perplexity" and float(dense) != float(pruned)
+        assert float(change) == pytest.approx(float(pruned) - float(dense), abs=2e-3)
+        await pilot.press("escape")
+        await pilot.press("x")
+        await wait_until(
+            pilot, lambda: isinstance(app.screen, ExportScreen) and app.screen.query(Input)
+        )
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: app.state.exported is not None)
+        assert app.state.exported.params == app.engine.session.params
+        assert (tmp_path / "export" / "model.safetensors").is_file()
+        assert app.state.activity == ""
+        await pilot.press("space")
+        await wait_until(pilot, lambda: app.state.finished is not None)
+        first = app.state.exported
+        await pilot.press("x")
+        await wait_until(
+            pilot, lambda: isinstance(app.screen, ExportScreen) and app.screen.query(Input)
+        )
+        app.screen.query_one(Input).value = str(tmp_path / "final")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: app.state.exported is not first)
+        assert app.state.exported.params == app.engine.session.params < first.params
 
 
 def test_state_keeps_the_last_table_until_the_next_first_score():

@@ -195,9 +195,7 @@ def test_events_carry_no_tensors(llama, calibration_file, tmp_path):
     assert progress.n > 0 and progress.tokens_per_s > 0
 
 
-def test_export_and_evaluate_mid_run_leave_the_search_unchanged(
-    llama, calibration_file, tmp_path
-):
+def test_export_and_evaluate_mid_run_leave_the_search_unchanged(llama, calibration_file, tmp_path):
     """Paused after a commit: an evaluation (dense and pruned) and an export, then the run goes
     on and ends with exactly the plan of a run that was never interrupted."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
@@ -35,3 +37,27 @@ def test_summary_matches_the_pruned_model(tiny_model_dir, calibration_file, tmp_
     assert text == markdown(summarize(plan, {"piqa": 0.61}))
     assert "| piqa | 0.61 |" in text and f"{summary['final_score']:.4f} pruned" in text
     assert (tmp_path / "summary.json").exists()
+
+
+def test_an_evaluation_lands_in_the_session_folder_and_its_summary(
+    tiny_model_dir, calibration_file, tmp_path
+):
+    from mptui.engine import commands as cmd
+    from mptui.engine import events as ev
+    from mptui.engine.evaluate import EvalRequest
+    from mptui.engine.journal import SessionFolder, SessionRecorder
+
+    settings = PruneSettings.with_distribution(
+        0.3, "30:40:30", calibration=CalibrationSpec(str(calibration_file), 0, 32), mlp_group=40
+    )
+    engine = Engine(RunRequest(str(tiny_model_dir("llama")), settings), linger=True)
+    engine.subscribe(SessionRecorder(SessionFolder(tmp_path), engine.plan))
+    done = []
+    engine.subscribe(lambda event: done.append(event) if isinstance(event, ev.Evaluated) else 0)
+    engine.send(cmd.Evaluate(EvalRequest(text=str(calibration_file), seqlen=32)))
+    engine.send(cmd.Stop())  # after the search; the evaluation ran first, at its first step
+    engine.run()
+    evaluation = json.loads((tmp_path / "evaluation.json").read_text())
+    assert evaluation["dense"] == done[0].dense and evaluation["pruned"] == done[0].pruned
+    text = (tmp_path / "summary.md").read_text()
+    assert f"| perplexity (dense) | {round(done[0].dense['perplexity'], 4)} |" in text

@@ -20,11 +20,20 @@ from textual.widgets import DataTable, Footer
 
 from mptui.engine import commands as cmd
 from mptui.engine import events as ev
+from mptui.engine.evaluate import EvalRequest
+from mptui.engine.export import describe_export
 
 from .gpu import NvmlReader
 from .panes import CandidatesPane, LayersPane, MemoryPane, PerplexityPane, StatusLine
-from .screens import HelpScreen, OrderScreen, OverrideScreen, QuitScreen
-from .state import RunState
+from .screens import (
+    EvaluationScreen,
+    ExportScreen,
+    HelpScreen,
+    OrderScreen,
+    OverrideScreen,
+    QuitScreen,
+)
+from .state import RunState, evaluation_rows
 from .themes import load_themes
 
 #: Seconds between repaints.
@@ -42,6 +51,8 @@ class MptuiApp(App):
         Binding("g", "guided", "Guided"),
         Binding("a", "accept", "Accept"),
         Binding("u", "undo", "Undo"),
+        Binding("x", "export", "Export"),
+        Binding("e", "evaluate", "Evaluate"),
         Binding("l", "log_scale", "Log"),
         Binding("question_mark", "help", "Help"),
         Binding("q", "quit_app", "Quit"),
@@ -55,8 +66,13 @@ class MptuiApp(App):
         theme_name: str | None = None,
         user_theme_dir: Path | None = None,
         gpu_reader: NvmlReader | None = None,
+        eval_request: EvalRequest | None = None,
+        export_dir: Path | None = None,
     ) -> None:
+        """``eval_request`` is what ``e`` evaluates; ``export_dir`` what ``x`` offers first."""
         super().__init__()
+        self._eval_request = eval_request
+        self._export_dir = export_dir
         self._gpu_reader = gpu_reader or NvmlReader()
         self.engine = engine
         self.state = RunState()
@@ -119,6 +135,12 @@ class MptuiApp(App):
             changed = True
             if isinstance(event, ev.Warning):
                 self.notify(event.message, timeout=6)
+            elif isinstance(event, ev.Exported):
+                self.notify(describe_export(event), title="exported", timeout=15)
+            elif isinstance(event, ev.Evaluated):
+                title = f"Evaluation at step {event.steps} (ratio {event.ratio:.2%})"
+                rows = evaluation_rows(event.dense, event.pruned)
+                self.push_screen(EvaluationScreen(title, rows))
             elif isinstance(event, ev.Error):
                 self.notify(event.message, title="engine error", severity="error", timeout=30)
         if changed:
@@ -182,6 +204,30 @@ class MptuiApp(App):
     def action_undo(self) -> None:
         """Undo the last commit."""
         self.send(cmd.Undo())
+
+    def action_export(self) -> None:
+        """Export the model as pruned so far: a smaller checkpoint that loads without mptui."""
+        if self.engine is None:
+            return
+        default = self._export_dir or Path.cwd() / "mptui-export"
+
+        def chosen(path: str | None) -> None:
+            if path:
+                self.send(cmd.Export(str(Path(path).expanduser().resolve())))
+                self.notify(f"exporting to {path} (between two candidates)")
+
+        self.push_screen(ExportScreen(str(default)), chosen)
+
+    def action_evaluate(self) -> None:
+        """Evaluate dense against pruned (lm-eval tasks, perplexity); the search waits."""
+        if self.engine is None or self._eval_request is None:
+            self.notify("nothing to evaluate: start mptui with --eval-tasks or --eval-text")
+            return
+        if self.state.activity:
+            self.notify(f"busy: {self.state.activity}", severity="warning")
+            return
+        self.send(cmd.Evaluate(self._eval_request))
+        self.notify("evaluating dense and pruned; the search waits until it is done")
 
     def action_log_scale(self) -> None:
         """Toggle a log scale on the perplexity curve."""

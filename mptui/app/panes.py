@@ -74,6 +74,10 @@ class StatusLine(Static):
         )  # fmt: skip
         if state.proposal:
             text.append(f"  ▶ {state.proposal}: a accept, o override", "bold")
+        if state.activity:
+            done, total = state.activity_progress
+            share = f" {done / total:.0%}" if total else "…"
+            text.append(f"  ⧗ {state.activity}{share}", "bold")
         if state.error:
             text.append(f"  {state.error}", "bold red")
         self.update(text)

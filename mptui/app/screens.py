@@ -1,4 +1,4 @@
-"""Modal screens: help, dimension order, override, quit."""
+"""Modal screens: help, dimension order, override, export, evaluation results, quit."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Input, Label, OptionList, Static
+from textual.widgets import DataTable, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from mptui.engine.structures import DIMENSIONS
@@ -33,6 +33,9 @@ HELP = """\
   g       guided mode: every commit waits for you
   a       accept the engine's proposal (guided mode)
   u       undo the last commit
+  x       export the model as pruned so far (a smaller checkpoint)
+  e       evaluate dense against pruned (lm-eval tasks, perplexity); the search
+          waits while it runs
   l       log scale for the perplexity curve
   ctrl+p  command palette
   q       quit (asks; the plan so far is kept)
@@ -88,6 +91,41 @@ class OverrideScreen(ModalScreen[str | None]):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.dismiss(event.value.strip() or None)
+
+
+class ExportScreen(ModalScreen[str | None]):
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
+
+    def __init__(self, default: str) -> None:
+        super().__init__()
+        self.default = default
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label("Export the model as pruned so far to (a new folder or an earlier export):")
+            yield Input(value=self.default, placeholder="folder", id="export-path")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip() or None)
+
+
+class EvaluationScreen(ModalScreen[None]):
+    """Dense against pruned, side by side; the numbers are also in the session folder."""
+
+    BINDINGS = [Binding("escape,q,enter", "dismiss", "Close")]
+
+    def __init__(self, title: str, rows: list[tuple[str, str, str, str]]) -> None:
+        super().__init__()
+        self.title_text, self.rows = title, rows
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label(self.title_text)
+            table = DataTable(id="evaluation", cursor_type="none")
+            table.add_columns("", "dense", "pruned", "change")
+            table.add_rows(self.rows)
+            yield table
+            yield Label("evaluation.json and summary.md in the session folder  [b]esc[/b] close")
 
 
 class QuitScreen(ModalScreen[bool]):

@@ -84,6 +84,10 @@ class RunState:
     finished: str | None = None
     notes: tuple[str, ...] = ()
     undo_stack: list[tuple[int, LayerRow]] = field(default_factory=list)
+    activity: str = ""
+    activity_progress: tuple[int, int] = (0, 0)
+    evaluation: ev.Evaluated | None = None
+    exported: ev.Exported | None = None
 
     @property
     def state_label(self) -> str:
@@ -187,3 +191,32 @@ class RunState:
 
     def _on_Finished(self, event: ev.Finished) -> None:
         self.finished = event.reason
+
+    def _on_Activity(self, event: ev.Activity) -> None:
+        self.activity, self.activity_progress = event.label, (event.done, event.total)
+
+    def _on_Evaluated(self, event: ev.Evaluated) -> None:
+        self.evaluation = event
+
+    def _on_Exported(self, event: ev.Exported) -> None:
+        self.exported = event
+
+
+def evaluation_rows(dense: dict, pruned: dict) -> list[tuple[str, str, str, str]]:
+    """``(what, dense, pruned, change)`` per task, the average and the perplexity, as text."""
+    rows = []
+    dense_tasks = dense.get("zero_shot", {}).get("tasks", {})
+    pruned_tasks = pruned.get("zero_shot", {}).get("tasks", {})
+    for task, score in dense_tasks.items():
+        after = pruned_tasks[task]["value"]
+        rows.append(_row(f"{task} ({score['metric']})", score["value"], after, "{:.4f}"))
+    if "zero_shot" in dense:
+        before, after = dense["zero_shot"]["average"], pruned["zero_shot"]["average"]
+        rows.append(_row("average", before, after, "{:.4f}"))
+    if "perplexity" in dense:
+        rows.append(_row("perplexity", dense["perplexity"], pruned["perplexity"], "{:.3f}"))
+    return rows
+
+
+def _row(name: str, before: float, after: float, number: str) -> tuple[str, str, str, str]:
+    return name, number.format(before), number.format(after), f"{after - before:+.4g}"
