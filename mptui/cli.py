@@ -93,6 +93,12 @@ def demo_defaults(args: argparse.Namespace) -> None:
     args.seqlen = args.seqlen or 128
     args.nsamples = args.nsamples if args.nsamples is not None else 16
     args.eval_text = args.eval_text or str(DEMO_DIR / "validation.txt")
+    if not args.eval_tasks:
+        from .demo.tasks import TASK, include_path
+        from .runs import cache_dir
+
+        args.eval_tasks = TASK
+        args.eval_include_path = args.eval_include_path or str(include_path(cache_dir()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,9 +62,12 @@ def build_request(args: argparse.Namespace):
     return request, out_dir
 
 
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mptui"
+
+
 def calibration_cache_dir() -> Path:
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "mptui" / "calibration"
+    return cache_dir() / "calibration"
 
 
 def default_session_dir(model: str) -> Path:

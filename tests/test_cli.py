@@ -162,3 +162,27 @@ def test_demo_headless_prunes_to_25_percent_across_all_dimensions(tmp_path):
     assert plan["model"]["architecture"] == "LlamaForCausalLM"
     lines = [line for line in result.stdout.splitlines() if line.startswith("step ")]
     assert len(lines) == len(plan["steps"])
+
+
+def test_demo_session_evaluates_offline_dense_against_pruned(tmp_path):
+    """The demo's own local task (word order of held-out text) through lm-eval, offline."""
+    from mptui.demo.tasks import TASK, include_path
+
+    session = tmp_path / "session"
+    done = subprocess.run(
+        [str(MPTUI), "--demo", "--headless", "--session", str(session)],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    scored = subprocess.run(
+        [str(MPTUI), "eval", "--session", str(session), "--tasks", TASK, "--include-path",
+         str(include_path(tmp_path)), "--limit", "100"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert scored.returncode == 0, scored.stderr
+    results = json.loads((session / "evaluation.json").read_text())
+    dense = results["dense"]["zero_shot"]["tasks"][TASK]
+    pruned = results["pruned"]["zero_shot"]["tasks"][TASK]
+    assert dense["metric"] == "acc_norm" and dense["value"] >= 0.8
+    assert 0.25 < pruned["value"] < dense["value"]
+    assert f"| {TASK} acc_norm (dense) |" in (session / "summary.md").read_text()
