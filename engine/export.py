@@ -25,11 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from . import pruned_modeling
 from .adapters import Adapter, adapter_for
-from .errors import BadInput
+from .errors import BadInput, EngineError
+from .loading import load_config
 from .summary import markdown, summarize
 
 #: Largest safetensors shard, as transformers' default.
@@ -66,21 +68,24 @@ def export_model(
     layout = pruned_layout(adapter)
     dropped = whole_layers_removed(adapter, layout)
     stock = dropped is not None
-    tensors = _kept_tensors(model, adapter, dropped if stock else [])
+    dtype = storage_dtype(model, plan["model"]["name_or_path"])
+    tensors = _kept_tensors(model, adapter, dropped if stock else [], dtype)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     staging.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would hide the export from others
     try:
         size = _write_safetensors(tensors, staging, max_shard_bytes, progress)
         if stock:
-            _write_stock_config(model, adapter, dropped, staging)
+            _write_stock_config(model, adapter, dropped, dtype, staging)
         else:
-            _write_pruned_config(model, layout, staging)
+            _write_pruned_config(model, layout, dtype, staging)
             (staging / MODELING_FILE).write_text(modeling_source(model))
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         _write_json(staging / "plan.json", plan)
-        (staging / "README.md").write_text(model_card(plan, stock))
+        (staging / "README.md").write_text(model_card(plan, stock, dtype))
+        for path in staging.iterdir():
+            path.chmod(0o666 & ~_umask())  # safetensors writes 0600
         _move_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -151,8 +156,27 @@ def describe_export(result) -> str:
 
 
 # --- weights ----------------------------------------------------------------------------------
-def _kept_tensors(model: nn.Module, adapter: Adapter, dropped: list[int]) -> dict:
-    """The state dict to save: tied copies left out, dropped layers out and the rest renumbered."""
+def storage_dtype(model: nn.Module, base: str) -> torch.dtype:
+    """The base checkpoint's half precision when the search ran in float32 (as on a CPU).
+
+    Those float32 weights were widened from it, so narrowing them back is exact, and the export
+    is not twice the size it needs to be. Otherwise the weights are stored as they are.
+    """
+    live = next(model.parameters()).dtype
+    if live != torch.float32:
+        return live
+    try:
+        source = str(getattr(load_config(base), "dtype", None) or "").removeprefix("torch.")
+    except EngineError:
+        return live
+    return getattr(torch, source) if source in ("float16", "bfloat16") else live
+
+
+def _kept_tensors(
+    model: nn.Module, adapter: Adapter, dropped: list[int], dtype: torch.dtype
+) -> dict:
+    """The state dict to save: tied copies left out, dropped layers out and the rest renumbered,
+    floating-point tensors in ``dtype``."""
     state = model.state_dict()
     tied = _tied_targets(model, state)
     prefix = next(n for n, m in model.named_modules() if m is adapter.layers) + "."
@@ -169,7 +193,7 @@ def _kept_tensors(model: nn.Module, adapter: Adapter, dropped: list[int]) -> dic
             if index not in renumber:
                 continue
             name = f"{prefix}{renumber[index]}.{rest}"
-        tensors[name] = tensor
+        tensors[name] = tensor.to(dtype) if tensor.is_floating_point() else tensor
     return tensors
 
 
@@ -221,15 +245,17 @@ def _write_safetensors(
 
 
 # --- config and code --------------------------------------------------------------------------
-def _config_dict(model: nn.Module) -> dict:
+def _config_dict(model: nn.Module, dtype: torch.dtype) -> dict:
     config = model.config.to_dict()
-    config["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
+    config["dtype"] = str(dtype).removeprefix("torch.")
     config.pop("_name_or_path", None)
     return config
 
 
-def _write_stock_config(model: nn.Module, adapter: Adapter, dropped: list[int], folder) -> None:
-    config = _config_dict(model)
+def _write_stock_config(
+    model: nn.Module, adapter: Adapter, dropped: list[int], dtype: torch.dtype, folder: Path
+) -> None:
+    config = _config_dict(model, dtype)
     kept = [i for i in range(adapter.num_layers) if i not in set(dropped)]
     layers_key = next(
         key for key in ("num_hidden_layers", "n_layer", "num_layers") if key in config
@@ -240,8 +266,8 @@ def _write_stock_config(model: nn.Module, adapter: Adapter, dropped: list[int], 
     _write_json(folder / "config.json", config)
 
 
-def _write_pruned_config(model: nn.Module, layout: dict, folder: Path) -> None:
-    config = _config_dict(model)
+def _write_pruned_config(model: nn.Module, layout: dict, dtype: torch.dtype, folder: Path) -> None:
+    config = _config_dict(model, dtype)
     config["model_type"] = pruned_modeling.MptuiPrunedConfig.model_type
     config["architectures"] = [pruned_modeling.MptuiPrunedForCausalLM.__name__]
     module = Path(MODELING_FILE).stem
@@ -274,7 +300,7 @@ def modeling_source(model: nn.Module) -> str:
 
 
 # --- card and destination -----------------------------------------------------------------
-def model_card(plan: dict, stock: bool) -> str:
+def model_card(plan: dict, stock: bool, dtype: torch.dtype) -> str:
     base = plan["model"]["name_or_path"]
     summary = summarize(plan)
     remote = "" if stock else ", trust_remote_code=True"
@@ -304,7 +330,8 @@ def model_card(plan: dict, stock: bool) -> str:
             f'tokenizer = AutoTokenizer.from_pretrained("PATH"{remote})',
             "```",
             "",
-            "`plan.json` lists every removal in order. The license is the base model's.",
+            f"Weights in {str(dtype).removeprefix('torch.')}. `plan.json` lists every removal "
+            "in order. The license is the base model's.",
             "",
             markdown(summary),
         ]

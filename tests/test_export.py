@@ -284,3 +284,35 @@ def test_export_bad_input_is_one_line(argv, message, tiny_model_dir, calibration
     assert done.returncode == 2
     assert done.stderr.startswith("mptui: error: ") and message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_float32_search_of_a_half_precision_model_exports_half_precision_exactly(tmp_path):
+    """The demo model is stored in float16 and searched in float32 on a CPU: the export goes
+    back to float16 (exact, as the float32 weights were widened from it) and to half the size."""
+    from mptui.cli import DEMO_DIR
+    from mptui.engine.loading import load_model
+
+    base = DEMO_DIR / "model"
+    model, tokenizer = load_model(str(base), device="cpu")
+    assert next(model.parameters()).dtype == torch.float32
+    commit_all(model, [Structure("mlp_block", 5), Structure("attn_heads", 2, 96, 96)])
+    result = export_model(model, tokenizer, demo_plan(base, 1), tmp_path / "half")
+    weights = load_file(tmp_path / "half" / "model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.float16}
+    assert result.bytes == 2 * result.params
+    assert result.bytes < (base / "model.safetensors").stat().st_size
+    assert json.loads((tmp_path / "half" / "config.json").read_text())["dtype"] == "float16"
+    exported = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "half", trust_remote_code=True, dtype=torch.float32
+    )
+    with torch.inference_mode():
+        torch.testing.assert_close(exported(IDS).logits, model(IDS).logits, rtol=0, atol=0)
+    assert oct((tmp_path / "half" / "model.safetensors").stat().st_mode & 0o777) == oct(
+        0o666 & ~current_umask()
+    )
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
