@@ -138,7 +138,7 @@ class MptuiApp(App):
             elif isinstance(event, ev.Exported):
                 self.notify(describe_export(event), title="exported", timeout=15)
             elif isinstance(event, ev.Evaluated):
-                title = f"Evaluation at step {event.steps} (ratio {event.ratio:.2%})"
+                title = f"Evaluation after {event.steps} steps (ratio {event.ratio:.2%})"
                 rows = evaluation_rows(event.dense, event.pruned)
                 self.push_screen(EvaluationScreen(title, rows))
             elif isinstance(event, ev.Error):
