@@ -298,7 +298,7 @@ class Engine:
 
     def _export(self, path: Path) -> None:
         session = self.session
-        label = f"exporting to {path}"
+        label = f"exporting to {path}"  # the app reads "exporting" to hold a quit
         self._emit(ev.Activity(label))
         try:
             result = export_model(

@@ -240,6 +240,9 @@ class MptuiApp(App):
 
     def action_quit_app(self) -> None:
         """Quit (asks first; the plan so far is kept)."""
+        if self.state.activity.startswith("exporting"):
+            self.notify("an export is being written; quit when it is done", severity="warning")
+            return
 
         def chosen(quit_now: bool | None) -> None:
             if quit_now:
