@@ -77,36 +77,40 @@ class OrderScreen(ModalScreen[tuple[str, ...] | None]):
         self.dismiss(tuple(event.option.id.split(",")))
 
 
-class OverrideScreen(ModalScreen[str | None]):
+class AskScreen(ModalScreen[str | None]):
+    """One line of input under a prompt; enter gives the text (or None when empty)."""
+
     BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
 
+    def __init__(self, prompt: str, value: str, placeholder: str) -> None:
+        super().__init__()
+        self.prompt, self.value, self.placeholder = prompt, value, placeholder
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label(self.prompt)
+            yield Input(value=self.value, placeholder=self.placeholder)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip() or None)
+
+
+class OverrideScreen(AskScreen):
     def __init__(self, suggestion: str | None) -> None:
-        super().__init__()
-        self.suggestion = suggestion or ""
-
-    def compose(self) -> ComposeResult:
-        with Vertical(id="dialog"):
-            yield Label("Remove next (L12.attn, L7.mlp, L3.mlp-1024, L3.heads-128):")
-            yield Input(value=self.suggestion, placeholder="structure id", id="structure")
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        self.dismiss(event.value.strip() or None)
+        super().__init__(
+            "Remove next (L12.attn, L7.mlp, L3.mlp-1024, L3.heads-128):",
+            suggestion or "",
+            "structure id",
+        )
 
 
-class ExportScreen(ModalScreen[str | None]):
-    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
-
+class ExportScreen(AskScreen):
     def __init__(self, default: str) -> None:
-        super().__init__()
-        self.default = default
-
-    def compose(self) -> ComposeResult:
-        with Vertical(id="dialog"):
-            yield Label("Export the model as pruned so far to (a new folder or an earlier export):")
-            yield Input(value=self.default, placeholder="folder", id="export-path")
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        self.dismiss(event.value.strip() or None)
+        super().__init__(
+            "Export the model as pruned so far to (a new folder or an earlier export):",
+            default,
+            "folder",
+        )
 
 
 class EvaluationScreen(ModalScreen[None]):
