@@ -136,13 +136,13 @@ def rolling_perplexity(model, tokenizer, text: str, seqlen: int) -> float:
     return Scorer(model, adapter_for(model), chunks, batch_size=1, prefix_cache=False).score()
 
 
-def apply_plan(model, plan: dict) -> None:
-    """Prune a freshly loaded dense ``model`` to ``plan``: the same L1 reorder, then every
-    committed structure in order (the plan is what reproduces the pruned model)."""
+def apply_plan(model, plan: dict, order_file: Path | None = None) -> None:
+    """Prune a freshly loaded dense ``model`` to ``plan``: the session's L1 order (from
+    ``order_file`` when it exists, else recomputed), then every committed structure in order."""
+    from .channel_order import reorder_model
     from .structures import Structure
 
     adapter = adapter_for(model)
-    for layer in range(adapter.num_layers):
-        adapter.reorder_layer(layer)
+    reorder_model(adapter, order_file)
     for step in plan["steps"]:
         adapter.commit(Structure.from_dict(step["structure"]))

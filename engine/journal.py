@@ -6,6 +6,8 @@
 ``events.jsonl``    the event log (flushed, not fsynced: it is for reading, not resuming)
 ``mptui.log``       the log file
 ``lock``            held (flock) by the one process that owns the session
+``channel_order.safetensors``  the L1 channel order taken at the start, so that resume, eval
+                    and export re-apply the plan to the very channels the search kept
 
 Resume re-applies the journal: a SIGKILL at any moment loses at most the step being scored,
 because a step is on disk before anyone is told it was committed.
@@ -20,6 +22,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from . import channel_order
 from . import events as ev
 from .calibration import CalibrationSpec
 from .errors import BadInput
@@ -41,6 +44,10 @@ class SessionFolder:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock_file = None
+
+    @property
+    def order_file(self) -> Path:
+        return self.path / channel_order.FILE_NAME
 
     # --- ownership -------------------------------------------------------------------------
     def lock(self) -> None:

@@ -22,6 +22,7 @@ from .calibration import (
     load_documents,
     tokenize_chunks,
 )
+from .channel_order import reorder_model
 from .errors import BadInput
 from .loading import check_supported, load_config, load_model, max_positions
 from .scoring import Scorer
@@ -47,6 +48,7 @@ class RunRequest:
     cache_dir: Path | None = None
     cache_budget_bytes: int | None = None
     resume_steps: tuple[dict, ...] = field(default_factory=tuple)
+    order_file: Path | None = None  # the session's L1 channel order (read, or written once)
 
 
 def faithful_dtype(faithful: str | None, dtype: str | None) -> str | None:
@@ -88,8 +90,7 @@ def build_session(
     adapter = adapter_for(model)
     _check_seqlen(settings.calibration.seqlen, model.config)
     chunks_by_dimension = _calibration(request, tokenizer)
-    for layer in range(adapter.num_layers):
-        adapter.reorder_layer(layer)
+    reorder_model(adapter, request.order_file, save_to=request.order_file)
     groups = resolve_group_sizes(
         request.model,
         adapter.dense_mlp_width,

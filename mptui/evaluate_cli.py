@@ -70,7 +70,7 @@ def run(args) -> dict:
         device=args.device,
     )
     results = {"dense": evaluate(model, tokenizer, request)}
-    apply_plan(model, plan)
+    apply_plan(model, plan, folder.order_file)
     results["pruned"] = evaluate(model, tokenizer, request)
     results["ratio"] = plan["steps"][-1]["ratio"] if plan["steps"] else 0.0
     write_json_atomic(folder.path / "evaluation.json", results)

@@ -46,13 +46,14 @@ def export_session(session: Path, out: Path, dtype: str | None, device: str | No
     from mptui.engine.journal import SessionFolder
     from mptui.engine.loading import load_model
 
-    plan = SessionFolder(session).read_plan()
+    folder = SessionFolder(session)
+    plan = folder.read_plan()
     check_destination(out)
     print(f"loading {plan['model']['name_or_path']}", file=sys.stderr, flush=True)
     model, tokenizer = load_model(
         plan["model"]["name_or_path"], dtype=dtype or plan["model"].get("dtype"), device=device
     )
-    apply_plan(model, plan)
+    apply_plan(model, plan, folder.order_file)
     return export_model(model, tokenizer, plan, out, progress=print_progress)
 
 

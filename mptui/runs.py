@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -95,6 +96,7 @@ def open_session(args: argparse.Namespace):
             Path(args.session) if args.session else default_session_dir(args.model)
         )
         out_dir = out_dir or folder.path
+    request = dataclasses.replace(request, order_file=folder.order_file)
     preflight(request)
     if getattr(args, "eval_text", None) or getattr(args, "eval_include_path", None):
         app_eval_request(args, request.settings.calibration.seqlen).check()

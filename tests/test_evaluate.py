@@ -111,3 +111,47 @@ def test_eval_bad_input_is_one_line(tiny_model_dir, tmp_path):
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip().startswith("mptui: error: unknown lm-eval task(s): no_such_task")
+
+
+def test_a_session_keeps_its_channel_order_and_re_applies_exactly_it(
+    tiny_model_dir, calibration_file, tmp_path
+):
+    """The order taken at the start is saved; re-applying the plan reads it rather than
+    recomputing it, so another device's rounding cannot keep other channels."""
+    from mptui.engine.channel_order import read_order, write_order
+    from mptui.engine.errors import BadInput
+
+    path = tiny_model_dir("llama")
+    order_file = tmp_path / "channel_order.safetensors"
+    settings = PruneSettings.with_distribution(
+        0.35, "30:40:30", calibration=CalibrationSpec(str(calibration_file), 0, 32), mlp_group=40
+    )
+    engine = Engine(RunRequest(str(path), settings, order_file=order_file))
+    plan = engine.run().plan
+    stored = read_order(order_file)
+    assert sorted(stored) == [0, 1, 2, 3] and sorted(stored[0]) == ["attn", "mlp"]
+
+    def fresh_with(order: Path):
+        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa").eval()
+        apply_plan(model, plan, order)
+        return model
+
+    ids = torch.randint(0, 500, (2, 20), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            fresh_with(order_file)(ids).logits, engine.session.model(ids).logits, rtol=0, atol=0
+        )
+    # another order on file is the one used: the kept gate rows follow it
+    reversed_orders = {
+        layer: {name: order.flip(0) for name, order in by_name.items()}
+        for layer, by_name in stored.items()
+    }
+    other = tmp_path / "other.safetensors"
+    write_order(other, reversed_orders)
+    dense = AutoModelForCausalLM.from_pretrained(path).model.layers[0].mlp.gate_proj.weight
+    kept = fresh_with(other).model.layers[0].mlp.gate_proj.weight
+    assert torch.equal(kept, dense[reversed_orders[0]["mlp"]][: kept.shape[0]])
+    wrong = tmp_path / "wrong.safetensors"
+    write_order(wrong, {0: {"mlp": torch.arange(5), "attn": torch.arange(4)}})
+    with pytest.raises(BadInput, match="does not belong to this model"):
+        fresh_with(wrong)

@@ -198,22 +198,38 @@ class Adapter:
                     )
 
     # --- L1 reorder (SPEC §3) ---------------------------------------------------------------
-    def reorder_layer(self, layer: int) -> None:
-        """Permute MLP channels and KV groups of one layer by descending L1 importance.
-
-        Scores in float32 and a stable sort, so ties keep their original order; the outputs of
-        the model do not change (a test checks it on every family).
-        """
+    def channel_order(self, layer: int) -> dict[str, torch.Tensor]:
+        """The L1 order of one layer, most important first: ``mlp`` (channels) and ``attn``
+        (KV groups), for the sub-blocks it has. Scores in float32 and a stable sort, so ties
+        keep their order."""
+        order = {}
         if self.has_block(layer, "mlp"):
-            width = self.mlp_width(layer)
-            order = self._stable_descending(self.mlp_channel_scores(layer))
-            self._permute(layer, "mlp_channels", width, {"w": order})
+            order["mlp"] = self._stable_descending(self.mlp_channel_scores(layer))
         if self.has_block(layer, "attn"):
-            groups = self.attn_groups(layer)
-            group_order = self._stable_descending(self.attn_group_scores(layer))
-            q_order = self._expand(group_order, self.attn_group_channels)
-            kv_order = self._expand(group_order, self.head_dim)
-            self._permute(layer, "attn_heads", groups, {"q": q_order, "kv": kv_order})
+            order["attn"] = self._stable_descending(self.attn_group_scores(layer))
+        return order
+
+    def reorder_layer(
+        self, layer: int, order: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Permute MLP channels and KV groups of one dense layer by ``order`` (by default its
+        :meth:`channel_order`) and return the order used. The model's outputs do not change (a
+        test checks it on every family)."""
+        order = order if order is not None else self.channel_order(layer)
+        sizes = {"mlp": self.mlp_width(layer), "attn": self.attn_groups(layer)}
+        for name, size in sizes.items():
+            given = order.get(name)
+            if size and (given is None or sorted(given.tolist()) != list(range(size))):
+                raise UnsupportedModel(
+                    f"layer {layer}: the stored {name} order is not a permutation of {size}"
+                )
+        if sizes["mlp"]:
+            self._permute(layer, "mlp_channels", sizes["mlp"], {"w": order["mlp"]})
+        if sizes["attn"]:
+            q_order = self._expand(order["attn"], self.attn_group_channels)
+            kv_order = self._expand(order["attn"], self.head_dim)
+            self._permute(layer, "attn_heads", sizes["attn"], {"q": q_order, "kv": kv_order})
+        return order
 
     @staticmethod
     def _stable_descending(scores: torch.Tensor) -> torch.Tensor:
