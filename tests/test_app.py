@@ -10,7 +10,7 @@ from textual.widgets import DataTable, Input
 
 from mptui.app.app import MptuiApp
 from mptui.app.screens import EvaluationScreen, ExportScreen
-from mptui.app.state import RunState
+from mptui.app.state import RunState, display_name
 from mptui.app.themes import load_themes
 from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
 from mptui.engine.evaluate import EvalRequest
@@ -270,3 +270,12 @@ async def test_no_color_is_respected(monkeypatch):
     app = MptuiApp(replay=fixed_run_events(), gpu_reader=NoGpu())
     async with app.run_test(size=(80, 24)):
         assert app.no_color
+
+
+@pytest.mark.parametrize(
+    ("given", "shown"),
+    [("meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-7b-hf"),
+     ("/srv/models/llama-7b/", "llama-7b"), ("./demo/model", "model"), ("~/m/qwen", "qwen")],
+)  # fmt: skip
+def test_the_status_line_names_a_local_model_by_its_folder(given, shown):
+    assert display_name(given) == shown

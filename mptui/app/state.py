@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from mptui.engine import events as ev
 from mptui.engine.structures import Structure
@@ -104,7 +105,7 @@ class RunState:
 
     # --- handlers, one per event type -------------------------------------------------------
     def _on_Loaded(self, event: ev.Loaded) -> None:
-        self.model, self.architecture = event.model, event.architecture
+        self.model, self.architecture = display_name(event.model), event.architecture
         self.dense_score = self.score = event.dense_score
         self.params_dense = event.params_dense
         self.order, self.targets = event.order, dict(event.targets)
@@ -200,6 +201,13 @@ class RunState:
 
     def _on_Exported(self, event: ev.Exported) -> None:
         self.exported = event
+
+
+def display_name(model: str) -> str:
+    """A hub id as it is; a local folder by its last part (a full path crowds the status line)."""
+    if model.startswith(("/", ".", "~")) or model.count("/") > 1:
+        return Path(model.rstrip("/")).name or model
+    return model
 
 
 def evaluation_rows(dense: dict, pruned: dict) -> list[tuple[str, str, str, str]]:
