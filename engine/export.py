@@ -31,7 +31,7 @@ from torch import nn
 from . import pruned_modeling
 from .adapters import Adapter, adapter_for
 from .errors import BadInput, EngineError
-from .loading import load_config
+from .loading import load_config, looks_like_path
 from .summary import markdown, summarize
 
 #: Largest safetensors shard, as transformers' default.
@@ -69,12 +69,12 @@ def export_model(
     dropped = whole_layers_removed(adapter, layout)
     stock = dropped is not None
     dtype = storage_dtype(model, plan["model"]["name_or_path"])
-    tensors = _kept_tensors(model, adapter, dropped if stock else [], dtype)
+    tensors = _kept_tensors(model, adapter, dropped if stock else [])
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     staging.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would hide the export from others
     try:
-        size = _write_safetensors(tensors, staging, max_shard_bytes, progress)
+        size = _write_safetensors(tensors, dtype, staging, max_shard_bytes, progress)
         if stock:
             _write_stock_config(model, adapter, dropped, dtype, staging)
         else:
@@ -172,11 +172,8 @@ def storage_dtype(model: nn.Module, base: str) -> torch.dtype:
     return getattr(torch, source) if source in ("float16", "bfloat16") else live
 
 
-def _kept_tensors(
-    model: nn.Module, adapter: Adapter, dropped: list[int], dtype: torch.dtype
-) -> dict:
-    """The state dict to save: tied copies left out, dropped layers out and the rest renumbered,
-    floating-point tensors in ``dtype``."""
+def _kept_tensors(model: nn.Module, adapter: Adapter, dropped: list[int]) -> dict:
+    """The state dict to save: tied copies left out, dropped layers out and the rest renumbered."""
     state = model.state_dict()
     tied = _tied_targets(model, state)
     prefix = next(n for n, m in model.named_modules() if m is adapter.layers) + "."
@@ -193,7 +190,7 @@ def _kept_tensors(
             if index not in renumber:
                 continue
             name = f"{prefix}{renumber[index]}.{rest}"
-        tensors[name] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+        tensors[name] = tensor
     return tensors
 
 
@@ -210,20 +207,30 @@ def _tied_targets(model: nn.Module, state: dict) -> set[str]:
 
 
 def _write_safetensors(
-    tensors: dict, folder: Path, max_shard_bytes: int, progress: Progress | None
+    tensors: dict, dtype: torch.dtype, folder: Path, max_shard_bytes: int, progress: Progress | None
 ) -> int:
+    """Shards written one at a time, each cast to ``dtype`` on the CPU: the device never holds
+    a second copy of the model, the host at most one shard."""
     from safetensors.torch import save_file
+
+    def stored(tensor: torch.Tensor) -> torch.Tensor:
+        on_cpu = tensor.detach().to("cpu")
+        return (on_cpu.to(dtype) if on_cpu.is_floating_point() else on_cpu).contiguous()
+
+    def stored_size(tensor: torch.Tensor) -> int:
+        itemsize = dtype.itemsize if tensor.is_floating_point() else tensor.element_size()
+        return tensor.numel() * itemsize
 
     shards: list[dict] = [{}]
     shard_bytes = 0
     for name, tensor in tensors.items():
-        size = tensor.numel() * tensor.element_size()
+        size = stored_size(tensor)
         if shards[-1] and shard_bytes + size > max_shard_bytes:
             shards.append({})
             shard_bytes = 0
         shards[-1][name] = tensor
         shard_bytes += size
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    total = sum(stored_size(t) for t in tensors.values())
     names = (
         ["model.safetensors"]
         if len(shards) == 1
@@ -232,7 +239,7 @@ def _write_safetensors(
     written = 0
     weight_map = {}
     for file_name, shard in zip(names, shards, strict=True):
-        on_cpu = {name: t.detach().to("cpu").contiguous() for name, t in shard.items()}
+        on_cpu = {name: stored(t) for name, t in shard.items()}
         save_file(on_cpu, str(folder / file_name), metadata={"format": "pt"})
         written += sum(t.numel() * t.element_size() for t in on_cpu.values())
         weight_map.update(dict.fromkeys(shard, file_name))
@@ -314,7 +321,7 @@ def model_card(plan: dict, stock: bool, dtype: torch.dtype) -> str:
     return "\n".join(
         [
             "---",
-            f"base_model: {base}" if not Path(base).is_absolute() else "base_model: local",
+            "base_model: local" if looks_like_path(base) else f"base_model: {base}",
             "library_name: transformers",
             "tags: [mptui, multipruner, pruned]",
             "---",
