@@ -21,5 +21,9 @@ class CalibrationError(BadInput):
     """The calibration source is missing, empty, or too short for one chunk."""
 
 
+class Cancelled(EngineError):
+    """A long operation (an evaluation) was cut short because the run was told to stop."""
+
+
 class OutOfMemory(EngineError):
     """The device ran out of memory; the message says what to lower."""

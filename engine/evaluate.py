@@ -8,13 +8,13 @@ Each task reports ``acc_norm`` where it has one, else ``acc``; the average is th
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .adapters import adapter_for
 from .calibration import split_documents, tokenize_chunks
-from .errors import BadInput
+from .errors import BadInput, Cancelled
 from .scoring import Scorer
 
 #: The zero-shot tasks of SPEC §5.
@@ -61,15 +61,18 @@ class EvalRequest:
             raise BadInput(f"task folder '{self.include_path}' does not exist")
 
 
-def evaluate(model, tokenizer, request: EvalRequest) -> dict:
-    """``{"zero_shot": ..., "perplexity": ...}``, each present when asked for."""
+def evaluate(
+    model, tokenizer, request: EvalRequest, cancelled: Callable[[], bool] | None = None
+) -> dict:
+    """``{"zero_shot": ..., "perplexity": ...}``, each present when asked for. ``cancelled``
+    is asked before every lm-eval batch; when it says yes, :class:`Cancelled` is raised."""
     request.check()
     result: dict = {}
     if request.tasks:
         include = Path(request.include_path) if request.include_path else None
         result["zero_shot"] = zero_shot(
             model, tokenizer, request.tasks, include_path=include, limit=request.limit,
-            batch_size=request.batch_size,
+            batch_size=request.batch_size, cancelled=cancelled,
         )  # fmt: skip
     if request.text:
         text = Path(request.text).read_text(encoding="utf-8")
@@ -99,6 +102,7 @@ def zero_shot(
     include_path: Path | None = None,
     limit: int | None = None,
     batch_size: int = 8,
+    cancelled: Callable[[], bool] | None = None,
 ) -> dict:
     """``{"tasks": {name: {"metric": m, "value": v}}, "average": mean, "lm_eval": version}``."""
     import lm_eval
@@ -113,11 +117,15 @@ def zero_shot(
             f"unknown lm-eval task(s): {', '.join(unknown)}; give --include-path for local tasks"
         )
     wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    if cancelled is not None:
+        wrapped._model_call = _cancellable(wrapped._model_call, cancelled)
     try:
         output = lm_eval.simple_evaluate(
             model=wrapped, tasks=list(tasks), num_fewshot=0, limit=limit,
             task_manager=manager, log_samples=False, bootstrap_iters=0,
         )  # fmt: skip
+    except Cancelled:
+        raise
     except Exception as error:  # datasets that cannot be reached raise many types
         raise BadInput(f"lm-eval could not run {', '.join(tasks)}: {error}") from error
     scores = {}
@@ -127,6 +135,18 @@ def zero_shot(
         scores[task] = {"metric": name, "value": float(metrics[f"{name},none"])}
     average = sum(s["value"] for s in scores.values()) / len(scores)
     return {"tasks": scores, "average": average, "lm_eval": lm_eval.__version__}
+
+
+def _cancellable(model_call: Callable, cancelled: Callable[[], bool]) -> Callable:
+    """lm-eval's batch call, refusing to run once ``cancelled()``: a 7B evaluation takes long,
+    and a dropped SSH link must not keep the GPU busy until it ends."""
+
+    def call(*args, **kwargs):
+        if cancelled():
+            raise Cancelled("evaluation cancelled")
+        return model_call(*args, **kwargs)
+
+    return call
 
 
 def rolling_perplexity(model, tokenizer, text: str, seqlen: int) -> float:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import commands as cmd
 from . import events as ev
-from .errors import BadInput, EngineError
+from .errors import BadInput, Cancelled, EngineError
 from .evaluate import EvalRequest, evaluate
 from .export import export_model
 from .memory import sample_memory
@@ -57,6 +57,7 @@ class Engine:
         self.request = request
         self.linger = linger
         self._dense_results: dict[EvalRequest, dict] = {}
+        self._stop_requested = threading.Event()
         self._subscribers: list[Subscriber] = list(subscribers or [])
         self._commands: queue.Queue[cmd.Command] = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -76,6 +77,8 @@ class Engine:
         self._subscribers.append(subscriber)
 
     def send(self, command: cmd.Command) -> None:
+        if isinstance(command, cmd.Stop):
+            self._stop_requested.set()  # seen by a long evaluation before the queue is
         self._commands.put(command)
 
     def start(self) -> threading.Thread:
@@ -119,7 +122,10 @@ class Engine:
             if self.session is None:
                 self._emit(ev.Warning("the model did not load; nothing to export or evaluate"))
             elif isinstance(command, (cmd.Export, cmd.Evaluate)):
-                self._handle(command)
+                try:
+                    self._handle(command)
+                except _Stopped:
+                    return
             else:
                 self._emit(ev.Warning("the run is finished; export (x) and evaluate (e) remain"))
 
@@ -317,16 +323,20 @@ class Engine:
     def _evaluate(self, request: EvalRequest) -> None:
         """Dense (once per request: undo all, score, redo) and pruned, side by side."""
         session = self.session
+        cancelled = self._stop_requested.is_set
         try:
             request.check()
             dense = self._dense_results.get(request)
             if dense is None:
                 self._emit(ev.Activity("evaluating the dense model"))
                 with session.dense_model() as model:
-                    dense = evaluate(model, session.tokenizer, request)
+                    dense = evaluate(model, session.tokenizer, request, cancelled)
                 self._dense_results[request] = dense
             self._emit(ev.Activity("evaluating the pruned model"))
-            pruned = evaluate(session.model, session.tokenizer, request)
+            pruned = evaluate(session.model, session.tokenizer, request, cancelled)
+        except Cancelled:
+            self._emit(ev.Warning("evaluation cancelled: the run was told to stop"))
+            raise _Stopped from None
         except EngineError as error:
             self._emit(ev.Warning(f"evaluation failed: {error}"))
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -54,3 +55,32 @@ def calibration_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("calibration") / "calibration.txt"
     path.write_text("\n\n".join(tiny_text(6)) + "\n")
     return path
+
+
+MINI_TASK_ITEMS = [
+    ("A dictionary maps keys to", [" values", " fish"], 0),
+    ("The for statement is used to", [" eat lunch", " iterate over a sequence"], 1),
+    ("Raise an exception when", [" an error occurs", " the sun sets"], 0),
+]
+
+
+@pytest.fixture
+def local_task(tmp_path) -> Path:
+    """A folder for ``--include-path``: the lm-eval task ``mptui_mini``, three items, offline."""
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    rows = folder / "mini.jsonl"
+    rows.write_text(
+        "".join(
+            json.dumps({"question": q, "choices": c, "label": n}) + "\n"
+            for q, c, n in MINI_TASK_ITEMS
+        )
+    )
+    (folder / "mini.yaml").write_text(
+        "task: mptui_mini\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {rows}\n"
+        "test_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{question}}"\ndoc_to_target: label\ndoc_to_choice: "{{choices}}"\n'
+        "metric_list:\n  - metric: acc\n  - metric: acc_norm\nmetadata:\n  version: 1.0\n"
+    )
+    return folder

@@ -270,3 +270,19 @@ def test_a_failed_evaluation_is_a_warning_and_the_run_goes_on(llama, calibration
     engine.send(cmd.Resume())
     assert finish(engine, log).reason == "done"
     assert any("evaluation failed" in w.message for w in log.of(ev.Warning))
+
+
+def test_stop_cuts_a_long_evaluation_short(llama, calibration_file, tmp_path, local_task):
+    """A dropped SSH link (SIGHUP -> Stop) must not wait for an hour of lm-eval."""
+    from mptui.engine.evaluate import EvalRequest
+
+    engine, log = make_engine(llama, calibration_file, tmp_path)
+    engine.send(cmd.Pause())
+    engine.start()
+    log.wait_for(lambda log: log.state() == "paused")
+    engine.send(cmd.Evaluate(EvalRequest(("mptui_mini",), str(local_task), seqlen=32)))
+    engine.send(cmd.Stop())  # raised at lm-eval's first batch
+    assert finish(engine, log).reason == "stopped"
+    assert not log.of(ev.Evaluated)
+    assert any("evaluation cancelled" in w.message for w in log.of(ev.Warning))
+    assert [a.label for a in log.of(ev.Activity)][-1] == ""

@@ -18,29 +18,6 @@ from mptui.engine.calibration import split_documents
 from mptui.engine.evaluate import apply_plan, rolling_perplexity
 
 MPTUI = Path(sys.executable).parent / "mptui"
-ITEMS = [
-    ("A dictionary maps keys to", [" values", " fish"], 0),
-    ("The for statement is used to", [" eat lunch", " iterate over a sequence"], 1),
-    ("Raise an exception when", [" an error occurs", " the sun sets"], 0),
-]
-
-
-@pytest.fixture
-def local_task(tmp_path) -> Path:
-    folder = tmp_path / "tasks"
-    folder.mkdir()
-    rows = folder / "mini.jsonl"
-    rows.write_text(
-        "".join(json.dumps({"question": q, "choices": c, "label": n}) + "\n" for q, c, n in ITEMS)
-    )
-    (folder / "mini.yaml").write_text(
-        "task: mptui_mini\ndataset_path: json\n"
-        f"dataset_kwargs:\n  data_files:\n    test: {rows}\n"
-        "test_split: test\noutput_type: multiple_choice\n"
-        'doc_to_text: "{{question}}"\ndoc_to_target: label\ndoc_to_choice: "{{choices}}"\n'
-        "metric_list:\n  - metric: acc\n  - metric: acc_norm\nmetadata:\n  version: 1.0\n"
-    )
-    return folder
 
 
 def test_rolling_perplexity_is_the_plain_computation(tiny_model_dir, calibration_file):
