@@ -290,8 +290,8 @@ def modeling_source(model: nn.Module) -> str:
     """The carried modeling code, with its family import naming ``model``'s classes."""
     source = Path(pruned_modeling.__file__).read_text()
     classes = {
-        "FamilyConfig": type(model.config).__name__,
-        "FamilyForCausalLM": type(model).__name__,
+        "FamilyConfig": _transformers_class(type(model.config)).__name__,
+        "FamilyForCausalLM": _transformers_class(type(model)).__name__,
     }
     found = []
 
@@ -304,6 +304,12 @@ def modeling_source(model: nn.Module) -> str:
     if sorted(found) != sorted(classes):
         raise RuntimeError("the carried modeling code lost its family import lines")
     return source
+
+
+def _transformers_class(cls: type) -> type:
+    """The first class in ``cls``'s ancestry that transformers itself defines: the family's,
+    also when ``cls`` is an export's own class (a pruned export pruned again)."""
+    return next(c for c in cls.__mro__ if c.__module__.startswith("transformers.models."))
 
 
 # --- card and destination -----------------------------------------------------------------

@@ -323,3 +323,15 @@ def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def test_an_export_pruned_again_exports_again(llama_export, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(llama_export, trust_remote_code=True).eval()
+    commit_all(model, [Structure("mlp_block", 3), Structure("mlp_channels", 1, 112, 64)])
+    export_model(model, None, demo_plan(llama_export, 1), tmp_path / "again")
+    source = (tmp_path / "again" / "modeling_mptui.py").read_text()
+    assert "from transformers import LlamaForCausalLM as FamilyForCausalLM" in source
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "again", trust_remote_code=True)
+    assert again.num_parameters() == model.num_parameters()
+    with torch.inference_mode():
+        torch.testing.assert_close(again(IDS).logits, model(IDS).logits, rtol=0, atol=0)
