@@ -1,4 +1,4 @@
-"""Calibration text -> fixed token chunks, exactly as SPEC §8 says (and §9 for faithful mode).
+"""Calibration text -> fixed token chunks, as docs/method.md §8 states (§9: faithful mode).
 
 Sources: a ``.txt`` file (documents split at blank lines), a ``.jsonl`` file (one document per
 line from a field), a ``.parquet`` file or a folder saved with ``datasets`` (a column), or a
@@ -35,7 +35,7 @@ _DATASET_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 _FILE_SUFFIXES = (".txt", ".jsonl", ".parquet")
 # What ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` leave in their folder.
 _SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
-# The reference's split seed and its ``random.seed`` for the draws (SPEC §9).
+# The reference's split seed and its ``random.seed`` for the draws (docs/method.md §9).
 _FAITHFUL_SEED = 42
 
 
@@ -242,7 +242,7 @@ def sample_documents(documents: Sequence[str], nsamples: int, seed: int = 42) ->
 
 
 def faithful_rows(source: str, text_field: str, counts: Sequence[int]) -> list[list[str]]:
-    """The reference's rows (SPEC §9): two seeded splits, then successive draws of one stream.
+    """The reference's rows (docs/method.md §9): two seeded splits, then draws from one stream.
 
     The kept part is the train half of a 50/50 split of the 20% test part of ``train``
     (5,200 rows of alpaca's 52,002). ``random.seed(42)`` then one ``random.sample`` per count

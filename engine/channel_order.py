@@ -1,10 +1,10 @@
 """The L1 channel order of a model, kept with its session.
 
-Width pruning keeps a prefix of channels ranked by L1 norm (SPEC §3). Recomputing the ranking
-later (to resume, export or evaluate a session) is only safe on the same device and precision:
-float32 sums reduced in another order can swap two near-equal channels, and a swap across a cut
-keeps a different channel than the search scored. So the order computed at the start of a
-session is saved, and everything that re-applies the session's plan reads it back.
+Width pruning keeps a prefix of channels ranked by L1 norm (docs/method.md §3). Recomputing
+the ranking later (to resume, export or evaluate a session) is only safe on the same device and
+precision: float32 sums reduced in another order can swap two near-equal channels, and a swap
+across a cut keeps a different channel than the search scored. So the order computed at the
+start of a session is saved, and everything that re-applies the session's plan reads it back.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Zero-shot scores with the current lm-eval, and a rolling perplexity, on a live model.
 
-The SPEC §5 tasks are asked for by name (their datasets must be reachable); local tasks come
-from ``include_path`` folders of YAML and JSONL, which is how everything is tested offline.
-Each task reports ``acc_norm`` where it has one, else ``acc``; the average is the plain mean.
+The tasks of docs/method.md §5 are asked for by name (their datasets must be reachable); local
+tasks come from ``include_path`` folders of YAML and JSONL, which is how everything is tested
+offline. Each task reports ``acc_norm`` where it has one, else ``acc``; the average is the
+plain mean.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from .calibration import split_documents, tokenize_chunks
 from .errors import BadInput, Cancelled
 from .scoring import Scorer
 
-#: The zero-shot tasks of SPEC §5.
+#: The zero-shot tasks of docs/method.md §5.
 ZERO_SHOT_TASKS = ("piqa", "winogrande", "hellaswag", "arc_easy", "arc_challenge")
 
 
@@ -43,7 +44,7 @@ class EvalRequest:
         limit: int | None = None,
         batch_size: int = 8,
     ) -> EvalRequest:
-        """From comma-separated task names; with neither tasks nor a text, SPEC §5's tasks."""
+        """From comma-separated task names; with neither tasks nor a text, docs/method.md §5's."""
         names: tuple[str, ...] = ()
         if tasks:
             names = tuple(name.strip() for name in tasks.split(",") if name.strip())
@@ -150,8 +151,8 @@ def _cancellable(model_call: Callable, cancelled: Callable[[], bool]) -> Callabl
 
 
 def rolling_perplexity(model, tokenizer, text: str, seqlen: int) -> float:
-    """SPEC §5's protocol: documents joined by a blank line, tokenized once, non-overlapping
-    ``seqlen`` rows, tail dropped, batch 1, the same score as calibration."""
+    """The protocol of docs/method.md §5: documents joined by a blank line, tokenized once,
+    non-overlapping ``seqlen`` rows, tail dropped, batch 1, the same score as calibration."""
     chunks = tokenize_chunks(tokenizer, split_documents(text), seqlen, label="the evaluation text")
     return Scorer(model, adapter_for(model), chunks, batch_size=1, prefix_cache=False).score()
 

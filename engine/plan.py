@@ -1,4 +1,4 @@
-"""The plan file (SPEC §8): written atomically, read back with its format checked."""
+"""The plan file (docs/method.md §8): written atomically, read back with its format checked."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The settings of one pruning run, validated once, with the reference defaults of SPEC §3.
+"""The settings of one pruning run, validated once, with the reference defaults
+(docs/method.md §3).
 
 Validation lives here (not in the CLI) so the library API and the CLI reject the same input
 with the same one-line messages.
@@ -13,7 +14,7 @@ from .calibration import CalibrationSpec
 from .errors import BadInput
 from .structures import DIMENSIONS, Dimension
 
-#: Reference group sizes (MLP channels, attention query channels) by model name (SPEC §3).
+#: Reference group sizes (MLP channels, attention query channels) by model name (docs/method.md §3).
 REFERENCE_GROUPS: tuple[tuple[str, int, int], ...] = (
     ("llama-2-7b", 1024, 128),
     ("llama-2-13b", 1024, 128),
@@ -163,7 +164,7 @@ class PruneSettings:
         return replace(self, order=parse_order(order))
 
     def targets(self) -> dict[str, float]:
-        """Cumulative ratio target of each dimension in the current order (SPEC §3)."""
+        """Cumulative ratio target of each dimension in the current order (docs/method.md §3)."""
         running, out = 0.0, {}
         for dim in self.order:
             running += self.shares[dim]

@@ -1,4 +1,4 @@
-"""The removable things of SPEC §1 as small frozen values.
+"""The removable things of docs/method.md §1 as small frozen values.
 
 A :class:`Structure` names *what* is removed, never *how*: the adapters turn it into surgery.
 Its ``id`` is stable text for the UI, logs and overrides (``L12.attn``, ``L7.mlp-1024``,

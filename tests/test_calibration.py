@@ -1,4 +1,4 @@
-"""Calibration sources, the sampler, chunking and its cache, exactly as SPEC §8 (and §9's
+"""Calibration sources, the sampler, chunking and its cache, exactly as docs/method.md §8 (and §9's
 faithful rows). Real files in tmp_path, a real (tiny, locally trained) tokenizer, no network."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Search rules of SPEC §3 and §9 on real tiny models: ties, block count, faithful mode, OOM."""
+"""Search rules of docs/method.md §3 and §9 on tiny models: ties, block count, faithful, OOM."""
 
 from __future__ import annotations
 

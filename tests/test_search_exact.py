@@ -1,5 +1,5 @@
-"""SPEC §4: the plan with the prefix cache equals the plan without it and the plan of a plain,
-naive search written here (a full forward of a fresh copy per candidate)."""
+"""docs/method.md §4: the plan with the prefix cache equals the plan without it and the plan
+of a plain, naive search written here (a full forward of a fresh copy per candidate)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Budget arithmetic, distributions, orders and group sizes (SPEC §3)."""
+"""Budget arithmetic, distributions, orders and group sizes (docs/method.md §3)."""
 
 from __future__ import annotations
 

@@ -2,10 +2,10 @@
 
 An adapter describes a family declaratively: the names of the two residual sub-blocks of a
 decoder layer, and for each width dimension the parameters that carry its channels
-(:class:`ParamSpec`). From that description this module derives the L1 reorder (SPEC §3), the
-trial narrowing used while scoring a candidate, the committed slicing, undo, and the exact
-parameter count a structure frees. A family adapter only adds what really differs (attributes
-its forward reads, how a fused projection is laid out).
+(:class:`ParamSpec`). From that description this module derives the L1 reorder
+(docs/method.md §3), the trial narrowing used while scoring a candidate, the committed slicing,
+undo, and the exact parameter count a structure frees. A family adapter only adds what really
+differs (attributes its forward reads, how a fused projection is laid out).
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ class Adapter:
                         f"{tensor.shape[spec.dim]} channels where {expected} were expected"
                     )
 
-    # --- L1 reorder (SPEC §3) ---------------------------------------------------------------
+    # --- L1 reorder (docs/method.md §3) -----------------------------------------------------
     def channel_order(self, layer: int) -> dict[str, torch.Tensor]:
         """The L1 order of one layer, most important first: ``mlp`` (channels) and ``attn``
         (KV groups), for the sub-blocks it has. Scores in float32 and a stable sort, so ties
@@ -423,10 +423,11 @@ class Adapter:
 
     # --- exact parameter accounting -----------------------------------------------------------
     def params_freed(self, structure: Structure, *, count_removed_norms: bool = False) -> int:
-        """Parameters that committing ``structure`` removes (SPEC §1 ratio, all parameters).
+        """Parameters that committing ``structure`` removes, all counted (the ratio of
+        docs/method.md §1).
 
         ``count_removed_norms`` reproduces MultiPruner's count, which keeps the norm weights of
-        removed blocks (SPEC §9).
+        removed blocks (docs/method.md §9).
         """
         if structure.is_block:
             norm_name, block_name = self._block_names(structure)

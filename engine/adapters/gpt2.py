@@ -1,7 +1,7 @@
 """GPT-2: ``Conv1D`` projections (weights stored input-major) and a fused ``c_attn``.
 
-No gate in the MLP, so channels are ranked by the up projection alone (SPEC §3); no grouped
-attention, so one KV group is one head.
+No gate in the MLP, so channels are ranked by the up projection alone (docs/method.md §3);
+no grouped attention, so one KV group is one head.
 """
 
 from __future__ import annotations
