@@ -27,21 +27,26 @@ def fixed_run_events() -> list[ev.Event]:
         ev.DimensionChanged("blocks", 0.1, ("blocks", "mlp_channels", "attn_heads")),
         ev.MemorySample(rss_bytes=900 * 2**20),
     ]  # fmt: skip
+    # two blocks reach the blocks target (0.125 >= 0.1); step 3 is the first MLP-width step
     commits = [
-        ({"kind": "attn_block", "layer": 6}, 39.2, 0.025, "engine"),
-        ({"kind": "mlp_block", "layer": 7}, 44.8, 0.125, "engine"),
-        ({"kind": "mlp_channels", "layer": 2, "remove": 46, "width_after": 466}, 45.6, 0.136,
-         "user"),
+        ("blocks", {"kind": "attn_block", "layer": 6}, 39.2, 0.025, "engine"),
+        ("blocks", {"kind": "mlp_block", "layer": 7}, 44.8, 0.125, "engine"),
+        ("mlp_channels", {"kind": "mlp_channels", "layer": 2, "remove": 46, "width_after": 466},
+         45.6, 0.136, "user"),
     ]  # fmt: skip
-    for index, (structure, score, ratio, chosen_by) in enumerate(commits, start=1):
-        events.append(ev.StepStarted(index, "blocks", ("L0.attn",), score))
-        step = {"index": index, "dimension": "blocks", "structure": structure, "score": score,
+    current = "blocks"
+    for index, (dimension, structure, score, ratio, chosen_by) in enumerate(commits, start=1):
+        if dimension != current:
+            current = dimension
+            events.append(
+                ev.DimensionChanged(dimension, 0.2, ("blocks", "mlp_channels", "attn_heads"))
+            )
+        first = "L0.attn" if dimension == "blocks" else "L0.mlp-46"
+        events.append(ev.StepStarted(index, dimension, (first,), score))
+        step = {"index": index, "dimension": dimension, "structure": structure, "score": score,
                 "params": 0, "ratio": ratio, "chosen_by": chosen_by}  # fmt: skip
         events.append(ev.StepCommitted(step, score, ratio, ratio * 1.2, 0, 1.5, 16, 131072))
         events.append(ev.MemorySample(rss_bytes=(900 + 40 * index) * 2**20))
-    events.append(
-        ev.DimensionChanged("mlp_channels", 0.2, ("blocks", "mlp_channels", "attn_heads"))
-    )
     events.append(ev.StepStarted(4, "mlp_channels", tuple(f"L{i}.mlp-46" for i in range(7)), 45.6))
     for k, (layer, score) in enumerate([(0, 47.1), (1, 46.2), (3, 45.9), (4, 49.0)], start=1):
         events.append(ev.CandidateScored(4, "mlp_channels", f"L{layer}.mlp-46", score,
