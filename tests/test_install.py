@@ -1,0 +1,185 @@
+"""What a user gets from ``pip install .`` (or ``pipx install .``, or the wheel), not from the
+editable install that ``.ci/dev`` makes: the wheel holds every module and data file, and a real
+install runs the demo, headless and in tmux, from a folder outside the repository."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from test_tmux import Tmux
+
+ROOT = Path(__file__).resolve().parents[1]
+# Repository folder -> where it lands in site-packages (pyproject.toml's package-dir).
+INSTALLED_AS = {"mptui": "mptui", "engine": "mptui/engine", "themes": "mptui/themes"}
+PIP = ("-m", "pip", "--disable-pip-version-check", "--no-input")
+# Offline, against the build tools already installed (setuptools is in the test extra).
+BUILD = ("--no-deps", "--no-build-isolation", "--no-index")
+
+
+def project_files() -> list[str]:
+    """The checkout as a user would have it: tracked files plus new files not ignored."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout")
+    return [name for name in listed.stdout.split("\0") if name and (ROOT / name).is_file()]
+
+
+def shipped(name: str) -> str | None:
+    """The path inside the wheel of repository file ``name``; None when it does not ship."""
+    folder, _, rest = name.partition("/")
+    if folder not in INSTALLED_AS or not rest or "__pycache__" in name:
+        return None
+    return f"{INSTALLED_AS[folder]}/{rest}"
+
+
+def clean_env() -> dict[str, str]:
+    """The environment of the tests, minus anything that could point Python at the source."""
+    env = dict(os.environ)
+    for name in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV"):
+        env.pop(name, None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the checkout: builds write ``build/`` and ``*.egg-info`` into their source,
+    and the working tree is shared."""
+    copy = tmp_path_factory.mktemp("source")
+    for name in project_files():
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, copy / name)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def wheel(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    built = subprocess.run(
+        [sys.executable, *PIP, "wheel", *BUILD, "--wheel-dir", str(out), "."],
+        cwd=source,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    (path,) = out.glob("mptui-*.whl")
+    return path
+
+
+def test_wheel_holds_every_module_and_data_file(wheel: Path):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {shipped(name) for name in project_files()} - {None}
+    assert "mptui/app/app.py" in expected and "mptui/engine/adapters/llama.py" in expected
+    missing = sorted(expected - names)
+    assert not missing, f"the wheel lacks {missing}"
+    # One top-level package: no `engine` or `themes` of our own in the user's site-packages.
+    tops = {name.split("/")[0] for name in names}
+    assert {top for top in tops if not top.endswith(".dist-info")} == {"mptui"}
+    (entry_points,) = [name for name in names if name.endswith(".dist-info/entry_points.txt")]
+    assert "mptui = mptui.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def make_venv(folder: Path) -> Path:
+    """A venv that sees this environment's packages (torch, transformers, ...) through a .pth
+    line, so nothing is downloaded, but whose own site-packages comes first and gets mptui.
+    A .pth line only adds a path: the editable mptui's finder there is never started."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
+    python = folder / "bin" / "python"
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=clean_env(),
+    ).stdout.strip()
+    ours = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
+    (Path(purelib) / "mptui-test-host.pth").write_text("".join(f"{p}\n" for p in ours))
+    return python
+
+
+def run(*args, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(arg) for arg in args],
+        cwd=cwd,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+def test_pip_install_runs_the_demo_outside_the_repository(source: Path, tmp_path: Path):
+    venv = tmp_path / "venv"
+    python = make_venv(venv)
+    installed = run(python, *PIP, "install", *BUILD, "--ignore-installed", ".", cwd=source)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+
+    here = tmp_path / "elsewhere"  # not the repository: its folders must not be importable
+    here.mkdir()
+    # Found without importing them (the runs below import them): torch alone takes seconds.
+    where = run(
+        python,
+        "-c",
+        "from importlib.util import find_spec as spec\n"
+        "for name in ('mptui', 'mptui.app', 'mptui.engine', 'mptui.themes', 'engine', 'themes'):\n"
+        "    print(getattr(spec(name), 'origin', None))",
+        cwd=here,
+    )
+    assert where.returncode == 0, where.stderr
+    *ours, engine, themes = where.stdout.split()
+    for origin in ours:
+        assert Path(origin).is_relative_to(venv), origin  # the install, not the source tree
+    assert engine == themes == "None"  # no top-level `engine` or `themes`
+
+    mptui = venv / "bin" / "mptui"
+    # A target the demo reaches in one step: every file the run reads, a fraction of the time.
+    headless = run(
+        mptui,
+        "--demo",
+        "--headless",
+        "--target-ratio",
+        "0.05",
+        "--session",
+        tmp_path / "headless",
+        cwd=here,
+    )
+    assert headless.returncode == 0, headless.stdout + headless.stderr
+    assert "finished (done)" in headless.stdout
+    assert (tmp_path / "headless" / "plan.json").exists()
+
+    tmux = Tmux(tmp_path)
+    command = (
+        f"cd {here} && env -u PYTHONPATH TERM=xterm-256color {mptui} --demo "
+        f"--session {tmp_path / 'app'}"
+    )
+    tmux.run("new-session", "-d", "-s", "demo", "-x", "100", "-y", "30", command)
+    try:
+        screen = tmux.wait_for("Removed per layer")
+        for title in ("Candidates", "Perplexity", "Memory"):
+            assert title in screen, screen
+        tmux.run("send-keys", "-t", "demo", "q")
+        tmux.wait_for("Quit mptui?")
+        tmux.run("send-keys", "-t", "demo", "y")
+        deadline = time.monotonic() + 60
+        while tmux.alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not tmux.alive()
+    finally:
+        tmux.run("kill-server")
