@@ -1,17 +1,23 @@
-"""docs/method.md §4: the plan with the prefix cache equals the plan without it and the plan
-of a plain, naive search written here (a full forward of a fresh copy per candidate)."""
+"""SPEC §4: the plan with the prefix cache equals the plan without it and the plan of a plain,
+naive search written here, independent of the engine's surgery.
+
+The naive search ranks channels by hand (SPEC §3's L1 rules), removes a structure by zeroing
+every weight it owns (the sub-block adds exactly zero then, as if it were gone; removed channels
+give no contribution, as if sliced off), counts the parameters from the zeroed entries, and
+scores every candidate with a full forward of the whole calibration set.
+"""
 
 from __future__ import annotations
 
-import copy
 import math
+from dataclasses import dataclass
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mptui.engine.adapters import adapter_for
 from mptui.engine.api import CalibrationSpec, prune
 from mptui.engine.calibration import load_calibration
 from mptui.engine.structures import Structure
@@ -34,46 +40,188 @@ def naive_perplexity(model, chunks: torch.Tensor, batch_size: int) -> float:
     return math.exp(torch.cat(nll).mean().item())
 
 
-def naive_candidates(adapter, dimension: str, attn_group: int) -> list[Structure]:
-    layers = range(adapter.num_layers)
-    if dimension == "blocks":
-        return [Structure("attn_block", i) for i in layers if adapter.has_block(i, "attn")] + [
-            Structure("mlp_block", i) for i in layers if adapter.has_block(i, "mlp")
+#: (parameter, axis that holds channels, offset of the first channel, ranks channels?)
+Entry = tuple[nn.Parameter, int, int, bool]
+
+
+@dataclass
+class Layer:
+    """Where one decoder layer keeps its channels, written out per family from the
+    transformers modules (not from the engine's adapters)."""
+
+    attn_block: tuple[nn.Module, nn.Module]  # norm, attention
+    mlp_block: tuple[nn.Module, nn.Module]  # norm, MLP
+    mlp: list[Entry]  # channel j of the MLP at offset + j
+    q: list[Entry]  # query channel c (head c // head_dim) at offset + c
+    kv: list[Entry]  # key/value channel c (KV head c // head_dim) at offset + c
+
+
+def layer_layout(model, index: int) -> Layer:
+    config = model.config
+    if config.model_type == "gpt2":
+        layer, hidden = model.transformer.h[index], config.hidden_size
+        c_attn, c_fc = layer.attn.c_attn, layer.mlp.c_fc  # Conv1D: weights are (in, out)
+        return Layer(
+            (layer.ln_1, layer.attn), (layer.ln_2, layer.mlp),
+            mlp=[(c_fc.weight, 1, 0, True), (c_fc.bias, 0, 0, False),
+                 (layer.mlp.c_proj.weight, 0, 0, False)],
+            q=[(c_attn.weight, 1, 0, True), (c_attn.bias, 0, 0, False),
+               (layer.attn.c_proj.weight, 0, 0, False)],
+            kv=[(c_attn.weight, 1, hidden, True), (c_attn.bias, 0, hidden, False),
+                (c_attn.weight, 1, 2 * hidden, True), (c_attn.bias, 0, 2 * hidden, False)],
+        )  # fmt: skip
+    layer = model.model.layers[index]
+    attn, mlp = layer.self_attn, layer.mlp
+    blocks = (layer.input_layernorm, attn), (layer.post_attention_layernorm, mlp)
+    if config.model_type == "phi3":  # fused rows: gate | up, and q | k | v
+        width, q_rows = config.intermediate_size, attn.o_proj.weight.shape[1]
+        kv_rows = (attn.qkv_proj.weight.shape[0] - q_rows) // 2
+        qkv = attn.qkv_proj.weight
+        return Layer(
+            *blocks,
+            mlp=[(mlp.gate_up_proj.weight, 0, 0, True), (mlp.gate_up_proj.weight, 0, width, True),
+                 (mlp.down_proj.weight, 1, 0, False)],
+            q=[(qkv, 0, 0, True), (attn.o_proj.weight, 1, 0, False)],
+            kv=[(qkv, 0, q_rows, True), (qkv, 0, q_rows + kv_rows, True)],
+        )  # fmt: skip
+
+    def rows(linear: nn.Linear) -> list[Entry]:
+        bias = [(linear.bias, 0, 0, False)] if linear.bias is not None else []
+        return [(linear.weight, 0, 0, True), *bias]
+
+    return Layer(
+        *blocks,
+        mlp=[*rows(mlp.gate_proj), *rows(mlp.up_proj), (mlp.down_proj.weight, 1, 0, False)],
+        q=[*rows(attn.q_proj), (attn.o_proj.weight, 1, 0, False)],
+        kv=[*rows(attn.k_proj), *rows(attn.v_proj)],
+    )
+
+
+def row_l1(entries: list[Entry], count: int) -> torch.Tensor:
+    """Sum, over the ranking entries in order, of each channel's L1 norm (float32)."""
+    total = torch.zeros(count)
+    for tensor, dim, offset, scored in entries:
+        if scored:
+            total = total + tensor.detach().float().abs().sum(dim=1 - dim)[offset : offset + count]
+    return total
+
+
+class NaiveSearch:
+    """SPEC §3 greedy search on a model whose removals are zeroed weights."""
+
+    def __init__(self, path, chunks: torch.Tensor, batch_size: int):
+        self.model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa").eval()
+        self.chunks, self.batch_size = chunks, batch_size
+        config = self.model.config
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        self.q_per_kv = heads // kv_heads
+        self.attn_group = self.head_dim * self.q_per_kv  # one KV group: the default step
+        self.layers = [layer_layout(self.model, i) for i in range(config.num_hidden_layers)]
+        self.removed = {p: torch.zeros_like(p, dtype=torch.bool) for p in self.model.parameters()}
+        self.dense = sum(p.numel() for p in self.model.parameters())
+        self.blocks_gone: set[tuple[str, int]] = set()
+        mlp_width = config.n_inner if config.model_type == "gpt2" else config.intermediate_size
+        self.width = {"mlp_channels": [mlp_width] * len(self.layers),
+                      "attn_heads": [kv_heads * self.attn_group] * len(self.layers)}  # fmt: skip
+        # L1 order on the dense weights, most important first, stable on ties
+        self.order: dict[str, list[torch.Tensor]] = {"mlp_channels": [], "attn_heads": []}
+        for layer in self.layers:
+            self.order["mlp_channels"].append(descending(row_l1(layer.mlp, mlp_width)))
+            q = row_l1(layer.q, heads * self.head_dim).view(kv_heads, self.q_per_kv, -1)
+            kv = row_l1(layer.kv, kv_heads * self.head_dim).view(kv_heads, 1, -1)
+            group_scores = (q + kv).reshape(kv_heads, -1).mean(dim=1)  # query rows of a group
+            self.order["attn_heads"].append(descending(group_scores))
+
+    def params(self) -> int:
+        return self.dense - sum(int(mask.sum()) for mask in self.removed.values())
+
+    def candidates(self, dimension: str) -> list[Structure]:
+        layers = range(len(self.layers))
+        if dimension == "blocks":
+            return [
+                Structure(kind, i)
+                for kind, block in (("attn_block", "attn"), ("mlp_block", "mlp"))
+                for i in layers
+                if (block, i) not in self.blocks_gone
+            ]
+        group = MLP_GROUP if dimension == "mlp_channels" else self.attn_group
+        block = "mlp" if dimension == "mlp_channels" else "attn"
+        return [
+            Structure(dimension, i, remove=group, width_after=self.width[dimension][i] - group)
+            for i in layers
+            if (block, i) not in self.blocks_gone and self.width[dimension][i] - group > 0
         ]
-    out = []
-    for i in layers:
-        if dimension == "mlp_channels":
-            width, group = adapter.mlp_width(i), MLP_GROUP
+
+    def owned(self, structure: Structure) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """(parameter, boolean mask of its entries) that ``structure`` removes."""
+        layer = self.layers[structure.layer]
+        if structure.is_block:
+            norm, module = layer.attn_block if structure.kind == "attn_block" else layer.mlp_block
+            params = [*norm.parameters(), *module.parameters()]
+            return [(p, torch.ones_like(p, dtype=torch.bool)) for p in params]
+        order = self.order[structure.kind][structure.layer]
+        now, after = self.width[structure.kind][structure.layer], structure.width_after
+        if structure.kind == "mlp_channels":
+            spans = [(layer.mlp, order[after:now])]
+        else:  # whole KV groups: their query heads, and the K/V head they share
+            groups = order[after // self.attn_group : now // self.attn_group]
+            spans = [(layer.q, expand(groups, self.attn_group)),
+                     (layer.kv, expand(groups, self.head_dim))]  # fmt: skip
+        out = []
+        for entries, channels in spans:
+            for tensor, dim, offset, _ in entries:
+                mask = torch.zeros_like(tensor, dtype=torch.bool)
+                out.append((tensor, mask.index_fill_(dim, channels + offset, True)))
+        return out
+
+    def score(self, structure: Structure) -> float:
+        owned = self.owned(structure)
+        saved = [tensor.detach().clone() for tensor, _ in owned]
+        with torch.no_grad():
+            for tensor, mask in owned:
+                tensor.masked_fill_(mask, 0.0)
+        try:
+            return naive_perplexity(self.model, self.chunks, self.batch_size)
+        finally:
+            with torch.no_grad():
+                for (tensor, _), original in zip(owned, saved, strict=True):
+                    tensor.copy_(original)
+
+    def commit(self, structure: Structure) -> None:
+        with torch.no_grad():
+            for tensor, mask in self.owned(structure):
+                tensor.masked_fill_(mask, 0.0)
+                self.removed[tensor] |= mask
+        if structure.is_block:
+            block = "attn" if structure.kind == "attn_block" else "mlp"
+            self.blocks_gone.add((block, structure.layer))
         else:
-            width, group = adapter.attn_groups(i) * adapter.attn_group_channels, attn_group
-        if width - group > 0:
-            out.append(Structure(dimension, i, remove=group, width_after=width - group))
-    return out
+            self.width[structure.kind][structure.layer] = structure.width_after
+
+    def run(self) -> list[tuple[str, float, int]]:
+        steps, share = [], 0.0
+        for dimension in ("blocks", "mlp_channels", "attn_heads"):
+            share += SHARES[dimension]
+            while 1 - self.params() / self.dense < TARGET * share:
+                candidates = self.candidates(dimension)
+                if not candidates:
+                    break
+                scores = [self.score(candidate) for candidate in candidates]
+                best = scores.index(min(scores))  # ties: the first in canonical order
+                self.commit(candidates[best])
+                steps.append((candidates[best].id, scores[best], self.params()))
+        return steps
 
 
-def naive_search(path, chunks, batch_size):
-    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa").eval()
-    adapter = adapter_for(model)
-    for layer in range(adapter.num_layers):
-        adapter.reorder_layer(layer)
-    attn_group = adapter.attn_group_channels
-    dense = model.num_parameters()
-    steps, share = [], 0.0
-    for dimension in ("blocks", "mlp_channels", "attn_heads"):
-        share += SHARES[dimension]
-        while 1 - model.num_parameters() / dense < TARGET * share:
-            candidates = naive_candidates(adapter, dimension, attn_group)
-            if not candidates:
-                break
-            scores = []
-            for candidate in candidates:
-                trial = copy.deepcopy(model)
-                adapter_for(trial).commit(candidate)
-                scores.append(naive_perplexity(trial, chunks, batch_size))
-            best = scores.index(min(scores))
-            adapter.commit(candidates[best])
-            steps.append((candidates[best].id, scores[best]))
-    return steps
+def descending(scores: torch.Tensor) -> torch.Tensor:
+    return torch.sort(scores, descending=True, stable=True).indices
+
+
+def expand(groups: torch.Tensor, size: int) -> torch.Tensor:
+    """Channel indices of whole groups of ``size`` channels."""
+    return (groups[:, None] * size + torch.arange(size)[None, :]).reshape(-1)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -94,17 +242,18 @@ def test_cached_uncached_and_naive_plans_agree(tiny_model_dir, calibration_file,
         )
     spec = CalibrationSpec(str(calibration_file), 0, SEQLEN)
     chunks = load_calibration(spec, AutoTokenizer.from_pretrained(path), tmp_path)
-    naive = naive_search(path, chunks, batch_size=2)
+    naive = NaiveSearch(path, chunks, batch_size=2).run()
 
     def ids(plan):
         return [Structure.from_dict(s["structure"]).id for s in plan["steps"]]
 
-    assert ids(plans[True]) == ids(plans[False]) == [structure for structure, _ in naive]
+    assert ids(plans[True]) == ids(plans[False]) == [structure for structure, _, _ in naive]
     assert {s["dimension"] for s in plans[True]["steps"]} == set(SHARES)
-    for cached, uncached, (_, expected) in zip(
+    for cached, uncached, (_, expected, params) in zip(
         plans[True]["steps"], plans[False]["steps"], naive, strict=True
     ):
         assert cached["score"] == pytest.approx(uncached["score"], rel=1e-9)
         assert cached["score"] == pytest.approx(expected, rel=1e-5)
+        assert cached["params"] == uncached["params"] == params
     assert plans[True]["steps"][-1]["ratio"] >= TARGET
     assert plans[True]["steps"][-2]["ratio"] < TARGET  # the strict stop: no step past the target
