@@ -18,6 +18,11 @@ from .calibration import split_documents, tokenize_chunks
 from .errors import BadInput, Cancelled
 from .scoring import Scorer
 
+#: lm-eval's request methods, each called once with all the requests of its type.
+_REQUEST_TYPES = ("loglikelihood", "loglikelihood_rolling", "generate_until")
+
+Progress = Callable[[int, int], None]
+
 #: The zero-shot tasks of docs/method.md §5.
 ZERO_SHOT_TASKS = ("piqa", "winogrande", "hellaswag", "arc_easy", "arc_challenge")
 
@@ -63,17 +68,25 @@ class EvalRequest:
 
 
 def evaluate(
-    model, tokenizer, request: EvalRequest, cancelled: Callable[[], bool] | None = None
+    model,
+    tokenizer,
+    request: EvalRequest,
+    cancelled: Callable[[], bool] | None = None,
+    progress: Progress | None = None,
 ) -> dict:
-    """``{"zero_shot": ..., "perplexity": ...}``, each present when asked for. ``cancelled``
-    is asked before every lm-eval batch; when it says yes, :class:`Cancelled` is raised."""
+    """``{"zero_shot": ..., "perplexity": ...}``, each present when asked for.
+
+    Before every lm-eval batch ``cancelled`` is asked (when it says yes, :class:`Cancelled` is
+    raised) and ``progress(done, total)`` told how many lm-eval requests are answered; it is
+    told ``(total, total)`` when they all are. Either may raise to stop the evaluation there.
+    """
     request.check()
     result: dict = {}
     if request.tasks:
         include = Path(request.include_path) if request.include_path else None
         result["zero_shot"] = zero_shot(
             model, tokenizer, request.tasks, include_path=include, limit=request.limit,
-            batch_size=request.batch_size, cancelled=cancelled,
+            batch_size=request.batch_size, cancelled=cancelled, progress=progress,
         )  # fmt: skip
     if request.text:
         text = Path(request.text).read_text(encoding="utf-8")
@@ -104,8 +117,10 @@ def zero_shot(
     limit: int | None = None,
     batch_size: int = 8,
     cancelled: Callable[[], bool] | None = None,
+    progress: Progress | None = None,
 ) -> dict:
-    """``{"tasks": {name: {"metric": m, "value": v}}, "average": mean, "lm_eval": version}``."""
+    """``{"tasks": {name: {"metric": m, "value": v}}, "average": mean, "lm_eval": version}``;
+    ``cancelled`` and ``progress`` as for :func:`evaluate`."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -118,8 +133,8 @@ def zero_shot(
             f"unknown lm-eval task(s): {', '.join(unknown)}; give --include-path for local tasks"
         )
     wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    if cancelled is not None:
-        wrapped._model_call = _cancellable(wrapped._model_call, cancelled)
+    watch = _BatchWatch(cancelled, progress)
+    watch.attach(wrapped)
     try:
         output = lm_eval.simple_evaluate(
             model=wrapped, tasks=list(tasks), num_fewshot=0, limit=limit,
@@ -128,6 +143,8 @@ def zero_shot(
     except Cancelled:
         raise
     except Exception as error:  # datasets that cannot be reached raise many types
+        if error is watch.raised:  # the caller's own callback: not lm-eval's failure
+            raise
         raise BadInput(f"lm-eval could not run {', '.join(tasks)}: {error}") from error
     scores = {}
     for task in tasks:
@@ -138,16 +155,67 @@ def zero_shot(
     return {"tasks": scores, "average": average, "lm_eval": lm_eval.__version__}
 
 
-def _cancellable(model_call: Callable, cancelled: Callable[[], bool]) -> Callable:
-    """lm-eval's batch call, refusing to run once ``cancelled()``: a 7B evaluation takes long,
-    and a dropped SSH link must not keep the GPU busy until it ends."""
+class _BatchWatch:
+    """One hook before every lm-eval batch: asks ``cancelled`` (a 7B evaluation takes long,
+    and a dropped SSH link must not keep the GPU busy until it ends) and tells ``progress``
+    how many requests are answered so far.
 
-    def call(*args, **kwargs):
-        if cancelled():
-            raise Cancelled("evaluation cancelled")
-        return model_call(*args, **kwargs)
+    It lives on the one HFLM instance, nothing global: lm-eval calls each request method
+    (:data:`_REQUEST_TYPES`) once with all requests of that type, which gives the total; the
+    model's ``cache_hook`` is told of every request answered, which gives the count; and
+    ``_model_call`` / ``_model_generate`` run every batch. A rolling-loglikelihood request is
+    counted once all its windows are scored, so those count at the end of their call.
+    """
 
-    return call
+    def __init__(self, cancelled: Callable[[], bool] | None, progress: Progress | None):
+        self.cancelled, self.progress = cancelled, progress
+        self.done = self.total = 0
+        self.raised: BaseException | None = None
+
+    def attach(self, lm) -> None:
+        from lm_eval.api.model import CacheHook
+
+        watch = self
+
+        class Counting(CacheHook):
+            def add_partial(self, attr, req, res) -> None:
+                watch.done += 1
+                super().add_partial(attr, req, res)
+
+        lm.cache_hook = Counting(None)
+        for name in ("_model_call", "_model_generate"):
+            setattr(lm, name, self._before_each_batch(getattr(lm, name)))
+        for name in _REQUEST_TYPES:
+            setattr(lm, name, self._counting_requests(getattr(lm, name)))
+
+    def _before_each_batch(self, batch_call: Callable) -> Callable:
+        def call(*args, **kwargs):
+            self.check()
+            return batch_call(*args, **kwargs)
+
+        return call
+
+    def _counting_requests(self, method: Callable) -> Callable:
+        def call(requests, *args, **kwargs):
+            start = self.done
+            self.total += len(requests)
+            self.check()
+            answers = method(requests, *args, **kwargs)
+            self.done = start + len(requests)  # exact, whatever the hook saw
+            self.check()
+            return answers
+
+        return call
+
+    def check(self) -> None:
+        try:
+            if self.cancelled is not None and self.cancelled():
+                raise Cancelled("evaluation cancelled")
+            if self.progress is not None:
+                self.progress(min(self.done, self.total), self.total)
+        except BaseException as error:
+            self.raised = error
+            raise
 
 
 def rolling_perplexity(model, tokenizer, text: str, seqlen: int) -> float:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -26,6 +30,69 @@ def looks_like_path(name: str) -> bool:
     if os.path.exists(name):
         return True
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep + os.sep in name
+
+
+#: Folder names that say nothing of the model (the demo's is ``model``): a folder so named is
+#: named by its config's hub id, else by the first ancestor with a name of its own.
+_GENERIC_FOLDERS = frozenset(
+    {"model", "models", "checkpoint", "checkpoints", "ckpt", "weights", "hf", "pretrained",
+     "final", "latest", "export", "exported", "output", "outputs", "out", "snapshots"}
+)  # fmt: skip
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+_HUB_CACHE_FOLDER = re.compile(r"models--(?P<owner>[^/]+?)--(?P<name>[^/]+)")
+
+
+def model_label(name_or_path: str | os.PathLike, config=None) -> str:
+    """The model's own name, short, for a status line, a summary or a model card.
+
+    A hub id as it is; a folder in the Hugging Face cache by its hub id; any other local folder
+    by its name, unless that name says nothing (``model``, a commit hash): then by the config's
+    ``_name_or_path`` when that is a hub id (``config`` or the folder's ``config.json``), else by
+    the nearest parent folder with a name of its own (``demo/model`` is ``demo``). Never a path.
+    """
+    text = str(name_or_path)
+    if not looks_like_path(text):
+        return text
+    path = Path(os.path.abspath(os.path.expanduser(text)))
+    cached = _HUB_CACHE_FOLDER.search(path.as_posix())
+    if cached:
+        return f"{cached['owner']}/{cached['name']}"
+    if not _says_nothing(path.name):
+        return path.name
+    recorded = _recorded_name(path, config)
+    if recorded:
+        return recorded
+    named = next((parent.name for parent in path.parents if not _says_nothing(parent.name)), "")
+    return named or path.name or text
+
+
+def model_source(name_or_path: str | os.PathLike, config=None) -> str:
+    """A hub id as it is, a local folder as ``a local checkpoint (NAME)``: how summaries and
+    model cards name a base model without showing a path of this machine."""
+    label = model_label(name_or_path, config)
+    return f"a local checkpoint ({label})" if looks_like_path(str(name_or_path)) else label
+
+
+def _says_nothing(folder_name: str) -> bool:
+    name = folder_name.lower()
+    return name in _GENERIC_FOLDERS or bool(_COMMIT.fullmatch(name)) or not name
+
+
+def _recorded_name(folder: Path, config) -> str | None:
+    """The config's ``_name_or_path`` when it is a hub id (as transformers 4 saved it)."""
+    if config is not None:
+        recorded = getattr(config, "_name_or_path", None)
+    else:
+        try:
+            recorded = json.loads((folder / "config.json").read_text()).get("_name_or_path")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+    if not isinstance(recorded, str) or not recorded.strip():
+        return None
+    recorded = recorded.strip().rstrip("/")
+    if looks_like_path(recorded) or "\\" in recorded or ":" in recorded:
+        return None  # a path, of this machine or another
+    return None if _says_nothing(recorded.rpartition("/")[2]) else recorded
 
 
 def resolve_dtype(dtype: str | None, device: str) -> torch.dtype:
@@ -88,8 +155,14 @@ def load_model(
     dtype: str | None = None,
     device: str | None = None,
     device_map: str | None = None,
+    on_shard: Callable[[int, int], None] | None = None,
 ):
-    """Return ``(model, tokenizer)`` in eval mode with gradients off and SDPA attention."""
+    """Return ``(model, tokenizer)`` in eval mode with gradients off and SDPA attention.
+
+    ``on_shard(done, total)`` is called each time one more checkpoint shard has been read
+    (see :class:`_ShardReads`), ending with ``(total, total)``. It may raise (a stop asked for
+    by the user): that ends the load within the shard being read, and the error propagates.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_supported(load_config(name_or_path))
@@ -100,13 +173,15 @@ def load_model(
     path = os.path.expanduser(name_or_path)
     carried_code = is_mptui_export(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path,
-            dtype=torch_dtype,
-            device_map=device_map,
-            attn_implementation="sdpa",
-            trust_remote_code=carried_code,
-        )
+        with _reporting_shard_reads(on_shard) as reads:
+            model = AutoModelForCausalLM.from_pretrained(
+                path,
+                dtype=torch_dtype,
+                device_map=device_map,
+                attn_implementation="sdpa",
+                trust_remote_code=carried_code,
+            )
+            reads.finish()
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=carried_code)
     except torch.OutOfMemoryError as error:
         raise BadInput(
@@ -121,6 +196,139 @@ def load_model(
     model.eval()
     model.requires_grad_(False)
     return model, tokenizer
+
+
+class _ShardReads:
+    """Checkpoint shards read so far during one ``from_pretrained``, told to ``on_shard``.
+
+    transformers 5 opens every safetensors shard lazily (``safe_open`` in ``modeling_utils``),
+    then reads the tensors in key order on a small thread pool. Each shard's handle is wrapped
+    here so that reading a tensor (``slice[...]``) is counted; a shard is read when all its
+    tensors are. ``on_shard`` is so called from those loader threads, one call at a time; what
+    it raises is re-raised by transformers in the loading thread when it collects that tensor.
+    Tensors the model does not take are never read: their shards count at :meth:`finish`.
+    """
+
+    def __init__(self, on_shard: Callable[[int, int], None] | None) -> None:
+        self._on_shard = on_shard
+        self._lock = threading.Lock()
+        self._unread: dict[str, set[str]] = {}  # shard file -> keys not read yet
+        self._done = 0
+        self._stopped = on_shard is None
+
+    def wrap(self, file: str, handle):
+        with self._lock:
+            self._unread.setdefault(os.path.realpath(file), set(handle.keys()))
+        return _CountingHandle(handle, self, os.path.realpath(file))
+
+    def read(self, file: str, key: str) -> None:
+        with self._lock:
+            unread = self._unread[file]
+            if key in unread:
+                unread.discard(key)
+                if not unread:
+                    self._report()
+
+    def finish(self) -> None:
+        """The load is over: shards with tensors nobody read count now, and a checkpoint this
+        did not see shard by shard (``.bin``, a load without ``safe_open``) counts as one."""
+        with self._lock:
+            if not self._unread:
+                self._unread[""] = {""}
+            for unread in self._unread.values():
+                if unread:
+                    unread.clear()
+                    self._report()
+            self._stopped = True
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True  # a loader thread still running after an error stays quiet
+
+    def _report(self) -> None:
+        if self._stopped:
+            return
+        self._done += 1
+        try:
+            self._on_shard(self._done, len(self._unread))
+        except BaseException:
+            self._stopped = True
+            raise
+
+
+class _CountingHandle:
+    """A safetensors file handle whose slices tell :class:`_ShardReads` when they are read."""
+
+    def __init__(self, handle, reads: _ShardReads, file: str) -> None:
+        self._handle, self._reads, self._file = handle, reads, file
+
+    def get_slice(self, key: str):
+        return _CountingSlice(self._handle.get_slice(key), self._reads, self._file, key)
+
+    def __enter__(self):
+        self._handle.__enter__()
+        return self
+
+    def __exit__(self, *exc_info):
+        return self._handle.__exit__(*exc_info)
+
+    def __getattr__(self, name: str):
+        return getattr(self._handle, name)
+
+
+class _CountingSlice:
+    def __init__(self, tensor_slice, reads: _ShardReads, file: str, key: str) -> None:
+        self._slice, self._reads, self._file, self._key = tensor_slice, reads, file, key
+
+    def __getitem__(self, index):
+        tensor = self._slice[index]
+        self._reads.read(self._file, self._key)
+        return tensor
+
+    def __getattr__(self, name: str):
+        return getattr(self._slice, name)
+
+
+_HOOK_LOCK = threading.Lock()
+_LOADING: dict[int, _ShardReads] = {}  # loading thread -> its shard reads
+_UNHOOKED: dict[str, Callable] = {}
+
+
+@contextmanager
+def _reporting_shard_reads(on_shard: Callable[[int, int], None] | None) -> Iterator[_ShardReads]:
+    """Count the shard reads of the ``from_pretrained`` this thread runs inside the block.
+
+    ``modeling_utils.safe_open`` is wrapped while any such block runs (in any thread) and put
+    back when the last one ends, also on an error; the wrapper passes other threads' handles
+    through untouched. Without the hook (another transformers), :meth:`_ShardReads.finish`
+    still reports the load as one shard.
+    """
+    reads = _ShardReads(on_shard)
+    if on_shard is None:
+        yield reads
+        return
+    from transformers import modeling_utils
+
+    thread = threading.get_ident()
+    with _HOOK_LOCK:
+        if not _LOADING and callable(getattr(modeling_utils, "safe_open", None)):
+            original = _UNHOOKED["safe_open"] = modeling_utils.safe_open
+
+            def safe_open(filename, *args, **kwargs):
+                handle = original(filename, *args, **kwargs)
+                loading = _LOADING.get(threading.get_ident())
+                return handle if loading is None else loading.wrap(str(filename), handle)
+
+            modeling_utils.safe_open = safe_open
+        _LOADING[thread] = reads
+    try:
+        yield reads
+    finally:
+        reads.stop()
+        with _HOOK_LOCK:
+            del _LOADING[thread]
+            if not _LOADING and "safe_open" in _UNHOOKED:
+                modeling_utils.safe_open = _UNHOOKED.pop("safe_open")
 
 
 def max_positions(config) -> int | None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -60,19 +62,72 @@ def run(args) -> dict:
     )  # fmt: skip
     request.check()
     if not args.session:
-        model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-        return evaluate(model, tokenizer, request)
+        model, tokenizer = load_model(
+            args.model, dtype=args.dtype, device=args.device, on_shard=loading_lines(args.model)
+        )
+        return evaluate(model, tokenizer, request, progress=ProgressLines("evaluating"))
     folder = SessionFolder(Path(args.session))
     plan = folder.read_plan()
+    base = plan["model"]["name_or_path"]
     model, tokenizer = load_model(
-        plan["model"]["name_or_path"],
+        base,
         dtype=args.dtype if args.dtype != "auto" else plan["model"].get("dtype"),
         device=args.device,
+        on_shard=loading_lines(base),
     )
-    results = {"dense": evaluate(model, tokenizer, request)}
+    dense = ProgressLines("evaluating the dense model")
+    results = {"dense": evaluate(model, tokenizer, request, progress=dense)}
     apply_plan(model, plan, folder.order_file)
-    results["pruned"] = evaluate(model, tokenizer, request)
+    pruned = ProgressLines("evaluating the pruned model")
+    results["pruned"] = evaluate(model, tokenizer, request, progress=pruned)
     results["ratio"] = plan["steps"][-1]["ratio"] if plan["steps"] else 0.0
     write_json_atomic(folder.path / "evaluation.json", results)
     write_summary(folder.path, plan, flat_scores(results))
     return results
+
+
+class ProgressLines:
+    """``label: done / total unit (pct)`` lines on stderr, few enough for a log: the first, one
+    at each further tenth (or after :attr:`QUIET_S` without one), never two within
+    :attr:`MIN_GAP_S`, and always the last (``done == total``)."""
+
+    MIN_GAP_S = 1.0
+    QUIET_S = 30.0
+
+    def __init__(
+        self,
+        label: str,
+        unit: str = "requests",
+        *,
+        amount: Callable[[int], str] = "{:,}".format,
+        clock: Callable[[], float] = time.monotonic,
+        out=None,
+    ) -> None:
+        self.label, self.unit, self.amount, self.clock = label, unit, amount, clock
+        self.out = out
+        self._last_time: float | None = None
+        self._last_tenth = -1
+        self._finished = False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self.clock()
+        tenth = 10 * done // total if total > 0 else 0
+        finished = total > 0 and done >= total
+        if finished:
+            if self._finished:
+                return
+        elif self._last_time is not None:
+            gap = now - self._last_time
+            if gap < self.MIN_GAP_S or (tenth <= self._last_tenth and gap < self.QUIET_S):
+                return
+        self._last_time, self._last_tenth, self._finished = now, tenth, finished
+        share = f" ({done / total:.0%})" if total > 0 else ""
+        line = f"{self.label}: {self.amount(done)} / {self.amount(total)} {self.unit}{share}"
+        print(line, file=self.out or sys.stderr, flush=True)
+
+
+def loading_lines(name_or_path: str) -> ProgressLines:
+    """``loading NAME: 2 / 3 shards (67%)`` lines, for ``load_model(on_shard=...)``."""
+    from mptui.engine.loading import model_label
+
+    return ProgressLines(f"loading {model_label(name_or_path)}", "shards")

@@ -46,15 +46,17 @@ def export_session(session: Path, out: Path, dtype: str | None, device: str | No
     from mptui.engine.journal import SessionFolder
     from mptui.engine.loading import load_model
 
+    from .evaluate_cli import loading_lines
+
     folder = SessionFolder(session)
     plan = folder.read_plan()
     check_destination(out)
-    print(f"loading {plan['model']['name_or_path']}", file=sys.stderr, flush=True)
+    base = plan["model"]["name_or_path"]
     model, tokenizer = load_model(
-        plan["model"]["name_or_path"], dtype=dtype or plan["model"].get("dtype"), device=device
+        base, dtype=dtype or plan["model"].get("dtype"), device=device, on_shard=loading_lines(base)
     )
     apply_plan(model, plan, folder.order_file)
-    return export_model(model, tokenizer, plan, out, progress=print_progress)
+    return export_model(model, tokenizer, plan, out, progress=writing_lines())
 
 
 def export_live(session, out: Path) -> int:
@@ -67,7 +69,7 @@ def export_live(session, out: Path) -> int:
         return 1
     try:
         result = export_model(
-            session.model, session.tokenizer, session.plan(), out, progress=print_progress
+            session.model, session.tokenizer, session.plan(), out, progress=writing_lines()
         )
     except (EngineError, OSError) as error:
         print(f"mptui: error: the export failed: {error}", file=sys.stderr)
@@ -76,5 +78,9 @@ def export_live(session, out: Path) -> int:
     return 0
 
 
-def print_progress(done: int, total: int) -> None:
-    print(f"writing weights {done / 1e9:.2f} / {total / 1e9:.2f} GB", file=sys.stderr, flush=True)
+def writing_lines():
+    """``writing weights: 1.20 / 3.40 GB (35%)`` lines on stderr, for ``export_model(progress=)``
+    (bytes of safetensors written, shard by shard)."""
+    from .evaluate_cli import ProgressLines
+
+    return ProgressLines("writing weights", "GB", amount=lambda size: f"{size / 1e9:.2f}")
