@@ -31,7 +31,7 @@ from torch import nn
 from . import pruned_modeling
 from .adapters import Adapter, adapter_for
 from .errors import BadInput, EngineError
-from .loading import load_config, looks_like_path
+from .loading import load_config, looks_like_path, model_source
 from .summary import markdown, summarize
 
 #: Largest safetensors shard, as transformers' default.
@@ -332,7 +332,7 @@ def model_card(plan: dict, stock: bool, dtype: torch.dtype) -> str:
             "tags: [mptui, multipruner, pruned]",
             "---",
             "",
-            f"Pruned from `{base}` by mptui (MultiPruner, no training): "
+            f"Pruned from {model_source(base)} by mptui (MultiPruner, no training): "
             f"{summary['ratio']:.2%} of the parameters removed, {summary['params']:,} kept.",
             "",
             how,

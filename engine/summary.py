@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .loading import model_source
 from .plan import write_json_atomic
 from .structures import Structure
 
@@ -39,7 +40,7 @@ def summarize(plan: dict, evaluation: dict | None = None) -> dict:
         entry["seconds"] += step.get("seconds", 0.0)
     last = steps[-1] if steps else None
     return {
-        "model": plan["model"]["name_or_path"],
+        "model": model_source(plan["model"]["name_or_path"]),  # never a path of this machine
         "steps": len(steps),
         "ratio": last["ratio"] if last else 0.0,
         "ratio_layers": last.get("ratio_layers", 0.0) if last else 0.0,

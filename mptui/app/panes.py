@@ -9,7 +9,7 @@ from rich.text import Text
 from textual.widgets import DataTable, Static
 from textual_plotext import PlotextPlot
 
-from .gpu import NvmlReader
+from .gpu import GpuMemory, NvmlReader
 from .state import MEMORY_HISTORY, RunState
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -172,6 +172,34 @@ class PerplexityPane(PlotextPlot):
         self.refresh()
 
 
+def gpu_text(
+    gpus: list[GpuMemory], torch_counters: dict[int, tuple[int, int]]
+) -> tuple[Text, list[GpuMemory]]:
+    """The devices this run uses (torch's, matched to NVML's by UUID), in torch's order, each
+    with nvidia-smi's used/total and torch's counters of that same device; every NVML device
+    while torch has not said which it sees. Returns the text and the devices shown."""
+    mine = sorted((g for g in gpus if g.torch_index is not None), key=lambda g: g.torch_index)
+    shown = mine or gpus
+    text = Text()
+    for gpu in shown:
+        text.append(f"{gpu.label}\n", "bold")
+        text.append(f" used {human_bytes(gpu.used)} / {human_bytes(gpu.total)}\n")
+        if gpu.torch_index is not None:
+            allocated, reserved = torch_counters.get(gpu.torch_index, (0, 0))
+            text.append(
+                f" torch {human_bytes(allocated)} alloc, {human_bytes(reserved)} reserved\n", "dim"
+            )
+    matched = {gpu.torch_index for gpu in mine}
+    for index, (allocated, reserved) in sorted(torch_counters.items()):
+        if index not in matched and (allocated or reserved):  # a device NVML did not name
+            text.append(
+                f"cuda:{index} torch {human_bytes(allocated)} alloc, "
+                f"{human_bytes(reserved)} reserved\n",
+                "dim",
+            )
+    return text, shown
+
+
 class MemoryPane(Static):
     """GPU memory per device as nvidia-smi shows it, torch's counters beside it, a history.
 
@@ -186,20 +214,13 @@ class MemoryPane(Static):
     def show(self, state: RunState) -> None:
         latest = state.memory[-1] if state.memory else None
         torch_counters = {i: (a, r) for i, a, r in latest.cuda} if latest else {}
-        lines = Text()
         gpus = self._reader.read()
         if gpus:
-            for gpu in gpus:
-                allocated, reserved = torch_counters.get(gpu.index, (0, 0))
-                lines.append(f"GPU{gpu.index} {gpu.name}\n", "bold")
-                lines.append(f" used {human_bytes(gpu.used)} / {human_bytes(gpu.total)}\n")
-                lines.append(
-                    f" torch {human_bytes(allocated)} alloc, {human_bytes(reserved)} reserved\n",
-                    "dim",
-                )
-            self._gpu_history.append(sum(g.used for g in gpus))
-            history, top = list(self._gpu_history), sum(g.total for g in gpus)
+            lines, shown = gpu_text(gpus, torch_counters)
+            self._gpu_history.append(sum(g.used for g in shown))
+            history, top = list(self._gpu_history), sum(g.total for g in shown)
         else:
+            lines = Text()
             lines.append("no GPU\n", "bold")
             rss = latest.rss_bytes if latest else 0
             lines.append(f" process {human_bytes(rss)}\n")

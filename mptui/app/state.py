@@ -203,11 +203,12 @@ class RunState:
         self.exported = event
 
 
-def display_name(model: str) -> str:
-    """A hub id as it is; a local folder by its last part (a full path crowds the status line)."""
-    if model.startswith(("/", ".", "~")) or model.count("/") > 1:
-        return Path(model.rstrip("/")).name or model
-    return model
+def display_name(model: str | Path) -> str:
+    """The model's own name (:func:`~mptui.engine.loading.model_label`): a hub id as it is, a
+    local folder by its name, never a bare ``model`` (the demo's ``demo/model`` is ``demo``)."""
+    from mptui.engine.loading import model_label
+
+    return model_label(model)
 
 
 def evaluation_rows(dense: dict, pruned: dict) -> list[tuple[str, str, str, str]]:
