@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,13 +12,47 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import MINI_TASK_ITEMS
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
-from mptui.engine.calibration import split_documents
 from mptui.engine.evaluate import apply_plan, rolling_perplexity
 
 MPTUI = Path(sys.executable).parent / "mptui"
+
+
+def plain_rolling_perplexity(model, tokenizer, text: str, seqlen: int) -> float:
+    """Documents (split at blank lines) joined by one blank line, tokenized once, rows of
+    ``seqlen`` tokens, tail dropped, one row at a time: exp(mean over rows of the row's NLL)."""
+    documents = [doc.strip() for doc in re.split(r"\n\s*\n", text) if doc.strip()]
+    ids = tokenizer("\n\n".join(documents))["input_ids"]
+    rows = torch.tensor(ids[: len(ids) // seqlen * seqlen]).view(-1, seqlen)
+    nll = []
+    with torch.inference_mode():
+        for row in rows:
+            logits = model(row[None]).logits[0].float()
+            nll.append(F.cross_entropy(logits[:-1], row[1:]).item())
+    return math.exp(sum(nll) / len(nll))
+
+
+def plain_acc_norm(model, tokenizer) -> float:
+    """lm-eval's acc_norm on the mini task, by hand: each choice is scored by the summed
+    log-probability of its tokens after the question (lm-eval puts a space between them), then
+    divided by the choice's length in characters; an item counts when its best is the label."""
+    correct = 0
+    with torch.inference_mode():
+        for question, choices, label in MINI_TASK_ITEMS:
+            scores = []
+            for choice in choices:
+                context = tokenizer(question)["input_ids"]
+                whole = tokenizer(question + " " + choice)["input_ids"]
+                ids = torch.tensor(whole)
+                logprobs = F.log_softmax(model(ids[None]).logits[0].float(), dim=-1)
+                targets = ids[len(context) :]
+                predicted = logprobs[len(context) - 1 : -1].gather(1, targets[:, None])
+                scores.append(predicted.sum().item() / len(choice))
+            correct += scores.index(max(scores)) == label
+    return correct / len(MINI_TASK_ITEMS)
 
 
 def test_rolling_perplexity_is_the_plain_computation(tiny_model_dir, calibration_file):
@@ -25,14 +60,7 @@ def test_rolling_perplexity_is_the_plain_computation(tiny_model_dir, calibration
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     text = calibration_file.read_text()
-    ids = tokenizer("\n\n".join(split_documents(text)))["input_ids"]
-    rows = torch.tensor(ids[: len(ids) // 48 * 48]).view(-1, 48)
-    nll = []
-    with torch.inference_mode():
-        for row in rows:
-            logits = model(row[None]).logits[0].float()
-            nll.append(F.cross_entropy(logits[:-1], row[1:]).item())
-    expected = math.exp(sum(nll) / len(nll))
+    expected = plain_rolling_perplexity(model, tokenizer, text, 48)
     assert rolling_perplexity(model, tokenizer, text, 48) == pytest.approx(expected, rel=1e-5)
 
 
@@ -71,11 +99,22 @@ def test_eval_a_session_dense_and_pruned(tiny_model_dir, calibration_file, local
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     evaluation = json.loads((session / "evaluation.json").read_text())
+    # the same numbers computed here: the dense model, then the session's plan on it
+    plan = json.loads((session / "plan.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(plan["model"]["name_or_path"]).eval()
+    tokenizer = AutoTokenizer.from_pretrained(plan["model"]["name_or_path"])
+    text = calibration_file.read_text()
     for which in ("dense", "pruned"):
+        if which == "pruned":
+            apply_plan(model, plan, session / "channel_order.safetensors")
         scores = evaluation[which]["zero_shot"]
         assert scores["tasks"]["mptui_mini"]["metric"] == "acc_norm"
-        assert 0.0 <= scores["average"] <= 1.0
-        assert evaluation[which]["perplexity"] > 1.0
+        assert scores["tasks"]["mptui_mini"]["value"] == pytest.approx(
+            plain_acc_norm(model, tokenizer)
+        )
+        assert scores["average"] == scores["tasks"]["mptui_mini"]["value"]
+        expected = plain_rolling_perplexity(model, tokenizer, text, 32)
+        assert evaluation[which]["perplexity"] == pytest.approx(expected, rel=1e-5)
     assert evaluation["pruned"]["perplexity"] != evaluation["dense"]["perplexity"]
     summary = (session / "summary.md").read_text()
     assert "| perplexity (dense) |" in summary and "| mptui_mini acc_norm (pruned) |" in summary
