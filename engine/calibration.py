@@ -190,8 +190,9 @@ def _named_table(name: str) -> datasets.Dataset:
         return datasets.load_dataset(name, split="train")
     except Exception as error:  # datasets raises many types for "not reachable"
         raise CalibrationError(
-            f"could not load dataset '{name}' offline or from the local datasets cache "
-            f"({_first_line(error)}); pass a local .txt or .jsonl file"
+            f"could not load dataset '{name}' from the hub or the local datasets cache "
+            f"({_first_line(error)}); pass a local .txt, .jsonl or .parquet file with "
+            "--calibration PATH"
         ) from error
 
 

@@ -10,6 +10,7 @@ start of a session is saved, and everything that re-applies the session's plan r
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -21,20 +22,29 @@ FILE_NAME = "channel_order.safetensors"
 
 
 def reorder_model(
-    adapter: Adapter, stored: Path | None = None, *, save_to: Path | None = None
+    adapter: Adapter,
+    stored: Path | None = None,
+    *,
+    save_to: Path | None = None,
+    interrupt: Callable[[], None] | None = None,
 ) -> None:
     """Permute every layer by the order saved at ``stored`` when that file exists, else by its
-    own L1 order (then saved at ``save_to`` when given)."""
+    own L1 order (then saved at ``save_to`` when given). ``interrupt`` runs between layers."""
+    check = interrupt or (lambda: None)
     if stored is not None and stored.is_file():
         path = stored
         stored_orders = read_order(path)
         try:
             for layer in range(adapter.num_layers):
+                check()
                 adapter.reorder_layer(layer, stored_orders.get(layer, {}))
         except UnsupportedModel as error:
             raise BadInput(f"{path} does not belong to this model: {error}") from None
         return
-    orders = {layer: adapter.reorder_layer(layer) for layer in range(adapter.num_layers)}
+    orders = {}
+    for layer in range(adapter.num_layers):
+        check()
+        orders[layer] = adapter.reorder_layer(layer)
     if save_to is not None:
         write_order(save_to, orders)
 

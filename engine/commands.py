@@ -1,14 +1,15 @@
 """What a caller may ask of a running engine: frozen values put on a thread-safe queue.
 
-The engine drains the queue between candidate evaluations, so each command takes effect within
-one candidate evaluation.
+The engine reads the queue between candidate evaluations (and at once while paused or waiting),
+so each command takes effect within one candidate evaluation. docs/engine.md has the table of
+what each command does in each state. Plain values only: importing this loads no torch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .evaluate import EvalRequest
+from .eval_request import EvalRequest
 
 
 @dataclass(frozen=True)

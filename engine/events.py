@@ -7,6 +7,23 @@ thread; they must not block it for long.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
+
+
+class EngineState(str, Enum):
+    """Where the engine is; docs/engine.md gives what every command does in each."""
+
+    LOADING = "loading"
+    RUNNING = "running"
+    PAUSED = "paused"
+    WAITING = "waiting"  # guided mode: a proposal waits for the user
+    DONE = "done"
+    STOPPED = "stopped"
+    ERROR = "error"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (EngineState.DONE, EngineState.STOPPED, EngineState.ERROR)
 
 
 @dataclass(frozen=True)
@@ -110,7 +127,7 @@ class DimensionChanged(Event):
 
 @dataclass(frozen=True)
 class StateChanged(Event):
-    """One of ``loading``, ``running``, ``paused``, ``waiting``, ``done``, ``error``."""
+    """The engine entered ``state`` (an :class:`EngineState` value, as plain text)."""
 
     state: str
 

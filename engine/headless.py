@@ -1,4 +1,4 @@
-"""The headless run of SPEC §8: one progress line per step on stdout, plan.json in ``--out``."""
+"""The headless run (docs/method.md §8): a line per step on stdout, plan.json in ``--out``."""
 
 from __future__ import annotations
 
@@ -55,12 +55,14 @@ def _structure_text(structure: dict) -> str:
 
 
 def run(engine: Engine, out_dir: Path, printer: LinePrinter | None = None) -> int:
-    """Run ``engine`` to the end in this thread, printing a line per step (the caller has
-    subscribed whatever writes plan.json to ``out_dir``). Exit status 0 when done or stopped,
-    1 when the engine reported an error."""
+    """Run ``engine`` to the end, printing a line per step (the engine writes plan.json to
+    ``out_dir``). Exit status 0 when done or stopped, 1 when the engine reported an error."""
     printer = printer or LinePrinter()
     engine.subscribe(printer)
-    result = engine.run()
+    engine.start()  # in its own thread, so this one is free to take signals (SIGTERM -> Stop)
+    while not engine.join(timeout=0.5):
+        pass
+    result = engine.result
     if printer.error is not None:
         print(f"mptui: error: {printer.error}", file=printer.err, flush=True)
         return 1

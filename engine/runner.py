@@ -1,27 +1,37 @@
-"""The engine thread: loads, then runs the greedy search under the caller's commands.
+"""The engine thread: loads, then runs the greedy search as an explicit state machine.
 
-Commands arrive on a thread-safe queue and are drained between candidate evaluations, so a
-pause, an override or a stop takes effect within one evaluation. Events go to subscribers as
-plain values. Any exception becomes an ``Error`` event followed by a clean stop: the thread
-never dies silently.
+The state is one :class:`~.events.EngineState`. Commands arrive on a thread-safe queue and go
+through one dispatcher, :meth:`Engine._dispatch`, which acts on them in the current state and
+returns an :class:`Outcome`; the search loop reads the queue between candidate evaluations, and
+blocks on it while paused or waiting for the user. docs/engine.md has the full table.
+
+Every change of the model (a commit or an undo) is made whole before anyone hears of it: the
+weights, the counts, the journal line and plan.json, then the event. Any exception becomes an
+``Error`` event followed by a clean stop: the thread never dies silently.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from enum import Enum
 from pathlib import Path
+from typing import Protocol
 
 from . import commands as cmd
 from . import events as ev
 from .errors import BadInput, Cancelled, EngineError
-from .evaluate import EvalRequest, evaluate
+from .eval_request import EvalRequest
+from .evaluate import evaluate
+from .events import EngineState
 from .export import export_model
 from .memory import sample_memory
+from .plan import write_plan
 from .session import PruningSession, StepStats
 from .setup import RunRequest, build_session
 from .structures import Structure
@@ -32,14 +42,34 @@ Subscriber = Callable[[ev.Event], None]
 
 #: Seconds between memory samples while scoring.
 MEMORY_INTERVAL = 1.0
+#: Seconds between progress reports of a long activity (an evaluation).
+ACTIVITY_INTERVAL = 0.25
 
 
-class _Stopped(Exception):
-    """Unwinds the step loop when the caller asked to stop."""
+class Outcome(Enum):
+    """What handling a command did to the run."""
+
+    NOTHING = "nothing"  # no change the step in progress cares about
+    CHANGED = "changed"  # the model changed (a commit or an undo): the step starts afresh
+    STOP = "stop"  # the run ends here
 
 
-class _Restart(Exception):
-    """Abandons the step being scored (after an undo) and starts a fresh one."""
+class Journal(Protocol):
+    """Where decisions are made durable before they are announced (the session folder)."""
+
+    def record_commit(self, step: dict) -> None: ...
+    def record_undo(self, index: int) -> None: ...
+    def record_order(self, order: Sequence[str]) -> None: ...
+    def record_guided(self, guided: bool) -> None: ...
+
+
+@dataclass
+class _Proposal:
+    """Guided mode: the step's best candidate, waiting for the user."""
+
+    structure: Structure
+    score: float
+    stats: StepStats
 
 
 class Engine:
@@ -51,24 +81,38 @@ class Engine:
         subscribers: list[Subscriber] | None = None,
         *,
         linger: bool = False,
+        journal: Journal | None = None,
+        plan_dirs: Sequence[Path] = (),
+        loaded: tuple | None = None,
     ) -> None:
         """``linger``: after the search, keep answering exports and evaluations until a Stop
-        (the app, where the user looks at the result before quitting)."""
+        (the app, where the user looks at the result before quitting). ``journal`` records every
+        decision before it is announced; ``plan_dirs`` get plan.json after every change.
+        ``loaded``: a model and tokenizer already in memory (benchmarks, tests)."""
         self.request = request
         self.linger = linger
+        self._journal = journal
+        self._plan_dirs = tuple(Path(d) for d in plan_dirs)
+        self._loaded = loaded
         self._dense_results: dict[EvalRequest, dict] = {}
         self._stop_requested = threading.Event()
         self._subscribers: list[Subscriber] = list(subscribers or [])
         self._commands: queue.Queue[cmd.Command] = queue.Queue()
         self._thread: threading.Thread | None = None
-        self._paused = False
+        self._state = EngineState.LOADING
+        self._paused_from = EngineState.RUNNING  # where Resume goes back to
         self._guided = request.settings.guided
-        self._override: Structure | None = None  # the user's next removal
+        self._proposal: _Proposal | None = None
+        self._step_scores: dict[Structure, float] = {}  # this step's scores, for an override
         self._last_memory = 0.0
         self.session: PruningSession | None = None
         self.result: ev.Finished | None = None
 
     # --- caller side --------------------------------------------------------------------------
+    @property
+    def state(self) -> EngineState:
+        return self._state
+
     def plan(self) -> dict | None:
         """The plan so far (call from a subscriber, which runs on the engine thread)."""
         return self.session.plan() if self.session is not None else None
@@ -77,8 +121,9 @@ class Engine:
         self._subscribers.append(subscriber)
 
     def send(self, command: cmd.Command) -> None:
+        """Queue ``command``; safe from any thread (and from a signal handler)."""
         if isinstance(command, cmd.Stop):
-            self._stop_requested.set()  # seen by a long evaluation before the queue is
+            self._stop_requested.set()  # seen by long work (loading, an evaluation) at once
         self._commands.put(command)
 
     def start(self) -> threading.Thread:
@@ -92,216 +137,313 @@ class Engine:
             return not self._thread.is_alive()
         return True
 
-    # --- engine thread ----------------------------------------------------------------------------
+    # --- engine thread: the run -----------------------------------------------------------------
     def run(self) -> ev.Finished:
-        reason = "done"
+        reason = EngineState.DONE
         try:
-            self._emit(ev.StateChanged("loading"))
-            self.session = build_session(self.request, self._emit)
+            self._set_state(EngineState.LOADING)
+            self.session = build_session(
+                self.request, self._emit, self._loaded, interrupt=self._interrupt_if_stopped
+            )
             self._emit_memory(force=True)
-            self._search()
-        except _Stopped:
-            reason = "stopped"
+            reason = self._search()
+        except Cancelled:
+            reason = EngineState.STOPPED
         except EngineError as error:
-            reason = "error"
+            reason = EngineState.ERROR
             self._emit(ev.Error(str(error)))
         except Exception as error:  # the thread must never die silently
-            reason = "error"
+            reason = EngineState.ERROR
             log.exception("engine failed")
             self._emit(ev.Error(f"{type(error).__name__}: {error}"))
         plan = self.session.plan() if self.session else {}
-        self._emit(ev.StateChanged("error" if reason == "error" else "done"))
-        self.result = ev.Finished(reason=reason, plan=plan)
+        if plan:
+            self._save_plan(plan)
+        self._set_state(reason)
+        self.result = ev.Finished(reason=reason.value, plan=plan)
         self._emit(self.result)
-        if self.linger and reason != "stopped":
+        if self.linger and reason is not EngineState.STOPPED:
             self._serve_after_search()
         return self.result
 
-    def _serve_after_search(self) -> None:
-        while not isinstance(command := self._commands.get(), cmd.Stop):
-            if self.session is None:
-                self._emit(ev.Warning("the model did not load; nothing to export or evaluate"))
-            elif isinstance(command, (cmd.Export, cmd.Evaluate)):
-                try:
-                    self._handle(command)
-                except _Stopped:
-                    return
-            else:
-                self._emit(ev.Warning("the run is finished; export (x) and evaluate (e) remain"))
+    def _interrupt_if_stopped(self) -> None:
+        if self._stop_requested.is_set():
+            raise Cancelled("stopped while loading")
 
-    def _emit(self, event: ev.Event) -> None:
-        event = replace(event, time=time.monotonic())
-        for subscriber in list(self._subscribers):
-            try:
-                subscriber(event)
-            except Exception:
-                log.exception("event subscriber failed on %s", type(event).__name__)
-
-    def _emit_memory(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self._last_memory >= MEMORY_INTERVAL:
-            self._last_memory = now
-            self._emit(sample_memory())
-
-    def _search(self) -> None:
+    def _search(self) -> EngineState:
         session = self.session
         assert session is not None
         dimension = None
-        self._emit(ev.StateChanged("running"))
+        self._set_state(EngineState.RUNNING)
         while True:
-            self._drain()
+            if self._poll() is Outcome.STOP:
+                return EngineState.STOPPED
             current = session.current_dimension()
             if current != dimension:
                 dimension = current
                 target = session.settings.targets().get(current) if current else None
                 self._emit(ev.DimensionChanged(current, target, session.settings.order))
-            if current is None and self._override is None:
-                return
-            try:
-                self._step(current)
-            except _Restart:
-                continue
+            if current is None:
+                return EngineState.DONE
+            if self._step(current) is Outcome.STOP:
+                return EngineState.STOPPED
 
-    def _step(self, dimension: str | None) -> None:
+    def _step(self, dimension: str) -> Outcome:
+        """Score every candidate of ``dimension`` and commit (or propose) the best.
+
+        Returns early when a command changed the model (the caller starts a fresh step) or
+        stopped the run.
+        """
         session = self.session
         assert session is not None
-        if self._override is not None:
-            self._commit_override()
-            return
-        assert dimension is not None
         candidates = session.eligible(dimension)
         step = len(session.steps) + 1
         current = session.current_score(dimension)
         self._emit(ev.StepStarted(step, dimension, tuple(c.id for c in candidates), current))
-        stats, scores = StepStats(), {}
-        started = time.monotonic()
+        self._step_scores = scores = {}
+        stats, started = StepStats(), time.monotonic()
         tokens = session.scorers[dimension].tokens
         for k, candidate in enumerate(candidates, start=1):
-            self._drain()
-            if self._override is not None:
-                self._commit_override(known=scores)
-                return
-            score = session.evaluate(candidate)
+            outcome = self._poll()
+            if outcome is not Outcome.NOTHING:
+                return outcome
+            score = session.score_candidate(candidate)
             scores[candidate] = score
             stats.candidates += 1
             stats.tokens += tokens
             elapsed = time.monotonic() - started
             self._emit(
                 ev.CandidateScored(
-                    step,
-                    dimension,
-                    candidate.id,
-                    score,
-                    score - current,
-                    session.params_freed(candidate),
-                    k,
-                    len(candidates),
+                    step, dimension, candidate.id, score, score - current,
+                    session.params_freed(candidate), k, len(candidates),
                 )
-            )
+            )  # fmt: skip
             self._emit(
                 ev.Progress(
-                    step,
-                    k,
-                    len(candidates),
-                    stats.tokens / max(elapsed, 1e-9),
+                    step, k, len(candidates), stats.tokens / max(elapsed, 1e-9),
                     elapsed / k * (len(candidates) - k),
                 )
-            )
+            )  # fmt: skip
             self._emit_memory()
         stats.seconds = time.monotonic() - started
-        best = min(candidates, key=lambda c: scores[c])  # min keeps the first on ties
-        chosen_by = "engine"
+        best = self._best(scores)
+        if best is None:
+            return self._pause_for_non_finite(dimension)
         if self._guided:
-            best, chosen_by = self._await_decision(step, best, scores)
-        self._commit(best, scores[best], chosen_by, stats)
+            return self._await_decision(step, _Proposal(best, scores[best], stats))
+        self._commit(best, scores[best], "engine", stats)
+        return Outcome.CHANGED
 
+    def _best(self, scores: dict[Structure, float]) -> Structure | None:
+        """The lowest finite score, the first in canonical order on ties; a NaN or inf ranks
+        last (with a warning), never wins."""
+        finite = {c: s for c, s in scores.items() if math.isfinite(s)}
+        for candidate in scores.keys() - finite.keys():
+            self._emit(ev.Warning(f"{candidate.id} scored {scores[candidate]}; ranked last"))
+        return min(finite, key=finite.__getitem__) if finite else None
+
+    def _pause_for_non_finite(self, dimension: str) -> Outcome:
+        dtype = self.session.plan()["model"]["dtype"] if self.session else "?"
+        self._emit(
+            ev.Warning(
+                f"every {dimension} candidate scored NaN or inf, so nothing was committed; "
+                f"paused. With {dtype} this is usually an overflow: run again with --dtype "
+                "bfloat16 or float32, or override, undo or change the order now"
+            )
+        )
+        self._paused_from = EngineState.RUNNING
+        self._set_state(EngineState.PAUSED)
+        return Outcome.NOTHING
+
+    def _await_decision(self, step: int, proposal: _Proposal) -> Outcome:
+        """Guided mode: wait until Accept, an Override or an Undo settles the step."""
+        self._proposal = proposal
+        self._emit(ev.Proposal(step, proposal.structure.id, proposal.score))
+        self._set_state(EngineState.WAITING)
+        while self._proposal is proposal:
+            if not self._guided and self._state is EngineState.WAITING:
+                return self._accept()  # guided mode was turned off: the engine decides
+            if self._dispatch(self._commands.get()) is Outcome.STOP:
+                return Outcome.STOP
+        return Outcome.CHANGED
+
+    def _serve_after_search(self) -> None:
+        """The search is over; exports and evaluations are still answered until a Stop."""
+        while self._dispatch(self._commands.get()) is not Outcome.STOP:
+            pass
+
+    # --- commands -------------------------------------------------------------------------------
+    def _poll(self) -> Outcome:
+        """Handle every queued command; while paused, wait here for the one that resumes.
+
+        Returns STOP, else CHANGED when any command changed the model, else NOTHING.
+        """
+        result = Outcome.NOTHING
+        while True:
+            try:
+                command = self._commands.get(block=self._state is EngineState.PAUSED)
+            except queue.Empty:
+                return result
+            outcome = self._dispatch(command)
+            if outcome is Outcome.STOP:
+                return outcome
+            if outcome is Outcome.CHANGED:
+                result = outcome
+
+    def _dispatch(self, command: cmd.Command) -> Outcome:
+        """The one place a command is acted on; the table in docs/engine.md says what each does
+        in each state."""
+        if isinstance(command, cmd.Stop):
+            return Outcome.STOP
+        if self.session is None:  # lingering after a failed load
+            self._emit(ev.Warning("the model did not load; there is nothing to work on"))
+            return Outcome.NOTHING
+        if isinstance(command, cmd.Export):
+            self._export(Path(command.path))
+            return Outcome.NOTHING
+        if isinstance(command, cmd.Evaluate):
+            return self._evaluate(command.request)
+        if self._state.is_final:
+            self._emit(ev.Warning("the run is finished; export (x) and evaluate (e) remain"))
+            return Outcome.NOTHING
+        handler = {
+            cmd.Pause: self._on_pause,
+            cmd.Resume: self._on_resume,
+            cmd.Override: self._on_override,
+            cmd.Accept: self._on_accept,
+            cmd.SetOrder: self._on_set_order,
+            cmd.SetGuided: self._on_set_guided,
+            cmd.Undo: self._on_undo,
+        }[type(command)]
+        return handler(command)
+
+    def _on_pause(self, _command: cmd.Pause) -> Outcome:
+        if self._state is not EngineState.PAUSED:
+            self._paused_from = self._state
+            self._set_state(EngineState.PAUSED)
+        return Outcome.NOTHING
+
+    def _on_resume(self, _command: cmd.Resume) -> Outcome:
+        if self._state is EngineState.PAUSED:
+            self._set_state(self._paused_from)
+        return Outcome.NOTHING
+
+    def _on_override(self, command: cmd.Override) -> Outcome:
+        """Commit the user's structure now (between two candidates when running)."""
+        try:
+            structure = self.session.structure_from_id(command.structure)
+        except BadInput as error:
+            self._emit(ev.Warning(f"override ignored: {error}"))
+            return Outcome.NOTHING
+        started = time.monotonic()
+        score = self._step_scores.get(structure)
+        if score is None:
+            score = self.session.score_candidate(structure)
+        tokens = self.session.scorer_for(structure).tokens
+        self._commit(structure, score, "user", StepStats(time.monotonic() - started, 1, tokens))
+        return Outcome.CHANGED
+
+    def _on_accept(self, _command: cmd.Accept) -> Outcome:
+        if self._proposal is None:
+            self._emit(ev.Warning("nothing to accept: no proposal is waiting"))
+            return Outcome.NOTHING
+        return self._accept()
+
+    def _accept(self) -> Outcome:
+        proposal = self._proposal
+        assert proposal is not None
+        self._commit(proposal.structure, proposal.score, "engine", proposal.stats)
+        return Outcome.CHANGED
+
+    def _on_set_order(self, command: cmd.SetOrder) -> Outcome:
+        session = self.session
+        try:
+            settings = session.settings.with_order(tuple(command.order))
+        except BadInput as error:
+            self._emit(ev.Warning(f"order not changed: {error}"))
+            return Outcome.NOTHING
+        if self._journal is not None:
+            self._journal.record_order(settings.order)
+        session.settings = settings
+        self._save_plan()
+        self._emit(ev.Warning(f"order is now {' -> '.join(settings.order)} (from the next step)"))
+        return Outcome.NOTHING
+
+    def _on_set_guided(self, command: cmd.SetGuided) -> Outcome:
+        if self._journal is not None:
+            self._journal.record_guided(command.guided)
+        self._guided = command.guided
+        return Outcome.NOTHING
+
+    def _on_undo(self, _command: cmd.Undo) -> Outcome:
+        session = self.session
+        if not session.steps:
+            self._emit(ev.Warning("nothing to undo"))
+            return Outcome.NOTHING
+        step = session.undo()
+        try:
+            if self._journal is not None:
+                self._journal.record_undo(step["index"])
+        except BaseException:
+            self._recommit(step)  # not on disk: the undo did not happen
+            raise
+        self._settled()
+        self._save_plan()
+        structure = Structure.from_dict(step["structure"])
+        self._emit(
+            ev.StepUndone(
+                step["index"], structure.id, session.current_score(structure.dimension),
+                session.ratio(),
+            )
+        )  # fmt: skip
+        return Outcome.CHANGED
+
+    # --- changes to the model -------------------------------------------------------------------
     def _commit(self, structure: Structure, score: float, chosen_by: str, stats: StepStats) -> None:
+        """Weights, counts, journal, plan.json, then the event: all of it or none of it."""
         session = self.session
         assert session is not None
         step = session.commit(structure, score, chosen_by, stats)
+        try:
+            if self._journal is not None:
+                self._journal.record_commit(step)
+        except BaseException:
+            session.undo()  # not on disk: the commit did not happen
+            raise
+        self._settled()
+        self._save_plan()
         self._emit(
             ev.StepCommitted(
-                step,
-                score,
-                session.ratio(),
-                session.ratio_layers,
-                session.params,
-                stats.seconds,
-                stats.candidates,
-                stats.tokens,
+                step, score, session.ratio(), session.ratio_layers, session.params,
+                stats.seconds, stats.candidates, stats.tokens,
             )
-        )
+        )  # fmt: skip
         self._emit_memory(force=True)
 
-    def _commit_override(self, known: dict[Structure, float] | None = None) -> None:
-        structure = self._override
-        self._override = None
-        assert structure is not None and self.session is not None
-        started = time.monotonic()
-        score = (known or {}).get(structure)
-        if score is None:
-            score = self.session.evaluate(structure)
-        stats = StepStats(time.monotonic() - started, 1, self.session.scorer_for(structure).tokens)
-        self._commit(structure, score, "user", stats)
+    def _recommit(self, step: dict) -> None:
+        self.session.commit(
+            Structure.from_dict(step["structure"]), step["score"], step["chosen_by"]
+        )
+        self.session.steps[-1] = step
 
-    def _await_decision(
-        self, step: int, proposal: Structure, scores: dict[Structure, float]
-    ) -> tuple[Structure, str]:
-        """Guided mode: wait for Accept (the proposal) or an Override (an undo restarts)."""
-        self._emit(ev.Proposal(step, proposal.id, scores[proposal]))
-        self._emit(ev.StateChanged("waiting"))
-        while True:
-            command = self._commands.get()
-            if isinstance(command, cmd.Accept) or (
-                isinstance(command, cmd.SetGuided) and not command.guided
-            ):
-                self._guided = self._guided and not isinstance(command, cmd.SetGuided)
-                self._emit(ev.StateChanged("running"))
-                return proposal, "engine"
-            if isinstance(command, cmd.Override):
-                structure = self._resolve(command.structure)
-                if structure is None:
-                    continue
-                self._emit(ev.StateChanged("running"))
-                if structure not in scores:
-                    scores[structure] = self.session.evaluate(structure)
-                return structure, "user"
-            self._handle(command)
+    def _settled(self) -> None:
+        """A commit or undo settles the step in progress: its scores and proposal are stale."""
+        self._step_scores = {}
+        if self._proposal is not None:
+            self._proposal = None
+            if self._state is EngineState.WAITING:
+                self._set_state(EngineState.RUNNING)
+        if self._paused_from is EngineState.WAITING:
+            self._paused_from = EngineState.RUNNING
 
-    # --- commands -------------------------------------------------------------------------------
-    def _drain(self) -> None:
-        """Apply queued commands; while paused, wait here for the next one."""
-        while True:
-            try:
-                command = self._commands.get(block=self._paused)
-            except queue.Empty:
-                return
-            self._handle(command)
+    def _save_plan(self, plan: dict | None = None) -> None:
+        if not self._plan_dirs or self.session is None:
+            return
+        plan = plan or self.session.plan()
+        for folder in self._plan_dirs:
+            write_plan(folder / "plan.json", plan)
 
-    def _handle(self, command: cmd.Command) -> None:
-        session = self.session
-        assert session is not None
-        if isinstance(command, cmd.Stop):
-            raise _Stopped
-        if isinstance(command, cmd.Pause) and not self._paused:
-            self._paused = True
-            self._emit(ev.StateChanged("paused"))
-        elif isinstance(command, cmd.Resume) and self._paused:
-            self._paused = False
-            self._emit(ev.StateChanged("running"))
-        elif isinstance(command, cmd.Override):
-            self._override = self._resolve(command.structure)
-        elif isinstance(command, cmd.SetOrder):
-            self._set_order(command.order)
-        elif isinstance(command, cmd.SetGuided):
-            self._guided = command.guided
-        elif isinstance(command, cmd.Undo):
-            self._undo()
-        elif isinstance(command, cmd.Export):
-            self._export(Path(command.path))
-        elif isinstance(command, cmd.Evaluate):
-            self._evaluate(command.request)
-
+    # --- long side work -------------------------------------------------------------------------
     def _export(self, path: Path) -> None:
         session = self.session
         label = f"exporting to {path}"  # the app reads "exporting" to hold a quit
@@ -320,63 +462,64 @@ class Engine:
             ev.Exported(str(result.path), result.params, result.bytes, result.stock, result.seconds)
         )
 
-    def _evaluate(self, request: EvalRequest) -> None:
+    def _evaluate(self, request: EvalRequest) -> Outcome:
         """Dense (once per request: undo all, score, redo) and pruned, side by side."""
         session = self.session
-        cancelled = self._stop_requested.is_set
         try:
             request.check()
             dense = self._dense_results.get(request)
             if dense is None:
-                self._emit(ev.Activity("evaluating the dense model"))
                 with session.dense_model() as model:
-                    dense = evaluate(model, session.tokenizer, request, cancelled)
+                    dense = self._evaluate_one("the dense model", model, request)
                 self._dense_results[request] = dense
-            self._emit(ev.Activity("evaluating the pruned model"))
-            pruned = evaluate(session.model, session.tokenizer, request, cancelled)
+            pruned = self._evaluate_one("the pruned model", session.model, request)
         except Cancelled:
             self._emit(ev.Warning("evaluation cancelled: the run was told to stop"))
-            raise _Stopped from None
+            return Outcome.STOP
         except EngineError as error:
             self._emit(ev.Warning(f"evaluation failed: {error}"))
-            return
+            return Outcome.NOTHING
         finally:
             self._emit(ev.Activity(""))
         self._emit(ev.Evaluated(dense, pruned, len(session.steps), session.ratio()))
+        return Outcome.NOTHING
 
-    def _resolve(self, structure_id: str) -> Structure | None:
-        try:
-            return self.session.structure_from_id(structure_id)
-        except BadInput as error:
-            self._emit(ev.Warning(f"override ignored: {error}"))
-            return None
+    def _evaluate_one(self, what: str, model, request: EvalRequest) -> dict:
+        """One model through lm-eval, its requests done out of total on the status line (a few
+        times a second at most, and always the last)."""
+        label = f"evaluating {what}"
+        self._emit(ev.Activity(label))
+        last = 0.0
 
-    def _set_order(self, order: tuple[str, ...]) -> None:
-        session = self.session
-        try:
-            session.settings = session.settings.with_order(tuple(order))
-        except BadInput as error:
-            self._emit(ev.Warning(f"order not changed: {error}"))
-            return
-        self._emit(ev.Warning(f"order is now {' -> '.join(order)} (from the next step)"))
+        def progress(done: int, total: int) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if done == total or now - last >= ACTIVITY_INTERVAL:
+                last = now
+                self._emit(ev.Activity(label, done, total))
 
-    def _undo(self) -> None:
-        session = self.session
-        try:
-            step = session.undo()
-        except BadInput as error:
-            self._emit(ev.Warning(str(error)))
-            return
-        structure = Structure.from_dict(step["structure"])
-        self._emit(
-            ev.StepUndone(
-                step["index"],
-                structure.id,
-                session.current_score(structure.dimension),
-                session.ratio(),
-            )
+        return evaluate(
+            model, self.session.tokenizer, request, self._stop_requested.is_set, progress
         )
-        raise _Restart
+
+    # --- events -----------------------------------------------------------------------------------
+    def _set_state(self, state: EngineState) -> None:
+        self._state = state
+        self._emit(ev.StateChanged(state.value))
+
+    def _emit(self, event: ev.Event) -> None:
+        event = replace(event, time=time.monotonic())
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber(event)
+            except Exception:
+                log.exception("event subscriber failed on %s", type(event).__name__)
+
+    def _emit_memory(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_memory >= MEMORY_INTERVAL:
+            self._last_memory = now
+            self._emit(sample_memory())
 
 
-__all__ = ["Engine", "RunRequest"]
+__all__ = ["Engine", "Journal", "Outcome", "RunRequest"]

@@ -1,4 +1,4 @@
-"""Calibration perplexity (SPEC §2) with the exact prefix cache of SPEC §4.
+"""Calibration perplexity (docs/method.md §2) with the exact prefix cache of docs/method.md §4.
 
 The model is run sub-block by sub-block (``2*L`` residual sub-blocks: attention then MLP of
 each layer) with the decoder layers' own modules and the exact keyword arguments the model
@@ -15,7 +15,7 @@ import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,8 @@ from torch import nn
 from .adapters import Adapter
 from .errors import OutOfMemory
 from .pruned_modeling import is_removed
+
+_T = TypeVar("_T")
 
 #: Largest float32 logits block computed at once, in elements (256 MiB).
 LOSS_CHUNK_ELEMENTS = 64 * 1024 * 1024
@@ -94,7 +96,8 @@ class Scorer:
     ``score(b)`` gives the calibration perplexity of the *current* model (a trial structure
     applied by the adapter counts as current), recomputing only sub-blocks ``>= b`` when the
     boundary before ``b`` is cached. After a commit or an undo at sub-block ``b`` call
-    :meth:`refresh` with ``b`` so that the boundaries behind it follow the model.
+    :meth:`mark_changed` with ``b``, then :meth:`catch_up` (before any trial is applied) so that
+    the boundaries behind it follow the model.
     """
 
     def __init__(
@@ -108,7 +111,10 @@ class Scorer:
         cache_budget_bytes: int | None = None,
         ignore_label_id: int | None = None,
         on_warning: Callable[[str], None] | None = None,
+        interrupt: Callable[[], None] | None = None,
     ) -> None:
+        """``interrupt`` is called between batches of the initial (dense) pass and may raise to
+        abandon it: a Stop while a 7B's calibration set runs through it must not wait."""
         self.model = model
         self.adapter = adapter
         self.chunks = chunks
@@ -120,9 +126,11 @@ class Scorer:
         self._device_contexts: dict[tuple[int, int, str], dict[str, Any]] = {}
         self._boundaries: dict[int, torch.Tensor] = {}
         self.num_sub_blocks = 2 * adapter.num_layers
-        self._embed_boundary()
+        self._embed_boundary(interrupt)
         self.cache_plan = self._plan_cache(cache_budget_bytes)
-        self.refresh(0)
+        self._stale_from: int | None = 0  # every boundary after the embeddings is still to come
+        self._current_score: float | None = None
+        self.catch_up(interrupt)
 
     # --- set-up -------------------------------------------------------------------------------
     @property
@@ -150,12 +158,14 @@ class Scorer:
                 layers[index] = layer
         return sink
 
-    def _embed_boundary(self) -> None:
+    def _embed_boundary(self, interrupt: Callable[[], None] | None) -> None:
         """Boundary 0 is the input to layer 0 (embeddings, plus positions where the model adds
         them); both cached and naive scoring start here."""
         device = self.model.get_input_embeddings().weight.device
         parts = []
         for batch in self._batches():
+            if interrupt is not None:
+                interrupt()
             ids = self.chunks[batch].to(device)
             records = self._capture(ids)
             parts.append(records[0][0])
@@ -232,23 +242,58 @@ class Scorer:
             counts = (labels != self.ignore_label_id).double().sum(dim=1).clamp_min(1.0)
         return (total / counts).cpu()
 
-    def _nearest_stored(self, index: int) -> int:
-        return max(b for b in self._boundaries if b <= index)
-
-    def _stores(self, index: int) -> bool:
-        return index % self.cache_plan.stride == 0
-
     # --- public -------------------------------------------------------------------------------
     def score(self, start: int = 0) -> float:
-        """Perplexity of the current model; sub-blocks before ``start`` must be unchanged."""
+        """Perplexity of the current model; sub-blocks before ``start`` must be unchanged.
+
+        Only fresh boundaries are used, so the result is exact even before :meth:`catch_up`;
+        catching up first only makes it cheaper.
+        """
+        return self._with_oom_fallback(lambda: self._score(start))
+
+    def current_score(self) -> float:
+        """Perplexity of the model as it is (only the last sub-block runs once caught up)."""
+        if self._current_score is None:
+            self.catch_up()
+            self._current_score = self.score(self.num_sub_blocks - 1)
+        return self._current_score
+
+    def mark_changed(self, changed: int) -> None:
+        """Sub-block ``changed`` was committed or undone: boundaries after it are stale.
+
+        Cheap; the recomputation waits for :meth:`catch_up`, so a scorer whose dimension is not
+        running pays nothing until it is needed.
+        """
+        self._stale_from = changed if self._stale_from is None else min(self._stale_from, changed)
+        self._current_score = None
+
+    @property
+    def is_fresh(self) -> bool:
+        return self._stale_from is None
+
+    def catch_up(self, interrupt: Callable[[], None] | None = None) -> None:
+        """Recompute the stale boundaries, in place; ``interrupt`` is called between batches and
+        may raise to abandon the work (the boundaries then stay stale, never half fresh)."""
+        if self._stale_from is None:
+            return
+        changed = self._stale_from
+        self._with_oom_fallback(lambda: self._refresh(changed, interrupt))
+        self._stale_from = None
+
+    def _with_oom_fallback(self, work: Callable[[], _T]) -> _T:
         while True:
             try:
-                return self._score(start)
+                return work()
             except torch.OutOfMemoryError as error:
                 self._lower_batch(error)
 
+    def _fresh_origin(self, index: int) -> int:
+        """The nearest stored boundary at or before ``index`` that is not stale."""
+        limit = index if self._stale_from is None else min(index, self._stale_from)
+        return max(b for b in self._boundaries if b <= limit)
+
     def _score(self, start: int) -> float:
-        origin = self._nearest_stored(start)
+        origin = self._fresh_origin(start)
         nll = []
         with torch.inference_mode():
             for batch in self._batches():
@@ -258,24 +303,33 @@ class Scorer:
                 nll.append(self._sequence_nll(hidden, self.chunks[batch]))
         return math.exp(torch.cat(nll).mean().item())
 
-    def refresh(self, changed: int) -> None:
-        """Recompute the stored boundaries after sub-block ``changed`` (it was committed)."""
-        for index in [b for b in self._boundaries if b > changed]:
-            del self._boundaries[index]
-        wanted = [b for b in range(changed + 1, self.num_sub_blocks) if self._stores(b)]
+    def _refresh(self, changed: int, interrupt: Callable[[], None] | None) -> None:
+        """Rewrite every stored boundary after ``changed`` into its own preallocated tensor, batch
+        by batch, so the cache never holds a second copy of itself."""
+        wanted = [b for b in self._stored_indices() if b > changed]
         if not wanted:
             return
-        origin = self._nearest_stored(changed)
-        outputs: dict[int, list[torch.Tensor]] = {b: [] for b in wanted}
+        origin = self._fresh_origin(changed)
         with torch.inference_mode():
             for batch in self._batches():
+                if interrupt is not None:
+                    interrupt()
                 hidden = self._boundaries[origin][batch]
                 for index in range(origin, wanted[-1]):
                     hidden = self._run_sub_block(index, hidden)
-                    if index + 1 in outputs:
-                        outputs[index + 1].append(hidden)
-        for index, parts in outputs.items():
-            self._boundaries[index] = torch.cat(parts)
+                    if index + 1 in wanted:
+                        self._boundary_tensor(index + 1, hidden)[batch].copy_(hidden)
+
+    def _stored_indices(self) -> range:
+        return range(0, self.num_sub_blocks, self.cache_plan.stride)
+
+    def _boundary_tensor(self, index: int, like: torch.Tensor) -> torch.Tensor:
+        """The storage of boundary ``index``, allocated once on the device that produces it."""
+        boundary = self._boundaries.get(index)
+        if boundary is None or boundary.device != like.device:
+            boundary = like.new_empty((len(self.chunks), *like.shape[1:]))
+            self._boundaries[index] = boundary
+        return boundary
 
     def _lower_batch(self, error: BaseException) -> None:
         if self.batch_size == 1:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,7 @@ PLAN_FORMAT = "mptui.plan/1"
 
 @dataclass
 class StepStats:
-    """What a step cost, reported per step (SPEC §6)."""
+    """What a step cost, reported per step (docs/method.md §6)."""
 
     seconds: float = 0.0
     candidates: int = 0
@@ -52,8 +52,7 @@ class PruningSession:
         self.params_dense = self.model.num_parameters()
         self.params_layers_dense = sum(p.numel() for p in self.adapter.layers.parameters())
         self.params_removed = 0
-        self.dense_scores = self._read_scores()
-        self.current_scores = dict(self.dense_scores)
+        self.dense_scores = {dim: s.current_score() for dim, s in self.scorers.items()}
         self._check_groups()
 
     # --- budget ---------------------------------------------------------------------------------
@@ -90,7 +89,7 @@ class PruningSession:
 
     # --- eligibility ----------------------------------------------------------------------------
     def eligible(self, dimension: str) -> list[Structure]:
-        """Candidates of ``dimension`` in canonical order (SPEC §3)."""
+        """Candidates of ``dimension`` in canonical order (docs/method.md §3)."""
         adapter, layers = self.adapter, range(self.adapter.num_layers)
         if dimension == "blocks":
             attn = [Structure("attn_block", i) for i in layers if adapter.has_block(i, "attn")]
@@ -141,20 +140,35 @@ class PruningSession:
     def scorer_for(self, structure: Structure) -> Scorer:
         return self.scorers[structure.dimension]
 
-    def evaluate(self, structure: Structure) -> float:
+    def score_candidate(self, structure: Structure) -> float:
+        """Calibration perplexity of the current model with ``structure`` removed."""
+        scorer = self.scorer_for(structure)
+        scorer.catch_up()  # before the trial: the boundaries must describe the model as it is
         with self.adapter.trial(structure):
-            return self.scorer_for(structure).score(structure.sub_block)
+            return scorer.score(structure.sub_block)
 
     def current_score(self, dimension: str) -> float:
-        return self.current_scores[dimension]
+        return self.scorers[dimension].current_score()
 
     def commit(
         self, structure: Structure, score: float, chosen_by: str, stats: StepStats | None = None
     ) -> dict:
+        """Remove ``structure`` for good and return its plan entry.
+
+        Atomic: if following the change fails (out of memory refreshing the prefix cache), the
+        structure is put back and the error raised, so model, count and plan still agree.
+        """
         freed = self.params_freed(structure)
-        self.records.append(self.adapter.commit(structure))
+        record = self.adapter.commit(structure)
         self.params_removed += freed
-        self._refresh(structure)
+        try:
+            self._follow_change(structure)
+        except BaseException:
+            self.adapter.undo(record)
+            self.params_removed -= freed
+            self._mark_changed(structure)
+            raise
+        self.records.append(record)
         stats = stats or StepStats()
         step = {
             "index": len(self.steps) + 1,
@@ -173,14 +187,37 @@ class PruningSession:
         return step
 
     def undo(self) -> dict:
+        """Put the last committed structure back and return its plan entry (atomic too)."""
         if not self.steps:
             raise BadInput("nothing to undo")
-        step = self.steps.pop()
-        record = self.records.pop()
+        record = self.records[-1]
         self.adapter.undo(record)
-        self.params_removed -= self.params_freed(record.structure)
-        self._refresh(record.structure)
-        return step
+        freed = self.params_freed(record.structure)  # counted on the restored module
+        self.params_removed -= freed
+        try:
+            self._follow_change(record.structure)
+        except BaseException:
+            self.records[-1] = self.adapter.commit(record.structure)
+            self.params_removed += freed
+            self._mark_changed(record.structure)
+            raise
+        self.records.pop()
+        return self.steps.pop()
+
+    def replay(self, steps: list[dict], interrupt: Callable[[], None] | None = None) -> None:
+        """Re-apply recorded steps (resume) with their recorded scores; the caches catch up once
+        at the end instead of after every step. ``interrupt`` runs between steps."""
+        for step in steps:
+            if interrupt is not None:
+                interrupt()
+            structure = Structure.from_dict(step["structure"])
+            self.params_removed += self.params_freed(structure)
+            self.records.append(self.adapter.commit(structure))
+            self._mark_changed(structure)
+            self.steps.append(
+                {**step, "index": len(self.steps) + 1, "params": self.params,
+                 "ratio": self.ratio(), "ratio_layers": self.ratio_layers}
+            )  # fmt: skip
 
     @contextlib.contextmanager
     def dense_model(self) -> Iterator[nn.Module]:
@@ -197,25 +234,20 @@ class PruningSession:
         finally:
             self.records = [self.adapter.commit(structure) for structure in structures]
 
-    def _refresh(self, structure: Structure) -> None:
-        """Follow a change at ``structure`` in every scorer; re-read their current scores."""
-        for scorer in {id(s): s for s in self.scorers.values()}.values():
-            scorer.refresh(structure.sub_block)
-        self.current_scores = self._read_scores()
+    def _mark_changed(self, structure: Structure) -> None:
+        for scorer in self._distinct_scorers():
+            scorer.mark_changed(structure.sub_block)
 
-    def _read_scores(self) -> dict[str, float]:
-        """Each scorer's perplexity of the current model (only its last sub-block runs)."""
-        by_scorer: dict[int, float] = {}
-        for scorer in self.scorers.values():
-            if id(scorer) not in by_scorer:
-                by_scorer[id(scorer)] = scorer.score(scorer.num_sub_blocks - 1)
-        return {dim: by_scorer[id(scorer)] for dim, scorer in self.scorers.items()}
+    def _follow_change(self, structure: Structure) -> None:
+        """Every scorer learns of the change; only the running dimension's recomputes now, the
+        others when their dimension starts (docs/method.md §4)."""
+        self._mark_changed(structure)
+        dimension = self.current_dimension()
+        if dimension is not None:
+            self.scorers[dimension].catch_up()
 
-    def apply_plan_steps(self, steps: list[dict]) -> None:
-        """Re-apply recorded steps (resume); the scores are taken from the record."""
-        for step in steps:
-            structure = Structure.from_dict(step["structure"])
-            self.commit(structure, step["score"], step["chosen_by"])
+    def _distinct_scorers(self) -> list[Scorer]:
+        return list({id(s): s for s in self.scorers.values()}.values())
 
     # --- the plan -------------------------------------------------------------------------------
     def plan(self) -> dict:

@@ -30,6 +30,9 @@ REFERENCE_GROUPS: tuple[tuple[str, int, int], ...] = (
 
 FAITHFUL_MODES = ("multipruner", "blockpruner")
 
+#: The calibration the reference drew its rows from; faithful mode's default (docs/method.md §9).
+FAITHFUL_CALIBRATION = "tatsu-lab/alpaca"
+
 
 @dataclass(frozen=True)
 class GroupSizes:
@@ -58,8 +61,13 @@ def resolve_group_sizes(
 ) -> GroupSizes:
     """Explicit sizes win; then the reference's; else ~9% of the MLP width and one KV group."""
     reference = reference_group_sizes(name_or_path)
-    if reference and mlp_group is None and attn_group is None:
-        return GroupSizes(reference[0], reference[1], "reference defaults for this model")
+    if reference:
+        given = [n for n, v in (("--mlp-group", mlp_group), ("--attn-group", attn_group)) if v]
+        return GroupSizes(
+            mlp_group if mlp_group is not None else reference[0],
+            attn_group if attn_group is not None else reference[1],
+            "reference defaults for this model" + (f" ({', '.join(given)} given)" if given else ""),
+        )
     rule_mlp = max(1, round(0.09 * intermediate_size))
     mlp = mlp_group if mlp_group is not None else rule_mlp
     attn = attn_group if attn_group is not None else attn_group_channels

@@ -24,14 +24,14 @@ from .calibration import (
 )
 from .channel_order import reorder_model
 from .errors import BadInput
-from .loading import check_supported, load_config, load_model, max_positions
+from .loading import check_supported, load_config, load_model, max_positions, model_label
 from .scoring import Scorer
 from .session import PruningSession
 from .settings import PruneSettings, resolve_group_sizes
 
 log = logging.getLogger("mptui.engine")
 
-#: Rows the reference draws in faithful mode (SPEC §9): width rows first, then block rows.
+#: Rows the reference draws in faithful mode (docs/method.md §9): width rows first, then block rows.
 FAITHFUL_WIDTH_ROWS = 128
 FAITHFUL_BLOCK_ROWS = 256
 
@@ -52,7 +52,7 @@ class RunRequest:
 
 
 def faithful_dtype(faithful: str | None, dtype: str | None) -> str | None:
-    """The reference's precision in faithful mode (SPEC §9), else what the user asked for."""
+    """The reference's precision in faithful mode (docs/method.md §9), else the user's."""
     return {"multipruner": "float16", "blockpruner": "bfloat16"}.get(faithful or "", dtype)
 
 
@@ -65,8 +65,7 @@ def preflight(request: RunRequest) -> None:
     spec = request.settings.calibration
     if not spec.source:
         raise BadInput("no calibration text given; pass --calibration PATH")
-    if request.settings.faithful is None:
-        load_documents(spec.source, spec.text_field)
+    load_documents(spec.source, spec.text_field)  # a dataset name: reachable, or one clear line
 
 
 def _check_seqlen(seqlen: int, config) -> None:
@@ -76,21 +75,39 @@ def _check_seqlen(seqlen: int, config) -> None:
 
 
 def build_session(
-    request: RunRequest, emit: Callable[[ev.Event], None], loaded: tuple | None = None
+    request: RunRequest,
+    emit: Callable[[ev.Event], None],
+    loaded: tuple | None = None,
+    interrupt: Callable[[], None] | None = None,
 ) -> PruningSession:
     """Load (or take ``loaded``: a model and tokenizer already in memory, as benchmarks do with
-    big random models), check, rank, tokenize and score the dense model."""
+    big random models), check, rank, tokenize, score the dense model and replay a resume.
+
+    ``interrupt`` is called between the pieces of every long phase (shards, layers, batches,
+    replayed steps) and may raise to abandon the build: a Stop must not wait for minutes.
+    """
     settings = request.settings
+    check = interrupt or (lambda: None)
+    label = f"loading {model_label(request.model)}"
+
+    def on_shard(done: int, total: int) -> None:
+        check()
+        emit(ev.Activity(label, done, total))
+
     model, tokenizer = loaded or load_model(
         request.model,
         dtype=faithful_dtype(settings.faithful, request.dtype),
         device=request.device,
         device_map=request.device_map,
+        on_shard=on_shard,
     )
+    emit(ev.Activity(""))
+    check()
     adapter = adapter_for(model)
     _check_seqlen(settings.calibration.seqlen, model.config)
     chunks_by_dimension = _calibration(request, tokenizer)
-    reorder_model(adapter, request.order_file, save_to=request.order_file)
+    check()
+    reorder_model(adapter, request.order_file, save_to=request.order_file, interrupt=check)
     groups = resolve_group_sizes(
         request.model,
         adapter.dense_mlp_width,
@@ -102,7 +119,7 @@ def build_session(
     for note in notes:
         emit(ev.Warning(note))
     ignore = faithful_label_mask(settings.faithful, tokenizer, model.config)
-    scorers = _scorers(model, adapter, chunks_by_dimension, request, emit, ignore)
+    scorers = _scorers(model, adapter, chunks_by_dimension, request, emit, ignore, check)
     session = PruningSession(
         model=model,
         adapter=adapter,
@@ -113,7 +130,7 @@ def build_session(
         tokenizer=tokenizer,
         count_removed_norms=settings.faithful == "multipruner",
     )
-    session.apply_plan_steps(list(request.resume_steps))
+    session.replay(list(request.resume_steps), interrupt=check)
     emit(
         ev.Loaded(
             model=request.model,
@@ -169,7 +186,9 @@ def faithful_label_mask(faithful: str | None, tokenizer, config) -> int | None:
     return token or None
 
 
-def _scorers(model, adapter: Adapter, chunks_by_dimension, request: RunRequest, emit, ignore):
+def _scorers(
+    model, adapter: Adapter, chunks_by_dimension, request: RunRequest, emit, ignore, interrupt
+):
     """One scorer per distinct calibration set, shared by the dimensions that use it."""
     settings = request.settings
     by_tensor: dict[int, Scorer] = {}
@@ -185,6 +204,7 @@ def _scorers(model, adapter: Adapter, chunks_by_dimension, request: RunRequest, 
                 cache_budget_bytes=request.cache_budget_bytes,
                 ignore_label_id=ignore,
                 on_warning=lambda message: emit(ev.Warning(message)),
+                interrupt=interrupt,
             )
         out[dimension] = by_tensor[id(chunks)]
     return out

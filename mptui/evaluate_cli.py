@@ -51,9 +51,9 @@ def main(argv: list[str]) -> int:
 
 def run(args) -> dict:
     from mptui.engine.evaluate import EvalRequest, apply_plan, evaluate, flat_scores
-    from mptui.engine.journal import SessionFolder
     from mptui.engine.loading import load_model
     from mptui.engine.plan import write_json_atomic
+    from mptui.engine.session_folder import SessionFolder
     from mptui.engine.summary import write_summary
 
     request = EvalRequest.from_options(

@@ -43,8 +43,8 @@ def main(argv: list[str]) -> int:
 def export_session(session: Path, out: Path, dtype: str | None, device: str | None):
     from mptui.engine.evaluate import apply_plan
     from mptui.engine.export import check_destination, export_model
-    from mptui.engine.journal import SessionFolder
     from mptui.engine.loading import load_model
+    from mptui.engine.session_folder import SessionFolder
 
     from .evaluate_cli import loading_lines
 

@@ -29,7 +29,7 @@ def quiet_libraries() -> None:
 def build_request(args: argparse.Namespace):
     """The engine request for ``args`` and ``--out`` (or None); raises the engine's BadInput."""
     from mptui.engine.calibration import CalibrationSpec
-    from mptui.engine.settings import PruneSettings
+    from mptui.engine.settings import FAITHFUL_CALIBRATION, PruneSettings
     from mptui.engine.setup import RunRequest
 
     settings = PruneSettings.with_distribution(
@@ -37,7 +37,7 @@ def build_request(args: argparse.Namespace):
         args.distribution,
         args.order,
         calibration=CalibrationSpec(
-            source=args.calibration or "",
+            source=args.calibration or (FAITHFUL_CALIBRATION if args.faithful else ""),
             nsamples=args.nsamples if args.nsamples is not None else 0,
             seqlen=args.seqlen or 2048,
             seed=args.seed,
@@ -74,40 +74,58 @@ def calibration_cache_dir() -> Path:
 def default_session_dir(model: str) -> Path:
     data = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
     name = Path(model.rstrip("/")).name or "model"
-    return data / "mptui" / "sessions" / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
+    base = data / "mptui" / "sessions" / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
+    candidate, n = base, 1
+    while candidate.exists():  # two runs started in the same second get folders of their own
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
 
 
-def open_session(args: argparse.Namespace):
-    """The request and the locked session folder: a new session, or one to resume."""
+@dataclasses.dataclass
+class OpenedSession:
+    """A run about to start: its request, its locked folder and where its outputs go."""
+
+    request: object  # RunRequest (the engine is imported lazily)
+    folder: object  # SessionFolder
+    out_dir: Path
+    export_dir: Path | None
+
+
+def open_session(args: argparse.Namespace) -> OpenedSession:
+    """A new session, or one to resume with everything the user decided in it."""
     from mptui.engine.errors import BadInput
-    from mptui.engine.journal import SessionFolder
+    from mptui.engine.session_folder import SessionFolder
     from mptui.engine.setup import preflight
 
+    export = Path(args.export) if getattr(args, "export", None) else None
     if args.resume:
         folder = SessionFolder(Path(args.resume))
         if not (folder.path / "settings.json").is_file():
             raise BadInput(f"'{folder.path}' is not an mptui session (no settings.json)")
         folder.lock()
-        request = folder.read_request(cache_dir=calibration_cache_dir())
-        out_dir = Path(args.out) if args.out else folder.path
+        saved = folder.read_run(cache_dir=calibration_cache_dir())
+        request = saved.request
+        out_dir = Path(args.out) if args.out else saved.out
+        export = export or saved.export
     else:
         request, out_dir = build_request(args)
         folder = SessionFolder(
             Path(args.session) if args.session else default_session_dir(args.model)
         )
-        out_dir = out_dir or folder.path
+        folder.refuse_if_taken()
     request = dataclasses.replace(request, order_file=folder.order_file)
     preflight(request)
     if getattr(args, "eval_text", None) or getattr(args, "eval_include_path", None):
         app_eval_request(args, request.settings.calibration.seqlen).check()
-    if getattr(args, "export", None):
+    if export is not None:
         from mptui.engine.export import check_destination
 
-        check_destination(Path(args.export))
+        check_destination(export)
     if not args.resume:
         folder.lock()
-        folder.write_request(request)
-    return request, folder, out_dir
+        folder.write_request(request, out=out_dir, export=export)
+    return OpenedSession(request, folder, out_dir or folder.path, export)
 
 
 def app_eval_request(args: argparse.Namespace, seqlen: int):
@@ -122,42 +140,48 @@ def app_eval_request(args: argparse.Namespace, seqlen: int):
 
 def run_from_args(args: argparse.Namespace) -> int:
     from mptui.engine.errors import EngineError
-    from mptui.engine.journal import SessionRecorder
-    from mptui.engine.plan import PlanWriter
     from mptui.engine.runner import Engine
+    from mptui.engine.session_folder import SessionRecorder
 
     quiet_libraries()
     try:
-        request, folder, out_dir = open_session(args)
+        opened = open_session(args)
     except EngineError as error:
         print(f"mptui: error: {error}", file=sys.stderr)
         return 2
-    engine = Engine(request, linger=not args.headless)
-    engine.subscribe(SessionRecorder(folder, engine.plan))  # first: on disk before shown
-    if out_dir != folder.path:  # the session folder already holds plan.json
-        engine.subscribe(PlanWriter(out_dir, engine.plan))
-    stop_on_hangup(engine)
+    folder = opened.folder
+    plan_dirs = [folder.path] + ([opened.out_dir] if opened.out_dir != folder.path else [])
+    engine = Engine(opened.request, linger=not args.headless, journal=folder, plan_dirs=plan_dirs)
+    engine.subscribe(SessionRecorder(folder, engine.plan))
     try:
         if args.headless:
-            from mptui.engine.headless import run
-
-            print(f"session {folder.path}", flush=True)
-            status = run(engine, out_dir)
-            if args.export and status == 0:
-                from .export_cli import export_live
-
-                status = export_live(engine.session, Path(args.export))
-            return status
-        return run_app(engine, folder.path, args, request.settings.calibration.seqlen)
+            return run_headless(engine, opened)
+        return run_app(engine, opened, args)
     finally:
         folder.unlock()
 
 
-def stop_on_hangup(engine) -> None:
-    """When the SSH link drops (SIGHUP), stop at the next candidate boundary and save."""
+def stop_on_signals(engine, *signals: signal.Signals) -> None:
+    """A dropped SSH link (SIGHUP) or a ``kill`` (SIGTERM) stops at the next candidate and
+    saves. The handler only queues a Stop: the engine runs in another thread, so the queue's
+    lock is never held by the thread the handler interrupts."""
     from mptui.engine.commands import Stop
 
-    signal.signal(signal.SIGHUP, lambda signum, frame: engine.send(Stop()))
+    for number in signals:
+        signal.signal(number, lambda signum, frame: engine.send(Stop()))
+
+
+def run_headless(engine, opened: OpenedSession) -> int:
+    from mptui.engine.headless import run
+
+    stop_on_signals(engine, signal.SIGHUP, signal.SIGTERM)
+    print(f"session {opened.folder.path}", flush=True)
+    status = run(engine, opened.out_dir)
+    if opened.export_dir is not None and status == 0 and engine.result.reason == "done":
+        from .export_cli import export_live
+
+        status = export_live(engine.session, opened.export_dir)
+    return status
 
 
 @contextlib.contextmanager
@@ -194,17 +218,29 @@ def terminal_kept_logs_to(path: Path) -> Iterator[None]:
             logging.captureWarnings(False)
 
 
-def run_app(engine, session_dir: Path, args: argparse.Namespace, seqlen: int) -> int:
+def run_app(engine, opened: OpenedSession, args: argparse.Namespace) -> int:
+    """The app over the engine. However the app ends (quit, the terminal gone, a crash), the
+    engine is stopped and joined before the session is unlocked, so its summary is written and
+    ``--resume`` works at once."""
     from mptui.app.app import MptuiApp
+    from mptui.engine.commands import Stop
 
-    eval_request = app_eval_request(args, seqlen)
-    export_dir = Path(args.export) if args.export else session_dir / "export"
-    log = session_dir / "mptui.log"
-    with terminal_kept_logs_to(log):
-        MptuiApp(
-            engine, theme_name=args.theme, eval_request=eval_request, export_dir=export_dir
-        ).run()
-    print(
-        f"session {session_dir} (plan.json, journal, log); resume with mptui --resume {session_dir}"
-    )
+    session_dir = opened.folder.path
+    eval_request = app_eval_request(args, opened.request.settings.calibration.seqlen)
+    export_dir = opened.export_dir or session_dir / "export"
+    stop_on_signals(engine, signal.SIGHUP, signal.SIGTERM)  # until the app takes them over
+    try:
+        with terminal_kept_logs_to(session_dir / "mptui.log"):
+            MptuiApp(
+                engine, theme_name=args.theme, eval_request=eval_request, export_dir=export_dir
+            ).run()
+    finally:
+        engine.send(Stop())
+        engine.join()
+    with contextlib.suppress(OSError):  # the terminal may be gone
+        print(
+            f"session {session_dir} (plan.json, journal, log); "
+            f"resume with mptui --resume {session_dir}",
+            flush=True,
+        )
     return 0

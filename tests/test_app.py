@@ -275,7 +275,7 @@ async def test_no_color_is_respected(monkeypatch):
 @pytest.mark.parametrize(
     ("given", "shown"),
     [("meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-7b-hf"),
-     ("/srv/models/llama-7b/", "llama-7b"), ("./demo/model", "model"), ("~/m/qwen", "qwen")],
+     ("/srv/models/llama-7b/", "llama-7b"), ("./demo/model", "demo"), ("~/m/qwen", "qwen")],
 )  # fmt: skip
 def test_the_status_line_names_a_local_model_by_its_folder(given, shown):
     assert display_name(given) == shown

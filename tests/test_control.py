@@ -153,7 +153,7 @@ def test_stop_ends_cleanly(llama, calibration_file, tmp_path):
     log.wait_count(ev.CandidateScored, 2)
     engine.send(cmd.Stop())
     assert finish(engine, log).reason == "stopped"
-    assert log.state() == "done"
+    assert log.state() == "stopped"
 
 
 def test_an_error_becomes_an_event_and_a_clean_stop(llama, tmp_path):

@@ -1,10 +1,10 @@
-"""SPEC §4: the plan with the prefix cache equals the plan without it and the plan of a plain,
-naive search written here, independent of the engine's surgery.
+"""docs/method.md §4: the plan with the prefix cache equals the plan without it and the plan of
+a plain, naive search written here, independent of the engine's surgery.
 
-The naive search ranks channels by hand (SPEC §3's L1 rules), removes a structure by zeroing
-every weight it owns (the sub-block adds exactly zero then, as if it were gone; removed channels
-give no contribution, as if sliced off), counts the parameters from the zeroed entries, and
-scores every candidate with a full forward of the whole calibration set.
+The naive search ranks channels by hand (the L1 rules of docs/method.md §3), removes a structure
+by zeroing every weight it owns (the sub-block adds exactly zero then, as if it were gone;
+removed channels give no contribution, as if sliced off), counts the parameters from the zeroed
+entries, and scores every candidate with a full forward of the whole calibration set.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def row_l1(entries: list[Entry], count: int) -> torch.Tensor:
 
 
 class NaiveSearch:
-    """SPEC §3 greedy search on a model whose removals are zeroed weights."""
+    """docs/method.md §3 greedy search on a model whose removals are zeroed weights."""
 
     def __init__(self, path, chunks: torch.Tensor, batch_size: int):
         self.model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa").eval()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mptui.engine.journal import SessionFolder
+from mptui.engine.session_folder import SessionFolder
 
 MPTUI = Path(sys.executable).parent / "mptui"
 
@@ -118,10 +118,150 @@ def test_journal_replays_undos_and_ignores_a_torn_line(tmp_path):
     folder.record_undo(3)
     with (tmp_path / "journal.jsonl").open("a") as handle:
         handle.write('{"commit": {"index": 3, "struc')  # the process died mid-write
-    assert [step["index"] for step in folder.read_steps()] == [1, 2]
+    assert [step["index"] for step in folder.read_journal().steps] == [1, 2]
 
 
 def test_resume_of_something_that_is_not_a_session(tmp_path):
     result = resume(tmp_path)
     assert result.returncode == 2
     assert "is not an mptui session" in result.stderr
+
+
+# --- everything the user decided survives a kill ---------------------------------------------
+DRIVER = """
+import sys, time
+from pathlib import Path
+from mptui.engine import commands as cmd, events as ev
+from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
+from mptui.engine.session_folder import SessionFolder
+
+model, calibration, session, *decisions = sys.argv[1:]
+settings = PruneSettings.with_distribution(
+    0.45, "30:40:30", calibration=CalibrationSpec(calibration, 0, 32), mlp_group=40
+)
+folder = SessionFolder(Path(session))
+request = RunRequest(model, settings, order_file=folder.order_file)
+folder.lock()
+folder.write_request(request)
+done = []
+engine = Engine(request, [lambda e: done.append(e) if isinstance(e, ev.StepCommitted) else 0],
+                journal=folder, plan_dirs=[folder.path])
+engine.send(cmd.Pause())
+commands = {"override": cmd.Override("L2.mlp"), "undo": cmd.Undo(),
+            "order": cmd.SetOrder(("attn_heads", "blocks", "mlp_channels")),
+            "guided": cmd.SetGuided(True)}
+for decision in decisions:
+    engine.send(commands[decision])
+engine.start()
+journal = folder.path / "journal.jsonl"  # one line per decision, written as it is made
+while not journal.exists() or len(journal.read_text().splitlines()) < len(decisions):
+    time.sleep(0.01)
+print("decided", flush=True)
+time.sleep(600)
+"""
+
+
+def decide_then_kill(model: Path, calibration: Path, session: Path, *decisions: str) -> None:
+    """A run that makes ``decisions`` while paused before its first step, then is SIGKILLed."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(model), str(calibration), str(session), *decisions],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert process.stdout.readline().strip() == "decided", process.communicate()
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+@pytest.mark.parametrize(
+    "decisions, first",
+    [
+        (("override",), {"kind": "mlp_block", "layer": 2}),
+        (("override", "override", "undo"), {"kind": "mlp_block", "layer": 2}),
+        (("order",), None),
+    ],
+    ids=["override", "undo", "order"],
+)
+def test_decisions_survive_a_kill(decisions, first, tiny_model_dir, calibration_file, tmp_path):
+    session = tmp_path / "session"
+    decide_then_kill(tiny_model_dir("llama"), calibration_file, session, *decisions)
+    result = resume(session)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads((session / "plan.json").read_text())
+    steps = plan["steps"]
+    if first is not None:
+        assert steps[0]["structure"] == first and steps[0]["chosen_by"] == "user"
+        assert steps[1]["chosen_by"] == "engine"
+        kept = sum(1 for d in decisions if d == "override") - decisions.count("undo")
+        assert [s["chosen_by"] for s in steps].count("user") == kept
+    else:  # the switched order is the one the resumed run followed
+        assert plan["settings"]["order"] == ["attn_heads", "blocks", "mlp_channels"]
+        assert steps[0]["dimension"] == "attn_heads"
+
+
+def test_guided_mode_survives_a_kill(tiny_model_dir, calibration_file, tmp_path):
+    session = tmp_path / "session"
+    decide_then_kill(tiny_model_dir("llama"), calibration_file, session, "guided")
+    assert SessionFolder(session).read_run().request.settings.guided is True
+
+
+def test_resume_writes_out_and_export_again(tiny_model_dir, calibration_file, tmp_path):
+    session, out, export = tmp_path / "session", tmp_path / "out", tmp_path / "export"
+    process = start(
+        tiny_model_dir("llama"), calibration_file, session, "--out", str(out),
+        "--export", str(export),
+    )  # fmt: skip
+    wait_for_lines(session, 2, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    result = resume(session)
+    assert result.returncode == 0, result.stderr
+    assert (
+        json.loads((out / "plan.json").read_text())["steps"]
+        == json.loads((session / "plan.json").read_text())["steps"]
+    )
+    assert (export / "model.safetensors").is_file()
+
+
+def test_a_new_run_in_a_session_folder_is_refused(tiny_model_dir, calibration_file, tmp_path):
+    session = tmp_path / "session"
+    process = start(tiny_model_dir("llama"), calibration_file, session)
+    process.communicate(timeout=300)
+    before = {p.name: p.stat().st_mtime_ns for p in session.iterdir()}
+    again = start(tiny_model_dir("llama"), calibration_file, session)
+    _, err = again.communicate(timeout=120)
+    assert again.returncode == 2
+    assert err.strip() == (
+        f"mptui: error: '{session}' already holds a session; continue it with --resume "
+        f"{session} or give --session a new folder"
+    )
+    assert {p.name: p.stat().st_mtime_ns for p in session.iterdir()} == before
+
+
+def test_a_torn_line_is_cut_before_the_next_append(uninterrupted, tiny_model_dir,
+                                                    calibration_file, tmp_path):  # fmt: skip
+    session = tmp_path / "session"
+    process = start(tiny_model_dir("llama"), calibration_file, session)
+    wait_for_lines(session, 3, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    journal = session / "journal.jsonl"
+    lines = journal.read_text().splitlines()[:3]
+    journal.write_text("\n".join(lines[:2]) + "\n" + lines[2][: len(lines[2]) // 2])  # torn
+    for _ in range(2):  # the first resume appends after the torn line; the second reads it all
+        result = resume(session)
+        assert result.returncode == 0, result.stderr
+        assert plan_of(session) == uninterrupted
+    assert len(SessionFolder(session).read_journal().steps) == len(uninterrupted)
+
+
+def test_sigterm_stops_a_headless_run_like_stop(uninterrupted, tiny_model_dir, calibration_file,
+                                                tmp_path):  # fmt: skip
+    session = tmp_path / "session"
+    process = start(tiny_model_dir("llama"), calibration_file, session)
+    wait_for_lines(session, 2, process)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "finished (stopped)" in out
+    assert (session / "summary.md").is_file()
+    assert plan_of(session) == uninterrupted[: len(plan_of(session))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -45,7 +46,7 @@ def test_an_evaluation_lands_in_the_session_folder_and_its_summary(
     from mptui.engine import commands as cmd
     from mptui.engine import events as ev
     from mptui.engine.evaluate import EvalRequest
-    from mptui.engine.journal import SessionFolder, SessionRecorder
+    from mptui.engine.session_folder import SessionFolder, SessionRecorder
 
     settings = PruneSettings.with_distribution(
         0.3, "30:40:30", calibration=CalibrationSpec(str(calibration_file), 0, 32), mlp_group=40
@@ -55,8 +56,13 @@ def test_an_evaluation_lands_in_the_session_folder_and_its_summary(
     done = []
     engine.subscribe(lambda event: done.append(event) if isinstance(event, ev.Evaluated) else 0)
     engine.send(cmd.Evaluate(EvalRequest(text=str(calibration_file), seqlen=32)))
-    engine.send(cmd.Stop())  # after the search; the evaluation ran first, at its first step
-    engine.run()
+    engine.start()  # the evaluation runs at the first step; then the search goes on
+    deadline = time.monotonic() + 120
+    while not engine.result:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    engine.send(cmd.Stop())  # the engine lingers after the search until told to stop
+    assert engine.join(60)
     evaluation = json.loads((tmp_path / "evaluation.json").read_text())
     assert evaluation["dense"] == done[0].dense and evaluation["pruned"] == done[0].pruned
     text = (tmp_path / "summary.md").read_text()

@@ -7,6 +7,11 @@ arrive the screen repaints at a bounded rate, and keys always answer.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import signal
+import sys
 from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
@@ -77,6 +82,7 @@ class MptuiApp(App):
         self.engine = engine
         self.state = RunState()
         self._inbox: deque[ev.Event] = deque(replay)
+        self._tty: int | None = None  # the terminal's descriptor, watched while mounted
         self._guided = bool(engine and engine.request.settings.guided)
         self._theme_name = theme_name
         self._user_theme_dir = user_theme_dir
@@ -117,8 +123,32 @@ class MptuiApp(App):
         self._reflow()
         self.drain()
         self.set_interval(REPAINT_INTERVAL, self.drain)
+        self._watch_terminal()
         if self.engine is not None:
             self.engine.start()
+
+    # --- the terminal going away ----------------------------------------------------------
+    def _watch_terminal(self) -> None:
+        """A dropped SSH link or a killed tmux: save and exit, never linger without a screen
+        holding the device and the session lock. SIGHUP is the usual sign; a terminal that
+        stops answering (checked with every repaint) is the other."""
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.terminal_gone)
+        self._tty = _terminal_fd()
+
+    def _terminal_answers(self) -> bool:
+        if self._tty is None:
+            return True
+        try:
+            os.get_terminal_size(self._tty)
+        except OSError:
+            return False
+        return True
+
+    def terminal_gone(self) -> None:
+        """Stop the engine (it saves at its next candidate) and leave; the caller joins it."""
+        self.send(cmd.Stop())
+        self.exit()
 
     def on_resize(self) -> None:
         self._reflow()
@@ -128,6 +158,9 @@ class MptuiApp(App):
 
     # --- events in, repaint out -----------------------------------------------------------
     def drain(self) -> None:
+        if not self._terminal_answers():
+            self.terminal_gone()
+            return
         changed = False
         while self._inbox:
             event = self._inbox.popleft()
@@ -246,9 +279,7 @@ class MptuiApp(App):
 
         def chosen(quit_now: bool | None) -> None:
             if quit_now:
-                self.send(cmd.Stop())
-                if self.engine is not None:
-                    self.engine.join(timeout=2)  # the plan is saved at every commit
+                self.send(cmd.Stop())  # the caller joins the engine: its summary is written
                 self.exit()
 
         self.push_screen(QuitScreen(), chosen)
@@ -258,3 +289,13 @@ class MptuiApp(App):
         for binding in self.BINDINGS:
             action = getattr(self, f"action_{binding.action}")
             yield SystemCommand(binding.description, (action.__doc__ or "").strip(), action)
+
+
+def _terminal_fd() -> int | None:
+    """The file descriptor of the terminal the app draws on, or None when it is not one."""
+    stream = sys.__stdin__  # Textual reads keys here; stdout may be redirected
+    try:
+        fd = stream.fileno() if stream is not None else -1
+    except (OSError, ValueError):
+        return None
+    return fd if fd >= 0 and os.isatty(fd) else None

@@ -6,6 +6,7 @@ burst of events costs one repaint and a test can check the state without a termi
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,6 +20,7 @@ STATE_LABELS = {
     "paused": "PAUSED",
     "waiting": "WAITING FOR YOU",
     "done": "DONE",
+    "stopped": "STOPPED",
     "error": "ERROR",
 }
 
@@ -95,8 +97,15 @@ class RunState:
         return STATE_LABELS.get(self.state, self.state.upper())
 
     def ranked(self) -> list[CandidateRow]:
-        """Candidates by score, lowest (best) first; ties keep canonical (arrival) order."""
-        return sorted(self.candidates.values(), key=lambda row: row.score)
+        """Candidates by score, lowest (best) first, a NaN or inf last; ties keep canonical
+        (arrival) order."""
+        return sorted(
+            self.candidates.values(),
+            key=lambda row: (
+                not math.isfinite(row.score),
+                row.score if math.isfinite(row.score) else 0,
+            ),
+        )
 
     def apply(self, event: ev.Event) -> None:
         handler = getattr(self, f"_on_{type(event).__name__}", None)
@@ -120,7 +129,7 @@ class RunState:
 
     def _on_StateChanged(self, event: ev.StateChanged) -> None:
         self.state = event.state
-        if event.state != "waiting":
+        if event.state not in ("waiting", "paused"):  # a paused proposal is still there
             self.proposal = None
 
     def _on_DimensionChanged(self, event: ev.DimensionChanged) -> None:
@@ -150,6 +159,7 @@ class RunState:
         self.proposal = event.structure
 
     def _on_StepCommitted(self, event: ev.StepCommitted) -> None:
+        self.proposal = None
         structure = Structure.from_dict(event.step["structure"])
         self.undo_stack.append((structure.layer, replace(self.layers[structure.layer])))
         self._apply_structure(structure)
@@ -160,6 +170,7 @@ class RunState:
         )
 
     def _on_StepUndone(self, event: ev.StepUndone) -> None:
+        self.proposal = None
         if len(self.curve) > 1:
             self.curve.pop()
         self.ratio, self.score = event.ratio, event.score

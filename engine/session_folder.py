@@ -1,7 +1,9 @@
 """The session folder: what a long run needs so that nothing of it is lost.
 
-``settings.json``   the run request (plain values), written once, atomically
-``journal.jsonl``   one line per commit or undo, appended and fsynced as it happens
+``settings.json``   the run request (plain values, ``--out`` and ``--export`` included), written
+                    once, atomically
+``journal.jsonl``   one line per decision (commit, undo, order switch, guided mode), appended
+                    and fsynced before the decision is announced
 ``plan.json``       a snapshot of the plan, replaced by atomic rename after every change
 ``events.jsonl``    the event log (flushed, not fsynced: it is for reading, not resuming)
 ``mptui.log``       the log file
@@ -10,7 +12,8 @@
                     and export re-apply the plan to the very channels the search kept
 
 Resume re-applies the journal: a SIGKILL at any moment loses at most the step being scored,
-because a step is on disk before anyone is told it was committed.
+because a step is on disk before anyone is told it was committed. A folder belongs to one run:
+starting a new run in a folder that holds a session is refused.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import dataclasses
 import fcntl
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import channel_order
@@ -27,7 +31,7 @@ from . import events as ev
 from .calibration import CalibrationSpec
 from .errors import BadInput
 from .evaluate import flat_scores
-from .plan import PlanWriter, write_json_atomic
+from .plan import write_json_atomic
 from .settings import PruneSettings
 from .setup import RunRequest
 from .summary import write_summary
@@ -40,10 +44,40 @@ LOG = "mptui.log"
 LOCK = "lock"
 
 
+@dataclass
+class Replay:
+    """What the journal says the user decided: the steps kept, and the last order and guided
+    mode set while running (None where never changed)."""
+
+    steps: list[dict] = field(default_factory=list)
+    order: tuple[str, ...] | None = None
+    guided: bool | None = None
+
+
+@dataclass(frozen=True)
+class SavedRun:
+    """A session's settings.json read back: the request and where its outputs go."""
+
+    request: RunRequest
+    out: Path | None
+    export: Path | None
+
+
 class SessionFolder:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock_file = None
+
+    def holds_session(self) -> bool:
+        return any((self.path / name).exists() for name in (SETTINGS, JOURNAL, PLAN))
+
+    def refuse_if_taken(self) -> None:
+        """A new run never writes into another run's folder (the journals would mix)."""
+        if self.holds_session():
+            raise BadInput(
+                f"'{self.path}' already holds a session; continue it with --resume {self.path} "
+                "or give --session a new folder"
+            )
 
     @property
     def order_file(self) -> Path:
@@ -73,24 +107,39 @@ class SessionFolder:
             self._lock_file = None
 
     # --- settings --------------------------------------------------------------------------
-    def write_request(self, request: RunRequest) -> None:
+    def write_request(
+        self, request: RunRequest, out: Path | None = None, export: Path | None = None
+    ) -> None:
         data = {
             "model": request.model,
             "settings": request.settings.to_dict(),
             "dtype": request.dtype,
             "device": request.device,
             "device_map": request.device_map,
+            "out": str(out) if out else None,
+            "export": str(export) if export else None,
         }
         write_json_atomic(self.path / SETTINGS, data)
 
-    def read_request(self, cache_dir: Path | None = None) -> RunRequest:
+    def read_run(self, cache_dir: Path | None = None) -> SavedRun:
+        """The saved request with the journal's decisions applied: its steps to replay, and the
+        order and guided mode the user last chose."""
         try:
             data = json.loads((self.path / SETTINGS).read_text())
-            return self._request(data, cache_dir)
+            request = self._request(data, cache_dir)
         except FileNotFoundError:
             raise BadInput(f"'{self.path}' is not an mptui session (no {SETTINGS})") from None
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
             raise BadInput(f"{self.path / SETTINGS} is damaged ({error!r})") from None
+        replay = self.read_journal()
+        settings = request.settings
+        if replay.order is not None:
+            settings = settings.with_order(replay.order)
+        if replay.guided is not None:
+            settings = dataclasses.replace(settings, guided=replay.guided)
+        request = dataclasses.replace(request, settings=settings, resume_steps=tuple(replay.steps))
+        out, export = data.get("out"), data.get("export")
+        return SavedRun(request, Path(out) if out else None, Path(export) if export else None)
 
     def _request(self, data: dict, cache_dir: Path | None) -> RunRequest:
         settings = dict(data["settings"])
@@ -108,7 +157,6 @@ class SessionFolder:
             device=data.get("device"),
             device_map=data.get("device_map"),
             cache_dir=cache_dir,
-            resume_steps=tuple(self.read_steps()),
         )
 
     def read_plan(self) -> dict:
@@ -125,10 +173,26 @@ class SessionFolder:
 
     # --- the journal -----------------------------------------------------------------------
     def _append(self, record: dict) -> None:
-        with (self.path / JOURNAL).open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        """One line, fsynced. A torn last line (a kill mid-write) is cut off first, so this
+        line starts on a line of its own and every later one is read back."""
+        path = self.path / JOURNAL
+        with path.open("ab") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if size:
+                handle.truncate(self._complete_length(path, size))
+            handle.write((json.dumps(record) + "\n").encode())
             handle.flush()
             os.fsync(handle.fileno())
+
+    @staticmethod
+    def _complete_length(path: Path, size: int) -> int:
+        """Bytes of ``path`` up to and including its last newline."""
+        with path.open("rb") as handle:
+            handle.seek(max(0, size - 1))
+            if handle.read(1) == b"\n":
+                return size
+            data = path.read_bytes()
+        return data.rfind(b"\n") + 1
 
     def record_commit(self, step: dict) -> None:
         self._append({"commit": step})
@@ -136,42 +200,46 @@ class SessionFolder:
     def record_undo(self, index: int) -> None:
         self._append({"undo": index})
 
-    def read_steps(self) -> list[dict]:
-        """The committed steps after replaying commits and undos; a torn last line (the
+    def record_order(self, order: Sequence[str]) -> None:
+        self._append({"order": list(order)})
+
+    def record_guided(self, guided: bool) -> None:
+        self._append({"guided": guided})
+
+    def read_journal(self) -> Replay:
+        """Replay commits, undos, order switches and guided mode; a torn last line (the
         process died while writing it) is ignored."""
-        steps: list[dict] = []
+        replay = Replay()
         path = self.path / JOURNAL
         if not path.exists():
-            return steps
+            return replay
         for line in path.read_text().splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 break
             if "commit" in record:
-                steps.append(record["commit"])
-            elif "undo" in record and steps and steps[-1]["index"] == record["undo"]:
-                steps.pop()
-        return steps
+                replay.steps.append(record["commit"])
+            elif "undo" in record and replay.steps and replay.steps[-1]["index"] == record["undo"]:
+                replay.steps.pop()
+            elif "order" in record:
+                replay.order = tuple(record["order"])
+            elif "guided" in record:
+                replay.guided = bool(record["guided"])
+        return replay
 
 
 class SessionRecorder:
-    """Subscriber that keeps the session folder up to date from the engine's events."""
+    """Subscriber that keeps the session's event log, evaluation and summary up to date."""
 
     def __init__(self, folder: SessionFolder, plan: Callable[[], dict | None]) -> None:
         self.folder = folder
         self._plan = plan
-        self._plan_writer = PlanWriter(folder.path, plan)
         self._events = (folder.path / EVENTS).open("a")
         self._evaluation: dict = {}
 
     def __call__(self, event: ev.Event) -> None:
-        # the journal line is on disk before the plan snapshot and before any other subscriber
-        if isinstance(event, ev.StepCommitted):
-            self.folder.record_commit(event.step)
-        elif isinstance(event, ev.StepUndone):
-            self.folder.record_undo(event.index)
-        self._plan_writer(event)
+        # the journal and plan.json are written by the engine, before any event is sent
         if not isinstance(event, (ev.Progress, ev.MemorySample)):
             record = {"event": type(event).__name__, **dataclasses.asdict(event)}
             self._events.write(json.dumps(record, default=str) + "\n")
