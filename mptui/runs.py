@@ -29,17 +29,23 @@ def quiet_libraries() -> None:
 def build_request(args: argparse.Namespace):
     """The engine request for ``args`` and ``--out`` (or None); raises the engine's BadInput."""
     from mptui.engine.calibration import CalibrationSpec
-    from mptui.engine.settings import FAITHFUL_CALIBRATION, PruneSettings
+    from mptui.engine.settings import (
+        DEFAULT_NSAMPLES,
+        DEFAULT_SEQLEN,
+        DEFAULT_TARGET_RATIO,
+        FAITHFUL_CALIBRATION,
+        PruneSettings,
+    )
     from mptui.engine.setup import RunRequest
 
     settings = PruneSettings.with_distribution(
-        args.target_ratio if args.target_ratio is not None else 0.22,
+        args.target_ratio if args.target_ratio is not None else DEFAULT_TARGET_RATIO,
         args.distribution,
         args.order,
         calibration=CalibrationSpec(
             source=args.calibration or (FAITHFUL_CALIBRATION if args.faithful else ""),
-            nsamples=args.nsamples if args.nsamples is not None else 0,
-            seqlen=args.seqlen or 2048,
+            nsamples=args.nsamples if args.nsamples is not None else DEFAULT_NSAMPLES,
+            seqlen=args.seqlen if args.seqlen is not None else DEFAULT_SEQLEN,
             seed=args.seed,
             text_field=args.text_field,
         ),
@@ -150,6 +156,10 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"mptui: error: {error}", file=sys.stderr)
         return 2
     folder = opened.folder
+    if args.headless and opened.request.settings.guided:
+        print("mptui: note: guided mode is off in a headless run", file=sys.stderr)
+        settings = dataclasses.replace(opened.request.settings, guided=False)
+        opened.request = dataclasses.replace(opened.request, settings=settings)
     plan_dirs = [folder.path] + ([opened.out_dir] if opened.out_dir != folder.path else [])
     engine = Engine(opened.request, linger=not args.headless, journal=folder, plan_dirs=plan_dirs)
     engine.subscribe(SessionRecorder(folder, engine.plan))

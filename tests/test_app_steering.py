@@ -1,0 +1,68 @@
+"""The app's keys over the real engine in the cases that used to hang (guided mode and pause)."""
+
+from __future__ import annotations
+
+import pytest
+from test_app import make_app, wait_until
+
+from mptui.app.app import MptuiApp
+
+
+def commits(app: MptuiApp) -> int:
+    return len(app.engine.session.steps) if app.engine.session else 0
+
+
+@pytest.fixture
+def llama(tiny_model_dir):
+    return tiny_model_dir("llama")
+
+
+async def test_pause_then_accept_commits_and_space_resumes(llama, calibration_file, tmp_path):
+    app = make_app(llama, calibration_file, tmp_path, guided=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until(pilot, lambda: app.state.proposal is not None)
+        await pilot.press("space")
+        await wait_until(pilot, lambda: app.state.state == "paused")
+        assert app.state.proposal is not None  # still shown while paused
+        await pilot.press("a")
+        await wait_until(pilot, lambda: commits(app) == 1)
+        await pilot.pause(0.3)
+        assert app.state.state_label == "PAUSED"  # accepted, and still paused
+        await pilot.press("space")  # resumes (it used to send Pause again)
+        await wait_until(pilot, lambda: app.state.state == "waiting" and app.state.proposal)
+        assert commits(app) == 1
+        await pilot.press("a")
+        await wait_until(pilot, lambda: commits(app) == 2)
+
+
+async def test_pause_then_resume_while_waiting_keeps_the_proposal(
+    llama, calibration_file, tmp_path
+):
+    app = make_app(llama, calibration_file, tmp_path, guided=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until(pilot, lambda: app.state.proposal is not None)
+        proposal = app.state.proposal
+        await pilot.press("space")
+        await wait_until(pilot, lambda: app.state.state == "paused")
+        await pilot.press("space")
+        await wait_until(pilot, lambda: app.state.state == "waiting")
+        assert app.state.proposal == proposal
+        await pilot.press("a")  # it used to do nothing: the engine waited forever
+        await wait_until(pilot, lambda: commits(app) == 1)
+
+
+async def test_keys_while_paused_act_at_once(llama, calibration_file, tmp_path):
+    app = make_app(llama, calibration_file, tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until(pilot, lambda: commits(app) >= 2)
+        await pilot.press("space")
+        await wait_until(pilot, lambda: app.state.state == "paused")
+        before = commits(app)
+        await pilot.press("u")
+        await wait_until(pilot, lambda: commits(app) == before - 1)
+        await pilot.press("u")
+        await wait_until(pilot, lambda: commits(app) == before - 2)
+        assert app.state.state == "paused" and app.state.error is None
+        await pilot.press("space")
+        await wait_until(pilot, lambda: app.state.finished == "done")
+        assert app.state.error is None

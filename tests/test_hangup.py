@@ -1,0 +1,117 @@
+"""The terminal going away (an SSH drop: tmux killed under the app) in every state of the run:
+the app saves and exits within seconds, frees the session lock, and ``--resume`` works."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from test_tmux import MPTUI, Tmux
+
+EXIT_WITHIN = 20  # seconds
+
+
+def app_command(model: Path, calibration: Path, session: Path, *extra: str) -> str:
+    args = [
+        str(MPTUI), str(model), "--calibration", str(calibration), "--seqlen", "32",
+        "--target-ratio", "0.45", "--distribution", "30:40:30", "--mlp-group", "40",
+        "--session", str(session), *extra,
+    ]  # fmt: skip
+    return "TERM=xterm-256color " + " ".join(args)
+
+
+def owner_pid(session: Path) -> int:
+    deadline = time.monotonic() + 60
+    while True:
+        text = (session / "lock").read_text() if (session / "lock").exists() else ""
+        if text.startswith("process "):
+            return int(text.split()[1])
+        assert time.monotonic() < deadline, "the app never took the session lock"
+        time.sleep(0.1)
+
+
+def wait_exit(pid: int) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < EXIT_WITHIN:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return time.monotonic() - started
+        time.sleep(0.1)
+    os.kill(pid, 9)
+    raise AssertionError(f"the app was still running {EXIT_WITHIN} s after its terminal went")
+
+
+def resume(session: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(MPTUI), "--resume", str(session), "--headless"], capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model_dir, calibration_file, tmp_path_factory) -> list[dict]:
+    """The structures of the same run, headless and never interrupted."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    command = app_command(tiny_model_dir("llama"), calibration_file, out / "session")
+    args = command.split(" ", 1)[1].split() + ["--headless"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return [
+        s["structure"] for s in json.loads((out / "session" / "plan.json").read_text())["steps"]
+    ]
+
+
+@pytest.mark.parametrize("state", ["running", "paused", "waiting", "done"])
+def test_the_app_exits_when_its_terminal_goes(
+    state, uninterrupted, tiny_model_dir, calibration_file, tmp_path
+):
+    session = tmp_path / "session"
+    extra = ("--guided",) if state == "waiting" else ()
+    tmux = Tmux(tmp_path)
+    command = app_command(tiny_model_dir("llama"), calibration_file, session, *extra)
+    tmux.run("new-session", "-d", "-s", "demo", "-x", "120", "-y", "40", command)
+    try:
+        pid = owner_pid(session)
+        if state == "running":
+            tmux.wait_for("RUNNING")
+            tmux.wait_for("ppl")
+        elif state == "paused":
+            tmux.wait_for("RUNNING")
+            tmux.run("send-keys", "-t", "demo", "space")
+            tmux.wait_for("PAUSED")
+        elif state == "waiting":
+            tmux.wait_for("WAITING FOR YOU")
+        else:
+            tmux.wait_for("DONE")
+    finally:
+        tmux.run("kill-server")  # what an SSH drop does to the app: SIGHUP, then no terminal
+    wait_exit(pid)
+    assert (session / "summary.md").is_file()  # the engine was stopped and joined
+    result = resume(session)
+    assert result.returncode == 0, result.stderr
+    assert "finished (done)" in result.stdout
+    plan = json.loads((session / "plan.json").read_text())
+    assert [s["structure"] for s in plan["steps"]] == uninterrupted
+
+
+def test_quit_stops_the_engine_and_writes_the_summary(tiny_model_dir, calibration_file, tmp_path):
+    session = tmp_path / "session"
+    tmux = Tmux(tmp_path)
+    command = app_command(tiny_model_dir("llama"), calibration_file, session)
+    tmux.run("new-session", "-d", "-s", "demo", "-x", "120", "-y", "40", command)
+    try:
+        pid = owner_pid(session)
+        tmux.wait_for("RUNNING")
+        tmux.run("send-keys", "-t", "demo", "q")
+        tmux.wait_for("Quit mptui?")
+        tmux.run("send-keys", "-t", "demo", "y")
+        wait_exit(pid)
+    finally:
+        tmux.run("kill-server")
+    summary = json.loads((session / "summary.json").read_text())
+    assert summary["steps"] == len(json.loads((session / "plan.json").read_text())["steps"])
