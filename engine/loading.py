@@ -95,13 +95,33 @@ def _recorded_name(folder: Path, config) -> str | None:
     return None if _says_nothing(recorded.rpartition("/")[2]) else recorded
 
 
-def resolve_dtype(dtype: str | None, device: str) -> torch.dtype:
-    """``auto`` is bfloat16 on a GPU and float32 on the CPU (half precision is slow there)."""
+def resolve_dtype(
+    dtype: str | None,
+    device: str,
+    checkpoint: torch.dtype | None = None,
+    bf16_supported: Callable[[], bool] | None = None,
+) -> torch.dtype:
+    """``auto``: float32 on the CPU (half precision is slow there); on a GPU the checkpoint's
+    own half precision, and bfloat16 for a float32 (or unstated) checkpoint when the GPU
+    supports it, else float32."""
     if dtype in (None, "auto"):
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+        if not device.startswith("cuda"):
+            return torch.float32
+        if checkpoint in (torch.float16, torch.bfloat16):
+            return checkpoint
+        supported = bf16_supported or torch.cuda.is_bf16_supported
+        return torch.bfloat16 if supported() else torch.float32
     if dtype not in DTYPES:
         raise BadInput(f"--dtype '{dtype}' must be one of auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
+
+
+def checkpoint_dtype(config) -> torch.dtype | None:
+    """The precision a checkpoint says it was saved in (``dtype``, formerly ``torch_dtype``)."""
+    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(value, str):
+        return DTYPES.get(value)
+    return value if isinstance(value, torch.dtype) else None
 
 
 def default_device() -> str:
@@ -165,11 +185,12 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    check_supported(load_config(name_or_path))
+    config = load_config(name_or_path)
+    check_supported(config)
     device = device or default_device()
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise BadInput(f"--device {device} asked for a GPU but torch sees none")
-    torch_dtype = resolve_dtype(dtype, device)
+    torch_dtype = resolve_dtype(dtype, device, checkpoint_dtype(config))
     path = os.path.expanduser(name_or_path)
     carried_code = is_mptui_export(path)
     try:
