@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from mptui.engine.plan import PlanStep
 from mptui.engine.session_folder import SessionFolder
+from mptui.engine.structures import Structure
 
 MPTUI = Path(sys.executable).parent / "mptui"
 
@@ -84,14 +86,19 @@ def test_sigkill_then_resume_gives_the_uninterrupted_plan(
     assert len(uninterrupted) > 4
 
 
-def test_sighup_saves_and_stops_cleanly(uninterrupted, tiny_model_dir, calibration_file, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM], ids=["SIGHUP", "SIGTERM"])
+def test_a_signal_saves_and_stops_cleanly(
+    signum, uninterrupted, tiny_model_dir, calibration_file, tmp_path
+):
+    """An SSH drop (SIGHUP) or a kill (SIGTERM) is a Stop: the plan is saved and resumable."""
     session = tmp_path / "session"
     process = start(tiny_model_dir("llama"), calibration_file, session)
     wait_for_lines(session, 2, process)
-    process.send_signal(signal.SIGHUP)
+    process.send_signal(signum)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     assert "finished (stopped)" in out
+    assert (session / "summary.md").is_file()
     steps = plan_of(session)
     assert 2 <= len(steps) < len(uninterrupted)
     assert steps == uninterrupted[: len(steps)]
@@ -114,11 +121,11 @@ def test_a_second_process_on_the_same_session_is_refused(tmp_path, tiny_model_di
 def test_journal_replays_undos_and_ignores_a_torn_line(tmp_path):
     folder = SessionFolder(tmp_path)
     for index in (1, 2, 3):
-        folder.record_commit({"index": index, "structure": {"kind": "mlp_block", "layer": index}})
+        folder.record_commit(PlanStep(index, Structure("mlp_block", index), 9.0, 100, 0.1, "user"))
     folder.record_undo(3)
     with (tmp_path / "journal.jsonl").open("a") as handle:
         handle.write('{"commit": {"index": 3, "struc')  # the process died mid-write
-    assert [step["index"] for step in folder.read_journal().steps] == [1, 2]
+    assert [step.index for step in folder.read_journal().steps] == [1, 2]
 
 
 def test_resume_of_something_that_is_not_a_session(tmp_path):
@@ -252,16 +259,3 @@ def test_a_torn_line_is_cut_before_the_next_append(uninterrupted, tiny_model_dir
         assert result.returncode == 0, result.stderr
         assert plan_of(session) == uninterrupted
     assert len(SessionFolder(session).read_journal().steps) == len(uninterrupted)
-
-
-def test_sigterm_stops_a_headless_run_like_stop(uninterrupted, tiny_model_dir, calibration_file,
-                                                tmp_path):  # fmt: skip
-    session = tmp_path / "session"
-    process = start(tiny_model_dir("llama"), calibration_file, session)
-    wait_for_lines(session, 2, process)
-    process.send_signal(signal.SIGTERM)
-    out, err = process.communicate(timeout=60)
-    assert process.returncode == 0, err
-    assert "finished (stopped)" in out
-    assert (session / "summary.md").is_file()
-    assert plan_of(session) == uninterrupted[: len(plan_of(session))]
