@@ -15,7 +15,15 @@ from . import commands, events
 from .calibration import CalibrationSpec
 from .errors import BadInput, CalibrationError, EngineError, OutOfMemory, UnsupportedModel
 from .runner import Engine, Subscriber
-from .settings import PruneSettings
+from .settings import (
+    DEFAULT_DISTRIBUTION,
+    DEFAULT_NSAMPLES,
+    DEFAULT_ORDER,
+    DEFAULT_SEED,
+    DEFAULT_SEQLEN,
+    DEFAULT_TEXT_FIELD,
+    PruneSettings,
+)
 from .setup import RunRequest
 from .structures import DIMENSIONS, Structure
 
@@ -25,12 +33,12 @@ def prune(
     *,
     calibration: str,
     target_ratio: float,
-    distribution: str = "44:52:4",
-    order: str = ",".join(DIMENSIONS),
-    nsamples: int = 0,
-    seqlen: int = 2048,
-    seed: int = 42,
-    text_field: str = "text",
+    distribution: str = DEFAULT_DISTRIBUTION,
+    order: str = ",".join(DEFAULT_ORDER),
+    nsamples: int = DEFAULT_NSAMPLES,
+    seqlen: int = DEFAULT_SEQLEN,
+    seed: int = DEFAULT_SEED,
+    text_field: str = DEFAULT_TEXT_FIELD,
     subscribers: list[Subscriber] | None = None,
     dtype: str | None = None,
     device: str | None = None,

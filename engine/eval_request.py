@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .defaults import DEFAULT_EVAL_BATCH_SIZE, DEFAULT_SEQLEN
 from .errors import BadInput
 
 #: The zero-shot tasks of docs/method.md §5.
@@ -18,9 +19,9 @@ class EvalRequest:
     tasks: tuple[str, ...] = ()
     include_path: str | None = None
     limit: int | None = None
-    batch_size: int = 8
+    batch_size: int = DEFAULT_EVAL_BATCH_SIZE
     text: str | None = None
-    seqlen: int = 2048
+    seqlen: int = DEFAULT_SEQLEN
 
     @classmethod
     def from_options(
@@ -31,7 +32,7 @@ class EvalRequest:
         *,
         include_path: str | None = None,
         limit: int | None = None,
-        batch_size: int = 8,
+        batch_size: int = DEFAULT_EVAL_BATCH_SIZE,
     ) -> EvalRequest:
         """From comma-separated task names; with neither tasks nor a text, the tasks of
         docs/method.md §5."""

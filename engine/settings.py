@@ -11,6 +11,19 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 
 from .calibration import CalibrationSpec
+from .defaults import (  # noqa: F401 (every default is re-exported here)
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DISTRIBUTION,
+    DEFAULT_DTYPE,
+    DEFAULT_EVAL_BATCH_SIZE,
+    DEFAULT_NSAMPLES,
+    DEFAULT_ORDER,
+    DEFAULT_SEED,
+    DEFAULT_SEQLEN,
+    DEFAULT_TARGET_RATIO,
+    DEFAULT_TEXT_FIELD,
+    DEFAULT_THEME,
+)
 from .errors import BadInput
 from .structures import DIMENSIONS, Dimension
 
@@ -84,15 +97,16 @@ def resolve_group_sizes(
 
 
 def parse_distribution(text: str | None, count: int = 3) -> tuple[float, ...]:
-    """``44:52:4`` -> shares normalised to 1; non-negative numbers with a positive sum."""
-    if text is None:
-        return tuple([1.0 / count] * count)
+    """``44:52:4`` -> shares normalised to 1; non-negative numbers with a positive sum.
+    None or empty: :data:`DEFAULT_DISTRIBUTION`."""
+    text = text or DEFAULT_DISTRIBUTION
     parts = text.replace(",", ":").split(":")
     try:
         values = [float(p) for p in parts]
     except ValueError:
         raise BadInput(
-            f"--distribution '{text}' must be numbers separated by ':' (e.g. 44:52:4)"
+            f"--distribution '{text}' must be numbers separated by ':'"
+            f" (e.g. {DEFAULT_DISTRIBUTION})"
         ) from None
     if len(values) != count:
         raise BadInput(f"--distribution '{text}' needs {count} shares, one per dimension")
@@ -117,14 +131,22 @@ class PruneSettings:
     """Everything that decides the plan. ``shares`` maps each dimension to its share of ``T``."""
 
     target_ratio: float
-    order: tuple[Dimension, ...] = DIMENSIONS
+    order: tuple[Dimension, ...] = DEFAULT_ORDER
     shares: dict[str, float] = field(
-        default_factory=lambda: {"blocks": 0.44, "mlp_channels": 0.52, "attn_heads": 0.04}
+        default_factory=lambda: dict(
+            zip(DEFAULT_ORDER, parse_distribution(DEFAULT_DISTRIBUTION), strict=True)
+        )
     )
     calibration: CalibrationSpec = field(
-        default_factory=lambda: CalibrationSpec(source="", nsamples=0, seqlen=2048)
+        default_factory=lambda: CalibrationSpec(
+            source="",
+            nsamples=DEFAULT_NSAMPLES,
+            seqlen=DEFAULT_SEQLEN,
+            seed=DEFAULT_SEED,
+            text_field=DEFAULT_TEXT_FIELD,
+        )
     )
-    batch_size: int = 2
+    batch_size: int = DEFAULT_BATCH_SIZE
     mlp_group: int | None = None
     attn_group: int | None = None
     block_count: int | None = None
@@ -159,13 +181,17 @@ class PruneSettings:
 
     @classmethod
     def with_distribution(
-        cls, target_ratio: float, distribution: str | None, order: str | tuple = DIMENSIONS, **kw
+        cls,
+        target_ratio: float,
+        distribution: str | None,
+        order: str | tuple = DEFAULT_ORDER,
+        **kw,
     ) -> PruneSettings:
         """Build from CLI-style text: the distribution lists shares in the order of ``order``."""
         dims = parse_order(order)
         if kw.get("faithful") == "blockpruner":
             distribution = "1:0:0" if dims[0] == "blocks" else _only_blocks(dims)
-        shares = parse_distribution(distribution if distribution else "44:52:4")
+        shares = parse_distribution(distribution)
         return cls(target_ratio, dims, dict(zip(dims, shares, strict=True)), **kw)
 
     def with_order(self, order: tuple[Dimension, ...]) -> PruneSettings:

@@ -8,79 +8,184 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .cli_common import Parser
+from .engine.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DISTRIBUTION,
+    DEFAULT_DTYPE,
+    DEFAULT_NSAMPLES,
+    DEFAULT_ORDER,
+    DEFAULT_SEED,
+    DEFAULT_SEQLEN,
+    DEFAULT_TARGET_RATIO,
+    DEFAULT_TEXT_FIELD,
+    DEFAULT_THEME,
+)
 
 DEMO_DIR = Path(__file__).parent / "demo"
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage errors are one line on stderr and exit status 2, like every other bad input."""
-
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"mptui: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    """Every option's help ends with its default, ``(default: X)``, as README's table shows it
+    (tests/test_cli_help.py compares the two)."""
+    parser = Parser(
         prog="mptui",
         description="Prune a causal LM with MultiPruner (blocks, MLP channels, attention heads), "
         "watch it happen and steer it. See also `mptui eval --help` (lm-eval scores) and "
         "`mptui export --help` (a smaller checkpoint).",
     )
-    parser.add_argument("model", nargs="?", help="hub id or local model folder")
+    parser.add_argument("model", nargs="?", metavar="MODEL", help="hub id or local model folder")
     parser.add_argument("--version", action="version", version=f"mptui {__version__}")
-    parser.add_argument("--demo", action="store_true", help="use the bundled demo model and text")
-    parser.add_argument("--headless", action="store_true", help="no UI: print a line per step")
+    parser.add_argument(
+        "--demo", action="store_true", help="use the bundled demo model and text (default: off)"
+    )
+    parser.add_argument(
+        "--headless", action="store_true", help="no UI: print a line per step (default: off)"
+    )
     run = parser.add_argument_group("search")
     run.add_argument(
-        "--target-ratio", type=float, default=None, help="target pruning ratio T (0.22)"
+        "--target-ratio",
+        type=float,
+        default=None,
+        metavar="T",
+        help=f"target pruning ratio T (default: {DEFAULT_TARGET_RATIO})",
     )
     run.add_argument(
-        "--distribution", default=None, help="shares a:b:c in the order of --order (44:52:4)"
+        "--distribution",
+        default=None,
+        metavar="a:b:c",
+        help=f"shares of T in the order of --order (default: {DEFAULT_DISTRIBUTION})",
     )
-    run.add_argument("--order", default="blocks,mlp_channels,attn_heads", help="dimension order")
-    run.add_argument("--mlp-group", type=int, default=None, help="MLP channels per step")
-    run.add_argument("--attn-group", type=int, default=None, help="query channels per head step")
-    run.add_argument("--block-count", type=int, default=None, help="stop blocks after K removals")
+    run.add_argument(
+        "--order",
+        default=",".join(DEFAULT_ORDER),
+        metavar="d1,d2,d3",
+        help="dimension order (default: %(default)s)",
+    )
+    run.add_argument(
+        "--mlp-group",
+        type=int,
+        default=None,
+        metavar="G",
+        help="MLP channels per step (default: reference value, else ~9%% of the width)",
+    )
+    run.add_argument(
+        "--attn-group",
+        type=int,
+        default=None,
+        metavar="H",
+        help="query channels per head step (default: reference value, else one KV group)",
+    )
+    run.add_argument(
+        "--block-count",
+        type=int,
+        default=None,
+        metavar="K",
+        help="stop blocks after K removals (default: by ratio)",
+    )
     run.add_argument(
         "--faithful",
         choices=("multipruner", "blockpruner"),
         default=None,
-        help="reproduce the reference's sampling, precision, label mask and count",
+        help="reproduce the reference's sampling, precision, label mask and count (default: off)",
     )
-    run.add_argument("--guided", action="store_true", help="every commit waits for the user")
+    run.add_argument(
+        "--guided", action="store_true", help="every commit waits for the user (default: off)"
+    )
     parser.add_argument(
-        "--theme", default=None, help="mptui-dark, mptui-light, mptui-high-contrast"
+        "--theme",
+        default=None,
+        metavar="NAME",
+        help=f"mptui-dark, mptui-light, mptui-high-contrast or your own (default: {DEFAULT_THEME})",
     )
-    run.add_argument("--no-prefix-cache", action="store_true", help="naive scoring (compare)")
+    run.add_argument(
+        "--no-prefix-cache", action="store_true", help="naive scoring (compare) (default: off)"
+    )
     calib = parser.add_argument_group("calibration")
-    calib.add_argument("--calibration", default=None, help=".txt, .jsonl, .parquet or a dataset")
-    calib.add_argument("--text-field", default="text", help="field of .jsonl/.parquet/datasets")
-    calib.add_argument("--nsamples", type=int, default=None, help="documents to sample (0: all)")
-    calib.add_argument("--seqlen", type=int, default=None, help="tokens per chunk (2048)")
-    calib.add_argument("--batch-size", type=int, default=2, help="chunks per forward")
-    calib.add_argument("--seed", type=int, default=42, help="sampler seed")
+    calib.add_argument(
+        "--calibration",
+        default=None,
+        metavar="PATH",
+        help=".txt, .jsonl, .parquet or a dataset",
+    )
+    calib.add_argument(
+        "--text-field",
+        default=DEFAULT_TEXT_FIELD,
+        metavar="F",
+        help="field of .jsonl/.parquet/datasets (default: %(default)s)",
+    )
+    calib.add_argument(
+        "--nsamples",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"documents to sample, 0: all (default: {DEFAULT_NSAMPLES})",
+    )
+    calib.add_argument(
+        "--seqlen",
+        type=int,
+        default=None,
+        metavar="S",
+        help=f"tokens per chunk (default: {DEFAULT_SEQLEN})",
+    )
+    calib.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        metavar="B",
+        help="chunks per forward (default: %(default)s)",
+    )
+    calib.add_argument(
+        "--seed", type=int, default=DEFAULT_SEED, help="sampler seed (default: %(default)s)"
+    )
     device = parser.add_argument_group("device")
-    device.add_argument("--dtype", default="auto", help="auto, float32, float16, bfloat16")
-    device.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if any)")
+    device.add_argument(
+        "--dtype",
+        default=DEFAULT_DTYPE,
+        help="auto, float32, float16, bfloat16 (default: %(default)s)",
+    )
+    device.add_argument(
+        "--device", default=None, help="cuda, cuda:1, cpu (default: cuda if present)"
+    )
     device.add_argument("--device-map", default=None, help="as in transformers, e.g. auto")
     out = parser.add_argument_group("output")
-    out.add_argument("--out", default=None, help="also write plan.json here")
+    out.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="also write plan.json here (default: the session folder)",
+    )
     out.add_argument(
         "--export", default=None, metavar="DIR", help="export here (headless: when done; app: x)"
     )
     out.add_argument(
         "--session",
         default=None,
-        help="session folder (default: a new one in ~/.local/share/mptui)",
+        metavar="DIR",
+        help="session folder (default: a new folder in ~/.local/share/mptui/sessions/)",
     )
     out.add_argument("--resume", default=None, metavar="DIR", help="continue a session")
     evaluation = parser.add_argument_group("evaluation (the app's e key)")
     evaluation.add_argument(
-        "--eval-tasks", default=None, help="lm-eval tasks (default: piqa,winogrande,hellaswag,…)"
+        "--eval-tasks",
+        default=None,
+        metavar="a,b",
+        help="lm-eval tasks (default: the tasks of docs/method.md §5, none when only "
+        "--eval-text is given)",
     )
-    evaluation.add_argument("--eval-include-path", default=None, help="folder of local tasks")
-    evaluation.add_argument("--eval-limit", type=int, default=None, help="documents per task")
-    evaluation.add_argument("--eval-text", default=None, help="text for a rolling perplexity")
+    evaluation.add_argument(
+        "--eval-include-path", default=None, metavar="DIR", help="folder of local tasks"
+    )
+    evaluation.add_argument(
+        "--eval-limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="documents per task (default: all)",
+    )
+    evaluation.add_argument(
+        "--eval-text", default=None, metavar="FILE", help="text for a rolling perplexity"
+    )
     return parser
 
 
@@ -90,7 +195,7 @@ def demo_defaults(args: argparse.Namespace) -> None:
     args.calibration = args.calibration or str(DEMO_DIR / "calibration.txt")
     args.target_ratio = args.target_ratio if args.target_ratio is not None else 0.25
     args.distribution = args.distribution or "40:40:20"
-    args.seqlen = args.seqlen or 128
+    args.seqlen = args.seqlen if args.seqlen is not None else 128
     args.nsamples = args.nsamples if args.nsamples is not None else 16
     args.eval_text = args.eval_text or str(DEMO_DIR / "validation.txt")
     if not args.eval_tasks:

@@ -8,26 +8,43 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import time
-from collections.abc import Callable
+import logging
 from pathlib import Path
+
+from mptui.engine.defaults import DEFAULT_DTYPE, DEFAULT_EVAL_BATCH_SIZE, DEFAULT_SEQLEN
+
+from .cli_common import Parser, ProgressLines, loading_lines, print_error
+
+__all__ = ["ProgressLines", "build_parser", "check_tasks", "main", "run"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import _Parser
-
-    parser = _Parser(prog="mptui eval", description=__doc__)
+    parser = Parser(prog="mptui eval", description=__doc__)
     parser.add_argument("model", nargs="?", help="hub id or model folder (or use --session)")
     parser.add_argument("--session", default=None, help="evaluate a session: dense and pruned")
     parser.add_argument("--tasks", default=None, help="comma-separated lm-eval task names")
     parser.add_argument("--include-path", default=None, help="folder of local task YAML files")
     parser.add_argument("--limit", type=int, default=None, help="documents per task (testing)")
     parser.add_argument("--perplexity", default=None, help="text file for a rolling perplexity")
-    parser.add_argument("--seqlen", type=int, default=2048, help="rows of the rolling perplexity")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--device", default=None)
+    parser.add_argument(
+        "--seqlen",
+        type=int,
+        default=DEFAULT_SEQLEN,
+        help="rows of the rolling perplexity (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_EVAL_BATCH_SIZE,
+        help="lm-eval batch size (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--dtype",
+        default=DEFAULT_DTYPE,
+        help="auto, float32, float16, bfloat16 (default: %(default)s; with --session, the "
+        "session's)",
+    )
+    parser.add_argument("--device", default=None, help="cuda, cpu (default: cuda if present)")
     return parser
 
 
@@ -43,10 +60,26 @@ def main(argv: list[str]) -> int:
     try:
         results = run(args)
     except EngineError as error:
-        print(f"mptui: error: {error}", file=sys.stderr)
-        return 2
+        return print_error(error)
     print(json.dumps(results, indent=2))
     return 0
+
+
+def check_tasks(tasks: tuple[str, ...], include_path: str | None) -> None:
+    """Raise BadInput for a task lm-eval does not know, before a model is loaded."""
+    if not tasks:
+        return
+    from lm_eval.tasks import TaskManager
+
+    from mptui.engine.errors import BadInput
+
+    logging.getLogger("lm-eval").setLevel(logging.WARNING)
+    manager = TaskManager(include_path=include_path or None)
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        raise BadInput(
+            f"unknown lm-eval task(s): {', '.join(unknown)}; give --include-path for local tasks"
+        )
 
 
 def run(args) -> dict:
@@ -61,6 +94,7 @@ def run(args) -> dict:
         limit=args.limit, batch_size=args.batch_size,
     )  # fmt: skip
     request.check()
+    check_tasks(request.tasks, request.include_path)
     if not args.session:
         model, tokenizer = load_model(
             args.model, dtype=args.dtype, device=args.device, on_shard=loading_lines(args.model)
@@ -84,50 +118,3 @@ def run(args) -> dict:
     write_json_atomic(folder.path / "evaluation.json", results)
     write_summary(folder.path, plan, flat_scores(results))
     return results
-
-
-class ProgressLines:
-    """``label: done / total unit (pct)`` lines on stderr, few enough for a log: the first, one
-    at each further tenth (or after :attr:`QUIET_S` without one), never two within
-    :attr:`MIN_GAP_S`, and always the last (``done == total``)."""
-
-    MIN_GAP_S = 1.0
-    QUIET_S = 30.0
-
-    def __init__(
-        self,
-        label: str,
-        unit: str = "requests",
-        *,
-        amount: Callable[[int], str] = "{:,}".format,
-        clock: Callable[[], float] = time.monotonic,
-        out=None,
-    ) -> None:
-        self.label, self.unit, self.amount, self.clock = label, unit, amount, clock
-        self.out = out
-        self._last_time: float | None = None
-        self._last_tenth = -1
-        self._finished = False
-
-    def __call__(self, done: int, total: int) -> None:
-        now = self.clock()
-        tenth = 10 * done // total if total > 0 else 0
-        finished = total > 0 and done >= total
-        if finished:
-            if self._finished:
-                return
-        elif self._last_time is not None:
-            gap = now - self._last_time
-            if gap < self.MIN_GAP_S or (tenth <= self._last_tenth and gap < self.QUIET_S):
-                return
-        self._last_time, self._last_tenth, self._finished = now, tenth, finished
-        share = f" ({done / total:.0%})" if total > 0 else ""
-        line = f"{self.label}: {self.amount(done)} / {self.amount(total)} {self.unit}{share}"
-        print(line, file=self.out or sys.stderr, flush=True)
-
-
-def loading_lines(name_or_path: str) -> ProgressLines:
-    """``loading NAME: 2 / 3 shards (67%)`` lines, for ``load_model(on_shard=...)``."""
-    from mptui.engine.loading import model_label
-
-    return ProgressLines(f"loading {model_label(name_or_path)}", "shards")

@@ -9,15 +9,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from .cli_common import Parser, ProgressLines, loading_lines, print_error
+
 
 def build_parser():
-    from .cli import _Parser
-
-    parser = _Parser(prog="mptui export", description=__doc__)
+    parser = Parser(prog="mptui export", description=__doc__)
     parser.add_argument("session", help="session folder (holds plan.json)")
     parser.add_argument("--out", required=True, help="folder to write the checkpoint to")
     parser.add_argument("--dtype", default=None, help="load precision (default: the session's)")
-    parser.add_argument("--device", default=None, help="cuda, cpu (default: cuda if any)")
+    parser.add_argument("--device", default=None, help="cuda, cpu (default: cuda if present)")
     return parser
 
 
@@ -31,11 +31,9 @@ def main(argv: list[str]) -> int:
     try:
         result = export_session(Path(args.session), Path(args.out), args.dtype, args.device)
     except EngineError as error:
-        print(f"mptui: error: {error}", file=sys.stderr)
-        return 2
+        return print_error(error)
     except OSError as error:
-        print(f"mptui: error: the export failed: {error}", file=sys.stderr)
-        return 1
+        return print_error(f"the export failed: {error}", 1)
     print(describe_export(result), flush=True)
     return 0
 
@@ -45,8 +43,6 @@ def export_session(session: Path, out: Path, dtype: str | None, device: str | No
     from mptui.engine.export import check_destination, export_model
     from mptui.engine.loading import load_model
     from mptui.engine.session_folder import SessionFolder
-
-    from .evaluate_cli import loading_lines
 
     folder = SessionFolder(session)
     plan = folder.read_plan()
@@ -72,8 +68,7 @@ def export_live(session, out: Path) -> int:
             session.model, session.tokenizer, session.plan(), out, progress=writing_lines()
         )
     except (EngineError, OSError) as error:
-        print(f"mptui: error: the export failed: {error}", file=sys.stderr)
-        return 1
+        return print_error(f"the export failed: {error}", 1)
     print(describe_export(result), flush=True)
     return 0
 
@@ -81,6 +76,4 @@ def export_live(session, out: Path) -> int:
 def writing_lines():
     """``writing weights: 1.20 / 3.40 GB (35%)`` lines on stderr, for ``export_model(progress=)``
     (bytes of safetensors written, shard by shard)."""
-    from .evaluate_cli import ProgressLines
-
     return ProgressLines("writing weights", "GB", amount=lambda size: f"{size / 1e9:.2f}")

@@ -25,6 +25,7 @@ from textual.widgets import DataTable, Footer
 
 from mptui.engine import commands as cmd
 from mptui.engine import events as ev
+from mptui.engine.defaults import DEFAULT_THEME
 from mptui.engine.evaluate import EvalRequest
 from mptui.engine.export import describe_export
 
@@ -115,10 +116,10 @@ class MptuiApp(App):
             self.register_theme(theme)
         for problem in problems:
             self.notify(problem, severity="warning", timeout=8)
-        wanted = self._theme_name or "mptui-dark"
+        wanted = self._theme_name or DEFAULT_THEME
         if wanted not in themes:
-            self.notify(f"no theme '{wanted}'; using mptui-dark", severity="warning")
-            wanted = "mptui-dark"
+            self.notify(f"no theme '{wanted}'; using {DEFAULT_THEME}", severity="warning")
+            wanted = DEFAULT_THEME
         self.theme = wanted
         self._reflow()
         self.drain()

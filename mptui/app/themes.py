@@ -21,7 +21,6 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 THEME_KEYS = {f.name for f in fields(Theme)} - {"variables"}
-DEFAULT_THEME = "mptui-dark"
 
 
 def user_theme_dir() -> Path:

@@ -1,0 +1,33 @@
+"""The defaults of a run, in one place (docs/method.md §3), free of torch.
+
+The CLI's help shows them, so ``mptui --help`` imports this module and must stay fast: import
+nothing here that loads torch, transformers or Textual. :mod:`mptui.engine.settings` re-exports
+every name.
+"""
+
+from __future__ import annotations
+
+from .structures import DIMENSIONS, Dimension
+
+#: Stop when ``1 - params/params_dense`` reaches this (the reference's 22%).
+DEFAULT_TARGET_RATIO = 0.22
+#: Shares of the target per dimension, in the order of :data:`DEFAULT_ORDER`.
+DEFAULT_DISTRIBUTION = "44:52:4"
+#: The order the dimensions are pruned in.
+DEFAULT_ORDER: tuple[Dimension, ...] = DIMENSIONS
+#: Calibration documents sampled (0: all, in file order).
+DEFAULT_NSAMPLES = 0
+#: Tokens per calibration chunk, and rows of a rolling perplexity.
+DEFAULT_SEQLEN = 2048
+#: Calibration chunks per forward.
+DEFAULT_BATCH_SIZE = 2
+#: The calibration sampler's seed.
+DEFAULT_SEED = 42
+#: The field of ``.jsonl`` / ``.parquet`` / datasets rows that holds the text.
+DEFAULT_TEXT_FIELD = "text"
+#: Load precision: bf16 on a GPU, fp32 on the CPU.
+DEFAULT_DTYPE = "auto"
+#: lm-eval's batch size for an evaluation.
+DEFAULT_EVAL_BATCH_SIZE = 8
+#: The app's theme.
+DEFAULT_THEME = "mptui-dark"
