@@ -18,6 +18,7 @@ EXIT_WITHIN = 20  # seconds
 def app_command(model: Path, calibration: Path, session: Path, *extra: str) -> str:
     args = [
         str(MPTUI), str(model), "--calibration", str(calibration), "--seqlen", "32",
+        "--nsamples", "2",
         "--target-ratio", "0.45", "--distribution", "30:40:30", "--mlp-group", "40",
         "--session", str(session), *extra,
     ]  # fmt: skip

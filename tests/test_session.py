@@ -22,8 +22,8 @@ MPTUI = Path(sys.executable).parent / "mptui"
 def start(model: Path, calibration: Path, session: Path, *extra: str) -> subprocess.Popen:
     args = [
         str(MPTUI), str(model), "--headless", "--calibration", str(calibration),
-        "--seqlen", "32", "--target-ratio", "0.45", "--distribution", "30:40:30",
-        "--mlp-group", "40", "--session", str(session), *extra,
+        "--seqlen", "32", "--nsamples", "2", "--target-ratio", "0.45",
+        "--distribution", "30:40:30", "--mlp-group", "40", "--session", str(session), *extra,
     ]  # fmt: skip
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -144,7 +144,7 @@ from mptui.engine.session_folder import SessionFolder
 
 model, calibration, session, *decisions = sys.argv[1:]
 settings = PruneSettings.with_distribution(
-    0.45, "30:40:30", calibration=CalibrationSpec(calibration, 0, 32), mlp_group=40
+    0.45, "30:40:30", calibration=CalibrationSpec(calibration, 2, 32), mlp_group=40
 )
 folder = SessionFolder(Path(session))
 request = RunRequest(model, settings, order_file=folder.order_file)
