@@ -16,6 +16,7 @@ from .adapters import adapter_for
 from .calibration import split_documents, tokenize_chunks
 from .errors import BadInput, Cancelled
 from .eval_request import ZERO_SHOT_TASKS, EvalRequest
+from .plan import Plan, as_plan
 from .scoring import Scorer
 
 #: lm-eval's request methods, each called once with all the requests of its type.
@@ -182,13 +183,12 @@ def rolling_perplexity(model, tokenizer, text: str, seqlen: int) -> float:
     return Scorer(model, adapter_for(model), chunks, batch_size=1, prefix_cache=False).score()
 
 
-def apply_plan(model, plan: dict, order_file: Path | None = None) -> None:
+def apply_plan(model, plan: Plan | dict, order_file: Path | None = None) -> None:
     """Prune a freshly loaded dense ``model`` to ``plan``: the session's L1 order (from
     ``order_file`` when it exists, else recomputed), then every committed structure in order."""
     from .channel_order import reorder_model
-    from .structures import Structure
 
     adapter = adapter_for(model)
     reorder_model(adapter, order_file)
-    for step in plan["steps"]:
-        adapter.commit(Structure.from_dict(step["structure"]))
+    for step in as_plan(plan).steps:
+        adapter.commit(step.structure)

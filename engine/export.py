@@ -32,6 +32,7 @@ from . import pruned_modeling
 from .adapters import Adapter, adapter_for
 from .errors import BadInput, EngineError
 from .loading import load_config, looks_like_path, model_source
+from .plan import Plan, as_plan
 from .summary import markdown, summarize
 
 #: Largest safetensors shard, as transformers' default.
@@ -54,7 +55,7 @@ class ExportResult:
 def export_model(
     model: nn.Module,
     tokenizer,
-    plan: dict,
+    plan: Plan | dict,
     out_dir: Path,
     *,
     progress: Progress | None = None,
@@ -62,13 +63,14 @@ def export_model(
 ) -> ExportResult:
     """Write ``model`` (already pruned to ``plan``) to ``out_dir``; see the module docstring."""
     started = time.monotonic()
+    plan = as_plan(plan)
     out_dir = Path(out_dir).expanduser()
     check_destination(out_dir)
     adapter = adapter_for(model)
     layout = pruned_layout(adapter)
     dropped = whole_layers_removed(adapter, layout)
     stock = dropped is not None
-    dtype = storage_dtype(model, plan["model"]["name_or_path"])
+    dtype = storage_dtype(model, plan.model.name_or_path)
     tensors = _kept_tensors(model, adapter, dropped if stock else [])
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -82,7 +84,7 @@ def export_model(
             (staging / MODELING_FILE).write_text(modeling_source(model))
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        _write_json(staging / "plan.json", plan)
+        _write_json(staging / "plan.json", plan.to_dict())
         (staging / "README.md").write_text(model_card(plan, stock, dtype))
         for path in staging.iterdir():
             path.chmod(0o666 & ~_umask())  # safetensors writes 0600
@@ -313,8 +315,9 @@ def _transformers_class(cls: type) -> type:
 
 
 # --- card and destination -----------------------------------------------------------------
-def model_card(plan: dict, stock: bool, dtype: torch.dtype) -> str:
-    base = plan["model"]["name_or_path"]
+def model_card(plan: Plan | dict, stock: bool, dtype: torch.dtype) -> str:
+    plan = as_plan(plan)
+    base = plan.model.name_or_path
     summary = summarize(plan)
     remote = "" if stock else ", trust_remote_code=True"
     how = (

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import TextIO
 
 from . import events as ev
+from .plan import Plan, PlanStep
 from .runner import Engine
-from .structures import Structure
 
 
 class LinePrinter:
@@ -29,13 +29,13 @@ class LinePrinter:
                 f"attn {event.attn_group}"
             )
         elif isinstance(event, ev.StepCommitted):
-            step = event.step
+            step = PlanStep.from_dict(event.step)
             self._print(
-                f"step {step['index']:>3} {step['dimension']:<12} "
-                f"{_structure_text(step['structure']):<14} ppl {event.score:10.4f}  "
+                f"step {step.index:>3} {step.dimension:<12} "
+                f"{step.structure.id:<14} ppl {event.score:10.4f}  "
                 f"ratio {event.ratio:7.3%} (layers {event.ratio_layers:7.3%}, target "
                 f"{self._target:.3%})  {event.candidates} cand {event.seconds:6.2f}s "
-                f"{event.tokens / max(event.seconds, 1e-9):,.0f} tok/s  [{step['chosen_by']}]"
+                f"{event.tokens / max(event.seconds, 1e-9):,.0f} tok/s  [{step.chosen_by}]"
             )
         elif isinstance(event, ev.DimensionChanged) and event.dimension:
             self._print(f"dimension {event.dimension} (runs while ratio < {event.target:.4%})")
@@ -44,14 +44,11 @@ class LinePrinter:
         elif isinstance(event, ev.Error):
             self.error = event.message
         elif isinstance(event, ev.Finished) and event.plan:
-            self._print(f"finished ({event.reason}) after {len(event.plan['steps'])} steps")
+            steps = len(Plan.from_dict(event.plan).steps)
+            self._print(f"finished ({event.reason}) after {steps} steps")
 
     def _print(self, text: str) -> None:
         print(text, file=self.out, flush=True)
-
-
-def _structure_text(structure: dict) -> str:
-    return Structure.from_dict(structure).id
 
 
 def run(engine: Engine, out_dir: Path, printer: LinePrinter | None = None) -> int:

@@ -31,7 +31,7 @@ from .evaluate import evaluate
 from .events import EngineState
 from .export import export_model
 from .memory import sample_memory
-from .plan import write_plan
+from .plan import Plan, PlanStep, write_plan
 from .session import PruningSession, StepStats
 from .setup import RunRequest, build_session
 from .structures import Structure
@@ -57,7 +57,7 @@ class Outcome(Enum):
 class Journal(Protocol):
     """Where decisions are made durable before they are announced (the session folder)."""
 
-    def record_commit(self, step: dict) -> None: ...
+    def record_commit(self, step: PlanStep) -> None: ...
     def record_undo(self, index: int) -> None: ...
     def record_order(self, order: Sequence[str]) -> None: ...
     def record_guided(self, guided: bool) -> None: ...
@@ -113,7 +113,7 @@ class Engine:
     def state(self) -> EngineState:
         return self._state
 
-    def plan(self) -> dict | None:
+    def plan(self) -> Plan | None:
         """The plan so far (call from a subscriber, which runs on the engine thread)."""
         return self.session.plan() if self.session is not None else None
 
@@ -156,11 +156,11 @@ class Engine:
             reason = EngineState.ERROR
             log.exception("engine failed")
             self._emit(ev.Error(f"{type(error).__name__}: {error}"))
-        plan = self.session.plan() if self.session else {}
-        if plan:
+        plan = self.session.plan() if self.session else None
+        if plan is not None:
             self._save_plan(plan)
         self._set_state(reason)
-        self.result = ev.Finished(reason=reason.value, plan=plan)
+        self.result = ev.Finished(reason=reason.value, plan=plan.to_dict() if plan else {})
         self._emit(self.result)
         if self.linger and reason is not EngineState.STOPPED:
             self._serve_after_search()
@@ -243,7 +243,7 @@ class Engine:
         return min(finite, key=finite.__getitem__) if finite else None
 
     def _pause_for_non_finite(self, dimension: str) -> Outcome:
-        dtype = self.session.plan()["model"]["dtype"] if self.session else "?"
+        dtype = (self.session.plan().model.dtype if self.session else None) or "?"
         self._emit(
             ev.Warning(
                 f"every {dimension} candidate scored NaN or inf, so nothing was committed; "
@@ -383,16 +383,16 @@ class Engine:
         step = session.undo()
         try:
             if self._journal is not None:
-                self._journal.record_undo(step["index"])
+                self._journal.record_undo(step.index)
         except BaseException:
             self._recommit(step)  # not on disk: the undo did not happen
             raise
         self._settled()
         self._save_plan()
-        structure = Structure.from_dict(step["structure"])
+        structure = step.structure
         self._emit(
             ev.StepUndone(
-                step["index"], structure.id, session.current_score(structure.dimension),
+                step.index, structure.id, session.current_score(structure.dimension),
                 session.ratio(),
             )
         )  # fmt: skip
@@ -414,16 +414,14 @@ class Engine:
         self._save_plan()
         self._emit(
             ev.StepCommitted(
-                step, score, session.ratio(), session.ratio_layers, session.params,
+                step.to_dict(), score, session.ratio(), session.ratio_layers, session.params,
                 stats.seconds, stats.candidates, stats.tokens,
             )
         )  # fmt: skip
         self._emit_memory(force=True)
 
-    def _recommit(self, step: dict) -> None:
-        self.session.commit(
-            Structure.from_dict(step["structure"]), step["score"], step["chosen_by"]
-        )
+    def _recommit(self, step: PlanStep) -> None:
+        self.session.commit(step.structure, step.score, step.chosen_by)
         self.session.steps[-1] = step
 
     def _settled(self) -> None:
@@ -436,7 +434,7 @@ class Engine:
         if self._paused_from is EngineState.WAITING:
             self._paused_from = EngineState.RUNNING
 
-    def _save_plan(self, plan: dict | None = None) -> None:
+    def _save_plan(self, plan: Plan | None = None) -> None:
         if not self._plan_dirs or self.session is None:
             return
         plan = plan or self.session.plan()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,11 +17,10 @@ from torch import nn
 
 from .adapters import Adapter, CommitRecord
 from .errors import BadInput
+from .plan import Plan, PlanModel, PlanStep
 from .scoring import Scorer
 from .settings import GroupSizes, PruneSettings
 from .structures import Dimension, Structure, parse_structure_id
-
-PLAN_FORMAT = "mptui.plan/1"
 
 
 @dataclass
@@ -45,7 +44,7 @@ class PruningSession:
     name_or_path: str
     count_removed_norms: bool = False
     tokenizer: Any = None  # saved with an export
-    steps: list[dict] = field(default_factory=list)
+    steps: list[PlanStep] = field(default_factory=list)
     records: list[CommitRecord] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -70,7 +69,7 @@ class PruningSession:
 
     @property
     def blocks_removed(self) -> int:
-        return sum(1 for s in self.steps if s["dimension"] == "blocks")
+        return sum(1 for s in self.steps if s.dimension == "blocks")
 
     def dimension_done(self, dimension: str) -> bool:
         settings = self.settings
@@ -152,7 +151,7 @@ class PruningSession:
 
     def commit(
         self, structure: Structure, score: float, chosen_by: str, stats: StepStats | None = None
-    ) -> dict:
+    ) -> PlanStep:
         """Remove ``structure`` for good and return its plan entry.
 
         Atomic: if following the change fails (out of memory refreshing the prefix cache), the
@@ -170,23 +169,22 @@ class PruningSession:
             raise
         self.records.append(record)
         stats = stats or StepStats()
-        step = {
-            "index": len(self.steps) + 1,
-            "dimension": structure.dimension,
-            "structure": structure.to_dict(),
-            "score": score,
-            "params": self.params,
-            "ratio": self.ratio(),
-            "chosen_by": chosen_by,
-            "ratio_layers": self.ratio_layers,
-            "seconds": round(stats.seconds, 3),
-            "candidates": stats.candidates,
-            "tokens": stats.tokens,
-        }
+        step = PlanStep(
+            index=len(self.steps) + 1,
+            structure=structure,
+            score=score,
+            params=self.params,
+            ratio=self.ratio(),
+            chosen_by=chosen_by,
+            ratio_layers=self.ratio_layers,
+            seconds=round(stats.seconds, 3),
+            candidates=stats.candidates,
+            tokens=stats.tokens,
+        )
         self.steps.append(step)
         return step
 
-    def undo(self) -> dict:
+    def undo(self) -> PlanStep:
         """Put the last committed structure back and return its plan entry (atomic too)."""
         if not self.steps:
             raise BadInput("nothing to undo")
@@ -204,20 +202,21 @@ class PruningSession:
         self.records.pop()
         return self.steps.pop()
 
-    def replay(self, steps: list[dict], interrupt: Callable[[], None] | None = None) -> None:
+    def replay(
+        self, steps: Sequence[PlanStep], interrupt: Callable[[], None] | None = None
+    ) -> None:
         """Re-apply recorded steps (resume) with their recorded scores; the caches catch up once
         at the end instead of after every step. ``interrupt`` runs between steps."""
         for step in steps:
             if interrupt is not None:
                 interrupt()
-            structure = Structure.from_dict(step["structure"])
+            structure = step.structure
             self.params_removed += self.params_freed(structure)
             self.records.append(self.adapter.commit(structure))
             self._mark_changed(structure)
             self.steps.append(
-                {**step, "index": len(self.steps) + 1, "params": self.params,
-                 "ratio": self.ratio(), "ratio_layers": self.ratio_layers}
-            )  # fmt: skip
+                step.renumbered(len(self.steps) + 1, self.params, self.ratio(), self.ratio_layers)
+            )
 
     @contextlib.contextmanager
     def dense_model(self) -> Iterator[nn.Module]:
@@ -250,31 +249,30 @@ class PruningSession:
         return list({id(s): s for s in self.scorers.values()}.values())
 
     # --- the plan -------------------------------------------------------------------------------
-    def plan(self) -> dict:
+    def plan(self) -> Plan:
         first = self.settings.order[0]
-        return {
-            "format": PLAN_FORMAT,
-            "model": {
-                "name_or_path": self.name_or_path,
-                "architecture": type(self.model).__name__,
-                "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
-                "params_dense": self.params_dense,
-                "num_layers": self.adapter.num_layers,
-                "mlp_width": self.adapter.dense_mlp_width,
-                "attn_width": self.adapter.dense_kv_groups * self.adapter.attn_group_channels,
-            },
-            "settings": {
+        return Plan(
+            model=PlanModel(
+                name_or_path=self.name_or_path,
+                architecture=type(self.model).__name__,
+                dtype=str(next(self.model.parameters()).dtype).removeprefix("torch."),
+                params_dense=self.params_dense,
+                num_layers=self.adapter.num_layers,
+                mlp_width=self.adapter.dense_mlp_width,
+                attn_width=self.adapter.dense_kv_groups * self.adapter.attn_group_channels,
+            ),
+            settings={
                 **self.settings.to_dict(),
                 "mlp_group": self.groups.mlp,
                 "attn_group": self.groups.attn,
                 "group_source": self.groups.source,
                 "count_removed_norms": self.count_removed_norms,
             },
-            "dense_score": self.dense_scores[first],
-            "dense_scores": self.dense_scores,
-            "steps": list(self.steps),
-            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
+            dense_score=self.dense_scores[first],
+            dense_scores=dict(self.dense_scores),
+            steps=list(self.steps),
+            written=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
 
     def _check_groups(self) -> None:
         channels = self.adapter.attn_group_channels

@@ -31,7 +31,7 @@ from . import events as ev
 from .calibration import CalibrationSpec
 from .errors import BadInput
 from .evaluate import flat_scores
-from .plan import write_json_atomic
+from .plan import Plan, PlanStep, read_plan_file, write_json_atomic
 from .settings import PruneSettings
 from .setup import RunRequest
 from .summary import write_summary
@@ -49,7 +49,7 @@ class Replay:
     """What the journal says the user decided: the steps kept, and the last order and guided
     mode set while running (None where never changed)."""
 
-    steps: list[dict] = field(default_factory=list)
+    steps: list[PlanStep] = field(default_factory=list)
     order: tuple[str, ...] | None = None
     guided: bool | None = None
 
@@ -159,17 +159,11 @@ class SessionFolder:
             cache_dir=cache_dir,
         )
 
-    def read_plan(self) -> dict:
+    def read_plan(self) -> Plan:
         """The plan snapshot, for commands that work on a session (eval, export)."""
-        try:
-            plan = json.loads((self.path / PLAN).read_text())
-        except FileNotFoundError:
-            raise BadInput(f"'{self.path}' is not an mptui session with a plan") from None
-        except json.JSONDecodeError as error:
-            raise BadInput(f"{self.path / PLAN} is damaged ({error})") from None
-        if not isinstance(plan, dict) or "steps" not in plan or "model" not in plan:
-            raise BadInput(f"{self.path / PLAN} is not an mptui plan")
-        return plan
+        if not (self.path / PLAN).is_file():
+            raise BadInput(f"'{self.path}' is not an mptui session with a plan")
+        return read_plan_file(self.path / PLAN)
 
     # --- the journal -----------------------------------------------------------------------
     def _append(self, record: dict) -> None:
@@ -194,8 +188,8 @@ class SessionFolder:
             data = path.read_bytes()
         return data.rfind(b"\n") + 1
 
-    def record_commit(self, step: dict) -> None:
-        self._append({"commit": step})
+    def record_commit(self, step: PlanStep) -> None:
+        self._append({"commit": step.to_dict()})
 
     def record_undo(self, index: int) -> None:
         self._append({"undo": index})
@@ -219,8 +213,8 @@ class SessionFolder:
             except json.JSONDecodeError:
                 break
             if "commit" in record:
-                replay.steps.append(record["commit"])
-            elif "undo" in record and replay.steps and replay.steps[-1]["index"] == record["undo"]:
+                replay.steps.append(self._journal_step(record["commit"]))
+            elif "undo" in record and replay.steps and replay.steps[-1].index == record["undo"]:
                 replay.steps.pop()
             elif "order" in record:
                 replay.order = tuple(record["order"])
@@ -228,11 +222,20 @@ class SessionFolder:
                 replay.guided = bool(record["guided"])
         return replay
 
+    def _journal_step(self, data: dict) -> PlanStep:
+        try:
+            return PlanStep.from_dict(data)
+        except KeyError as error:
+            problem = f"a commit without {error.args[0]!r}"
+        except (TypeError, ValueError, AttributeError) as error:
+            problem = " ".join(str(error).split())
+        raise BadInput(f"{self.path / JOURNAL} is damaged ({problem})")
+
 
 class SessionRecorder:
     """Subscriber that keeps the session's event log, evaluation and summary up to date."""
 
-    def __init__(self, folder: SessionFolder, plan: Callable[[], dict | None]) -> None:
+    def __init__(self, folder: SessionFolder, plan: Callable[[], Plan | None]) -> None:
         self.folder = folder
         self._plan = plan
         self._events = (folder.path / EVENTS).open("a")

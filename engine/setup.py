@@ -25,6 +25,7 @@ from .calibration import (
 from .channel_order import reorder_model
 from .errors import BadInput
 from .loading import check_supported, load_config, load_model, max_positions, model_label
+from .plan import PlanStep
 from .scoring import Scorer
 from .session import PruningSession
 from .settings import PruneSettings, resolve_group_sizes
@@ -47,7 +48,7 @@ class RunRequest:
     device_map: str | None = None
     cache_dir: Path | None = None
     cache_budget_bytes: int | None = None
-    resume_steps: tuple[dict, ...] = field(default_factory=tuple)
+    resume_steps: tuple[PlanStep, ...] = field(default_factory=tuple)
     order_file: Path | None = None  # the session's L1 channel order (read, or written once)
 
 

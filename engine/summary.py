@@ -2,57 +2,42 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from .loading import model_source
-from .plan import write_json_atomic
-from .structures import Structure
+from .plan import Plan, as_plan, write_json_atomic
 
 
-def layer_table(plan: dict) -> list[dict]:
+def layer_table(plan: Plan | dict) -> list[dict]:
     """Per layer: which sub-blocks are gone and how many channels each kept."""
-    model = plan["model"]
-    layers = [
-        {"layer": i, "attn_removed": False, "mlp_removed": False,
-         "mlp_width": model["mlp_width"], "attn_width": model["attn_width"]}
-        for i in range(model["num_layers"])
-    ]  # fmt: skip
-    for step in plan["steps"]:
-        structure = Structure.from_dict(step["structure"])
-        row = layers[structure.layer]
-        if structure.kind == "attn_block":
-            row["attn_removed"] = True
-        elif structure.kind == "mlp_block":
-            row["mlp_removed"] = True
-        elif structure.kind == "mlp_channels":
-            row["mlp_width"] = structure.width_after
-        else:
-            row["attn_width"] = structure.width_after
-    return layers
+    return [dataclasses.asdict(row) for row in as_plan(plan).layer_rows()]
 
 
-def summarize(plan: dict, evaluation: dict | None = None) -> dict:
-    steps = plan["steps"]
-    per_dimension: dict[str, dict] = {}
+def summarize(plan: Plan | dict, evaluation: dict | None = None) -> dict:
+    plan = as_plan(plan)
+    steps = plan.steps
+    counts: dict[str, int] = {}
+    seconds: dict[str, float] = {}
     for step in steps:
-        entry = per_dimension.setdefault(step["dimension"], {"steps": 0, "seconds": 0.0})
-        entry["steps"] += 1
-        entry["seconds"] += step.get("seconds", 0.0)
-    last = steps[-1] if steps else None
+        counts[step.dimension] = counts.get(step.dimension, 0) + 1
+        seconds[step.dimension] = seconds.get(step.dimension, 0.0) + step.seconds
+    per_dimension = {name: {"steps": n, "seconds": seconds[name]} for name, n in counts.items()}
+    last = plan.last
     return {
-        "model": model_source(plan["model"]["name_or_path"]),  # never a path of this machine
+        "model": model_source(plan.model.name_or_path),  # never a path of this machine
         "steps": len(steps),
-        "ratio": last["ratio"] if last else 0.0,
-        "ratio_layers": last.get("ratio_layers", 0.0) if last else 0.0,
-        "params": last["params"] if last else plan["model"]["params_dense"],
-        "params_dense": plan["model"]["params_dense"],
-        "dense_score": plan["dense_score"],
-        "final_score": last["score"] if last else plan["dense_score"],
-        "chosen_by_user": sum(1 for s in steps if s["chosen_by"] == "user"),
+        "ratio": plan.ratio,
+        "ratio_layers": last.ratio_layers if last else 0.0,
+        "params": last.params if last else plan.model.params_dense,
+        "params_dense": plan.model.params_dense,
+        "dense_score": plan.dense_score,
+        "final_score": last.score if last else plan.dense_score,
+        "chosen_by_user": sum(1 for s in steps if s.chosen_by == "user"),
         "per_dimension": per_dimension,
         "layers": layer_table(plan),
         "evaluation": evaluation or {},
-        "faithful": plan["settings"].get("faithful"),
+        "faithful": plan.settings.get("faithful"),
     }
 
 
@@ -90,7 +75,7 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_summary(folder: Path, plan: dict, evaluation: dict | None = None) -> None:
+def write_summary(folder: Path, plan: Plan | dict, evaluation: dict | None = None) -> None:
     summary = summarize(plan, evaluation)
     write_json_atomic(folder / "summary.json", summary)
     (folder / "summary.md").write_text(markdown(summary))

@@ -102,10 +102,10 @@ def run(args) -> dict:
         return evaluate(model, tokenizer, request, progress=ProgressLines("evaluating"))
     folder = SessionFolder(Path(args.session))
     plan = folder.read_plan()
-    base = plan["model"]["name_or_path"]
+    base = plan.model.name_or_path
     model, tokenizer = load_model(
         base,
-        dtype=args.dtype if args.dtype != "auto" else plan["model"].get("dtype"),
+        dtype=args.dtype if args.dtype != "auto" else plan.model.dtype,
         device=args.device,
         on_shard=loading_lines(base),
     )
@@ -114,7 +114,7 @@ def run(args) -> dict:
     apply_plan(model, plan, folder.order_file)
     pruned = ProgressLines("evaluating the pruned model")
     results["pruned"] = evaluate(model, tokenizer, request, progress=pruned)
-    results["ratio"] = plan["steps"][-1]["ratio"] if plan["steps"] else 0.0
+    results["ratio"] = plan.ratio
     write_json_atomic(folder.path / "evaluation.json", results)
     write_summary(folder.path, plan, flat_scores(results))
     return results

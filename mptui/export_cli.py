@@ -47,9 +47,9 @@ def export_session(session: Path, out: Path, dtype: str | None, device: str | No
     folder = SessionFolder(session)
     plan = folder.read_plan()
     check_destination(out)
-    base = plan["model"]["name_or_path"]
+    base = plan.model.name_or_path
     model, tokenizer = load_model(
-        base, dtype=dtype or plan["model"].get("dtype"), device=device, on_shard=loading_lines(base)
+        base, dtype=dtype or plan.model.dtype, device=device, on_shard=loading_lines(base)
     )
     apply_plan(model, plan, folder.order_file)
     return export_model(model, tokenizer, plan, out, progress=writing_lines())

@@ -14,6 +14,7 @@ from mptui.app.state import RunState, display_name
 from mptui.app.themes import load_themes
 from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
 from mptui.engine.evaluate import EvalRequest
+from mptui.engine.plan import PlanStep
 
 TIMEOUT = 60
 
@@ -37,7 +38,7 @@ async def wait_until(pilot, predicate, timeout: float = TIMEOUT) -> None:
         await pilot.pause(0.05)
 
 
-def steps(app: MptuiApp) -> list[dict]:
+def steps(app: MptuiApp) -> list[PlanStep]:
     return list(app.engine.session.steps) if app.engine.session else []
 
 
@@ -81,10 +82,8 @@ async def test_override_from_the_candidates_table(llama, calibration_file, tmp_p
         await pilot.press("enter")
         await wait_until(pilot, lambda: shown_commits(app) == 1)
         (step,) = steps(app)
-        from mptui.engine.structures import Structure
-
-        assert Structure.from_dict(step["structure"]).id == chosen
-        assert step["chosen_by"] == "user"
+        assert step.structure.id == chosen
+        assert step.chosen_by == "user"
         assert app.state.curve[-1].chosen_by == "user"
 
 
@@ -98,8 +97,8 @@ async def test_override_by_typing_an_id(llama, calibration_file, tmp_path):
         await pilot.press("space")
         await wait_until(pilot, lambda: len(steps(app)) >= 1)
         first = steps(app)[0]
-        assert first["structure"] == {"kind": "mlp_block", "layer": 2}
-        assert first["chosen_by"] == "user"
+        assert first.structure.to_dict() == {"kind": "mlp_block", "layer": 2}
+        assert first.chosen_by == "user"
 
 
 async def test_order_screen_changes_the_next_dimension(llama, calibration_file, tmp_path):
@@ -112,7 +111,7 @@ async def test_order_screen_changes_the_next_dimension(llama, calibration_file, 
         await pilot.press("end", "enter")
         await pilot.press("space")
         await wait_until(pilot, lambda: len(steps(app)) >= 1)
-        assert steps(app)[0]["dimension"] == "attn_heads"
+        assert steps(app)[0].dimension == "attn_heads"
         assert app.engine.session.settings.order[0] == "attn_heads"
 
 
@@ -145,7 +144,7 @@ async def test_guided_mode_waits_for_the_user(llama, calibration_file, tmp_path)
         assert len(steps(app)) == committed
         await pilot.press("a")
         await wait_until(pilot, lambda: len(steps(app)) == committed + 1)
-        assert steps(app)[-1]["chosen_by"] == "engine"
+        assert steps(app)[-1].chosen_by == "engine"
 
 
 async def test_help_screen_and_quit_asks(llama, calibration_file, tmp_path):

@@ -17,6 +17,7 @@ from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
 from mptui.engine.errors import BadInput
 from mptui.engine.evaluate import apply_plan, rolling_perplexity
 from mptui.engine.export import export_model
+from mptui.engine.plan import Plan, PlanModel, PlanStep
 from mptui.engine.pruned_modeling import IncompleteCheckpoint
 from mptui.engine.structures import Structure
 from mptui.engine.tiny import FAMILIES
@@ -91,7 +92,7 @@ def test_every_family_exports_a_checkpoint_that_loads_without_mptui(
     for family in FAMILIES:
         engine = run_engine(tiny_model_dir(family), calibration_file)
         session = engine.session
-        kinds = {step["structure"]["kind"] for step in session.steps}
+        kinds = {step.structure.kind for step in session.steps}
         assert {"mlp_channels", "attn_heads"} <= kinds and kinds & {"attn_block", "mlp_block"}
         result = export_model(session.model, session.tokenizer, session.plan(), tmp_path / family)
         assert not result.stock
@@ -108,13 +109,15 @@ def test_every_family_exports_a_checkpoint_that_loads_without_mptui(
 
 
 def commit_all(model, structures: list[Structure]) -> None:
-    plan = {"steps": [{"structure": s.to_dict()} for s in structures]}
-    apply_plan(model, plan)
+    steps = [PlanStep(i, s, 0.0, 0, 0.0, "user") for i, s in enumerate(structures, start=1)]
+    layers = model.config.num_hidden_layers
+    apply_plan(model, Plan(PlanModel("tiny", 0, layers, 0, 0), {}, 0.0, steps))
 
 
 def demo_plan(path: Path, params: int) -> dict:
     """The least of a plan that an export writes and describes."""
     return {
+        "format": "mptui.plan/1",
         "model": {"name_or_path": str(path), "params_dense": params, "num_layers": 4,
                   "mlp_width": 128, "attn_width": 64},
         "settings": {}, "dense_score": 10.0, "steps": [],

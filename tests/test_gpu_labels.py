@@ -124,6 +124,7 @@ def test_a_folder_called_model_takes_the_hub_id_its_config_recorded(tmp_path):
 def test_summaries_and_model_cards_never_show_a_local_path(tmp_path):
     base = tmp_path / "zoo" / "demo" / "model"
     plan = {
+        "format": "mptui.plan/1",
         "model": {"name_or_path": str(base), "params_dense": 1000, "num_layers": 1,
                   "mlp_width": 8, "attn_width": 8},
         "settings": {}, "dense_score": 10.0, "steps": [],

@@ -157,6 +157,7 @@ def test_an_export_reports_bytes_written_and_the_cli_prints_them(tiny_llama, tmp
 
     model, _ = tiny_llama
     plan = {
+        "format": "mptui.plan/1",
         "model": {"name_or_path": "acme/tiny-llama", "params_dense": model.num_parameters(),
                   "num_layers": 4, "mlp_width": 128, "attn_width": 64},
         "settings": {}, "dense_score": 10.0, "steps": [],

@@ -21,6 +21,7 @@ from mptui.engine import commands as cmd
 from mptui.engine import events as ev
 from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
 from mptui.engine.evaluate import apply_plan
+from mptui.engine.plan import PlanStep
 from mptui.engine.scoring import Scorer
 from mptui.engine.session_folder import SessionFolder
 from mptui.engine.structures import DIMENSIONS, Structure
@@ -72,11 +73,11 @@ def assert_consistent(engine: Engine, log: EventLog, dense) -> None:
     session = engine.session
     steps = session.steps
     assert len(steps) == len(log.of(ev.StepCommitted)) - len(log.of(ev.StepUndone))
-    assert [s["index"] for s in steps] == list(range(1, len(steps) + 1))
-    expected_params = steps[-1]["params"] if steps else session.params_dense
+    assert [s.index for s in steps] == list(range(1, len(steps) + 1))
+    expected_params = steps[-1].params if steps else session.params_dense
     assert session.model.num_parameters() == expected_params == session.params
     fresh = copy.deepcopy(dense[0])
-    apply_plan(fresh, {"steps": steps})
+    apply_plan(fresh, session.plan())
     assert fresh.num_parameters() == expected_params
     torch.testing.assert_close(logits(fresh), logits(session.model), rtol=0, atol=0)
 
@@ -251,8 +252,8 @@ def test_a_failed_refresh_leaves_model_plan_and_journal_agreeing(
     steps = engine.session.steps
     assert len(steps) == 1 == len(log.of(ev.StepCommitted))
     assert folder.read_journal().steps == steps
-    assert result.plan["steps"] == steps
-    assert engine.session.model.num_parameters() == steps[-1]["params"]
+    assert result.plan["steps"] == [step.to_dict() for step in steps]
+    assert engine.session.model.num_parameters() == steps[-1].params
     fresh = copy.deepcopy(dense[0])
     apply_plan(fresh, result.plan)
     torch.testing.assert_close(logits(fresh), logits(engine.session.model), rtol=0, atol=0)
@@ -331,7 +332,8 @@ def test_the_build_can_be_cut_at_every_piece_of_work(dense, calibration_file, tm
 
     engine, _ = engine_for(dense, calibration_file, tmp_path)
     plan = engine.run().plan
-    request = dataclasses.replace(engine.request, resume_steps=tuple(plan["steps"]))
+    replayed = tuple(map(PlanStep.from_dict, plan["steps"]))
+    request = dataclasses.replace(engine.request, resume_steps=replayed)
     calls: list[int] = []
     build_session(
         request, lambda e: None, (copy.deepcopy(dense[0]), dense[1]), lambda: calls.append(1)

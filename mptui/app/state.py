@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mptui.engine import events as ev
-from mptui.engine.structures import Structure
+from mptui.engine.plan import LayerRow, PlanStep, layer_rows
 
 STATE_LABELS = {
     "loading": "LOADING",
@@ -33,16 +33,6 @@ class CandidateRow:
     score: float
     delta: float
     params_freed: int
-
-
-@dataclass
-class LayerRow:
-    """One decoder layer as the *Removed per layer* pane draws it."""
-
-    attn_removed: bool = False
-    mlp_removed: bool = False
-    mlp_width: int = 0
-    attn_width: int = 0
 
 
 @dataclass
@@ -68,6 +58,7 @@ class RunState:
     score: float | None = None
     dense_score: float | None = None
     params_dense: int = 0
+    num_layers: int = 0
     mlp_width: int = 0
     attn_width: int = 0
     progress: tuple[int, int] = (0, 0)
@@ -76,7 +67,7 @@ class RunState:
     candidates: dict[str, CandidateRow] = field(default_factory=dict)
     candidates_step: int = 0
     candidates_dimension: str | None = None
-    layers: list[LayerRow] = field(default_factory=list)
+    steps: list[PlanStep] = field(default_factory=list)  # committed and not undone, in order
     last_commit_layer: int | None = None
     curve: list[CurvePoint] = field(default_factory=list)
     dimension_marks: list[tuple[float, str]] = field(default_factory=list)
@@ -86,11 +77,15 @@ class RunState:
     error: str | None = None
     finished: str | None = None
     notes: tuple[str, ...] = ()
-    undo_stack: list[tuple[int, LayerRow]] = field(default_factory=list)
     activity: str = ""
     activity_progress: tuple[int, int] = (0, 0)
     evaluation: ev.Evaluated | None = None
     exported: ev.Exported | None = None
+
+    @property
+    def layers(self) -> list[LayerRow]:
+        """The *Removed per layer* rows: the plan's own rows of the steps seen so far."""
+        return layer_rows(self.num_layers, self.mlp_width, self.attn_width, self.steps)
 
     @property
     def state_label(self) -> str:
@@ -120,10 +115,7 @@ class RunState:
         self.order, self.targets = event.order, dict(event.targets)
         self.target = max(event.targets.values())
         self.mlp_width, self.attn_width = event.mlp_width, event.attn_width
-        self.layers = [
-            LayerRow(mlp_width=event.mlp_width, attn_width=event.attn_width)
-            for _ in range(event.num_layers)
-        ]
+        self.num_layers = event.num_layers
         self.curve = [CurvePoint(0.0, event.dense_score, "dense", "engine")]
         self.notes = event.notes
 
@@ -160,37 +152,22 @@ class RunState:
 
     def _on_StepCommitted(self, event: ev.StepCommitted) -> None:
         self.proposal = None
-        structure = Structure.from_dict(event.step["structure"])
-        self.undo_stack.append((structure.layer, replace(self.layers[structure.layer])))
-        self._apply_structure(structure)
-        self.last_commit_layer = structure.layer
+        step = PlanStep.from_dict(event.step)
+        self.steps.append(step)
+        self.last_commit_layer = step.structure.layer
         self.ratio, self.ratio_layers, self.score = event.ratio, event.ratio_layers, event.score
-        self.curve.append(
-            CurvePoint(event.ratio, event.score, structure.dimension, event.step["chosen_by"])
-        )
+        self.curve.append(CurvePoint(event.ratio, event.score, step.dimension, step.chosen_by))
 
     def _on_StepUndone(self, event: ev.StepUndone) -> None:
         self.proposal = None
         if len(self.curve) > 1:
             self.curve.pop()
         self.ratio, self.score = event.ratio, event.score
-        if self.undo_stack:
-            layer, row = self.undo_stack.pop()
-            self.layers[layer] = row
+        if self.steps and self.steps[-1].index == event.index:
+            self.steps.pop()
         self.messages.append(f"undid {event.structure}")
         self.last_commit_layer = None
         self.candidates_step = 0  # the scores shown are of a model that no longer exists
-
-    def _apply_structure(self, structure: Structure) -> None:
-        row = self.layers[structure.layer]
-        if structure.kind == "attn_block":
-            row.attn_removed = True
-        elif structure.kind == "mlp_block":
-            row.mlp_removed = True
-        elif structure.kind == "mlp_channels":
-            row.mlp_width = structure.width_after
-        else:
-            row.attn_width = structure.width_after
 
     def _on_MemorySample(self, event: ev.MemorySample) -> None:
         self.memory.append(event)
