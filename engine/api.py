@@ -1,38 +1,103 @@
-"""The engine's public API: what scripts and the app import.
+"""The engine's public API: the one module scripts, the app and the CLIs import.
 
 >>> from mptui.engine.api import prune
 >>> plan = prune("meta-llama/Llama-2-7b-hf", calibration="alpaca.jsonl", target_ratio=0.2195)
 
 For live control, build a :class:`RunRequest`, start an :class:`Engine` in a thread, subscribe
-to its events and :meth:`Engine.send` it commands.
+to its events and :meth:`Engine.send` it commands (docs/engine.md has the states and commands).
+
+Importing this module is cheap: the plain-value parts (commands, events, errors, defaults,
+structures) load at once, everything that needs torch on first use, so ``mptui --help`` stays
+instant while it names the defaults.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from . import commands, events
-from .calibration import CalibrationSpec
-from .errors import BadInput, CalibrationError, EngineError, OutOfMemory, UnsupportedModel
-from .runner import Engine, Subscriber
-from .settings import (
+from .defaults import (
+    DEFAULT_BATCH_SIZE,
     DEFAULT_DISTRIBUTION,
+    DEFAULT_DTYPE,
+    DEFAULT_EVAL_BATCH_SIZE,
     DEFAULT_NSAMPLES,
     DEFAULT_ORDER,
     DEFAULT_SEED,
     DEFAULT_SEQLEN,
+    DEFAULT_TARGET_RATIO,
     DEFAULT_TEXT_FIELD,
-    PruneSettings,
+    DEFAULT_THEME,
 )
-from .setup import RunRequest
+from .errors import (
+    BadInput,
+    CalibrationError,
+    Cancelled,
+    EngineError,
+    OutOfMemory,
+    UnsupportedModel,
+)
+from .eval_request import EvalRequest
+from .events import EngineState
 from .structures import DIMENSIONS, Structure
+
+if TYPE_CHECKING:
+    from .runner import Subscriber
+
+#: Names that need torch, by the module that defines them; loaded on first access.
+_LAZY: dict[str, str] = {
+    "Engine": "runner",
+    "Outcome": "runner",
+    "RunRequest": "setup",
+    "preflight": "setup",
+    "PruneSettings": "settings",
+    "FAITHFUL_CALIBRATION": "settings",
+    "CalibrationSpec": "calibration",
+    "split_documents": "calibration",
+    "tokenize_chunks": "calibration",
+    "SessionFolder": "session_folder",
+    "SessionRecorder": "session_folder",
+    "describe_export": "export",
+    "export_model": "export",
+    "check_destination": "export",
+    "apply_plan": "evaluate",
+    "evaluate": "evaluate",
+    "flat_scores": "evaluate",
+    "load_model": "loading",
+    "model_label": "loading",
+    "write_summary": "summary",
+    "run_headless": "headless",
+    "LinePrinter": "headless",
+    "adapter_for": "adapters",
+    "Scorer": "scoring",
+    "train_byte_level_bpe": "tiny",
+    "Plan": "plan",
+    "PlanStep": "plan",
+    "LayerRow": "plan",
+    "layer_rows": "plan",
+    "read_plan_file": "plan",
+    "write_json_atomic": "plan",
+}
+#: Where a public name differs from the name in its module.
+_RENAMED = {"run_headless": "run"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(f"{__package__}.{_LAZY[name]}")
+    value = getattr(module, _RENAMED.get(name, name))
+    globals()[name] = value
+    return value
 
 
 def prune(
     model: str,
     *,
     calibration: str,
-    target_ratio: float,
+    target_ratio: float = DEFAULT_TARGET_RATIO,
     distribution: str = DEFAULT_DISTRIBUTION,
     order: str = ",".join(DEFAULT_ORDER),
     nsamples: int = DEFAULT_NSAMPLES,
@@ -46,11 +111,17 @@ def prune(
     cache_dir: Path | None = None,
     **options,
 ) -> dict:
-    """Run MultiPruner to the end and return the plan; raise the engine's error if it failed.
+    """Run MultiPruner to the end and return the plan.
 
-    ``options`` are the remaining :class:`PruneSettings` fields (``mlp_group``, ``attn_group``,
-    ``block_count``, ``batch_size``, ``prefix_cache``, ``faithful``).
+    Raises the engine's own error (:class:`OutOfMemory`, :class:`BadInput`, …) when the run
+    failed. ``options`` are the remaining :class:`PruneSettings` fields (``mlp_group``,
+    ``attn_group``, ``block_count``, ``batch_size``, ``prefix_cache``, ``faithful``).
     """
+    from .calibration import CalibrationSpec
+    from .runner import Engine
+    from .settings import PruneSettings
+    from .setup import RunRequest
+
     settings = PruneSettings.with_distribution(
         target_ratio,
         distribution,
@@ -61,28 +132,37 @@ def prune(
     request = RunRequest(
         model, settings, dtype=dtype, device=device, device_map=device_map, cache_dir=cache_dir
     )
-    errors: list[str] = []
     engine = Engine(request, list(subscribers or []))
-    engine.subscribe(lambda e: errors.append(e.message) if isinstance(e, events.Error) else None)
     result = engine.run()
-    if errors:
-        raise EngineError(errors[0])
+    if engine.failure is not None:
+        raise engine.failure
     return result.plan
 
 
 __all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_DISTRIBUTION",
+    "DEFAULT_DTYPE",
+    "DEFAULT_EVAL_BATCH_SIZE",
+    "DEFAULT_NSAMPLES",
+    "DEFAULT_ORDER",
+    "DEFAULT_SEED",
+    "DEFAULT_SEQLEN",
+    "DEFAULT_TARGET_RATIO",
+    "DEFAULT_TEXT_FIELD",
+    "DEFAULT_THEME",
     "DIMENSIONS",
     "BadInput",
     "CalibrationError",
-    "CalibrationSpec",
-    "Engine",
+    "Cancelled",
     "EngineError",
+    "EngineState",
+    "EvalRequest",
     "OutOfMemory",
-    "PruneSettings",
-    "RunRequest",
     "Structure",
     "UnsupportedModel",
     "commands",
     "events",
     "prune",
+    *_LAZY,
 ]

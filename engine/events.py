@@ -52,6 +52,7 @@ class Loaded(Event):
     targets: dict[str, float]
     tokens: int
     notes: tuple[str, ...] = ()
+    steps: tuple[dict, ...] = ()  # a resumed session's replayed plan steps, as in plan.json
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ class MemorySample(Event):
 
 
 @dataclass(frozen=True)
-class Warning(Event):
+class Notice(Event):
     message: str
 
 

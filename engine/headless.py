@@ -39,7 +39,7 @@ class LinePrinter:
             )
         elif isinstance(event, ev.DimensionChanged) and event.dimension:
             self._print(f"dimension {event.dimension} (runs while ratio < {event.target:.4%})")
-        elif isinstance(event, ev.Warning):
+        elif isinstance(event, ev.Notice):
             print(f"mptui: note: {event.message}", file=self.err, flush=True)
         elif isinstance(event, ev.Error):
             self.error = event.message

@@ -13,12 +13,11 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import events as ev
 from .errors import BadInput
 from .structures import Dimension, Structure
 
@@ -314,19 +313,3 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 def write_plan(path: Path, plan: Plan) -> None:
     write_json_atomic(path, plan.to_dict())
-
-
-class PlanWriter:
-    """Rewrites plan.json after every commit and at the end, so a killed run leaves its plan."""
-
-    def __init__(self, folder: Path, plan: Callable[[], Plan | None]) -> None:
-        self.path = Path(folder) / "plan.json"
-        self._plan = plan
-
-    def __call__(self, event: ev.Event) -> None:
-        if isinstance(event, (ev.StepCommitted, ev.StepUndone)):
-            plan = self._plan()
-            if plan:
-                write_plan(self.path, plan)
-        elif isinstance(event, ev.Finished) and event.plan:
-            write_json_atomic(self.path, event.plan)

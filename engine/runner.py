@@ -107,6 +107,7 @@ class Engine:
         self._last_memory = 0.0
         self.session: PruningSession | None = None
         self.result: ev.Finished | None = None
+        self.failure: BaseException | None = None  # what ended the run in error, if anything
 
     # --- caller side --------------------------------------------------------------------------
     @property
@@ -151,9 +152,11 @@ class Engine:
             reason = EngineState.STOPPED
         except EngineError as error:
             reason = EngineState.ERROR
+            self.failure = error
             self._emit(ev.Error(str(error)))
         except Exception as error:  # the thread must never die silently
             reason = EngineState.ERROR
+            self.failure = error
             log.exception("engine failed")
             self._emit(ev.Error(f"{type(error).__name__}: {error}"))
         plan = self.session.plan() if self.session else None
@@ -239,13 +242,13 @@ class Engine:
         last (with a warning), never wins."""
         finite = {c: s for c, s in scores.items() if math.isfinite(s)}
         for candidate in scores.keys() - finite.keys():
-            self._emit(ev.Warning(f"{candidate.id} scored {scores[candidate]}; ranked last"))
+            self._emit(ev.Notice(f"{candidate.id} scored {scores[candidate]}; ranked last"))
         return min(finite, key=finite.__getitem__) if finite else None
 
     def _pause_for_non_finite(self, dimension: str) -> Outcome:
         dtype = (self.session.plan().model.dtype if self.session else None) or "?"
         self._emit(
-            ev.Warning(
+            ev.Notice(
                 f"every {dimension} candidate scored NaN or inf, so nothing was committed; "
                 f"paused. With {dtype} this is usually an overflow: run again with --dtype "
                 "bfloat16 or float32, or override, undo or change the order now"
@@ -296,7 +299,7 @@ class Engine:
         if isinstance(command, cmd.Stop):
             return Outcome.STOP
         if self.session is None:  # lingering after a failed load
-            self._emit(ev.Warning("the model did not load; there is nothing to work on"))
+            self._emit(ev.Notice("the model did not load; there is nothing to work on"))
             return Outcome.NOTHING
         if isinstance(command, cmd.Export):
             self._export(Path(command.path))
@@ -304,7 +307,7 @@ class Engine:
         if isinstance(command, cmd.Evaluate):
             return self._evaluate(command.request)
         if self._state.is_final:
-            self._emit(ev.Warning("the run is finished; export (x) and evaluate (e) remain"))
+            self._emit(ev.Notice("the run is finished; export (x) and evaluate (e) remain"))
             return Outcome.NOTHING
         handler = {
             cmd.Pause: self._on_pause,
@@ -333,7 +336,7 @@ class Engine:
         try:
             structure = self.session.structure_from_id(command.structure)
         except BadInput as error:
-            self._emit(ev.Warning(f"override ignored: {error}"))
+            self._emit(ev.Notice(f"override ignored: {error}"))
             return Outcome.NOTHING
         started = time.monotonic()
         score = self._step_scores.get(structure)
@@ -345,7 +348,7 @@ class Engine:
 
     def _on_accept(self, _command: cmd.Accept) -> Outcome:
         if self._proposal is None:
-            self._emit(ev.Warning("nothing to accept: no proposal is waiting"))
+            self._emit(ev.Notice("nothing to accept: no proposal is waiting"))
             return Outcome.NOTHING
         return self._accept()
 
@@ -360,13 +363,13 @@ class Engine:
         try:
             settings = session.settings.with_order(tuple(command.order))
         except BadInput as error:
-            self._emit(ev.Warning(f"order not changed: {error}"))
+            self._emit(ev.Notice(f"order not changed: {error}"))
             return Outcome.NOTHING
         if self._journal is not None:
             self._journal.record_order(settings.order)
         session.settings = settings
         self._save_plan()
-        self._emit(ev.Warning(f"order is now {' -> '.join(settings.order)} (from the next step)"))
+        self._emit(ev.Notice(f"order is now {' -> '.join(settings.order)} (from the next step)"))
         return Outcome.NOTHING
 
     def _on_set_guided(self, command: cmd.SetGuided) -> Outcome:
@@ -378,7 +381,7 @@ class Engine:
     def _on_undo(self, _command: cmd.Undo) -> Outcome:
         session = self.session
         if not session.steps:
-            self._emit(ev.Warning("nothing to undo"))
+            self._emit(ev.Notice("nothing to undo"))
             return Outcome.NOTHING
         step = session.undo()
         try:
@@ -452,7 +455,7 @@ class Engine:
                 progress=lambda done, total: self._emit(ev.Activity(label, done, total)),
             )  # fmt: skip
         except (EngineError, OSError) as error:
-            self._emit(ev.Warning(f"export failed: {error}"))
+            self._emit(ev.Notice(f"export failed: {error}"))
             return
         finally:
             self._emit(ev.Activity(""))
@@ -472,10 +475,10 @@ class Engine:
                 self._dense_results[request] = dense
             pruned = self._evaluate_one("the pruned model", session.model, request)
         except Cancelled:
-            self._emit(ev.Warning("evaluation cancelled: the run was told to stop"))
+            self._emit(ev.Notice("evaluation cancelled: the run was told to stop"))
             return Outcome.STOP
         except EngineError as error:
-            self._emit(ev.Warning(f"evaluation failed: {error}"))
+            self._emit(ev.Notice(f"evaluation failed: {error}"))
             return Outcome.NOTHING
         finally:
             self._emit(ev.Activity(""))

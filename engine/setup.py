@@ -118,7 +118,7 @@ def build_session(
     )
     notes = _notes(adapter, groups.attn, groups.source)
     for note in notes:
-        emit(ev.Warning(note))
+        emit(ev.Notice(note))
     ignore = faithful_label_mask(settings.faithful, tokenizer, model.config)
     scorers = _scorers(model, adapter, chunks_by_dimension, request, emit, ignore, check)
     session = PruningSession(
@@ -149,6 +149,7 @@ def build_session(
             targets=settings.targets(),
             tokens=next(iter(scorers.values())).tokens,
             notes=tuple(notes),
+            steps=tuple(step.to_dict() for step in session.steps),
         )
     )
     return session
@@ -204,7 +205,7 @@ def _scorers(
                 prefix_cache=settings.prefix_cache,
                 cache_budget_bytes=request.cache_budget_bytes,
                 ignore_label_id=ignore,
-                on_warning=lambda message: emit(ev.Warning(message)),
+                on_warning=lambda message: emit(ev.Notice(message)),
                 interrupt=interrupt,
             )
         out[dimension] = by_tensor[id(chunks)]

@@ -72,6 +72,6 @@ class ProgressLines:
 
 def loading_lines(name_or_path: str) -> ProgressLines:
     """``loading NAME: 2 / 3 shards (67%)`` lines, for ``load_model(on_shard=...)``."""
-    from mptui.engine.loading import model_label
+    from mptui.engine.api import model_label
 
     return ProgressLines(f"loading {model_label(name_or_path)}", "shards")

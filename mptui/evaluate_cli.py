@@ -11,7 +11,7 @@ import json
 import logging
 from pathlib import Path
 
-from mptui.engine.defaults import DEFAULT_DTYPE, DEFAULT_EVAL_BATCH_SIZE, DEFAULT_SEQLEN
+from mptui.engine.api import DEFAULT_DTYPE, DEFAULT_EVAL_BATCH_SIZE, DEFAULT_SEQLEN
 
 from .cli_common import Parser, ProgressLines, loading_lines, print_error
 
@@ -53,7 +53,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not args.model and not args.session:
         parser.error("give a MODEL or --session DIR")
-    from mptui.engine.errors import EngineError
+    from mptui.engine.api import EngineError
     from mptui.runs import quiet_libraries
 
     quiet_libraries()
@@ -71,7 +71,7 @@ def check_tasks(tasks: tuple[str, ...], include_path: str | None) -> None:
         return
     from lm_eval.tasks import TaskManager
 
-    from mptui.engine.errors import BadInput
+    from mptui.engine.api import BadInput
 
     logging.getLogger("lm-eval").setLevel(logging.WARNING)
     manager = TaskManager(include_path=include_path or None)
@@ -83,11 +83,16 @@ def check_tasks(tasks: tuple[str, ...], include_path: str | None) -> None:
 
 
 def run(args) -> dict:
-    from mptui.engine.evaluate import EvalRequest, apply_plan, evaluate, flat_scores
-    from mptui.engine.loading import load_model
-    from mptui.engine.plan import write_json_atomic
-    from mptui.engine.session_folder import SessionFolder
-    from mptui.engine.summary import write_summary
+    from mptui.engine.api import (
+        EvalRequest,
+        SessionFolder,
+        apply_plan,
+        evaluate,
+        flat_scores,
+        load_model,
+        write_json_atomic,
+        write_summary,
+    )
 
     request = EvalRequest.from_options(
         args.tasks, args.perplexity, args.seqlen, include_path=args.include_path,

@@ -23,8 +23,7 @@ def build_parser():
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from mptui.engine.errors import EngineError
-    from mptui.engine.export import describe_export
+    from mptui.engine.api import EngineError, describe_export
     from mptui.runs import quiet_libraries
 
     quiet_libraries()
@@ -39,10 +38,13 @@ def main(argv: list[str]) -> int:
 
 
 def export_session(session: Path, out: Path, dtype: str | None, device: str | None):
-    from mptui.engine.evaluate import apply_plan
-    from mptui.engine.export import check_destination, export_model
-    from mptui.engine.loading import load_model
-    from mptui.engine.session_folder import SessionFolder
+    from mptui.engine.api import (
+        SessionFolder,
+        apply_plan,
+        check_destination,
+        export_model,
+        load_model,
+    )
 
     folder = SessionFolder(session)
     plan = folder.read_plan()
@@ -57,8 +59,7 @@ def export_session(session: Path, out: Path, dtype: str | None, device: str | No
 
 def export_live(session, out: Path) -> int:
     """Export the model a headless run just pruned (it is still in memory)."""
-    from mptui.engine.errors import EngineError
-    from mptui.engine.export import describe_export, export_model
+    from mptui.engine.api import EngineError, describe_export, export_model
 
     if session is None or not session.steps:
         print("mptui: nothing was removed, so nothing is exported", file=sys.stderr)

@@ -28,15 +28,15 @@ def quiet_libraries() -> None:
 
 def build_request(args: argparse.Namespace):
     """The engine request for ``args`` and ``--out`` (or None); raises the engine's BadInput."""
-    from mptui.engine.calibration import CalibrationSpec
-    from mptui.engine.settings import (
+    from mptui.engine.api import (
         DEFAULT_NSAMPLES,
         DEFAULT_SEQLEN,
         DEFAULT_TARGET_RATIO,
         FAITHFUL_CALIBRATION,
+        CalibrationSpec,
         PruneSettings,
+        RunRequest,
     )
-    from mptui.engine.setup import RunRequest
 
     settings = PruneSettings.with_distribution(
         args.target_ratio if args.target_ratio is not None else DEFAULT_TARGET_RATIO,
@@ -100,9 +100,7 @@ class OpenedSession:
 
 def open_session(args: argparse.Namespace) -> OpenedSession:
     """A new session, or one to resume with everything the user decided in it."""
-    from mptui.engine.errors import BadInput
-    from mptui.engine.session_folder import SessionFolder
-    from mptui.engine.setup import preflight
+    from mptui.engine.api import BadInput, SessionFolder, preflight
 
     export = Path(args.export) if getattr(args, "export", None) else None
     if args.resume:
@@ -125,7 +123,7 @@ def open_session(args: argparse.Namespace) -> OpenedSession:
     if getattr(args, "eval_text", None) or getattr(args, "eval_include_path", None):
         app_eval_request(args, request.settings.calibration.seqlen).check()
     if export is not None:
-        from mptui.engine.export import check_destination
+        from mptui.engine.api import check_destination
 
         check_destination(export)
     if not args.resume:
@@ -136,7 +134,7 @@ def open_session(args: argparse.Namespace) -> OpenedSession:
 
 def app_eval_request(args: argparse.Namespace, seqlen: int):
     """What the app's ``e`` evaluates, from the ``--eval-*`` options."""
-    from mptui.engine.evaluate import EvalRequest
+    from mptui.engine.api import EvalRequest
 
     return EvalRequest.from_options(
         args.eval_tasks, args.eval_text, seqlen, include_path=args.eval_include_path,
@@ -145,9 +143,7 @@ def app_eval_request(args: argparse.Namespace, seqlen: int):
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    from mptui.engine.errors import EngineError
-    from mptui.engine.runner import Engine
-    from mptui.engine.session_folder import SessionRecorder
+    from mptui.engine.api import Engine, EngineError, SessionRecorder
 
     quiet_libraries()
     try:
@@ -175,14 +171,14 @@ def stop_on_signals(engine, *signals: signal.Signals) -> None:
     """A dropped SSH link (SIGHUP) or a ``kill`` (SIGTERM) stops at the next candidate and
     saves. The handler only queues a Stop: the engine runs in another thread, so the queue's
     lock is never held by the thread the handler interrupts."""
-    from mptui.engine.commands import Stop
+    from mptui.engine.api import commands
 
     for number in signals:
-        signal.signal(number, lambda signum, frame: engine.send(Stop()))
+        signal.signal(number, lambda signum, frame: engine.send(commands.Stop()))
 
 
 def run_headless(engine, opened: OpenedSession) -> int:
-    from mptui.engine.headless import run
+    from mptui.engine.api import run
 
     stop_on_signals(engine, signal.SIGHUP, signal.SIGTERM)
     print(f"session {opened.folder.path}", flush=True)
@@ -233,7 +229,7 @@ def run_app(engine, opened: OpenedSession, args: argparse.Namespace) -> int:
     engine is stopped and joined before the session is unlocked, so its summary is written and
     ``--resume`` works at once."""
     from mptui.app.app import MptuiApp
-    from mptui.engine.commands import Stop
+    from mptui.engine.api import commands
 
     session_dir = opened.folder.path
     eval_request = app_eval_request(args, opened.request.settings.calibration.seqlen)
@@ -245,7 +241,7 @@ def run_app(engine, opened: OpenedSession, args: argparse.Namespace) -> int:
                 engine, theme_name=args.theme, eval_request=eval_request, export_dir=export_dir
             ).run()
     finally:
-        engine.send(Stop())
+        engine.send(commands.Stop())
         engine.join()
     with contextlib.suppress(OSError):  # the terminal may be gone
         print(

@@ -66,3 +66,25 @@ async def test_keys_while_paused_act_at_once(llama, calibration_file, tmp_path):
         await pilot.press("space")
         await wait_until(pilot, lambda: app.state.finished == "done")
         assert app.state.error is None
+
+
+async def test_a_resumed_session_shows_what_it_had_removed(llama, calibration_file, tmp_path):
+    import dataclasses
+
+    from mptui.engine.api import PlanStep, commands
+
+    first = make_app(llama, calibration_file, tmp_path)
+    first.engine.linger = False
+    plan = first.engine.run().plan
+    steps = tuple(PlanStep.from_dict(step) for step in plan["steps"][:3])
+    app = make_app(llama, calibration_file, tmp_path)
+    app.engine.request = dataclasses.replace(app.engine.request, resume_steps=steps)
+    app.engine.send(commands.Pause())
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until(pilot, lambda: app.state.state == "paused")
+        assert [s.structure for s in app.state.steps] == [s.structure for s in steps]
+        assert app.state.ratio == steps[-1].ratio and len(app.state.curve) == 4
+        removed = {s.structure.layer for s in steps if s.structure.is_block}
+        for layer in removed:
+            row = app.state.layers[layer]
+            assert row.attn_removed or row.mlp_removed

@@ -252,7 +252,7 @@ def test_a_lingering_engine_answers_exports_after_the_search_until_stopped(
     engine.send(cmd.Undo())
     engine.send(cmd.Export(str(tmp_path / "after")))
     log.wait_count(ev.Exported, 1)
-    assert "the run is finished" in log.of(ev.Warning)[-1].message
+    assert "the run is finished" in log.of(ev.Notice)[-1].message
     assert (tmp_path / "after" / "model.safetensors").is_file()
     assert not engine.join(0.2)  # still serving
     engine.send(cmd.Stop())
@@ -269,7 +269,7 @@ def test_a_failed_evaluation_is_a_warning_and_the_run_goes_on(llama, calibration
     engine.send(cmd.Evaluate(EvalRequest(text=str(tmp_path / "missing.txt"))))
     engine.send(cmd.Resume())
     assert finish(engine, log).reason == "done"
-    assert any("evaluation failed" in w.message for w in log.of(ev.Warning))
+    assert any("evaluation failed" in w.message for w in log.of(ev.Notice))
 
 
 def test_stop_cuts_a_long_evaluation_short(llama, calibration_file, tmp_path, local_task):
@@ -284,5 +284,5 @@ def test_stop_cuts_a_long_evaluation_short(llama, calibration_file, tmp_path, lo
     engine.send(cmd.Stop())  # raised at lm-eval's first batch
     assert finish(engine, log).reason == "stopped"
     assert not log.of(ev.Evaluated)
-    assert any("evaluation cancelled" in w.message for w in log.of(ev.Warning))
+    assert any("evaluation cancelled" in w.message for w in log.of(ev.Notice))
     assert [a.label for a in log.of(ev.Activity)][-1] == ""

@@ -59,7 +59,7 @@ def uninterrupted(tiny_model_dir, calibration_file, tmp_path_factory) -> list[di
     """The structures of the same run, headless and never interrupted."""
     out = tmp_path_factory.mktemp("uninterrupted")
     command = app_command(tiny_model_dir("llama"), calibration_file, out / "session")
-    args = command.split(" ", 1)[1].split() + ["--headless"]
+    args = [*command.split(" ", 1)[1].split(), "--headless"]
     result = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     return [

@@ -111,7 +111,7 @@ def test_commands_while_paused_take_effect_at_once(dense, calibration_file, tmp_
     log.wait_count(ev.StepCommitted, 1)
     assert log.of(ev.StepCommitted)[0].step["chosen_by"] == "user"
     engine.send(cmd.SetOrder(("mlp_channels", "blocks", "attn_heads")))
-    log.wait_for(lambda log: any("order is now" in w.message for w in log.of(ev.Warning)))
+    log.wait_for(lambda log: any("order is now" in w.message for w in log.of(ev.Notice)))
     assert engine.session.settings.order[0] == "mlp_channels"
     engine.send(cmd.Undo())
     log.wait_count(ev.StepUndone, 1)
@@ -132,8 +132,8 @@ def test_invalid_commands_are_warnings_and_change_nothing(dense, calibration_fil
     paused(log)
     for command in (cmd.Undo(), cmd.Accept(), cmd.Override("L99.attn"), cmd.Override("nope")):
         engine.send(command)
-    log.wait_count(ev.Warning, 5)  # the group-size note, then one per command
-    messages = [w.message for w in log.of(ev.Warning)[1:]]
+    log.wait_count(ev.Notice, 5)  # the group-size note, then one per command
+    messages = [w.message for w in log.of(ev.Notice)[1:]]
     assert messages[0] == "nothing to undo"
     assert "nothing to accept" in messages[1]
     assert "layer 99 does not exist" in messages[2] and "not a structure id" in messages[3]
@@ -217,7 +217,7 @@ def test_a_nan_candidate_ranks_last_and_is_never_committed(dense, calibration_fi
     plan = engine.run().plan
     assert plan["steps"][0]["structure"] == {"kind": "mlp_block", "layer": 0}
     assert math.isfinite(plan["steps"][0]["score"])
-    assert any("scored nan; ranked last" in w.message for w in log.of(ev.Warning))
+    assert any("scored nan; ranked last" in w.message for w in log.of(ev.Notice))
 
 
 def test_every_candidate_non_finite_pauses_and_says_why(dense, calibration_file, tmp_path):
@@ -225,8 +225,8 @@ def test_every_candidate_non_finite_pauses_and_says_why(dense, calibration_file,
     engine.start()
     paused(log)
     assert not log.of(ev.StepCommitted)
-    assert "overflow" in log.of(ev.Warning)[-1].message
-    assert "bfloat16 or float32" in log.of(ev.Warning)[-1].message
+    assert "overflow" in log.of(ev.Notice)[-1].message
+    assert "bfloat16 or float32" in log.of(ev.Notice)[-1].message
     engine.send(cmd.Stop())
     assert finish(engine, log).reason == "stopped"
 
@@ -281,7 +281,7 @@ def test_an_oom_in_the_refresh_lowers_the_batch_and_the_plan_is_unchanged(
 
     monkeypatch.setattr(Scorer, "_refresh", oom_once)
     steps = engine.run().plan["steps"]
-    assert any("batch size lowered to 1" in w.message for w in log.of(ev.Warning))
+    assert any("batch size lowered to 1" in w.message for w in log.of(ev.Notice))
     assert [s["structure"] for s in steps] == [s["structure"] for s in expected]
     assert [s["score"] for s in steps] == pytest.approx([s["score"] for s in expected], rel=1e-5)
 

@@ -23,11 +23,9 @@ from textual.containers import Container, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer
 
-from mptui.engine import commands as cmd
-from mptui.engine import events as ev
-from mptui.engine.defaults import DEFAULT_THEME
-from mptui.engine.evaluate import EvalRequest
-from mptui.engine.export import describe_export
+from mptui.engine.api import DEFAULT_THEME, EvalRequest, describe_export
+from mptui.engine.api import commands as cmd
+from mptui.engine.api import events as ev
 
 from .gpu import NvmlReader
 from .panes import CandidatesPane, LayersPane, MemoryPane, PerplexityPane, StatusLine
@@ -167,7 +165,7 @@ class MptuiApp(App):
             event = self._inbox.popleft()
             self.state.apply(event)
             changed = True
-            if isinstance(event, ev.Warning):
+            if isinstance(event, ev.Notice):
                 self.notify(event.message, timeout=6)
             elif isinstance(event, ev.Exported):
                 self.notify(describe_export(event), title="exported", timeout=15)

@@ -11,7 +11,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from mptui.engine.structures import DIMENSIONS
+from mptui.engine.api import DIMENSIONS
 
 HELP = """\
 [b]Panes[/b]

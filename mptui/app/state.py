@@ -11,8 +11,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mptui.engine import events as ev
-from mptui.engine.plan import LayerRow, PlanStep, layer_rows
+from mptui.engine.api import LayerRow, PlanStep, layer_rows
+from mptui.engine.api import events as ev
 
 STATE_LABELS = {
     "loading": "LOADING",
@@ -118,6 +118,11 @@ class RunState:
         self.num_layers = event.num_layers
         self.curve = [CurvePoint(0.0, event.dense_score, "dense", "engine")]
         self.notes = event.notes
+        for data in event.steps:  # a resumed session shows what it had already removed
+            step = PlanStep.from_dict(data)
+            self.steps.append(step)
+            self.ratio, self.ratio_layers, self.score = step.ratio, step.ratio_layers, step.score
+            self.curve.append(CurvePoint(step.ratio, step.score, step.dimension, step.chosen_by))
 
     def _on_StateChanged(self, event: ev.StateChanged) -> None:
         self.state = event.state
@@ -172,7 +177,7 @@ class RunState:
     def _on_MemorySample(self, event: ev.MemorySample) -> None:
         self.memory.append(event)
 
-    def _on_Warning(self, event: ev.Warning) -> None:
+    def _on_Notice(self, event: ev.Notice) -> None:
         self.messages.append(event.message)
 
     def _on_Error(self, event: ev.Error) -> None:
@@ -194,7 +199,7 @@ class RunState:
 def display_name(model: str | Path) -> str:
     """The model's own name (:func:`~mptui.engine.loading.model_label`): a hub id as it is, a
     local folder by its name, never a bare ``model`` (the demo's ``demo/model`` is ``demo``)."""
-    from mptui.engine.loading import model_label
+    from mptui.engine.api import model_label
 
     return model_label(model)
 

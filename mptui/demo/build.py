@@ -164,7 +164,7 @@ def write_text(docs: list[str]) -> tuple[Path, Path]:
 
 # --- tokenizer and model --------------------------------------------------------------------
 def train_tokenizer(text_path: Path):
-    from mptui.engine.tiny import train_byte_level_bpe
+    from mptui.engine.api import train_byte_level_bpe
 
     return train_byte_level_bpe(VOCAB, files=[str(text_path)])
 
@@ -206,10 +206,7 @@ def evaluate(model_dir: Path, validation: Path) -> dict:
     """Validation perplexity, and the perplexity with each single sub-block removed."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mptui.engine.adapters import adapter_for
-    from mptui.engine.calibration import split_documents, tokenize_chunks
-    from mptui.engine.scoring import Scorer
-    from mptui.engine.structures import Structure
+    from mptui.engine.api import Scorer, Structure, adapter_for, split_documents, tokenize_chunks
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -1,0 +1,77 @@
+"""One public API: the app and the CLIs reach the engine through ``mptui.engine.api`` only, and
+its plain-value parts load without torch."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mptui.engine import api
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def engine_imports(path: Path) -> list[str]:
+    """Every ``mptui.engine.X`` a module imports (absolute or relative to the engine)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            found += [n for n in names if n.startswith("mptui.engine.")]
+        elif isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.startswith("mptui.engine.")]
+    return found
+
+
+def test_the_app_and_the_clis_import_only_the_api():
+    offenders = [
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in sorted((ROOT / "mptui").rglob("*.py"))
+        for name in engine_imports(path)
+        if not (name == "mptui.engine.api" or name.startswith("mptui.engine.api."))
+    ]
+    assert not offenders, "import mptui.engine.api instead:\n" + "\n".join(offenders)
+
+
+def test_the_scan_sees_a_forbidden_import(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("from mptui.engine.runner import Engine\nimport mptui.engine.plan\n")
+    assert engine_imports(module) == [
+        "mptui.engine.runner", "mptui.engine.runner.Engine", "mptui.engine.plan",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "module", ["mptui.engine.commands", "mptui.engine.events", "mptui.engine.api"]
+)
+def test_plain_value_modules_import_no_torch(module):
+    code = (
+        f"import sys, {module}\n"
+        "heavy = sorted({'torch', 'transformers', 'textual'} & set(sys.modules))\n"
+        "print(','.join(heavy))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
+
+
+def test_every_public_name_resolves():
+    for name in api.__all__:
+        assert getattr(api, name) is not None, name
+    with pytest.raises(AttributeError):
+        api.no_such_name  # noqa: B018
+
+
+def test_prune_raises_the_engines_own_error(tiny_model_dir, calibration_file, tmp_path):
+    with pytest.raises(api.CalibrationError, match="does not exist") as caught:
+        api.prune(str(tiny_model_dir("llama")), calibration=str(tmp_path / "missing.txt"),
+                  target_ratio=0.2, seqlen=32)  # fmt: skip
+    assert type(caught.value) is api.CalibrationError
+    with pytest.raises(api.BadInput, match="--attn-group 24 is not whole KV groups") as caught:
+        api.prune(str(tiny_model_dir("llama")), calibration=str(calibration_file),
+                  target_ratio=0.2, seqlen=32, attn_group=24)  # fmt: skip
+    assert type(caught.value) is api.BadInput
