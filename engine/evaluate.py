@@ -8,6 +8,7 @@ plain mean.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,7 +17,6 @@ from .adapters import adapter_for
 from .calibration import split_documents, tokenize_chunks
 from .errors import BadInput, Cancelled
 from .eval_request import ZERO_SHOT_TASKS, EvalRequest
-from .plan import Plan, as_plan
 from .scoring import Scorer
 
 #: lm-eval's request methods, each called once with all the requests of its type.
@@ -66,6 +66,26 @@ def flat_scores(results: dict) -> dict:
     return flat
 
 
+def check_tasks(tasks: Sequence[str], include_path: str | Path | None = None):
+    """lm-eval's task index for ``include_path`` (built once per process: it takes seconds);
+    raises :class:`BadInput` for a task it does not know, before any model is loaded."""
+    manager = _task_manager(str(include_path) if include_path else None)
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        raise BadInput(
+            f"unknown lm-eval task(s): {', '.join(unknown)}; give --include-path for local tasks"
+        )
+    return manager
+
+
+@functools.lru_cache(maxsize=8)
+def _task_manager(include_path: str | None):
+    from lm_eval.tasks import TaskManager
+
+    logging.getLogger("lm-eval").setLevel(logging.WARNING)
+    return TaskManager(include_path=include_path)
+
+
 def zero_shot(
     model,
     tokenizer,
@@ -81,15 +101,8 @@ def zero_shot(
     ``cancelled`` and ``progress`` as for :func:`evaluate`."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
 
-    logging.getLogger("lm-eval").setLevel(logging.WARNING)
-    manager = TaskManager(include_path=str(include_path) if include_path else None)
-    unknown = [t for t in tasks if t not in manager.all_tasks]
-    if unknown:
-        raise BadInput(
-            f"unknown lm-eval task(s): {', '.join(unknown)}; give --include-path for local tasks"
-        )
+    manager = check_tasks(tasks, include_path)
     wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     watch = _BatchWatch(cancelled, progress)
     watch.attach(wrapped)
@@ -181,14 +194,3 @@ def rolling_perplexity(model, tokenizer, text: str, seqlen: int) -> float:
     non-overlapping ``seqlen`` rows, tail dropped, batch 1, the same score as calibration."""
     chunks = tokenize_chunks(tokenizer, split_documents(text), seqlen, label="the evaluation text")
     return Scorer(model, adapter_for(model), chunks, batch_size=1, prefix_cache=False).score()
-
-
-def apply_plan(model, plan: Plan | dict, order_file: Path | None = None) -> None:
-    """Prune a freshly loaded dense ``model`` to ``plan``: the session's L1 order (from
-    ``order_file`` when it exists, else recomputed), then every committed structure in order."""
-    from .channel_order import reorder_model
-
-    adapter = adapter_for(model)
-    reorder_model(adapter, order_file)
-    for step in as_plan(plan).steps:
-        adapter.commit(step.structure)

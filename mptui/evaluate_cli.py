@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
 
 from mptui.engine.api import DEFAULT_DTYPE, DEFAULT_EVAL_BATCH_SIZE, DEFAULT_SEQLEN
 
 from .cli_common import Parser, ProgressLines, loading_lines, print_error
 
-__all__ = ["ProgressLines", "build_parser", "check_tasks", "main", "run"]
+__all__ = ["ProgressLines", "build_parser", "main", "run"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,28 +64,12 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def check_tasks(tasks: tuple[str, ...], include_path: str | None) -> None:
-    """Raise BadInput for a task lm-eval does not know, before a model is loaded."""
-    if not tasks:
-        return
-    from lm_eval.tasks import TaskManager
-
-    from mptui.engine.api import BadInput
-
-    logging.getLogger("lm-eval").setLevel(logging.WARNING)
-    manager = TaskManager(include_path=include_path or None)
-    unknown = [t for t in tasks if t not in manager.all_tasks]
-    if unknown:
-        raise BadInput(
-            f"unknown lm-eval task(s): {', '.join(unknown)}; give --include-path for local tasks"
-        )
-
-
 def run(args) -> dict:
     from mptui.engine.api import (
         EvalRequest,
         SessionFolder,
         apply_plan,
+        check_tasks,
         evaluate,
         flat_scores,
         load_model,

@@ -178,11 +178,11 @@ def stop_on_signals(engine, *signals: signal.Signals) -> None:
 
 
 def run_headless(engine, opened: OpenedSession) -> int:
-    from mptui.engine.api import run
+    from mptui.engine import api
 
     stop_on_signals(engine, signal.SIGHUP, signal.SIGTERM)
     print(f"session {opened.folder.path}", flush=True)
-    status = run(engine, opened.out_dir)
+    status = api.run_headless(engine, opened.out_dir)
     if opened.export_dir is not None and status == 0 and engine.result.reason == "done":
         from .export_cli import export_live
 

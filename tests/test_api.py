@@ -75,3 +75,16 @@ def test_prune_raises_the_engines_own_error(tiny_model_dir, calibration_file, tm
         api.prune(str(tiny_model_dir("llama")), calibration=str(calibration_file),
                   target_ratio=0.2, seqlen=32, attn_group=24)  # fmt: skip
     assert type(caught.value) is api.BadInput
+
+
+def test_every_name_the_app_and_clis_import_from_the_api_exists():
+    wanted = {
+        (path.relative_to(ROOT), alias.name)
+        for path in sorted((ROOT / "mptui").rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.ImportFrom) and node.module == "mptui.engine.api"
+        for alias in node.names
+    }
+    assert len(wanted) > 20
+    missing = [f"{path}: {name}" for path, name in sorted(wanted) if not hasattr(api, name)]
+    assert not missing, missing

@@ -16,7 +16,8 @@ from conftest import MINI_TASK_ITEMS
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
-from mptui.engine.evaluate import apply_plan, rolling_perplexity
+from mptui.engine.evaluate import rolling_perplexity
+from mptui.engine.surgery import apply_plan
 
 MPTUI = Path(sys.executable).parent / "mptui"
 

@@ -15,11 +15,12 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
 from mptui.engine.errors import BadInput
-from mptui.engine.evaluate import apply_plan, rolling_perplexity
+from mptui.engine.evaluate import rolling_perplexity
 from mptui.engine.export import export_model
 from mptui.engine.plan import Plan, PlanModel, PlanStep
 from mptui.engine.pruned_modeling import IncompleteCheckpoint
 from mptui.engine.structures import Structure
+from mptui.engine.surgery import apply_plan
 from mptui.engine.tiny import FAMILIES
 
 #: Loads each export in a fresh interpreter where importing mptui fails, as on a machine
