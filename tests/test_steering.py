@@ -437,3 +437,24 @@ def test_random_command_sequences_never_break_the_run(block, dense, calibration_
         assert engine.join(TIMEOUT), f"seed {seed}: {log.summary()}"
         assert log.of(ev.Finished)[0].reason == "done", f"seed {seed}: {log.summary()}"
         assert_consistent(engine, log, dense)
+
+
+def test_a_failed_journal_write_undoes_the_commit(dense, calibration_file, tmp_path):
+    """A full disk at the journal: the commit did not happen, in memory either."""
+
+    class FullDisk(SessionFolder):
+        def record_commit(self, step) -> None:
+            if len(self.read_journal().steps) == 2:
+                raise OSError(28, "No space left on device")
+            super().record_commit(step)
+
+    folder = FullDisk(tmp_path / "session")
+    folder.path.mkdir()
+    engine, log = engine_for(dense, calibration_file, tmp_path, journal=folder)
+    result = engine.run()
+    assert result.reason == "error" and "No space left" in log.of(ev.Error)[0].message
+    assert len(engine.session.steps) == 2 == len(log.of(ev.StepCommitted))
+    assert folder.read_journal().steps == engine.session.steps
+    fresh = copy.deepcopy(dense[0])
+    apply_plan(fresh, result.plan)
+    torch.testing.assert_close(logits(fresh), logits(engine.session.model), rtol=0, atol=0)
