@@ -74,7 +74,7 @@ def run_mode(args, prefix_cache: bool) -> ModeResult:
             break
         candidates = session.eligible(dimension)
         started = time.perf_counter()
-        scores = {c: session.evaluate(c) for c in candidates}
+        scores = {c: session.score_candidate(c) for c in candidates}
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started

@@ -108,9 +108,7 @@ def test_quit_stops_the_engine_and_writes_the_summary(tiny_model_dir, calibratio
     try:
         pid = owner_pid(session)
         tmux.wait_for("RUNNING")
-        tmux.run("send-keys", "-t", "demo", "q")
-        tmux.wait_for("Quit mptui?")
-        tmux.run("send-keys", "-t", "demo", "y")
+        tmux.quit()
         wait_exit(pid)
     finally:
         tmux.run("kill-server")

@@ -38,6 +38,16 @@ class Tmux:
     def alive(self) -> bool:
         return self.run("has-session", "-t", "demo").returncode == 0
 
+    def quit(self, timeout: float = 60) -> None:
+        """Quit the app as a user does (q, then y) and wait until it is gone."""
+        self.run("send-keys", "-t", "demo", "q")
+        self.wait_for("Quit mptui?")
+        self.run("send-keys", "-t", "demo", "y")
+        deadline = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not self.alive(), self.screen()
+
 
 def wait_gone(tmux: Tmux, text: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
@@ -63,13 +73,7 @@ def test_demo_in_tmux(tmp_path):
         tmux.wait_for("pause / resume")
         tmux.run("send-keys", "-t", "demo", "Escape")
         wait_gone(tmux, "pause / resume")  # a key right after Escape would read as alt+key
-        tmux.run("send-keys", "-t", "demo", "q")
-        tmux.wait_for("Quit mptui?")
-        tmux.run("send-keys", "-t", "demo", "y")
-        deadline = time.monotonic() + 60
-        while tmux.alive() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not tmux.alive()
+        tmux.quit()
         assert (out / "plan.json").exists()
         assert (session / "mptui.log").exists()
         assert (session / "settings.json").exists()
