@@ -16,6 +16,10 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the engine itself is imported when a run starts, so --help stays instant
+    from mptui.engine.api import RunRequest, SessionFolder
 
 
 def quiet_libraries() -> None:
@@ -92,8 +96,8 @@ def default_session_dir(model: str) -> Path:
 class OpenedSession:
     """A run about to start: its request, its locked folder and where its outputs go."""
 
-    request: object  # RunRequest (the engine is imported lazily)
-    folder: object  # SessionFolder
+    request: RunRequest
+    folder: SessionFolder
     out_dir: Path
     export_dir: Path | None
 
