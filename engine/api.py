@@ -80,6 +80,10 @@ _LAZY: dict[str, str] = {
     "layer_rows": "plan",
     "read_plan_file": "plan",
     "write_json_atomic": "plan",
+    "Team": "team",
+    "pin_gpus": "team",
+    "follow": "follower",
+    "on_replica_device": "follower",
 }
 #: Where a public name differs from the name in its module.
 _RENAMED = {"run_headless": "run"}

@@ -27,26 +27,38 @@ def reorder_model(
     *,
     save_to: Path | None = None,
     interrupt: Callable[[], None] | None = None,
-) -> None:
+) -> dict[int, dict[str, torch.Tensor]]:
     """Permute every layer by the order saved at ``stored`` when that file exists, else by its
-    own L1 order (then saved at ``save_to`` when given). ``interrupt`` runs between layers."""
+    own L1 order (then saved at ``save_to`` when given), and return the order applied.
+    ``interrupt`` runs between layers."""
     check = interrupt or (lambda: None)
     if stored is not None and stored.is_file():
-        path = stored
-        stored_orders = read_order(path)
+        orders = read_order(stored)
         try:
-            for layer in range(adapter.num_layers):
-                check()
-                adapter.reorder_layer(layer, stored_orders.get(layer, {}))
+            apply_order(adapter, orders, interrupt=check)
         except UnsupportedModel as error:
-            raise BadInput(f"{path} does not belong to this model: {error}") from None
-        return
+            raise BadInput(f"{stored} does not belong to this model: {error}") from None
+        return orders
     orders = {}
     for layer in range(adapter.num_layers):
         check()
         orders[layer] = adapter.reorder_layer(layer)
     if save_to is not None:
         write_order(save_to, orders)
+    return orders
+
+
+def apply_order(
+    adapter: Adapter,
+    orders: dict[int, dict[str, torch.Tensor]],
+    *,
+    interrupt: Callable[[], None] | None = None,
+) -> None:
+    """Permute every layer by ``orders`` (a saved order, or the one a leader broadcast)."""
+    for layer in range(adapter.num_layers):
+        if interrupt is not None:
+            interrupt()
+        adapter.reorder_layer(layer, orders.get(layer, {}))
 
 
 def write_order(path: Path, orders: dict[int, dict[str, torch.Tensor]]) -> None:

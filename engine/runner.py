@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from . import commands as cmd
+from . import directives as dv
 from . import events as ev
 from .errors import BadInput, Cancelled, EngineError
 from .eval_request import EvalRequest
@@ -34,7 +35,9 @@ from .memory import sample_memory
 from .plan import Plan, PlanStep, write_plan
 from .session import PruningSession, StepStats
 from .setup import RunRequest, build_session
+from .step_work import LocalScoring, Scoring, StepWork, TeamScoring
 from .structures import Structure
+from .team import Team
 
 log = logging.getLogger("mptui.engine")
 
@@ -84,16 +87,21 @@ class Engine:
         journal: Journal | None = None,
         plan_dirs: Sequence[Path] = (),
         loaded: tuple | None = None,
+        team: Team | None = None,
     ) -> None:
         """``linger``: after the search, keep answering exports and evaluations until a Stop
         (the app, where the user looks at the result before quitting). ``journal`` records every
         decision before it is announced; ``plan_dirs`` get plan.json after every change.
-        ``loaded``: a model and tokenizer already in memory (benchmarks, tests)."""
+        ``loaded``: a model and tokenizer already in memory (benchmarks, tests). ``team``: this
+        is the leader of a multi-worker run (engine/team.py), whose followers score with it."""
         self.request = request
         self.linger = linger
         self._journal = journal
         self._plan_dirs = tuple(Path(d) for d in plan_dirs)
         self._loaded = loaded
+        self._team = team
+        self._scoring: Scoring | None = None
+        self._work: StepWork | None = None  # the step being scored
         self._dense_results: dict[EvalRequest, dict] = {}
         self._stop_requested = threading.Event()
         self._subscribers: list[Subscriber] = list(subscribers or [])
@@ -144,8 +152,13 @@ class Engine:
         try:
             self._set_state(EngineState.LOADING)
             self.session = build_session(
-                self.request, self._emit, self._loaded, interrupt=self._interrupt_if_stopped
+                self.request,
+                self._emit,
+                self._loaded,
+                interrupt=self._interrupt_if_stopped,
+                team=self._team,
             )
+            self._scoring = self._new_scoring(self.session)
             self._emit_memory(force=True)
             reason = self._search()
         except Cancelled:
@@ -167,7 +180,14 @@ class Engine:
         self._emit(self.result)
         if self.linger and reason is not EngineState.STOPPED:
             self._serve_after_search()
+        if self._scoring is not None:
+            self._scoring.close()
         return self.result
+
+    def _new_scoring(self, session: PruningSession) -> Scoring:
+        if self._team is None:
+            return LocalScoring(session)
+        return TeamScoring(self._team, session, self._interrupt_if_stopped)
 
     def _interrupt_if_stopped(self) -> None:
         if self._stop_requested.is_set():
@@ -206,29 +226,23 @@ class Engine:
         self._step_scores = scores = {}
         stats, started = StepStats(), time.monotonic()
         tokens = session.scorers[dimension].tokens
-        for k, candidate in enumerate(candidates, start=1):
-            outcome = self._poll()
-            if outcome is not Outcome.NOTHING:
-                return outcome
-            score = session.score_candidate(candidate)
-            scores[candidate] = score
-            stats.candidates += 1
-            stats.tokens += tokens
-            elapsed = time.monotonic() - started
-            self._emit(
-                ev.CandidateScored(
-                    step, dimension, candidate.id, score, score - current,
-                    session.params_freed(candidate), k, len(candidates),
-                )
-            )  # fmt: skip
-            self._emit(
-                ev.Progress(
-                    step, k, len(candidates), stats.tokens / max(elapsed, 1e-9),
-                    elapsed / k * (len(candidates) - k),
-                )
-            )  # fmt: skip
-            self._emit_memory()
+        self._work = work = self._scoring.begin(dimension, candidates)
+        try:
+            while not work.finished:
+                outcome = self._poll()
+                if outcome is not Outcome.NOTHING:
+                    work.abandon()
+                    return outcome
+                for candidate, score in work.advance():
+                    scores[candidate] = score
+                    stats.candidates += 1
+                    stats.tokens += tokens
+                    self._report_scored(step, candidate, score, current, len(candidates), stats,
+                                        started)  # fmt: skip
+        finally:
+            self._work = None
         stats.seconds = time.monotonic() - started
+        scores = {c: scores[c] for c in candidates}  # canonical order decides ties, as alone
         best = self._best(scores)
         if best is None:
             return self._pause_for_non_finite(dimension)
@@ -236,6 +250,25 @@ class Engine:
             return self._await_decision(step, _Proposal(best, scores[best], stats))
         self._commit(best, scores[best], "engine", stats)
         return Outcome.CHANGED
+
+    def _report_scored(
+        self, step: int, candidate: Structure, score: float, current: float, total: int,
+        stats: StepStats, started: float,
+    ) -> None:  # fmt: skip
+        k = stats.candidates
+        elapsed = time.monotonic() - started
+        self._emit(
+            ev.CandidateScored(
+                step, candidate.dimension, candidate.id, score, score - current,
+                self.session.params_freed(candidate), k, total,
+            )
+        )  # fmt: skip
+        self._emit(
+            ev.Progress(
+                step, k, total, stats.tokens / max(elapsed, 1e-9), elapsed / k * (total - k)
+            )
+        )
+        self._emit_memory()
 
     def _best(self, scores: dict[Structure, float]) -> Structure | None:
         """The lowest finite score, the first in canonical order on ties; a NaN or inf ranks
@@ -324,6 +357,8 @@ class Engine:
         if self._state is not EngineState.PAUSED:
             self._paused_from = self._state
             self._set_state(EngineState.PAUSED)
+            if self._work is not None:
+                self._work.hold()  # followers stop after the candidate in hand
         return Outcome.NOTHING
 
     def _on_resume(self, _command: cmd.Resume) -> Outcome:
@@ -368,6 +403,7 @@ class Engine:
         if self._journal is not None:
             self._journal.record_order(settings.order)
         session.settings = settings
+        self._scoring.mirror(dv.Order(settings.order), len(session.steps))
         self._save_plan()
         self._emit(ev.Notice(f"order is now {' -> '.join(settings.order)} (from the next step)"))
         return Outcome.NOTHING
@@ -390,6 +426,7 @@ class Engine:
         except BaseException:
             self._recommit(step)  # not on disk: the undo did not happen
             raise
+        self._scoring.mirror(dv.Undo(), step.index)
         self._settled()
         self._save_plan()
         structure = step.structure
@@ -413,6 +450,7 @@ class Engine:
         except BaseException:
             session.undo()  # not on disk: the commit did not happen
             raise
+        self._scoring.mirror(dv.Commit(structure.id, score, chosen_by), step.index)
         self._settled()
         self._save_plan()
         self._emit(

@@ -258,6 +258,11 @@ class Scorer:
             self._current_score = self.score(self.num_sub_blocks - 1)
         return self._current_score
 
+    def cost(self, start: int) -> int:
+        """Sub-blocks that :meth:`score` runs for a candidate at ``start``: the suffix from the
+        nearest fresh boundary (what splits a step's candidates across workers by their work)."""
+        return self.num_sub_blocks - self._fresh_origin(start)
+
     def mark_changed(self, changed: int) -> None:
         """Sub-block ``changed`` was committed or undone: boundaries after it are stale.
 

@@ -22,13 +22,14 @@ from .calibration import (
     load_documents,
     tokenize_chunks,
 )
-from .channel_order import reorder_model
+from .channel_order import apply_order, reorder_model
 from .errors import BadInput
 from .loading import check_supported, load_config, load_model, max_positions, model_label
 from .plan import PlanStep
 from .scoring import Scorer
 from .session import PruningSession
 from .settings import PruneSettings, resolve_group_sizes
+from .team import Team
 
 log = logging.getLogger("mptui.engine")
 
@@ -80,13 +81,17 @@ def build_session(
     emit: Callable[[ev.Event], None],
     loaded: tuple | None = None,
     interrupt: Callable[[], None] | None = None,
+    team: Team | None = None,
 ) -> PruningSession:
     """Load (or take ``loaded``: a model and tokenizer already in memory, as benchmarks do with
     big random models), check, rank, tokenize, score the dense model and replay a resume.
 
     ``interrupt`` is called between the pieces of every long phase (shards, layers, batches,
     replayed steps) and may raise to abandon the build: a Stop must not wait for minutes.
+    In a multi-worker run (``team``) every worker builds its own replica, and the leader's
+    calibration tokens and channel order are broadcast, so the replicas are equal.
     """
+    leads = team is None or team.is_leader
     settings = request.settings
     check = interrupt or (lambda: None)
     label = f"loading {model_label(request.model)}"
@@ -106,9 +111,17 @@ def build_session(
     check()
     adapter = adapter_for(model)
     _check_seqlen(settings.calibration.seqlen, model.config)
-    chunks_by_dimension = _calibration(request, tokenizer)
+    chunks_by_dimension = _calibration(request, tokenizer) if leads else None
+    orders = None
+    if leads:
+        orders = reorder_model(
+            adapter, request.order_file, save_to=request.order_file, interrupt=check
+        )
+    if team is not None:
+        chunks_by_dimension, orders = team.broadcast((chunks_by_dimension, orders))
+        if not leads:
+            apply_order(adapter, orders)
     check()
-    reorder_model(adapter, request.order_file, save_to=request.order_file, interrupt=check)
     groups = resolve_group_sizes(
         request.model,
         adapter.dense_mlp_width,

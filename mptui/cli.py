@@ -148,6 +148,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default=None, help="cuda, cuda:1, cpu (default: cuda if present)"
     )
     device.add_argument("--device-map", default=None, help="as in transformers, e.g. auto")
+    device.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="score candidates on N local workers, each with a replica of the model "
+        "(torch.distributed; default: one process)",
+    )
+    device.add_argument(
+        "--gpus-per-worker",
+        type=int,
+        default=1,
+        metavar="K",
+        help="spread each worker's replica over K GPUs (default: %(default)s)",
+    )
     out = parser.add_argument_group("output")
     out.add_argument(
         "--out",
@@ -224,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give a MODEL (hub id or folder), --demo, or --resume DIR")
     from .runs import run_from_args
 
-    return run_from_args(args)
+    return run_from_args(args, argv)
 
 
 if __name__ == "__main__":

@@ -82,8 +82,15 @@ def calibration_cache_dir() -> Path:
 
 
 def default_session_dir(model: str) -> Path:
+    """A new folder per run; under torchrun, one per launcher run id, which every worker and
+    every restart of the run agree on."""
+    from .workers import launch_run_id
+
     data = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
     name = Path(model.rstrip("/")).name or "model"
+    run_id = launch_run_id()
+    if run_id:
+        return data / "mptui" / "sessions" / f"torchrun-{run_id}-{name}"
     base = data / "mptui" / "sessions" / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
     candidate, n = base, 1
     while candidate.exists():  # two runs started in the same second get folders of their own
@@ -146,7 +153,23 @@ def app_eval_request(args: argparse.Namespace, seqlen: int):
     )  # fmt: skip
 
 
-def run_from_args(args: argparse.Namespace) -> int:
+def run_from_args(args: argparse.Namespace, argv: list[str]) -> int:
+    from . import workers
+
+    if args.workers and not workers.launched_by_torchrun():
+        return workers.launch(args, argv)
+    team = None
+    if workers.launched_by_torchrun():
+        team = workers.join_team(args)
+        if not team.is_leader:
+            return workers.follow(team, args)
+        if workers.restarted() and args.session and not args.resume:
+            args.resume = args.session  # the launcher restarted us: continue the session
+    return lead(args, team)
+
+
+def lead(args: argparse.Namespace, team) -> int:
+    """The run this process owns: alone, or as rank 0 of ``team``."""
     from mptui.engine.api import Engine, EngineError, SessionRecorder
 
     quiet_libraries()
@@ -154,14 +177,27 @@ def run_from_args(args: argparse.Namespace) -> int:
         opened = open_session(args)
     except EngineError as error:
         print(f"mptui: error: {error}", file=sys.stderr)
+        if team is not None:
+            team.broadcast(None)  # the followers leave too
         return 2
     folder = opened.folder
     if args.headless and opened.request.settings.guided:
         print("mptui: note: guided mode is off in a headless run", file=sys.stderr)
         settings = dataclasses.replace(opened.request.settings, guided=False)
         opened.request = dataclasses.replace(opened.request, settings=settings)
+    if team is not None:
+        from mptui.engine.api import on_replica_device
+
+        team.broadcast(opened.request)
+        opened.request = on_replica_device(opened.request, team, args.gpus_per_worker)
     plan_dirs = [folder.path] + ([opened.out_dir] if opened.out_dir != folder.path else [])
-    engine = Engine(opened.request, linger=not args.headless, journal=folder, plan_dirs=plan_dirs)
+    engine = Engine(
+        opened.request,
+        linger=not args.headless,
+        journal=folder,
+        plan_dirs=plan_dirs,
+        team=team,
+    )
     engine.subscribe(SessionRecorder(folder, engine.plan))
     try:
         if args.headless:

@@ -1,0 +1,215 @@
+"""Scoring one step's candidates, alone or with followers (the leader's side of engine/team.py).
+
+The runner asks a :class:`Scoring` for a :class:`StepWork` per step and drives it between two
+commands: ``advance()`` returns the results that are ready (at least one, unless it waited a
+moment for followers), ``hold()`` parks the followers at a pause, ``abandon()`` ends the step
+early. Scores are the same numbers whoever computes them: each candidate is scored whole, on
+the same rows in the same batches, by a replica in the same state (docs/method.md §4).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from . import directives as dv
+from .errors import EngineError
+from .session import PruningSession
+from .structures import Structure
+from .team import Team, split_by_cost
+
+#: How long the leader waits for a follower's result before looking at its commands again.
+RESULT_POLL_SECONDS = 0.005
+#: How long the leader waits, at the end, for the followers to read their Stop.
+LEAVE_SECONDS = 30.0
+
+
+class StepWork(Protocol):
+    @property
+    def finished(self) -> bool: ...
+    def advance(self) -> list[tuple[Structure, float]]: ...
+    def hold(self) -> None: ...
+    def abandon(self) -> None: ...
+
+
+class Scoring(Protocol):
+    def begin(self, dimension: str, candidates: Sequence[Structure]) -> StepWork: ...
+    def mirror(self, directive: dv.Directive, step: int) -> None: ...
+    def close(self) -> None: ...
+
+
+class LocalWork:
+    """One process: the candidates in canonical order, one per ``advance``."""
+
+    def __init__(self, session: PruningSession, candidates: Sequence[Structure]) -> None:
+        self._session = session
+        self._pending = list(candidates)
+
+    @property
+    def finished(self) -> bool:
+        return not self._pending
+
+    def advance(self) -> list[tuple[Structure, float]]:
+        candidate = self._pending.pop(0)
+        return [(candidate, self._session.score_candidate(candidate))]
+
+    def hold(self) -> None:
+        """Nothing runs between two ``advance`` calls."""
+
+    def abandon(self) -> None:
+        self._pending = []
+
+
+class LocalScoring:
+    def __init__(self, session: PruningSession) -> None:
+        self._session = session
+
+    def begin(self, dimension: str, candidates: Sequence[Structure]) -> LocalWork:
+        return LocalWork(self._session, candidates)
+
+    def mirror(self, directive: dv.Directive, step: int) -> None:
+        """No one to tell."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class TeamScoring:
+    """The leader's end of the conversation with every follower."""
+
+    def __init__(self, team: Team, session: PruningSession, interrupt: Callable[[], None]) -> None:
+        """``interrupt`` is called while waiting on followers and may raise to give up (a Stop
+        while a follower that died is awaited)."""
+        self.team = team
+        self.session = session
+        self._interrupt = interrupt
+        self._sent = dict.fromkeys(team.followers, 0)  # directives sent, per follower
+        self._read = dict.fromkeys(team.followers, 0)  # results read, per follower
+        self._gen = 0
+        self._version = 0  # changes of the model mirrored so far
+
+    def begin(self, dimension: str, candidates: Sequence[Structure]) -> TeamWork:
+        return TeamWork(self, dimension, candidates)
+
+    def direct(self, directive: dv.Directive) -> None:
+        for rank in self.team.followers:
+            self.send(rank, directive)
+
+    def send(self, rank: int, directive: dv.Directive) -> None:
+        self.team.put(dv.op_key(rank, self._sent[rank]), directive)
+        self._sent[rank] += 1
+
+    def next_gen(self) -> int:
+        self._gen += 1
+        return self._gen
+
+    def results(self) -> list[dv.Result]:
+        """Every result a follower has sent since the last call, without waiting."""
+        out = []
+        for rank in self.team.followers:
+            while self.team.has(dv.score_key(rank, self._read[rank])):
+                out.append(self.team.take(dv.score_key(rank, self._read[rank])))
+                self._read[rank] += 1
+        return out
+
+    def mirror(self, directive: dv.Directive, step: int) -> None:
+        """Every follower repeats a change the leader made; after a commit or an undo their
+        models must equal the leader's, bit for bit, or the run stops."""
+        self.direct(directive)
+        if not isinstance(directive, (dv.Commit, dv.Undo)):
+            return
+        self._version += 1
+        mine = dv.model_checksum(self.session.model)
+        for rank in self.team.followers:
+            key = dv.sum_key(rank, self._version)
+            while not self.team.has(key):
+                self._interrupt()
+                time.sleep(RESULT_POLL_SECONDS)
+            theirs = self.team.take(key)
+            if theirs != mine:
+                raise EngineError(
+                    f"worker rank {rank}'s model differs from rank 0's after step {step} "
+                    f"(checksum {theirs} against {mine}); the replicas diverged, so the run "
+                    "stops here with its journal intact"
+                )
+
+    def close(self) -> None:
+        """Tell every follower to leave, and wait (a while) until they have read it: the store
+        may live in this process, and would take the message with it."""
+        self.direct(dv.Stop())
+        deadline = time.monotonic() + LEAVE_SECONDS
+        for rank in self.team.followers:
+            while not self.team.has(dv.left_key(rank)) and time.monotonic() < deadline:
+                time.sleep(RESULT_POLL_SECONDS)
+
+
+class TeamWork:
+    """One step split across the world by cost; the leader scores its own share between
+    collecting the others' results."""
+
+    def __init__(
+        self, scoring: TeamScoring, dimension: str, candidates: Sequence[Structure]
+    ) -> None:
+        self._scoring = scoring
+        self._dimension = dimension
+        self._candidates = list(candidates)
+        self._ids = tuple(c.id for c in candidates)
+        self._scores: dict[int, float] = {}
+        self._gens: set[int] = set()
+        self._mine: list[int] = []
+        self._held = False
+        self._issue(range(len(candidates)))
+
+    @property
+    def finished(self) -> bool:
+        return len(self._scores) == len(self._candidates)
+
+    def advance(self) -> list[tuple[Structure, float]]:
+        if self._held:
+            self._held = False
+            self._issue([i for i in range(len(self._candidates)) if i not in self._scores])
+        ready = self._collect()
+        if not ready and self._mine:
+            index = self._mine.pop(0)
+            if index not in self._scores:
+                candidate = self._candidates[index]
+                ready.append(self._record(index, self._scoring.session.score_candidate(candidate)))
+        if not ready:
+            time.sleep(RESULT_POLL_SECONDS)
+        return ready
+
+    def hold(self) -> None:
+        self._scoring.direct(dv.Hold())
+        self._held = True
+        self._mine = []
+
+    def abandon(self) -> None:
+        self._scoring.direct(dv.Hold())
+        self._mine = []
+
+    def _issue(self, indices: Sequence[int]) -> None:
+        """Split ``indices`` by the sub-blocks each candidate runs from its cached boundary."""
+        session = self._scoring.session
+        costs = []
+        for index in indices:
+            candidate = self._candidates[index]
+            costs.append(session.scorer_for(candidate).cost(candidate.sub_block))
+        shares = split_by_cost(costs, self._scoring.team.world_size)
+        gen = self._scoring.next_gen()
+        self._gens.add(gen)
+        for rank in self._scoring.team.followers:
+            share = tuple(indices[i] for i in shares[rank])
+            self._scoring.send(rank, dv.Score(gen, self._dimension, self._ids, share))
+        self._mine = [indices[i] for i in shares[0]]
+
+    def _collect(self) -> list[tuple[Structure, float]]:
+        ready = []
+        for result in self._scoring.results():
+            if result.gen in self._gens and result.index not in self._scores:
+                ready.append(self._record(result.index, result.score))
+        return ready
+
+    def _record(self, index: int, score: float) -> tuple[Structure, float]:
+        self._scores[index] = score
+        return self._candidates[index], score

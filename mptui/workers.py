@@ -1,0 +1,110 @@
+"""Several workers, through torch's own launcher.
+
+``mptui MODEL --workers N`` starts N local workers with torch.distributed's elastic launcher
+(what ``torchrun`` runs), each running ``python -m mptui`` with the same options. Started by a
+launcher (``torchrun ... -m mptui MODEL --headless``, across machines with the usual rendezvous
+options), a process joins the world: rank 0 leads the session, the others follow
+(engine/team.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import uuid
+from pathlib import Path
+
+#: Options of the launching process that its workers must not see again.
+_LAUNCH_ONLY = ("--workers",)
+
+
+def launched_by_torchrun() -> bool:
+    """True inside a worker started by torch's launcher (it sets the world's environment)."""
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
+
+
+def restarted() -> bool:
+    """torchrun restarted the workers (``--max-restarts``): the session continues."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
+def launch_run_id() -> str | None:
+    """The launcher's run id, the same for every attempt of one run."""
+    return os.environ.get("TORCHELASTIC_RUN_ID") if launched_by_torchrun() else None
+
+
+def join_team(args: argparse.Namespace):
+    """This worker's place in the world (its GPUs pinned first when it spans several)."""
+    from mptui.engine.api import Team, pin_gpus
+
+    if args.gpus_per_worker > 1:
+        pin_gpus(args.gpus_per_worker)
+    return Team.join(args.gpus_per_worker)
+
+
+def follow(team, args: argparse.Namespace) -> int:
+    """A follower leaves the user's interrupts to the leader, which stops them all cleanly."""
+    from mptui.engine.api import follow as follow_leader
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    return follow_leader(team, args.gpus_per_worker)
+
+
+def worker_argv(argv: list[str], session: Path | None) -> list[str]:
+    """The launcher's own command line, less ``--workers N``, naming the session folder so
+    that every worker (and every restart) agrees on it."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in _LAUNCH_ONLY:
+            skip = "=" not in arg
+            continue
+        out.append(arg)
+    if session is not None:
+        out += ["--session", str(session)]
+    return out
+
+
+def launch(args: argparse.Namespace, argv: list[str]) -> int:
+    """Run ``args.workers`` local workers to the end; a worker that dies is named in one line."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from .runs import default_session_dir
+
+    session = None
+    if not args.resume:
+        session = Path(args.session) if args.session else default_session_dir(args.model)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per worker unless told otherwise
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=args.workers,
+        run_id=uuid.uuid4().hex,
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+        monitor_interval=0.5,
+    )
+    folder = Path(args.resume) if args.resume else session
+    try:
+        elastic_launch(config, sys.executable)("-m", "mptui", *worker_argv(argv, session))
+    except ChildFailedError as error:
+        rank, failure = error.get_first_failure()
+        how = failure.signal_name() if failure.exitcode < 0 else f"exit status {failure.exitcode}"
+        if failure.exitcode == 2:  # bad input: the leader already said why
+            return 2
+        print(
+            f"mptui: error: worker rank {rank} died ({how}); the run stopped with its journal "
+            f"intact; continue with: mptui --resume {folder}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
