@@ -153,8 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="score candidates on N local workers, each with a replica of the model "
-        "(torch.distributed; default: one process)",
+        help="score candidates on N local workers, each with a replica of the model, "
+        "through torch.distributed (default: one process)",
     )
     device.add_argument(
         "--gpus-per-worker",
