@@ -403,7 +403,7 @@ class Engine:
         if self._journal is not None:
             self._journal.record_order(settings.order)
         session.settings = settings
-        self._scoring.mirror(dv.Order(settings.order), len(session.steps))
+        self._scoring.mirror(dv.Order(settings.order))
         self._save_plan()
         self._emit(ev.Notice(f"order is now {' -> '.join(settings.order)} (from the next step)"))
         return Outcome.NOTHING
@@ -426,7 +426,7 @@ class Engine:
         except BaseException:
             self._recommit(step)  # not on disk: the undo did not happen
             raise
-        self._scoring.mirror(dv.Undo(), step.index)
+        self._scoring.mirror(dv.Undo())
         self._settled()
         self._save_plan()
         structure = step.structure
@@ -436,6 +436,7 @@ class Engine:
                 session.ratio(),
             )
         )  # fmt: skip
+        self._scoring.verify(step.index)
         return Outcome.CHANGED
 
     # --- changes to the model -------------------------------------------------------------------
@@ -450,7 +451,7 @@ class Engine:
         except BaseException:
             session.undo()  # not on disk: the commit did not happen
             raise
-        self._scoring.mirror(dv.Commit(structure.id, score, chosen_by), step.index)
+        self._scoring.mirror(dv.Commit(structure.id, score, chosen_by))
         self._settled()
         self._save_plan()
         self._emit(
@@ -460,6 +461,7 @@ class Engine:
             )
         )  # fmt: skip
         self._emit_memory(force=True)
+        self._scoring.verify(step.index)
 
     def _recommit(self, step: PlanStep) -> None:
         self.session.commit(step.structure, step.score, step.chosen_by)

@@ -35,7 +35,8 @@ class StepWork(Protocol):
 
 class Scoring(Protocol):
     def begin(self, dimension: str, candidates: Sequence[Structure]) -> StepWork: ...
-    def mirror(self, directive: dv.Directive, step: int) -> None: ...
+    def mirror(self, directive: dv.Directive) -> None: ...
+    def verify(self, step: int) -> None: ...
     def close(self) -> None: ...
 
 
@@ -68,8 +69,11 @@ class LocalScoring:
     def begin(self, dimension: str, candidates: Sequence[Structure]) -> LocalWork:
         return LocalWork(self._session, candidates)
 
-    def mirror(self, directive: dv.Directive, step: int) -> None:
+    def mirror(self, directive: dv.Directive) -> None:
         """No one to tell."""
+
+    def verify(self, step: int) -> None:
+        """No one to compare with."""
 
     def close(self) -> None:
         """Nothing to release."""
@@ -113,13 +117,15 @@ class TeamScoring:
                 self._read[rank] += 1
         return out
 
-    def mirror(self, directive: dv.Directive, step: int) -> None:
-        """Every follower repeats a change the leader made; after a commit or an undo their
-        models must equal the leader's, bit for bit, or the run stops."""
+    def mirror(self, directive: dv.Directive) -> None:
+        """Every follower repeats a change the leader made (checked by :meth:`verify`)."""
         self.direct(directive)
-        if not isinstance(directive, (dv.Commit, dv.Undo)):
-            return
-        self._version += 1
+        if isinstance(directive, (dv.Commit, dv.Undo)):
+            self._version += 1
+
+    def verify(self, step: int) -> None:
+        """After a commit or an undo every follower's model must equal the leader's, bit for
+        bit, or the run stops. Waits for each follower to finish the candidate in hand."""
         mine = dv.model_checksum(self.session.model)
         for rank in self.team.followers:
             key = dv.sum_key(rank, self._version)
@@ -135,9 +141,11 @@ class TeamScoring:
                 )
 
     def close(self) -> None:
-        """Tell every follower to leave, and wait (a while) until they have read it: the store
-        may live in this process, and would take the message with it."""
+        """Tell every follower to leave. Where the store lives in this process, wait (a while)
+        until they have read it, or it would go with the message."""
         self.direct(dv.Stop())
+        if not self.team.hosts_store:
+            return
         deadline = time.monotonic() + LEAVE_SECONDS
         for rank in self.team.followers:
             while not self.team.has(dv.left_key(rank)) and time.monotonic() < deadline:

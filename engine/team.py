@@ -64,6 +64,7 @@ class Team:
     local_rank: int
     device: torch.device
     store: dist.Store
+    hosts_store: bool = False  # rank 0 serves the store (launched without torchrun's agent)
 
     @property
     def is_leader(self) -> bool:
@@ -86,7 +87,7 @@ class Team:
         else:
             device = torch.device("cpu")
             backend = "gloo"
-        store = _rendezvous_store(rank, world_size)
+        store, hosts_store = _rendezvous_store(rank, world_size)
         if not dist.is_initialized():
             dist.init_process_group(
                 backend,
@@ -95,7 +96,9 @@ class Team:
                 world_size=world_size,
                 timeout=COLLECTIVE_TIMEOUT,
             )
-        return cls(rank, world_size, local_rank, device, dist.PrefixStore("mptui", store))
+        return cls(
+            rank, world_size, local_rank, device, dist.PrefixStore("mptui", store), hosts_store
+        )
 
     def broadcast(self, value: Any) -> Any:
         """The leader's ``value`` on every worker (the others pass anything, usually None)."""
@@ -123,21 +126,22 @@ class Team:
             dist.destroy_process_group()
 
 
-def _rendezvous_store(rank: int, world_size: int) -> dist.Store:
-    """The launcher's key-value store: torchrun's agent hosts it (every worker a client), or,
-    launched otherwise, rank 0 does, as ``env://`` would. Namespaced per restart attempt, so a
-    restarted world never reads the messages of the one before."""
+def _rendezvous_store(rank: int, world_size: int) -> tuple[dist.Store, bool]:
+    """The launcher's key-value store, and whether this process hosts it: torchrun's agent
+    hosts it (every worker a client), or, launched otherwise, rank 0 does, as ``env://`` would.
+    Namespaced per restart attempt, so a restarted world never reads the one before's messages."""
     agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    hosts = rank == 0 and not agent_hosts
     store = dist.TCPStore(
         os.environ["MASTER_ADDR"],
         int(os.environ["MASTER_PORT"]),
         world_size,
-        is_master=rank == 0 and not agent_hosts,
+        is_master=hosts,
         timeout=STORE_TIMEOUT,
         wait_for_workers=False,
     )
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    return dist.PrefixStore(f"mptui-run/{attempt}", store)
+    return dist.PrefixStore(f"mptui-run/{attempt}", store), hosts
 
 
 def split_by_cost(costs: Sequence[int], world_size: int) -> list[list[int]]:

@@ -48,8 +48,11 @@ def follow(team, args: argparse.Namespace) -> int:
     """A follower leaves the user's interrupts to the leader, which stops them all cleanly."""
     from mptui.engine.api import follow as follow_leader
 
+    from .runs import quiet_libraries
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    quiet_libraries()
     return follow_leader(team, args.gpus_per_worker)
 
 

@@ -1,0 +1,119 @@
+"""Workers started by torch's launcher, as a user starts them: ``mptui --workers N`` and
+``torchrun -m mptui``, on the demo model, with a worker killed mid-step."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mptui.cli import build_parser, demo_defaults
+from mptui.engine.api import Engine
+from mptui.runs import build_request
+
+DEMO = ["--demo", "--headless", "--target-ratio", "0.1"]
+RUN_TIMEOUT = 300
+
+
+def worker_env() -> dict[str, str]:
+    return os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted() -> list[tuple[dict, float]]:
+    """The demo plan of one process, run here in-process (what every worker count must give)."""
+    args = build_parser().parse_args(DEMO)
+    demo_defaults(args)
+    request, _out = build_request(args)
+    plan = Engine(request).run().plan
+    return steps_of(plan)
+
+
+def steps_of(plan: dict) -> list[tuple[dict, float]]:
+    return [(step["structure"], step["score"]) for step in plan["steps"]]
+
+
+def plan_in(session: Path) -> list[tuple[dict, float]]:
+    return steps_of(json.loads((session / "plan.json").read_text()))
+
+
+def kill_rank_after_first_commit(process: subprocess.Popen, session: Path, rank: int) -> None:
+    """SIGKILL worker ``rank`` while the step after the first commit is being scored."""
+    journal = session / "journal.jsonl"
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while not (journal.is_file() and journal.read_text().count("\n") >= 1):
+        assert process.poll() is None, "the run ended before its first commit"
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    for pid in worker_pids(process.pid):
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if f"RANK={rank}".encode() in environ:
+            os.kill(pid, signal.SIGKILL)
+            return
+    raise AssertionError(f"no worker of rank {rank} under {process.pid}")
+
+
+def worker_pids(root: int) -> list[int]:
+    """Every descendant of ``root`` (the launcher's agent starts the workers)."""
+    children = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def test_a_killed_worker_stops_the_run_cleanly_and_resume_finishes_the_same_plan(
+    tmp_path, uninterrupted
+):
+    session = tmp_path / "session"
+    command = [sys.executable, "-m", "mptui", *DEMO, "--workers", "2", "--session", str(session)]
+    process = subprocess.Popen(
+        command, env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    kill_rank_after_first_commit(process, session, rank=1)
+    out, err = process.communicate(timeout=RUN_TIMEOUT)
+    assert process.returncode == 1
+    assert "worker rank 1 died (SIGKILL)" in err
+    assert f"mptui --resume {session}" in err
+    assert "finished (stopped)" in out
+    committed = plan_in(session)
+    assert committed and committed == uninterrupted[: len(committed)]
+    assert len(committed) < len(uninterrupted)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "mptui", "--resume", str(session), "--headless"],
+        env=worker_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert plan_in(session) == uninterrupted
+
+
+def test_torchrun_restarts_resume_the_session_on_their_own(tmp_path, uninterrupted):
+    session = tmp_path / "session"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "--max-restarts", "1", "-m", "mptui", *DEMO, "--session", str(session),
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    kill_rank_after_first_commit(process, session, rank=1)
+    out, err = process.communicate(timeout=RUN_TIMEOUT)
+    assert process.returncode == 0, err
+    assert out.count(f"session {session}") == 2  # the first attempt, then the restart
+    assert "finished (done)" in out
+    assert plan_in(session) == uninterrupted
