@@ -28,3 +28,27 @@ def test_in_memory_llama_has_the_asked_shape():
     model, tokenizer = build_llama_in_memory("cpu", "float32", shape)
     assert model.config.num_hidden_layers == 2 and model.lm_head.weight.shape == (1000, 64)
     assert max(tokenizer.get_vocab().values()) < 1000
+
+
+def test_workers_benchmark_compares_world_sizes_on_the_same_plan(tiny_model_dir, calibration_file):
+    from bench.workers import main as workers
+
+    report = workers([
+        "--model", str(tiny_model_dir("llama")), "--calibration", str(calibration_file),
+        "--nsamples", "2", "--seqlen", "16", "--steps", "1", "--repeats", "1",
+    ])  # fmt: skip
+    assert report["plans_equal"] and set(report["speedup"]) == {1, 2}
+    assert report["speedup"][1] == 1.0 and report["per_step_seconds"][2] > 0
+    projection = report["projection_8_gpus"]
+    assert projection["minutes"] == pytest.approx(
+        projection["one_gpu_minutes"] * projection["balance"] / 8
+    )
+
+
+def test_step_balance_measures_the_busiest_worker():
+    from bench.workers import reference_balance, step_balance
+
+    assert step_balance([3, 1], 2) == 1.5  # one worker does 3 of 4: 1.5x a perfect half
+    assert step_balance([2, 2], 2) == 1.0
+    assert reference_balance(1) == 1.0
+    assert 1.0 <= reference_balance(8) < 1.05

@@ -1,30 +1,22 @@
 """Candidate-parallel scoring on torch.distributed (gloo, CPU): the same plan and the same
 scores, bit for bit, whatever the number of workers, steering included.
 
-Each world is real: forked processes join a gloo process group and a TCP store as torchrun's
-workers would (rank 0 hosts the store), the leader runs the engine, the followers run
-engine/follower.py. The launcher itself (``--workers``, torchrun) is tested in
-tests/test_workers.py.
+Each world is a real one of forked workers (bench/world.py). The launcher itself (``--workers``,
+torchrun) is tested in tests/test_workers.py.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import socket
-import traceback
 from collections.abc import Callable
 
 import pytest
-import torch
 
+from bench.world import run_world
 from mptui.engine import commands as cmd
 from mptui.engine import events as ev
-from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest, Team, follow
+from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
 from mptui.engine.team import split_by_cost
 from mptui.engine.tiny import FAMILIES
-
-WORLD_TIMEOUT = 240
 
 
 def request_for(path, calibration_file, cache_dir, **settings) -> RunRequest:
@@ -43,7 +35,7 @@ def request_for(path, calibration_file, cache_dir, **settings) -> RunRequest:
 class Record:
     """What the leader saw: every score by (model version, candidate), and the plan. The
     version counts the commits and undos before the score, so a step scored again after an
-    undo is told apart from the first time."""
+    undo is told apart from the first time. ``script`` may steer from the events."""
 
     def __init__(self, script: Callable[[Engine, ev.Event], None] | None = None) -> None:
         self.scores: dict[tuple[int, str], float] = {}
@@ -63,7 +55,7 @@ class Record:
         if self._script is not None:
             self._script(self.engine, event)
 
-    def outcome(self) -> tuple[dict, list, str]:
+    def result(self) -> tuple[dict, list, str]:
         steps = [(s["structure"], s["score"], s["chosen_by"]) for s in self.plan["steps"]]
         return self.scores, steps, self.reason
 
@@ -72,60 +64,11 @@ def run_alone(request: RunRequest, script=None) -> tuple[dict, list, str]:
     record = Record(script)
     record.engine = Engine(request, [record])
     record.engine.run()
-    return record.outcome()
+    return record.result()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _worker(rank: int, world_size: int, port: int, request: RunRequest, script, results) -> None:
-    code = 0
-    try:
-        os.environ.update(
-            RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-        )  # fmt: skip
-        torch.set_num_threads(1)
-        team = Team.join()
-        if team.is_leader:
-            team.broadcast(request)
-            record = Record(script)
-            record.engine = Engine(request, [record], team=team)
-            record.engine.run()
-            results.put(record.outcome())
-        else:
-            follow(team)
-    except BaseException:
-        results.put(traceback.format_exc())
-        code = 1
-    finally:
-        os._exit(code)
-
-
-def run_world(world_size: int, request: RunRequest, script=None) -> tuple[dict, list, str]:
-    """The leader's record of one run on ``world_size`` forked workers."""
-    context = multiprocessing.get_context("fork")
-    results = context.SimpleQueue()
-    port = _free_port()
-    workers = [
-        context.Process(target=_worker, args=(rank, world_size, port, request, script, results))
-        for rank in range(world_size)
-    ]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(WORLD_TIMEOUT)
-    alive = [w for w in workers if w.is_alive()]
-    for worker in alive:
-        worker.kill()
-    assert not alive, "a worker did not finish"
-    outcome = results.get()
-    assert not isinstance(outcome, str), outcome
-    assert [w.exitcode for w in workers] == [0] * world_size
-    return outcome
+def run_team(world_size: int, request: RunRequest, script_class=None) -> tuple[dict, list, str]:
+    return run_world(world_size, request, lambda: Record(script_class() if script_class else None))
 
 
 def test_split_balances_cost_and_is_deterministic():
@@ -147,7 +90,7 @@ def test_every_family_gives_the_same_plan_and_scores_on_2_and_3_workers(
     alone = run_alone(request)
     assert alone[2] == "done" and len(alone[1]) >= 3
     for world_size in (2, 3):
-        assert run_world(world_size, request) == alone  # scores equal with ==, not approx
+        assert run_team(world_size, request) == alone  # scores equal with ==, not approx
 
 
 class Steer:
@@ -178,7 +121,7 @@ def test_steering_gives_the_same_plan_on_two_workers(
     request = request_for(tiny_model_dir("llama"), calibration_file, tmp_path, guided=guided)
     alone_scores, alone_plan, reason = run_alone(request, Steer())
     assert reason == "done" and "user" in [chosen_by for *_, chosen_by in alone_plan]
-    scores, plan, reason = run_world(2, request, Steer())
+    scores, plan, reason = run_team(2, request, Steer)
     assert (plan, reason) == (alone_plan, "done")
     common = scores.keys() & alone_scores.keys()
     assert all(scores[key] == alone_scores[key] for key in common)
