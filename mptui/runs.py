@@ -160,6 +160,14 @@ def run_from_args(args: argparse.Namespace, argv: list[str]) -> int:
         return workers.launch(args, argv)
     team = None
     if workers.launched_by_torchrun():
+        if not args.headless:
+            if os.environ.get("RANK") == "0":
+                print(
+                    "mptui: error: under torchrun, pass --headless; watch and steer the run "
+                    "with mptui attach SESSION",
+                    file=sys.stderr,
+                )
+            return 2
         team = workers.join_team(args)
         if not team.is_leader:
             return workers.follow(team, args)
