@@ -17,7 +17,7 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import commands, events
+from . import commands, events, wire
 from .defaults import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DISTRIBUTION,
@@ -41,6 +41,8 @@ from .errors import (
 )
 from .eval_request import EvalRequest
 from .events import EngineState
+from .remote import RemoteEngine, attach
+from .serve import EngineServer, parse_listen
 from .structures import DIMENSIONS, Structure
 
 if TYPE_CHECKING:
@@ -157,13 +159,18 @@ __all__ = [
     "CalibrationError",
     "Cancelled",
     "EngineError",
+    "EngineServer",
     "EngineState",
     "EvalRequest",
     "OutOfMemory",
+    "RemoteEngine",
     "Structure",
     "UnsupportedModel",
+    "attach",
     "commands",
     "events",
+    "parse_listen",
     "prune",
+    "wire",
     *_LAZY,
 ]

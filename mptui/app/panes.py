@@ -80,6 +80,8 @@ class StatusLine(Static):
             text.append(f"  ⧗ {state.activity}{share}", "bold")
         if state.error:
             text.append(f"  {state.error}", "bold red")
+        if state.link:
+            text.append(f"  ⇄ {state.link}", "italic")
         self.update(text)
 
 
