@@ -41,6 +41,7 @@ from .errors import (
 )
 from .eval_request import EvalRequest
 from .events import EngineState
+from .names import model_label
 from .remote import RemoteEngine, attach
 from .serve import EngineServer, parse_listen
 from .structures import DIMENSIONS, Structure
@@ -69,7 +70,6 @@ _LAZY: dict[str, str] = {
     "evaluate": "evaluate",
     "flat_scores": "evaluate",
     "load_model": "loading",
-    "model_label": "loading",
     "write_summary": "summary",
     "run_headless": "headless",
     "LinePrinter": "headless",
@@ -169,6 +169,7 @@ __all__ = [
     "attach",
     "commands",
     "events",
+    "model_label",
     "parse_listen",
     "prune",
     "wire",

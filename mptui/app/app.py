@@ -23,7 +23,7 @@ from textual.containers import Container, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer
 
-from mptui.engine.api import DEFAULT_THEME, EvalRequest, describe_export
+from mptui.engine.api import DEFAULT_THEME, EvalRequest
 from mptui.engine.api import commands as cmd
 from mptui.engine.api import events as ev
 
@@ -184,6 +184,8 @@ class MptuiApp(App):
             if isinstance(event, ev.Notice):
                 self.notify(event.message, timeout=6)
             elif isinstance(event, ev.Exported):
+                from mptui.engine.api import describe_export  # loads torch: only when needed
+
                 self.notify(describe_export(event), title="exported", timeout=15)
             elif isinstance(event, ev.Evaluated):
                 title = f"Evaluation after {event.steps} steps (ratio {event.ratio:.2%})"

@@ -67,7 +67,8 @@ class StatusLine(Static):
             (f" {state.state_label} ", "reverse bold"),
             f" {state.model or 'loading…'}  ",
             ("dimension ", "dim"), f"{state.dimension or '—'}  ",
-            ("step ", "dim"), f"{state.step}\n",
+            ("step ", "dim"), f"{state.step}",
+            ("  ⇄ " + state.link if state.link else "", "italic"), "\n",
             ("ratio ", "dim"), f"{state.ratio:.2%} of {state.target:.2%}  ",
             ("ppl ", "dim"), f"{score} (dense {dense})  ",
             ("candidate ", "dim"), progress,
@@ -80,8 +81,6 @@ class StatusLine(Static):
             text.append(f"  ⧗ {state.activity}{share}", "bold")
         if state.error:
             text.append(f"  {state.error}", "bold red")
-        if state.link:
-            text.append(f"  ⇄ {state.link}", "italic")
         self.update(text)
 
 
