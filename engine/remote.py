@@ -9,6 +9,7 @@ headless run as it runs in one process. Its events come from the server's snapsh
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import socket
 import threading
@@ -20,9 +21,12 @@ from . import wire
 from .commands import Command
 from .errors import BadInput
 from .events import EngineState
-from .serve import SOCKET, Welcome
+from .serve import SOCKET, unix_address
+from .wire import Welcome
 
 Subscriber = Callable[[ev.Event], None]
+
+log = logging.getLogger("mptui.remote")
 
 CONNECT_TIMEOUT_S = 10.0
 _HOST_PORT = re.compile(r"^\[?([^\[\]]+?)\]?:(\d+)$")
@@ -95,7 +99,10 @@ class RemoteEngine:
                 elif isinstance(event, ev.Finished):
                     self.finished = event
                 for subscriber in list(self._subscribers):
-                    subscriber(event)
+                    try:
+                        subscriber(event)
+                    except Exception:  # one bad subscriber must not end the link
+                        log.exception("event subscriber failed on %s", type(event).__name__)
 
 
 def attach(target: str, token: str | None = None) -> RemoteEngine:
@@ -130,7 +137,8 @@ def _connect_unix(folder: Path) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(CONNECT_TIMEOUT_S)
     try:
-        sock.connect(str(path))
+        with unix_address(path) as address:
+            sock.connect(address)
     except ConnectionRefusedError:
         sock.close()
         raise BadInput(

@@ -23,8 +23,7 @@ import socket
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -34,6 +33,8 @@ from .commands import Command
 from .errors import BadInput
 from .eval_request import EvalRequest
 from .events import EngineState
+from .snapshot import Snapshot
+from .wire import Welcome
 
 SOCKET = "engine.sock"
 TOKEN = "token"
@@ -44,8 +45,6 @@ HANDSHAKE_S = 5.0
 FLUSH_S = 2.0
 #: The longest line a client may send (a command is a few hundred bytes).
 LINE_LIMIT = 1 << 16
-#: Memory samples a client gets on attach (the app's memory history).
-MEMORY_HISTORY = 60
 
 log = logging.getLogger("mptui.serve")
 
@@ -70,64 +69,19 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class Snapshot:
-    """The events a client needs to rebuild the app's state mid-run, as encoded lines.
-
-    In order: the Loaded event, every dimension change, commit and undo, with the latest
-    StepStarted and Progress in their places among them (what the plan, the curve and the
-    status line are made of); the scores of the candidates table as it shows now; recent
-    memory samples; the latest activity, notice, error, state and end; a waiting proposal.
-    Exports and evaluations are not replayed (their results are in the session folder).
-    tests/test_serve.py checks that a client rebuilds what the screen shows after any event.
-    """
-
-    _LATEST = ("Activity", "Notice", "Error", "StateChanged", "Finished")
-    _HISTORY = (ev.Loaded, ev.DimensionChanged, ev.StepCommitted, ev.StepUndone)
-    _LATEST_IN_PLACE = (ev.StepStarted, ev.Progress)  # only the latest, in its place
-
-    def __init__(self) -> None:
-        self.history: list[bytes] = []
-        self.in_place: dict[type, bytes] = {}
-        self.scores: list[bytes] = []
-        self.scored: tuple[int, str] | None = None  # the step the scores belong to
-        self.proposal: bytes | None = None
-        self.memory: deque[bytes] = deque(maxlen=MEMORY_HISTORY)
-        self.latest: dict[str, bytes] = {}
-
-    def apply(self, event: ev.Event, line: bytes) -> None:
-        name = type(event).__name__
-        if isinstance(event, self._LATEST_IN_PLACE):
-            previous = self.in_place.get(type(event))
-            if previous is not None:
-                self.history.remove(previous)
-            self.in_place[type(event)] = line
-            self.history.append(line)
-            if isinstance(event, ev.StepStarted):
-                self.proposal = None
-        elif isinstance(event, self._HISTORY):
-            self.history.append(line)
-            if not isinstance(event, ev.DimensionChanged):
-                self.proposal = None
-            if isinstance(event, ev.StepUndone):
-                self.scored = None  # the table shown is stale: the next score starts afresh
-        elif isinstance(event, ev.CandidateScored):
-            if self.scored != (event.step, event.dimension):
-                # the app keeps the last step's table until the next step's first score
-                self.scores, self.scored = [], (event.step, event.dimension)
-            self.scores.append(line)
-        elif isinstance(event, ev.Proposal):
-            self.proposal = line
-        elif isinstance(event, ev.MemorySample):
-            self.memory.append(line)
-        elif name in self._LATEST:
-            self.latest[name] = line
-            if isinstance(event, ev.StateChanged) and event.state not in ("waiting", "paused"):
-                self.proposal = None  # a proposal stands only while it waits (or is paused)
-
-    def lines(self) -> list[bytes]:
-        latest = [self.latest[name] for name in self._LATEST if name in self.latest]
-        proposal = [self.proposal] if self.proposal else []  # after the state it waits in
-        return [*self.history, *self.scores, *self.memory, *latest, *proposal]
+@contextlib.contextmanager
+def unix_address(path: Path) -> Iterator[str]:
+    """``path`` as ``bind`` and ``connect`` take it. An AF_UNIX address ends at 107 bytes, and
+    a session folder can be deeper than that: then its folder is reached through a descriptor
+    in /proc (Linux), for as long as the block runs."""
+    if len(os.fsencode(path)) < 100:
+        yield str(path)
+        return
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{folder}/{path.name}"
+    finally:
+        os.close(folder)
 
 
 class _Client:
@@ -158,26 +112,6 @@ class _Client:
             await self.writer.drain()
 
 
-@dataclass(frozen=True)
-class Welcome:
-    """What the server tells a client first: who serves, and what the app's keys act on."""
-
-    pid: int
-    host: str
-    session: str
-    guided: bool
-    export_dir: str
-    eval_request: EvalRequest | None
-
-    def to_dict(self) -> dict:
-        return {**wire.encode_value(self), "protocol": wire.PROTOCOL}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Welcome:
-        fields = {k: v for k, v in data.items() if k != "protocol"}
-        return wire.decode_value(cls, fields)
-
-
 class EngineServer:
     """Serves ``engine`` on ``SESSION/engine.sock`` (and on TCP with a token when ``listen``).
 
@@ -202,6 +136,7 @@ class EngineServer:
         self.listen = listen
         self.token = secrets.token_urlsafe(24) if listen else None
         self.address: tuple[str, int] | None = None  # where TCP listens (the port resolved)
+        self.unix_error: str | None = None  # why engine.sock could not be made, if it could not
         self._export_dir = export_dir or self.session / "export"
         self._eval_request = eval_request
         self._backlog = backlog
@@ -218,15 +153,15 @@ class EngineServer:
 
     # --- caller side ----------------------------------------------------------------------------
     def start(self) -> None:
-        """Listen, and subscribe to the engine. Raises BadInput when TCP cannot listen."""
+        """Listen, and subscribe to the engine. Raises BadInput when TCP cannot listen; a
+        session folder that cannot hold a socket is only noted (:attr:`unix_error`)."""
         self._log_to_session()
         self._thread.start()
         try:
             asyncio.run_coroutine_threadsafe(self._open(), self._loop).result(timeout=30)
-        except OSError as error:
+        except BadInput:
             self.close()
-            host, port = self.listen or ("", 0)
-            raise BadInput(f"cannot listen on {host}:{port} ({error.strerror or error})") from None
+            raise
         self.engine.subscribe(self._on_event)
 
     def close(self) -> None:
@@ -264,13 +199,23 @@ class EngineServer:
                 self._drop(client)
 
     async def _open(self) -> None:
-        sock = self._bind_private_unix_socket()
-        self._servers.append(
-            await asyncio.start_unix_server(self._serve_unix, sock=sock, limit=LINE_LIMIT)
-        )
+        try:
+            sock = self._bind_private_unix_socket()
+        except OSError as error:  # a file system without sockets: the run goes on unserved
+            self.unix_error = f"cannot serve on {self.socket_path} ({error.strerror or error})"
+            log.warning("%s", self.unix_error)
+        else:
+            self._servers.append(
+                await asyncio.start_unix_server(self._serve_unix, sock=sock, limit=LINE_LIMIT)
+            )
         if self.listen is not None:
             host, port = self.listen
-            server = await asyncio.start_server(self._serve_tcp, host, port, limit=LINE_LIMIT)
+            try:
+                server = await asyncio.start_server(self._serve_tcp, host, port, limit=LINE_LIMIT)
+            except OSError as error:
+                raise BadInput(
+                    f"cannot listen on {host}:{port} ({error.strerror or error})"
+                ) from None
             self._servers.append(server)
             self.address = server.sockets[0].getsockname()[:2]
             self._write_token()
@@ -283,7 +228,8 @@ class EngineServer:
         private = Path(tempfile.mkdtemp(prefix=".sock-", dir=self.session))
         try:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.bind(str(private / SOCKET))
+            with unix_address(private / SOCKET) as address:
+                sock.bind(address)
             os.chmod(private / SOCKET, 0o600)
             os.rename(private / SOCKET, self.socket_path)
             self._socket_inode = self.socket_path.stat().st_ino
@@ -416,4 +362,4 @@ class EngineServer:
         self._log_handler = handler
 
 
-__all__ = ["BACKLOG", "SOCKET", "TOKEN", "EngineServer", "Served", "Snapshot", "Welcome"]
+__all__ = ["BACKLOG", "SOCKET", "TOKEN", "EngineServer", "Served", "parse_listen", "unix_address"]

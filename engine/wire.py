@@ -19,6 +19,7 @@ from typing import Any, Union
 
 from . import commands, events
 from .errors import BadInput
+from .eval_request import EvalRequest
 
 #: The version of the protocol; a client and a server that differ refuse each other clearly.
 PROTOCOL = 1
@@ -84,6 +85,26 @@ def decode_value(cls: type, value: Any) -> Any:
     return _convert(cls, value)
 
 
+@dataclasses.dataclass(frozen=True)
+class Welcome:
+    """What the server tells a client first: who serves, and what the app's keys act on."""
+
+    pid: int
+    host: str
+    session: str
+    guided: bool
+    export_dir: str
+    eval_request: EvalRequest | None
+
+    def to_dict(self) -> dict:
+        return {**encode_value(self), "protocol": PROTOCOL}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Welcome:
+        fields = {k: v for k, v in data.items() if k != "protocol"}
+        return decode_value(cls, fields)
+
+
 # --- the conversions -----------------------------------------------------------------------------
 def _line(data: dict) -> bytes:
     return (json.dumps(data, separators=(",", ":")) + "\n").encode()
@@ -147,6 +168,7 @@ __all__ = [
     "COMMANDS",
     "EVENTS",
     "PROTOCOL",
+    "Welcome",
     "decode",
     "decode_value",
     "encode_command",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -28,7 +29,12 @@ def serve(engine, opened: OpenedSession, args: argparse.Namespace) -> EngineServ
         eval_request=app_eval_request(args, opened.request.settings.calibration.seqlen),
     )
     server.start()
-    print(f"attach with: mptui attach {opened.folder.path}", flush=True)
+    if server.unix_error is None:
+        print(f"attach with: mptui attach {opened.folder.path}", flush=True)
+    else:
+        print(
+            f"mptui: note: {server.unix_error}; mptui attach cannot reach this run", file=sys.stderr
+        )
     if server.address is not None:
         host, port = server.address
         print(

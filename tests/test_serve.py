@@ -16,7 +16,7 @@ from mptui.app.state import RunState
 from mptui.engine.api import BadInput, EngineServer, EngineState, attach, wire
 from mptui.engine.api import commands as cmd
 from mptui.engine.api import events as ev
-from mptui.engine.serve import Snapshot
+from mptui.engine.snapshot import Snapshot
 
 
 class Publisher:
@@ -153,6 +153,20 @@ def test_the_socket_is_the_owners_only_and_a_stale_one_is_replaced(tmp_path):
     assert not (tmp_path / "engine.sock").exists()
     with pytest.raises(BadInput, match="no run is serving"):
         attach(str(tmp_path))
+
+
+def test_a_session_deeper_than_a_unix_address_is_served(tmp_path):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    server = EngineServer(Publisher(), deep)
+    server.start()
+    try:
+        assert len(str(deep / "engine.sock")) > 108
+        remote = attach(str(deep))
+        assert remote.welcome.session == str(deep)
+        remote.close()
+    finally:
+        server.close()
 
 
 def test_tcp_wants_the_token_and_logs_a_wrong_one(tmp_path):
