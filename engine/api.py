@@ -5,6 +5,9 @@
 
 For live control, build a :class:`RunRequest`, start an :class:`Engine` in a thread, subscribe
 to its events and :meth:`Engine.send` it commands (docs/engine.md has the states and commands).
+:class:`EngineServer` serves an engine on its session folder's socket; :func:`attach` gives a
+:class:`RemoteEngine` with the same interface from another process (docs/engine.md, *Wire
+protocol*).
 
 Importing this module is cheap: the plain-value parts (commands, events, errors, defaults,
 structures) load at once, everything that needs torch on first use, so ``mptui --help`` stays

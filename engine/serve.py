@@ -32,7 +32,6 @@ from . import wire
 from .commands import Command
 from .errors import BadInput
 from .eval_request import EvalRequest
-from .events import EngineState
 from .snapshot import Snapshot
 from .wire import Welcome
 
@@ -52,8 +51,6 @@ log = logging.getLogger("mptui.serve")
 class Served(Protocol):
     """What the server needs of an engine; :class:`~.runner.Engine` is one."""
 
-    @property
-    def state(self) -> EngineState: ...
     @property
     def guided(self) -> bool: ...
     def subscribe(self, subscriber: Callable[[ev.Event], None]) -> None: ...
@@ -99,10 +96,11 @@ class _Client:
         return len(self.pending) <= self.backlog
 
     async def write_forever(self) -> None:
-        while True:
-            await self.wake.wait()
-            self.wake.clear()
-            await self.flush()
+        with contextlib.suppress(ConnectionError):  # gone: its reader ends the connection
+            while True:
+                await self.wake.wait()
+                self.wake.clear()
+                await self.flush()
 
     async def flush(self) -> None:
         while self.pending:
@@ -276,6 +274,8 @@ class EngineServer:
                 writing.cancel()
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
+        except asyncio.CancelledError:
+            pass  # the server is closing; ending quietly keeps asyncio (3.11) from printing it
         finally:
             if client is not None and client in self._clients:
                 self._clients.discard(client)

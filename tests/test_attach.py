@@ -92,6 +92,7 @@ def test_attach_detach_attach_again_then_stop_the_run(tmp_path):
         if run.poll() is None:
             run.kill()
     assert "finished (stopped)" in out.read_text()
+    assert "Traceback" not in out.read_text()  # the server closed with a client attached
     summary = json.loads((session / "summary.json").read_text())
     assert summary["steps"] == len(json.loads((session / "plan.json").read_text())["steps"])
     assert not (session / "engine.sock").exists()
