@@ -5,6 +5,9 @@
 
 For live control, build a :class:`RunRequest`, start an :class:`Engine` in a thread, subscribe
 to its events and :meth:`Engine.send` it commands (docs/engine.md has the states and commands).
+:class:`EngineServer` serves an engine on its session folder's socket; :func:`attach` gives a
+:class:`RemoteEngine` with the same interface from another process (docs/engine.md, *Wire
+protocol*).
 
 Importing this module is cheap: the plain-value parts (commands, events, errors, defaults,
 structures) load at once, everything that needs torch on first use, so ``mptui --help`` stays
@@ -17,7 +20,7 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import commands, events
+from . import commands, events, wire
 from .defaults import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DISTRIBUTION,
@@ -41,6 +44,9 @@ from .errors import (
 )
 from .eval_request import EvalRequest
 from .events import EngineState
+from .names import model_label
+from .remote import RemoteEngine, attach
+from .serve import EngineServer, parse_listen
 from .structures import DIMENSIONS, Structure
 
 if TYPE_CHECKING:
@@ -67,7 +73,6 @@ _LAZY: dict[str, str] = {
     "evaluate": "evaluate",
     "flat_scores": "evaluate",
     "load_model": "loading",
-    "model_label": "loading",
     "write_summary": "summary",
     "run_headless": "headless",
     "LinePrinter": "headless",
@@ -161,13 +166,19 @@ __all__ = [
     "CalibrationError",
     "Cancelled",
     "EngineError",
+    "EngineServer",
     "EngineState",
     "EvalRequest",
     "OutOfMemory",
+    "RemoteEngine",
     "Structure",
     "UnsupportedModel",
+    "attach",
     "commands",
     "events",
+    "model_label",
+    "parse_listen",
     "prune",
+    "wire",
     *_LAZY,
 ]

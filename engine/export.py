@@ -31,7 +31,8 @@ from torch import nn
 from . import pruned_modeling
 from .adapters import Adapter, adapter_for
 from .errors import BadInput, EngineError
-from .loading import load_config, looks_like_path, model_source
+from .loading import load_config
+from .names import looks_like_path, model_source
 from .plan import Plan, as_plan
 from .summary import markdown, summarize
 

@@ -122,6 +122,11 @@ class Engine:
     def state(self) -> EngineState:
         return self._state
 
+    @property
+    def guided(self) -> bool:
+        """Whether commits wait for the user now (SetGuided changes it while running)."""
+        return self._guided
+
     def plan(self) -> Plan | None:
         """The plan so far (call from a subscriber, which runs on the engine thread)."""
         return self.session.plan() if self.session is not None else None

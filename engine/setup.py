@@ -24,7 +24,8 @@ from .calibration import (
 )
 from .channel_order import apply_order, reorder_model
 from .errors import BadInput
-from .loading import check_supported, load_config, load_model, max_positions, model_label
+from .loading import check_supported, load_config, load_model, max_positions
+from .names import model_label
 from .plan import PlanStep
 from .scoring import Scorer
 from .session import PruningSession

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .loading import model_source
+from .names import model_source
 from .plan import Plan, as_plan, write_json_atomic
 
 

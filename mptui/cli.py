@@ -31,8 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="mptui",
         description="Prune a causal LM with MultiPruner (blocks, MLP channels, attention heads), "
-        "watch it happen and steer it. See also `mptui eval --help` (lm-eval scores) and "
-        "`mptui export --help` (a smaller checkpoint).",
+        "watch it happen and steer it. See also `mptui eval --help` (lm-eval scores), "
+        "`mptui export --help` (a smaller checkpoint) and `mptui attach --help` (the app on a "
+        "headless run).",
     )
     parser.add_argument("model", nargs="?", metavar="MODEL", help="hub id or local model folder")
     parser.add_argument("--version", action="version", version=f"mptui {__version__}")
@@ -41,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--headless", action="store_true", help="no UI: print a line per step (default: off)"
+    )
+    parser.add_argument(
+        "--listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="headless: also serve the run on TCP, behind a printed token, for mptui attach "
+        "(default: the session folder's socket only)",
     )
     run = parser.add_argument_group("search")
     run.add_argument(
@@ -221,6 +229,19 @@ def demo_defaults(args: argparse.Namespace) -> None:
         args.eval_include_path = args.eval_include_path or str(include_path(cache_dir()))
 
 
+def check_listen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--listen`` is for a headless run and reads as HOST:PORT, checked before the session
+    folder is made."""
+    from .engine.api import BadInput, parse_listen
+
+    if not args.headless:
+        parser.error("--listen serves a headless run: add --headless")
+    try:
+        parse_listen(args.listen)
+    except BadInput as error:
+        parser.error(str(error))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["eval"]:
@@ -231,12 +252,18 @@ def main(argv: list[str] | None = None) -> int:
         from .export_cli import main as export
 
         return export(argv[1:])
+    if argv[:1] == ["attach"]:
+        from .attach_cli import main as attach
+
+        return attach(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.demo:
         demo_defaults(args)
     if not args.model and not args.resume:
         parser.error("give a MODEL (hub id or folder), --demo, or --resume DIR")
+    if args.listen:
+        check_listen(parser, args)
     from .runs import run_from_args
 
     return run_from_args(args, argv)

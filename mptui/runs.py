@@ -209,7 +209,7 @@ def lead(args: argparse.Namespace, team) -> int:
     engine.subscribe(SessionRecorder(folder, engine.plan))
     try:
         if args.headless:
-            return run_headless(engine, opened)
+            return run_headless(engine, opened, args)
         return run_app(engine, opened, args)
     finally:
         folder.unlock()
@@ -225,12 +225,23 @@ def stop_on_signals(engine, *signals: signal.Signals) -> None:
         signal.signal(number, lambda signum, frame: engine.send(commands.Stop()))
 
 
-def run_headless(engine, opened: OpenedSession) -> int:
+def run_headless(engine, opened: OpenedSession, args: argparse.Namespace) -> int:
+    """Served on the session's socket while it runs (see :mod:`.serving`)."""
     from mptui.engine import api
+
+    from .serving import serve
 
     stop_on_signals(engine, signal.SIGHUP, signal.SIGTERM)
     print(f"session {opened.folder.path}", flush=True)
-    status = api.run_headless(engine, opened.out_dir)
+    try:
+        server = serve(engine, opened, args)
+    except api.BadInput as error:  # --listen could not listen; the engine never started
+        print(f"mptui: error: {error}", file=sys.stderr)
+        return 2
+    try:
+        status = api.run_headless(engine, opened.out_dir)
+    finally:
+        server.close()
     if opened.export_dir is not None and status == 0 and engine.result.reason == "done":
         from .export_cli import export_live
 

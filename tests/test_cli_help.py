@@ -126,7 +126,7 @@ def test_cli_api_and_settings_share_their_defaults():
     assert EvalRequest().seqlen == defaults.DEFAULT_SEQLEN
 
 
-@pytest.mark.parametrize("command", [[], ["eval"], ["export"]])
+@pytest.mark.parametrize("command", [[], ["eval"], ["export"], ["attach"]])
 def test_help_does_not_import_torch(command):
     code = (
         "import sys\n"
@@ -144,9 +144,10 @@ def test_help_does_not_import_torch(command):
 
 
 def test_the_three_commands_share_one_module_and_import_none_of_each_other():
-    """``mptui`` dispatches to ``eval`` and ``export``; they import only the shared module."""
-    for name in ("evaluate_cli", "export_cli"):
+    """``mptui`` dispatches to ``eval``, ``export`` and ``attach``; they import only the shared
+    module."""
+    for name in ("evaluate_cli", "export_cli", "attach_cli"):
         source = (ROOT / "mptui" / f"{name}.py").read_text(encoding="utf-8")
         imported = re.findall(r"^\s*from (?:mptui|)\.(\w+) import", source, re.MULTILINE)
-        assert not {"cli", "evaluate_cli", "export_cli"} & set(imported), (name, imported)
+        assert not {"cli", "evaluate_cli", "export_cli", "attach_cli"} & set(imported), name
         assert "cli_common" in imported

@@ -23,13 +23,14 @@ from textual.containers import Container, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer
 
-from mptui.engine.api import DEFAULT_THEME, EvalRequest, describe_export
+from mptui.engine.api import DEFAULT_THEME, EvalRequest
 from mptui.engine.api import commands as cmd
 from mptui.engine.api import events as ev
 
 from .gpu import NvmlReader
 from .panes import CandidatesPane, LayersPane, MemoryPane, PerplexityPane, StatusLine
 from .screens import (
+    DetachScreen,
     EvaluationScreen,
     ExportScreen,
     HelpScreen,
@@ -60,6 +61,7 @@ class MptuiApp(App):
         Binding("l", "log_scale", "Log"),
         Binding("question_mark", "help", "Help"),
         Binding("q", "quit_app", "Quit"),
+        Binding("ctrl+d", "detach", "Detach"),
     ]
 
     def __init__(
@@ -72,8 +74,14 @@ class MptuiApp(App):
         gpu_reader: NvmlReader | None = None,
         eval_request: EvalRequest | None = None,
         export_dir: Path | None = None,
+        attached_to: str | None = None,
     ) -> None:
-        """``eval_request`` is what ``e`` evaluates; ``export_dir`` what ``x`` offers first."""
+        """``eval_request`` is what ``e`` evaluates; ``export_dir`` what ``x`` offers first.
+
+        ``attached_to`` (``process PID on HOST``): ``engine`` is a run served elsewhere
+        (``mptui attach``). Leaving then detaches and the run goes on; only an explicit stop
+        (``q`` then ``s``) stops it.
+        """
         super().__init__()
         self._eval_request = eval_request
         self._export_dir = export_dir
@@ -81,8 +89,13 @@ class MptuiApp(App):
         self.engine = engine
         self.state = RunState()
         self._inbox: deque[ev.Event] = deque(replay)
+        self._engine_started = False
         self._tty: int | None = None  # the terminal's descriptor, watched while mounted
-        self._guided = bool(engine and engine.request.settings.guided)
+        self._guided = bool(engine and engine.guided)
+        self.attached_to = attached_to
+        self._run_ended = False  # attached: the run closed the connection
+        if attached_to:
+            self.state.link = f"attached to {attached_to}"
         self._theme_name = theme_name
         self._user_theme_dir = user_theme_dir
         if engine is not None:
@@ -125,6 +138,7 @@ class MptuiApp(App):
         self._watch_terminal()
         if self.engine is not None:
             self.engine.start()
+            self._engine_started = True
 
     # --- the terminal going away ----------------------------------------------------------
     def _watch_terminal(self) -> None:
@@ -145,8 +159,10 @@ class MptuiApp(App):
         return True
 
     def terminal_gone(self) -> None:
-        """Stop the engine (it saves at its next candidate) and leave; the caller joins it."""
-        self.send(cmd.Stop())
+        """Stop the engine (it saves at its next candidate) and leave; the caller joins it.
+        Attached, only leave: the run goes on."""
+        if not self.attached_to:
+            self.send(cmd.Stop())
         self.exit()
 
     def on_resize(self) -> None:
@@ -168,6 +184,8 @@ class MptuiApp(App):
             if isinstance(event, ev.Notice):
                 self.notify(event.message, timeout=6)
             elif isinstance(event, ev.Exported):
+                from mptui.engine.api import describe_export  # loads torch: only when needed
+
                 self.notify(describe_export(event), title="exported", timeout=15)
             elif isinstance(event, ev.Evaluated):
                 title = f"Evaluation after {event.steps} steps (ratio {event.ratio:.2%})"
@@ -175,9 +193,23 @@ class MptuiApp(App):
                 self.push_screen(EvaluationScreen(title, rows))
             elif isinstance(event, ev.Error):
                 self.notify(event.message, title="engine error", severity="error", timeout=30)
+        if self.attached_to and not self._run_ended and self._engine_started:
+            changed |= self._check_run_ended()
         if changed:
             self.repaint()
         self.memory.show(self.state)
+
+    def _check_run_ended(self) -> bool:
+        """Attached: once the run has closed the connection, say so (the final state stays)."""
+        if not self.engine.join(timeout=0):
+            return False
+        self._run_ended = True
+        if self.state.finished:
+            self.state.link = f"the run has ended ({self.state.finished}); q leaves"
+        else:
+            self.state.link = f"lost the connection to {self.attached_to}; q leaves"
+        self.notify(self.state.link, timeout=30)
+        return True
 
     def repaint(self) -> None:
         for pane in (self.status, self.candidates, self.layers, self.perplexity):
@@ -271,7 +303,10 @@ class MptuiApp(App):
         self.push_screen(HelpScreen())
 
     def action_quit_app(self) -> None:
-        """Quit (asks first; the plan so far is kept)."""
+        """Quit (asks first; the plan so far is kept). Attached: detach, or stop the run."""
+        if self.attached_to:
+            self._ask_detach()
+            return
         if self.state.activity.startswith("exporting"):
             self.notify("an export is being written; quit when it is done", severity="warning")
             return
@@ -283,9 +318,33 @@ class MptuiApp(App):
 
         self.push_screen(QuitScreen(), chosen)
 
+    def action_detach(self) -> None:
+        """Leave the app; the run goes on (mptui attach comes back to it)."""
+        self.exit()
+
+    def _ask_detach(self) -> None:
+        if self._run_ended:
+            self.exit()
+            return
+
+        def chosen(answer: str | None) -> None:
+            if answer == "detach":
+                self.exit()
+            elif answer == "stop":
+                self.send(cmd.Stop())
+                self.notify("stopping the run at the next candidate; it saves and ends")
+
+        self.push_screen(DetachScreen(), chosen)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """ctrl+d exists only when attached to a served run."""
+        return bool(self.attached_to) if action == "detach" else True
+
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         for binding in self.BINDINGS:
+            if not self.check_action(binding.action, ()):
+                continue
             action = getattr(self, f"action_{binding.action}")
             yield SystemCommand(binding.description, (action.__doc__ or "").strip(), action)
 

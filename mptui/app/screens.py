@@ -38,7 +38,9 @@ HELP = """\
           waits while it runs
   l       log scale for the perplexity curve
   ctrl+p  command palette
-  q       quit (asks; the plan so far is kept)
+  q       quit (asks; the plan so far is kept); attached (mptui attach): detach,
+          or s to stop the run
+  ctrl+d  attached: detach at once; the run goes on
   ?       this help; escape closes it
 """
 
@@ -141,3 +143,19 @@ class QuitScreen(ModalScreen[bool]):
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
             yield Label("Quit mptui? The plan so far is kept.  [b]y[/b] quit   [b]n[/b] stay")
+
+
+class DetachScreen(ModalScreen[str | None]):
+    """Attached to a served run: leaving detaches; stopping the run is a key of its own."""
+
+    BINDINGS = [
+        Binding("y,enter", "dismiss('detach')", "Detach"),
+        Binding("s", "dismiss('stop')", "Stop the run"),
+        Binding("n,escape", "dismiss(None)", "Stay"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label(
+                "Detach? The run goes on.  [b]y[/b] detach   [b]s[/b] stop the run   [b]n[/b] stay"
+            )

@@ -81,6 +81,7 @@ class RunState:
     activity_progress: tuple[int, int] = (0, 0)
     evaluation: ev.Evaluated | None = None
     exported: ev.Exported | None = None
+    link: str = ""  # attached to a served run: to whom, or that the run has ended
 
     @property
     def layers(self) -> list[LayerRow]:

@@ -1,0 +1,74 @@
+"""``mptui attach``: the full app on a run served by a headless ``mptui`` (or a distributed
+run's rank 0). Leaving detaches; the run goes on."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+from .cli_common import Parser, print_error
+from .engine.defaults import DEFAULT_THEME
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="mptui attach",
+        description="Open the app on a running headless mptui. q or ctrl+d detaches (the run "
+        "goes on); q then s stops the run.",
+    )
+    parser.add_argument(
+        "target",
+        metavar="SESSION|HOST:PORT",
+        help="the run's session folder, or the address it printed for --listen",
+    )
+    parser.add_argument(
+        "--token", default=None, help="the token the run printed for --listen (default: none)"
+    )
+    parser.add_argument(
+        "--theme", default=None, metavar="NAME", help=f"app theme (default: {DEFAULT_THEME})"
+    )
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    from mptui.engine.api import EngineError, attach
+
+    try:
+        remote = attach(args.target, args.token)
+    except EngineError as error:
+        return print_error(error)
+    try:
+        run_attached(remote, args)
+    finally:
+        remote.close()
+    with contextlib.suppress(OSError):  # the terminal may be gone
+        if remote.finished is not None:
+            print(f"the run has ended ({remote.finished.reason}); session {args.target}")
+        else:
+            print(f"detached; the run goes on (mptui attach {args.target} comes back)")
+    return 0
+
+
+def run_attached(remote, args: argparse.Namespace) -> None:
+    from mptui.app.app import MptuiApp
+
+    from .runs import cache_dir, terminal_kept_logs_to
+
+    welcome = remote.welcome
+    session = Path(welcome.session)
+    log = session / "mptui.log" if session.is_dir() else cache_dir() / "attach.log"
+    with terminal_kept_logs_to(log):
+        MptuiApp(
+            remote,
+            theme_name=args.theme,
+            eval_request=welcome.eval_request,
+            export_dir=Path(welcome.export_dir),
+            attached_to=remote.peer,
+        ).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,45 @@
+"""A headless run serves itself on its session folder's socket (and on TCP when asked), so
+``mptui attach`` can open the app on it later."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mptui.engine.api import EngineServer
+
+    from .runs import OpenedSession
+
+
+def serve(engine, opened: OpenedSession, args: argparse.Namespace) -> EngineServer:
+    """Start serving ``engine`` (the caller closes the server when the run is over) and say on
+    stdout how to attach. Raises BadInput, before the engine starts, when ``--listen`` cannot
+    listen."""
+    from mptui.engine.api import EngineServer, parse_listen
+
+    from .runs import app_eval_request
+
+    server = EngineServer(
+        engine,
+        opened.folder.path,
+        listen=parse_listen(args.listen) if args.listen else None,
+        export_dir=opened.export_dir,
+        eval_request=app_eval_request(args, opened.request.settings.calibration.seqlen),
+    )
+    server.start()
+    if server.unix_error is None:
+        print(f"attach with: mptui attach {opened.folder.path}", flush=True)
+    else:
+        print(
+            f"mptui: note: {server.unix_error}; mptui attach cannot reach this run", file=sys.stderr
+        )
+    if server.address is not None:
+        host, port = server.address
+        print(
+            f"listening on {host}:{port}; attach with: mptui attach {host}:{port} "
+            f"--token {server.token}",
+            flush=True,
+        )
+    return server

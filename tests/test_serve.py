@@ -1,0 +1,190 @@
+"""The engine server on its real sockets, in this process: what a client attaching mid-run
+sees, clients that stop reading, the socket's mode, a stale socket, and the TCP token."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import stat
+import threading
+import time
+
+import pytest
+from app_replay import fixed_run_events
+
+from mptui.app.state import RunState
+from mptui.engine.api import BadInput, EngineServer, EngineState, attach, wire
+from mptui.engine.api import commands as cmd
+from mptui.engine.api import events as ev
+from mptui.engine.snapshot import Snapshot
+
+
+class Publisher:
+    """The engine-like object the server wraps: subscribers, a command inbox, a state."""
+
+    def __init__(self) -> None:
+        self.subscribers: list = []
+        self.received: list[cmd.Command] = []
+        self.got_command = threading.Event()
+        self.state = EngineState.RUNNING
+        self.guided = False
+
+    def subscribe(self, subscriber) -> None:
+        self.subscribers.append(subscriber)
+
+    def send(self, command: cmd.Command) -> None:
+        self.received.append(command)
+        self.got_command.set()
+
+    def emit(self, event: ev.Event) -> None:
+        for subscriber in self.subscribers:
+            subscriber(event)
+
+
+def steered_run_events() -> list[ev.Event]:
+    """The fixed short run, then what steering adds: a proposal, a pause, an undo, a restart."""
+    events = fixed_run_events()
+    events += [
+        ev.Proposal(4, "L1.mlp-46", 46.0),
+        ev.StateChanged("waiting"),
+        ev.StateChanged("paused"),
+        ev.Notice("paused"),
+        ev.StepUndone(3, "L2.mlp-46", 44.8, 0.125),
+        ev.StateChanged("running"),
+        ev.StepStarted(3, "mlp_channels", ("L0.mlp-46", "L1.mlp-46"), 44.8),
+        ev.CandidateScored(3, "mlp_channels", "L0.mlp-46", 45.0, 0.2, 23_552, 1, 2),
+        ev.Progress(3, 1, 2, 900.0, 1.0),
+        ev.Activity("exporting to /tmp/x", 5, 10),
+        ev.Activity(""),
+        ev.MemorySample(rss_bytes=2**30),
+        ev.DimensionChanged(None, None, ("blocks", "mlp_channels", "attn_heads")),
+        ev.StateChanged("done"),
+        ev.Finished("done", {}),
+    ]
+    return events
+
+
+def shown(state: RunState) -> dict:
+    """What the screen is drawn from (the notices history aside: a client gets the latest)."""
+    fields = dataclasses.asdict(state)
+    fields.pop("messages")
+    fields.pop("candidates_step")  # bookkeeping: which step the table belongs to
+    fields["memory"] = list(state.memory)
+    return fields
+
+
+def test_a_client_attaching_at_any_moment_rebuilds_what_the_screen_shows():
+    events = steered_run_events()
+    snapshot, live = Snapshot(), RunState()
+    for count, event in enumerate(events, start=1):
+        snapshot.apply(event, wire.encode_event(event))
+        live.apply(event)
+        rebuilt = RunState()
+        for line in snapshot.lines():
+            rebuilt.apply(wire.decode(line)[1])
+        assert shown(rebuilt) == shown(live), f"after {count} events ({type(event).__name__})"
+
+
+def raw_client(path, hello: dict | None = None) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(str(path))
+    sock.sendall(wire.encode_message("hello", hello or {"protocol": wire.PROTOCOL}))
+    return sock
+
+
+def wait_until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_client_that_stops_reading_is_dropped_and_never_blocks_the_engine(tmp_path):
+    engine = Publisher()
+    server = EngineServer(engine, tmp_path, backlog=1000)
+    server.start()
+    try:
+        stuck = raw_client(server.socket_path)  # says hello, then never reads
+        reader = attach(str(tmp_path))
+        seen: list[ev.Event] = []
+        reader.subscribe(seen.append)
+        reader.start()
+        wait_until(lambda: len(server._clients) == 2)
+        total, longest = 4000, 0.0
+        for k in range(total):  # bursts a reading client keeps up with
+            started = time.monotonic()
+            engine.emit(ev.Notice("x" * 200 + str(k)))
+            longest = max(longest, time.monotonic() - started)
+            if k % 20 == 0:
+                time.sleep(0.01)
+        assert longest < 0.5, f"the engine thread waited {longest:.1f} s on a client"
+        wait_until(lambda: len(seen) == total, timeout=30)
+        assert [e.message for e in seen] == ["x" * 200 + str(k) for k in range(total)]
+        log = (tmp_path / "mptui.log").read_text()
+        assert log.count("dropped a local client: it fell 1001 events behind") == 1
+        reader.send(cmd.Pause())
+        assert engine.got_command.wait(5) and engine.received == [cmd.Pause()]
+        reader.close()
+        stuck.close()
+    finally:
+        server.close()
+    assert not (tmp_path / "engine.sock").exists()
+
+
+def test_the_socket_is_the_owners_only_and_a_stale_one_is_replaced(tmp_path):
+    (tmp_path / "settings.json").write_text("{}")
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(tmp_path / "engine.sock"))  # what a killed run leaves: nobody listens
+    stale.close()
+    with pytest.raises(BadInput, match="was left by a run that was killed"):
+        attach(str(tmp_path))
+    engine = Publisher()
+    server = EngineServer(engine, tmp_path)
+    server.start()
+    try:
+        mode = (tmp_path / "engine.sock").stat().st_mode
+        assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+        assert not list(tmp_path.glob(".sock-*"))  # the private folder it was made in is gone
+        remote = attach(str(tmp_path))
+        assert remote.peer.startswith("process ")
+        remote.close()
+    finally:
+        server.close()
+    assert not (tmp_path / "engine.sock").exists()
+    with pytest.raises(BadInput, match="no run is serving"):
+        attach(str(tmp_path))
+
+
+def test_a_session_deeper_than_a_unix_address_is_served(tmp_path):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    server = EngineServer(Publisher(), deep)
+    server.start()
+    try:
+        assert len(str(deep / "engine.sock")) > 108
+        remote = attach(str(deep))
+        assert remote.welcome.session == str(deep)
+        remote.close()
+    finally:
+        server.close()
+
+
+def test_tcp_wants_the_token_and_logs_a_wrong_one(tmp_path):
+    engine = Publisher()
+    server = EngineServer(engine, tmp_path, listen=("127.0.0.1", 0))
+    server.start()
+    try:
+        host, port = server.address
+        assert stat.S_IMODE((tmp_path / "token").stat().st_mode) == 0o600
+        assert (tmp_path / "token").read_text().strip() == server.token
+        with pytest.raises(BadInput, match="refused the connection: wrong token"):
+            attach(f"{host}:{port}", "not-the-token")
+        assert "refused 127.0.0.1:" in (tmp_path / "mptui.log").read_text()
+        remote = attach(f"{host}:{port}", server.token)
+        remote.start()
+        remote.send(cmd.Stop())
+        assert engine.got_command.wait(5) and engine.received == [cmd.Stop()]
+        remote.close()
+    finally:
+        server.close()
+    assert not (tmp_path / "token").exists()

@@ -1,0 +1,111 @@
+"""The wire format: every event and command to a JSON line and back, exactly."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from mptui.engine.api import BadInput, EvalRequest, wire
+from mptui.engine.api import commands as cmd
+from mptui.engine.api import events as ev
+
+STEP = {
+    "index": 3, "dimension": "mlp_channels",
+    "structure": {"kind": "mlp_channels", "layer": 2, "remove": 46, "width_after": 466},
+    "score": 45.6, "params": 1000, "ratio": 0.136, "chosen_by": "user",
+}  # fmt: skip
+ORDER = ("blocks", "mlp_channels", "attn_heads")
+
+#: One of each class, with the awkward values: tuples (nested too), None, inf, a nested request.
+SAMPLES: list[ev.Event | cmd.Command] = [
+    ev.Loaded(
+        model="demo",
+        architecture="LlamaForCausalLM",
+        num_layers=8,
+        params_dense=3_935_424,
+        params_layers_dense=3_149_568,
+        dense_score=37.91,
+        mlp_group=46,
+        attn_group=96,
+        group_source="rule",
+        mlp_width=512,
+        attn_width=192,
+        order=ORDER,
+        targets={"blocks": 0.1, "mlp_channels": 0.2},
+        tokens=8192,
+        notes=("a note",),
+        steps=(STEP,),
+        time=12.5,
+    ),
+    ev.StepStarted(4, "mlp_channels", ("L0.mlp-46", "L1.mlp-46"), 45.6),
+    ev.CandidateScored(4, "mlp_channels", "L1.mlp-46", math.inf, math.inf, 23_552, 2, 7),
+    ev.Progress(4, 2, 7, 1234.5, 3.25),
+    ev.Proposal(4, "L1.mlp-46", 46.1),
+    ev.StepCommitted(STEP, 45.6, 0.136, 0.17, 3_400_000, 1.5, 16, 131072),
+    ev.StepUndone(3, "L2.mlp-46", 44.8, 0.125),
+    ev.DimensionChanged("attn_heads", 0.25, ORDER),
+    ev.DimensionChanged(None, None, ORDER),
+    ev.StateChanged("waiting"),
+    ev.MemorySample(900 * 2**20, ((0, 10, 20), (1, 30, 40))),
+    ev.Notice("order is now blocks -> mlp_channels"),
+    ev.Error("out of memory"),
+    ev.Activity("exporting to /tmp/x", 10, 100),
+    ev.Exported("/tmp/x", 1000, 4000, True, 2.5),
+    ev.Evaluated({"perplexity": 40.1}, {"perplexity": 45.2}, 3, 0.136),
+    ev.Finished("done", {"format": "mptui.plan/1", "steps": [STEP]}),
+    cmd.Pause(),
+    cmd.Resume(),
+    cmd.Override("L12.attn"),
+    cmd.Accept(),
+    cmd.SetOrder(ORDER),
+    cmd.SetGuided(True),
+    cmd.Undo(),
+    cmd.Stop(),
+    cmd.Export("/tmp/export"),
+    cmd.Evaluate(EvalRequest(("piqa", "arc_easy"), None, 10, 4, "/tmp/valid.txt", 128)),
+]
+
+
+def test_every_event_and_command_class_has_a_sample():
+    """A new class must be added here, which puts it through the round trip below."""
+    sampled = {type(sample).__name__ for sample in SAMPLES}
+    assert sampled == set(wire.EVENTS) | set(wire.COMMANDS)
+    assert len(wire.EVENTS) >= 16 and len(wire.COMMANDS) >= 10
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda s: type(s).__name__)
+def test_round_trip_is_exact(sample):
+    encode = wire.encode_event if isinstance(sample, ev.Event) else wire.encode_command
+    line = encode(sample)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    kind, back = wire.decode(line)
+    assert kind == ("event" if isinstance(sample, ev.Event) else "command")
+    assert type(back) is type(sample)
+    assert back == sample
+    assert repr(back) == repr(sample)  # tuples stay tuples, floats stay floats
+
+
+def test_an_event_line_has_the_shape_of_the_event_log():
+    line = json.loads(wire.encode_event(ev.StepStarted(1, "blocks", ("L0.attn",), 3.0, time=2.0)))
+    assert line == {
+        "event": "StepStarted", "time": 2.0, "step": 1, "dimension": "blocks",
+        "candidates": ["L0.attn"], "current_score": 3.0,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b"not json\n", "not a protocol line"),
+        (b"[1, 2]\n", "not a JSON object"),
+        (b'{"event": "Exploded"}\n', "unknown event 'Exploded'"),
+        (b'{"command": "Override"}\n', "bad Override"),
+        (b'{"command": "SetOrder", "order": "blocks"}\n', "expected a list"),
+        (b'{"a": 1, "b": 2}\n', "not a protocol line"),
+    ],
+)
+def test_a_bad_line_is_one_clear_error(line, message):
+    with pytest.raises(BadInput, match=message):
+        wire.decode(line)
