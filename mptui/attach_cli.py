@@ -40,19 +40,24 @@ def main(argv: list[str]) -> int:
         remote = attach(args.target, args.token)
     except EngineError as error:
         return print_error(error)
+    return run_and_report(remote, args.target, args.theme)
+
+
+def run_and_report(remote, target: str, theme: str | None) -> int:
+    """The app on ``remote`` until the user leaves; then one line on what became of the run."""
     try:
-        run_attached(remote, args)
+        run_attached(remote, theme)
     finally:
         remote.close()
     with contextlib.suppress(OSError):  # the terminal may be gone
         if remote.finished is not None:
-            print(f"the run has ended ({remote.finished.reason}); session {args.target}")
+            print(f"the run has ended ({remote.finished.reason}); session {target}")
         else:
-            print(f"detached; the run goes on (mptui attach {args.target} comes back)")
+            print(f"detached; the run goes on (mptui attach {target} comes back)")
     return 0
 
 
-def run_attached(remote, args: argparse.Namespace) -> None:
+def run_attached(remote, theme: str | None) -> None:
     from mptui.app.app import MptuiApp
 
     from .runs import cache_dir, terminal_kept_logs_to
@@ -63,7 +68,7 @@ def run_attached(remote, args: argparse.Namespace) -> None:
     with terminal_kept_logs_to(log):
         MptuiApp(
             remote,
-            theme_name=args.theme,
+            theme_name=theme,
             eval_request=welcome.eval_request,
             export_dir=Path(welcome.export_dir),
             attached_to=remote.peer,

@@ -157,6 +157,8 @@ def run_from_args(args: argparse.Namespace, argv: list[str]) -> int:
     from . import workers
 
     if args.workers and not workers.launched_by_torchrun():
+        if not args.headless:
+            return workers.launch_with_app(args, argv)
         return workers.launch(args, argv)
     team = None
     if workers.launched_by_torchrun():

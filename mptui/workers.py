@@ -12,12 +12,16 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
 #: Options of the launching process that its workers must not see again.
 _LAUNCH_ONLY = ("--workers",)
+#: How often the app looks for the workers' socket while they start.
+ATTACH_POLL_SECONDS = 0.3
 
 
 def launched_by_torchrun() -> bool:
@@ -75,16 +79,57 @@ def worker_argv(argv: list[str], session: Path | None) -> list[str]:
     return out
 
 
+def session_of(args: argparse.Namespace) -> Path:
+    from .runs import default_session_dir
+
+    if args.resume:
+        return Path(args.resume)
+    return Path(args.session) if args.session else default_session_dir(args.model)
+
+
+def launch_with_app(args: argparse.Namespace, argv: list[str]) -> int:
+    """The app on a run of ``args.workers`` workers: they run headless in the background, in a
+    session of their own (closing the terminal leaves them going, as a detach does), and the
+    app attaches to rank 0. Quitting asks whether to detach or stop the run."""
+    from mptui.engine.api import BadInput, attach
+
+    from .attach_cli import run_and_report
+
+    session = session_of(args)
+    session.mkdir(parents=True, exist_ok=True)
+    log = session / "workers.log"
+    command = [
+        sys.executable, "-m", "mptui", *worker_argv(argv, None if args.resume else session),
+        "--headless", "--workers", str(args.workers),
+    ]  # fmt: skip
+    with log.open("a") as output:
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    print(f"starting {args.workers} workers in the background (log: {log})", flush=True)
+    while True:
+        if process.poll() is not None:
+            print(_tail(log), file=sys.stderr)
+            return process.returncode
+        try:
+            remote = attach(str(session))
+            break
+        except BadInput:  # not serving yet
+            time.sleep(ATTACH_POLL_SECONDS)
+    return run_and_report(remote, str(session), args.theme)
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
 def launch(args: argparse.Namespace, argv: list[str]) -> int:
     """Run ``args.workers`` local workers to the end; a worker that dies is named in one line."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from .runs import default_session_dir
-
-    session = None
-    if not args.resume:
-        session = Path(args.session) if args.session else default_session_dir(args.model)
+    session = None if args.resume else session_of(args)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per worker unless told otherwise
     config = LaunchConfig(
         min_nodes=1,
@@ -96,7 +141,7 @@ def launch(args: argparse.Namespace, argv: list[str]) -> int:
         max_restarts=0,
         monitor_interval=0.5,
     )
-    folder = Path(args.resume) if args.resume else session
+    folder = session_of(args) if args.resume else session
     try:
         elastic_launch(config, sys.executable)("-m", "mptui", *worker_argv(argv, session))
     except ChildFailedError as error:

@@ -16,6 +16,7 @@ import pytest
 from mptui.cli import build_parser, demo_defaults
 from mptui.engine.api import Engine
 from mptui.runs import build_request
+from tests.test_tmux import Tmux
 
 DEMO = ["--demo", "--headless", "--target-ratio", "0.1"]
 RUN_TIMEOUT = 300
@@ -117,3 +118,29 @@ def test_torchrun_restarts_resume_the_session_on_their_own(tmp_path, uninterrupt
     assert out.count(f"session {session}") == 2  # the first attempt, then the restart
     assert "finished (done)" in out
     assert plan_in(session) == uninterrupted
+
+
+def test_the_app_runs_on_two_workers_and_steers_them(tmp_path, uninterrupted):
+    """``mptui --workers 2`` without --headless: the workers run in the background and the app
+    attaches; pause and resume reach them, and the plan is the one-process plan."""
+    tmux = Tmux(tmp_path)
+    session = tmp_path / "session"
+    command = (
+        f"cd {tmp_path} && OMP_NUM_THREADS=1 TERM=xterm-256color {sys.executable} -m mptui "
+        f"{' '.join(a for a in DEMO if a != '--headless')} --workers 2 --session {session}; "
+        "sleep 60"
+    )
+    tmux.run("new-session", "-d", "-s", "demo", "-x", "120", "-y", "36", command)
+    try:
+        tmux.wait_for("RUNNING", timeout=RUN_TIMEOUT)
+        tmux.run("send-keys", "-t", "demo", "space")
+        tmux.wait_for("PAUSED")
+        tmux.run("send-keys", "-t", "demo", "space")
+        tmux.wait_for("the run has ended (done)", timeout=RUN_TIMEOUT)
+        tmux.run("send-keys", "-t", "demo", "q")
+        tmux.wait_for(f"the run has ended (done); session {session}")
+        assert "starting 2 workers in the background" in tmux.screen()
+        assert plan_in(session) == uninterrupted
+        assert "finished (done)" in (session / "workers.log").read_text()
+    finally:
+        tmux.run("kill-server")
