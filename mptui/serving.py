@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from typing import TYPE_CHECKING
 
@@ -38,8 +39,16 @@ def serve(engine, opened: OpenedSession, args: argparse.Namespace) -> EngineServ
     if server.address is not None:
         host, port = server.address
         print(
-            f"listening on {host}:{port}; attach with: mptui attach {host}:{port} "
+            f"listening on {host}:{port}; attach with: mptui attach {reachable(host)}:{port} "
             f"--token {server.token}",
             flush=True,
         )
     return server
+
+
+def reachable(host: str) -> str:
+    """How a client names a listening address: this machine's name for all interfaces, an IPv6
+    address in brackets."""
+    if host in ("0.0.0.0", "::", ""):
+        return socket.gethostname()
+    return f"[{host}]" if ":" in host else host

@@ -145,3 +145,18 @@ def test_listen_serves_tcp_behind_its_token(tmp_path):
     assert stale.returncode == 2
     assert "was left by a run that was killed" in stale.stderr
     assert len(stale.stderr.splitlines()) == 1
+
+
+def test_bad_listen_is_one_line_before_anything_starts(tmp_path):
+    for extra, message in [
+        (["--headless", "--listen", "7077"], "--listen wants HOST:PORT"),
+        (["--listen", "127.0.0.1:7077"], "--listen serves a headless run: add --headless"),
+    ]:
+        session = tmp_path / "session"
+        result = subprocess.run(
+            [str(MPTUI), "--demo", "--session", str(session), *extra],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert result.returncode == 2
+        assert result.stderr.startswith(f"mptui: error: {message}")
+        assert len(result.stderr.splitlines()) == 1 and not session.exists()

@@ -9,7 +9,7 @@ from app_replay import NoGpu, fixed_run_events
 from test_serve import Publisher
 
 from mptui.app.app import MptuiApp
-from mptui.engine.api import EngineServer, attach
+from mptui.engine.api import EngineServer, EngineState, attach
 from mptui.engine.api import commands as cmd
 from mptui.engine.api import events as ev
 
@@ -59,7 +59,7 @@ async def test_attached_q_asks_and_s_stops_the_run_then_the_app_says_it_ended(tm
             engine.emit(ev.Finished("stopped", {}))
             server.close()
             await settle(pilot, lambda: "the run has ended (stopped)" in app.state.link)
-            assert app.state.state_label == "STOPPED"
+            assert app.state.state_label == "STOPPED" and remote.state is EngineState.STOPPED
             await pilot.press("q")  # nothing left to stop: q leaves at once
             await settle(pilot, lambda: not app.is_running)
     finally:

@@ -155,6 +155,28 @@ def test_the_socket_is_the_owners_only_and_a_stale_one_is_replaced(tmp_path):
         attach(str(tmp_path))
 
 
+@pytest.mark.parametrize(
+    ("hello", "reason"),
+    [
+        (b'{"hello": {"protocol": 99}}\n', "protocol 99 (this run speaks 1)"),
+        (b"GET / HTTP/1.1\r\n", "not an mptui client"),
+    ],
+)
+def test_a_client_that_does_not_speak_the_protocol_is_refused(tmp_path, hello, reason):
+    server = EngineServer(Publisher(), tmp_path)
+    server.start()
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(str(server.socket_path))
+        sock.sendall(hello)
+        answer = sock.makefile("rb").readline()
+        assert wire.decode(answer) == ("refused", {"reason": reason})
+        sock.close()
+    finally:
+        server.close()
+    assert f"refused a local client: {reason}" in (tmp_path / "mptui.log").read_text()
+
+
 def test_a_session_deeper_than_a_unix_address_is_served(tmp_path):
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     deep.mkdir(parents=True)
