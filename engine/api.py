@@ -20,6 +20,17 @@ from typing import TYPE_CHECKING, Any
 from . import commands, events
 from .defaults import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_LORA_ALPHA,
+    DEFAULT_LORA_RANK,
+    DEFAULT_LORA_TARGETS,
+    DEFAULT_RECOVERY_BATCH,
+    DEFAULT_RECOVERY_EVAL_EVERY,
+    DEFAULT_RECOVERY_GRAD_ACCUM,
+    DEFAULT_RECOVERY_LR,
+    DEFAULT_RECOVERY_SAVE_EVERY,
+    DEFAULT_RECOVERY_SEQLEN,
+    DEFAULT_RECOVERY_STEPS,
+    DEFAULT_RECOVERY_WARMUP,
     DEFAULT_DISTRIBUTION,
     DEFAULT_DTYPE,
     DEFAULT_EVAL_BATCH_SIZE,
@@ -41,6 +52,8 @@ from .errors import (
 )
 from .eval_request import EvalRequest
 from .events import EngineState
+from .recovery import events as recovery_events
+from .recovery.settings import RecoverySettings, parse_targets
 from .structures import DIMENSIONS, Structure
 
 if TYPE_CHECKING:
@@ -80,9 +93,14 @@ _LAZY: dict[str, str] = {
     "layer_rows": "plan",
     "read_plan_file": "plan",
     "write_json_atomic": "plan",
+    "RecoveryFolder": "recovery.folder",
+    "describe_source": "recovery.source",
+    "load_pruned": "recovery.source",
+    "check_recovery": "recovery.run",
+    "prepare_recovery": "recovery.run",
 }
 #: Where a public name differs from the name in its module.
-_RENAMED = {"run_headless": "run"}
+_RENAMED = {"run_headless": "run", "check_recovery": "check", "prepare_recovery": "prepare"}
 
 
 def __getattr__(name: str) -> Any:
@@ -142,6 +160,17 @@ def prune(
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
+    "DEFAULT_LORA_ALPHA",
+    "DEFAULT_LORA_RANK",
+    "DEFAULT_LORA_TARGETS",
+    "DEFAULT_RECOVERY_BATCH",
+    "DEFAULT_RECOVERY_EVAL_EVERY",
+    "DEFAULT_RECOVERY_GRAD_ACCUM",
+    "DEFAULT_RECOVERY_LR",
+    "DEFAULT_RECOVERY_SAVE_EVERY",
+    "DEFAULT_RECOVERY_SEQLEN",
+    "DEFAULT_RECOVERY_STEPS",
+    "DEFAULT_RECOVERY_WARMUP",
     "DEFAULT_DISTRIBUTION",
     "DEFAULT_DTYPE",
     "DEFAULT_EVAL_BATCH_SIZE",
@@ -160,10 +189,13 @@ __all__ = [
     "EngineState",
     "EvalRequest",
     "OutOfMemory",
+    "RecoverySettings",
     "Structure",
     "UnsupportedModel",
     "commands",
     "events",
+    "parse_targets",
     "prune",
+    "recovery_events",
     *_LAZY,
 ]

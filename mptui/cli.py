@@ -216,12 +216,20 @@ def main(argv: list[str] | None = None) -> int:
         from .export_cli import main as export
 
         return export(argv[1:])
+    if argv[:1] == ["recover"]:
+        from .recover_cli import main as recover
+
+        return recover(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.demo:
         demo_defaults(args)
     if not args.model and not args.resume:
         parser.error("give a MODEL (hub id or folder), --demo, or --resume DIR")
+    if args.resume and args.headless and (Path(args.resume) / "recovery").is_dir():
+        from .recover_cli import resume
+
+        return resume(Path(args.resume))
     from .runs import run_from_args
 
     return run_from_args(args)
