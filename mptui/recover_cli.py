@@ -8,9 +8,11 @@ the same command again). A session recovers in its own folder; an export in --se
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from mptui.engine.api import (
@@ -28,7 +30,7 @@ from mptui.engine.api import (
     DEFAULT_SEED,
 )
 
-from .cli_common import Parser, loading_lines, print_error
+from .cli_common import Parser, ProgressLines, print_error
 
 #: Seconds between two progress lines (validations and the last step always get one).
 LINE_INTERVAL = 10.0
@@ -220,9 +222,11 @@ def recover(
     session = SessionFolder(folder)
     session.lock()
     try:
-        name = source.get("export") or source["session"]
         model, tokenizer, plan = load_pruned(
-            source, source.get("dtype"), source.get("device"), on_shard=loading_lines(name)
+            source,
+            source.get("dtype"),
+            source.get("device"),
+            on_shard=ProgressLines("loading the pruned model", "shards"),
         )
         printer = RecoveryLines()
         run = prepare_recovery(
@@ -230,8 +234,9 @@ def recover(
             calibration_cache_dir(),
         )  # fmt: skip
         print(f"session {folder}", flush=True)
-        stop = stop_flag()
-        if run.run(poll=lambda: stop["asked"]) == "stopped":
+        with stop_on_signals() as stop:
+            reason = run.run(poll=lambda: stop["asked"])
+        if reason == "stopped":
             print(
                 f"stopped at step {run.step} of {settings.steps} (saved); continue with "
                 f"mptui --resume {folder}",
@@ -241,7 +246,7 @@ def recover(
         if export:
             from mptui.engine.api import describe_export
 
-            result = run.export(tokenizer, plan, Path(export), progress=writing_lines())
+            result = run.export(plan, Path(export), progress=writing_lines())
             print(describe_export(result), flush=True)
         if export_adapter:
             run.save_adapter(Path(export_adapter))
@@ -251,17 +256,22 @@ def recover(
     return 0
 
 
-def stop_flag() -> dict:
-    """SIGTERM and SIGHUP ask the run to stop after the optimizer step in progress (it saves
-    first); a SIGKILL loses at most the steps since the last save."""
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[dict]:
+    """While training, SIGTERM, SIGHUP and Ctrl-C ask the run to stop after the optimizer step
+    in progress (it saves first); a SIGKILL loses at most the steps since the last save."""
     flag = {"asked": False}
 
     def ask(signum, frame) -> None:
         flag["asked"] = True
 
-    for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-        signal.signal(number, ask)
-    return flag
+    numbers = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+    saved = {number: signal.signal(number, ask) for number in numbers}
+    try:
+        yield flag
+    finally:
+        for number, handler in saved.items():
+            signal.signal(number, handler)
 
 
 class RecoveryLines:

@@ -78,12 +78,13 @@ def prepare(
         trainer.load_state_dict(state)
     if not folder.started:
         folder.write_settings(settings, source)
-    return RecoveryRun(trainer, folder, emit)
+    return RecoveryRun(trainer, tokenizer, folder, emit)
 
 
 class RecoveryRun:
-    def __init__(self, trainer: Trainer, folder: RecoveryFolder, emit: Emit) -> None:
+    def __init__(self, trainer: Trainer, tokenizer, folder: RecoveryFolder, emit: Emit) -> None:
         self.trainer = trainer
+        self.tokenizer = tokenizer
         self.folder = folder
         self.emit = emit
         self.settings = trainer.settings
@@ -164,10 +165,10 @@ class RecoveryRun:
             "perplexity": self.perplexity,
         }
 
-    def export(self, tokenizer, plan, path: Path, progress=None):
+    def export(self, plan, path: Path, progress=None):
         """The recovered model (merged on a copy) as an export of ``plan``'s pruned model."""
         return export_model(
-            self.merged(), tokenizer, plan, path, progress=progress, recovery=self.card_info()
+            self.merged(), self.tokenizer, plan, path, progress=progress, recovery=self.card_info()
         )
 
     def save_adapter(self, path: Path) -> None:

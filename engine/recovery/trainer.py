@@ -125,12 +125,7 @@ class Trainer:
     def train_step(self) -> StepResult:
         """One optimizer step; on out-of-memory, halve the micro-batch and run the step again."""
         examples = self.step_examples(self.step)
-        while True:
-            try:
-                loss = self._accumulate(examples)
-                break
-            except torch.OutOfMemoryError:
-                self._lower_micro_batch()
+        loss = self._with_oom_fallback(lambda: self._accumulate(examples))
         torch.nn.utils.clip_grad_norm_(self.params, MAX_GRAD_NORM)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
@@ -150,6 +145,14 @@ class Trainer:
             (nll / total).backward()
             loss_sum += nll.item()
         return loss_sum / total
+
+    def _with_oom_fallback(self, work: Callable[[], float]) -> float:
+        """``work()``, again with a halved micro-batch after each out-of-memory error."""
+        while True:
+            try:
+                return work()
+            except torch.OutOfMemoryError:
+                self._lower_micro_batch()
 
     def _lower_micro_batch(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -171,17 +174,21 @@ class Trainer:
     def grad_accum(self) -> int:
         return math.ceil(self.settings.effective_batch / self.micro_batch)
 
-    @torch.no_grad()
     def validation_perplexity(self) -> float:
         """``exp`` of the mean token loss over the held-out examples (dropout off)."""
+        nll = self._with_oom_fallback(self._validation_nll)
+        return math.exp(nll / max(1, self._label_tokens(self.val)))
+
+    @torch.no_grad()
+    def _validation_nll(self) -> float:
         self.model.eval()
         try:
-            nll = 0.0
-            for start in range(0, len(self.val), self.micro_batch):
-                nll += self._nll_sum(self.val[start : start + self.micro_batch]).item()
+            return sum(
+                self._nll_sum(self.val[start : start + self.micro_batch]).item()
+                for start in range(0, len(self.val), self.micro_batch)
+            )
         finally:
             self.model.train()
-        return math.exp(nll / max(1, self._label_tokens(self.val)))
 
     # --- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict:
