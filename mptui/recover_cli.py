@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("source", metavar="SESSION|EXPORT", help="a session folder or an export")
     parser.add_argument(
         "--data",
+        metavar="FILE|DATASET",
         required=True,
         help=".jsonl/.parquet instruction rows "
         "(instruction, input, output), a .txt file, or a dataset name",
@@ -54,61 +55,83 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add(
         "--steps",
+        metavar="N",
         type=int,
         default=DEFAULT_RECOVERY_STEPS,
         help="optimizer steps (default: %(default)s)",
     )
     add(
         "--lr",
+        metavar="LR",
         type=float,
         default=DEFAULT_RECOVERY_LR,
         help="AdamW learning rate (default: %(default)s)",
     )
     add(
         "--warmup",
+        metavar="N",
         type=int,
         default=DEFAULT_RECOVERY_WARMUP,
         help="warm-up steps (default: %(default)s)",
     )
-    add("--rank", type=int, default=DEFAULT_LORA_RANK, help="LoRA rank (default: %(default)s)")
-    add("--alpha", type=float, default=DEFAULT_LORA_ALPHA, help="LoRA alpha (default: %(default)s)")
+    add(
+        "--rank",
+        metavar="R",
+        type=int,
+        default=DEFAULT_LORA_RANK,
+        help="LoRA rank (default: %(default)s)",
+    )
+    add(
+        "--alpha",
+        metavar="A",
+        type=float,
+        default=DEFAULT_LORA_ALPHA,
+        help="LoRA alpha (default: %(default)s)",
+    )
     add(
         "--targets",
+        metavar="a,b",
         default=",".join(DEFAULT_LORA_TARGETS),
         help="projections that get an adapter (default: %(default)s)",
     )
     add(
         "--batch-size",
+        metavar="B",
         type=int,
         default=DEFAULT_RECOVERY_BATCH,
         help="examples per forward (default: %(default)s)",
     )
     add(
         "--grad-accum",
+        metavar="K",
         type=int,
         default=DEFAULT_RECOVERY_GRAD_ACCUM,
         help="forwards per step (default: %(default)s)",
     )
     add(
         "--seqlen",
+        metavar="S",
         type=int,
         default=DEFAULT_RECOVERY_SEQLEN,
         help="longest example in tokens (default: %(default)s)",
     )
     add(
         "--eval-every",
+        metavar="N",
         type=int,
         default=DEFAULT_RECOVERY_EVAL_EVERY,
         help="steps between validations (default: %(default)s)",
     )
     add(
         "--save-every",
+        metavar="N",
         type=int,
         default=DEFAULT_RECOVERY_SAVE_EVERY,
         help="steps between saves (default: %(default)s)",
     )
     add(
         "--seed",
+        metavar="SEED",
         type=int,
         default=DEFAULT_SEED,
         help="data order and adapter init (default: %(default)s)",
