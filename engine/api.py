@@ -96,6 +96,7 @@ _LAZY: dict[str, str] = {
     "RecoveryFolder": "recovery.folder",
     "describe_source": "recovery.source",
     "load_pruned": "recovery.source",
+    "recovered_model": "recovery.source",
     "check_recovery": "recovery.run",
     "prepare_recovery": "recovery.run",
 }

@@ -257,3 +257,34 @@ def test_instruction_rows_take_the_loss_on_the_response_only(tiny_model_dir):
     assert tokenizer.decode(learned[:-1]) == "Blue." and learned[-1] == tokenizer.eos_token_id
     assert example.input_ids[len(prompt) :] == tuple(learned)
     assert len(instruction_example(row, tokenizer, 5).input_ids) == 5
+
+
+def test_eval_and_export_of_a_recovered_session_use_the_recovered_model(
+    session, text_file, tmp_path, capsys
+):
+    from mptui.evaluate_cli import main as evaluate
+    from mptui.export_cli import main as export
+
+    run, _ = start(session, settings(text_file, steps=3, lr=1e-3))
+    assert run.run() == "done"
+    merged = run.merged()
+    capsys.readouterr()
+    assert (
+        evaluate(["--session", str(session), "--perplexity", str(text_file), "--seqlen", "32"]) == 0
+    )
+    results = json.loads(capsys.readouterr().out)
+    dense, pruned, recovered = (results[k]["perplexity"] for k in ("dense", "pruned", "recovered"))
+    assert recovered < pruned != dense  # trained on this very text
+    summary = (session / "summary.md").read_text()
+    assert "| metric | dense | pruned | recovered |" in summary
+    assert (
+        f"| perplexity | {round(dense, 4)} | {round(pruned, 4)} | {round(recovered, 4)} |"
+        in summary
+    )
+    assert export([str(session), "--out", str(tmp_path / "export")]) == 0
+    assert "recovered by LoRA" in (tmp_path / "export" / "README.md").read_text()
+    stored = load_file(tmp_path / "export" / "model.safetensors")
+    for name, tensor in merged.state_dict().items():
+        if name in stored:
+            torch.testing.assert_close(stored[name], tensor, rtol=0, atol=0)
+    assert sum(t.numel() for t in stored.values()) == unique_parameters(merged)

@@ -83,6 +83,22 @@ class RecoveryFolder:
         state = self.load()
         return state["step"] if state else 0
 
+    def card_info(self) -> dict | None:
+        """What an export's model card says of the saved recovery (None: none saved)."""
+        state = self.load()
+        if state is None:
+            return None
+        settings, _ = self.read_settings()
+        validations = {
+            r["step"]: r["val_perplexity"] for r in self.read_log() if "val_perplexity" in r
+        }
+        return {
+            "settings": settings.to_dict(),
+            "step": state["step"],
+            "pruned_perplexity": validations.get(0),
+            "perplexity": validations.get(state["step"]),
+        }
+
     # --- log --------------------------------------------------------------------------------
     def log(self, record: dict) -> None:
         with (self.session / LOG).open("a") as handle:

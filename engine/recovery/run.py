@@ -91,11 +91,6 @@ class RecoveryRun:
         self.params = sum(
             p.numel() for n, p in trainer.model.named_parameters() if "lora_" not in n
         )
-        validations = [r for r in folder.read_log() if "val_perplexity" in r]
-        self.pruned_perplexity = next(
-            (r["val_perplexity"] for r in validations if r["step"] == 0), None
-        )
-        self.perplexity: float | None = validations[-1]["val_perplexity"] if validations else None
 
     @property
     def step(self) -> int:
@@ -115,7 +110,7 @@ class RecoveryRun:
             )
         )  # fmt: skip
         if trainer.step == 0:
-            self.pruned_perplexity = self._validate()
+            self._validate()
             self._save()
         started, first = time.monotonic(), trainer.step
         tokens = 0
@@ -143,11 +138,10 @@ class RecoveryRun:
         self.emit(rev.RecoveryFinished("done", trainer.step, settings.steps))
         return "done"
 
-    def _validate(self) -> float:
-        self.perplexity = self.trainer.validation_perplexity()
-        self.folder.log({"step": self.trainer.step, "val_perplexity": self.perplexity})
-        self.emit(rev.RecoveryValidated(self.trainer.step, self.perplexity))
-        return self.perplexity
+    def _validate(self) -> None:
+        perplexity = self.trainer.validation_perplexity()
+        self.folder.log({"step": self.trainer.step, "val_perplexity": perplexity})
+        self.emit(rev.RecoveryValidated(self.trainer.step, perplexity))
 
     def _save(self) -> None:
         self.folder.save(self.trainer.state_dict())
@@ -156,19 +150,15 @@ class RecoveryRun:
         """The recovered model: adapters merged into a copy; training is untouched."""
         return merged_copy(self.trainer.model)
 
-    def card_info(self) -> dict:
-        """What an export's model card says of the recovery."""
-        return {
-            "settings": self.settings.to_dict(),
-            "step": self.step,
-            "pruned_perplexity": self.pruned_perplexity,
-            "perplexity": self.perplexity,
-        }
-
     def export(self, plan, path: Path, progress=None):
         """The recovered model (merged on a copy) as an export of ``plan``'s pruned model."""
         return export_model(
-            self.merged(), self.tokenizer, plan, path, progress=progress, recovery=self.card_info()
+            self.merged(),
+            self.tokenizer,
+            plan,
+            path,
+            progress=progress,
+            recovery=self.folder.card_info(),
         )
 
     def save_adapter(self, path: Path) -> None:

@@ -55,3 +55,21 @@ def load_pruned(
             source["export"], dtype=dtype, device=device, on_shard=on_shard
         )
     return model, tokenizer, plan
+
+
+def recovered_model(pruned, session: Path):
+    """``pruned`` (rebuilt from the session) with the session's saved adapter merged into it,
+    in place; None when the session holds no recovery."""
+    from peft import set_peft_model_state_dict
+
+    from .folder import RecoveryFolder
+    from .lora import add_adapters
+
+    folder = RecoveryFolder(session)
+    state = folder.load()
+    if state is None:
+        return None
+    settings, _ = folder.read_settings()
+    wrapped = add_adapters(pruned, settings)
+    set_peft_model_state_dict(wrapped, state["adapter"])
+    return wrapped.merge_and_unload().eval()
