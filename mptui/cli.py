@@ -186,6 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument(
         "--eval-text", default=None, metavar="FILE", help="text for a rolling perplexity"
     )
+    recovery = parser.add_argument_group("recovery (the app's r key; see mptui recover --help)")
+    recovery.add_argument(
+        "--recover-data",
+        default=None,
+        metavar="FILE",
+        help="what r fine-tunes on after the search (default: none; with --demo, the demo's text)",
+    )
     return parser
 
 
@@ -198,6 +205,7 @@ def demo_defaults(args: argparse.Namespace) -> None:
     args.seqlen = args.seqlen if args.seqlen is not None else 128
     args.nsamples = args.nsamples if args.nsamples is not None else 16
     args.eval_text = args.eval_text or str(DEMO_DIR / "validation.txt")
+    args.recover_data = args.recover_data or str(DEMO_DIR / "calibration.txt")
     if not args.eval_tasks:
         from .demo.tasks import TASK, include_path
         from .runs import cache_dir
@@ -226,7 +234,11 @@ def main(argv: list[str] | None = None) -> int:
         demo_defaults(args)
     if not args.model and not args.resume:
         parser.error("give a MODEL (hub id or folder), --demo, or --resume DIR")
-    if args.resume and args.headless and (Path(args.resume) / "recovery").is_dir():
+    if (
+        args.resume
+        and args.headless
+        and (Path(args.resume) / "recovery" / "settings.json").is_file()
+    ):
         from .recover_cli import resume
 
         return resume(Path(args.resume))

@@ -146,6 +146,28 @@ def app_eval_request(args: argparse.Namespace, seqlen: int):
     )  # fmt: skip
 
 
+def resumed_recovery(folder: Path):
+    """The settings of the recovery a resumed session had started (None when none had)."""
+    from mptui.engine.api import RecoveryFolder
+
+    recovery = RecoveryFolder(folder)
+    return recovery.read_settings()[0] if recovery.started else None
+
+
+def app_recovery(args: argparse.Namespace):
+    """What the app's ``r`` runs: ``--recover-data`` with the reference's settings, or the
+    demo's short recovery with ``--demo``; None without data."""
+    from mptui.engine.api import RecoverySettings
+
+    if not getattr(args, "recover_data", None):
+        return None
+    if getattr(args, "demo", False):
+        from mptui.demo.recovery import demo_recovery_settings
+
+        return demo_recovery_settings(args.recover_data)
+    return RecoverySettings(data=args.recover_data)
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     from mptui.engine.api import Engine, EngineError, SessionRecorder
 
@@ -161,7 +183,10 @@ def run_from_args(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(opened.request.settings, guided=False)
         opened.request = dataclasses.replace(opened.request, settings=settings)
     plan_dirs = [folder.path] + ([opened.out_dir] if opened.out_dir != folder.path else [])
-    engine = Engine(opened.request, linger=not args.headless, journal=folder, plan_dirs=plan_dirs)
+    engine = Engine(
+        opened.request, linger=not args.headless, journal=folder, plan_dirs=plan_dirs,
+        session_dir=folder.path, recover=resumed_recovery(folder.path),
+    )  # fmt: skip
     engine.subscribe(SessionRecorder(folder, engine.plan))
     try:
         if args.headless:
@@ -242,8 +267,9 @@ def run_app(engine, opened: OpenedSession, args: argparse.Namespace) -> int:
     try:
         with terminal_kept_logs_to(session_dir / "mptui.log"):
             MptuiApp(
-                engine, theme_name=args.theme, eval_request=eval_request, export_dir=export_dir
-            ).run()
+                engine, theme_name=args.theme, eval_request=eval_request, export_dir=export_dir,
+                recovery=app_recovery(args),
+            ).run()  # fmt: skip
     finally:
         engine.send(commands.Stop())
         engine.join()

@@ -1,0 +1,71 @@
+"""Recovery in the app: r after the search, the Recovery pane and status line, pause, and
+export and evaluate while paused, which merge on a copy and leave training where it was."""
+
+from __future__ import annotations
+
+import pytest
+from test_app import NoGpu, wait_until
+from textual.widgets import DataTable, Input
+
+from mptui.app.app import MptuiApp
+from mptui.app.screens import EvaluationScreen, ExportScreen
+from mptui.engine.api import (
+    CalibrationSpec,
+    Engine,
+    EvalRequest,
+    PruneSettings,
+    RecoverySettings,
+    RunRequest,
+)
+
+
+async def test_recover_pause_evaluate_and_export_in_the_app(
+    tiny_model_dir, calibration_file, tmp_path
+):
+    prune = PruneSettings.with_distribution(
+        0.2, "30:40:30", calibration=CalibrationSpec(str(calibration_file), 0, 32), mlp_group=40
+    )
+    request = RunRequest(str(tiny_model_dir("llama")), prune, cache_dir=tmp_path)
+    engine = Engine(request, linger=True, session_dir=tmp_path / "session")
+    recovery = RecoverySettings(
+        data=str(calibration_file), steps=80, batch_size=2, grad_accum=1, seqlen=32,
+        eval_every=20, save_every=20, val_examples=4, lr=1e-3,
+    )  # fmt: skip
+    app = MptuiApp(
+        engine, gpu_reader=NoGpu(), user_theme_dir=tmp_path / "themes", recovery=recovery,
+        eval_request=EvalRequest(text=str(calibration_file), seqlen=32),
+        export_dir=tmp_path / "export",
+    )  # fmt: skip
+    status = lambda: str(app.query_one("#status").render())  # noqa: E731
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until(pilot, lambda: app.state.finished == "done")
+        await pilot.press("r")
+        await wait_until(pilot, lambda: "RECOVERING step" in status())
+        await pilot.press("space")
+        await wait_until(pilot, lambda: app.state.state == "paused")
+        step = engine.recovery.step
+        assert 0 < step < 80 and app.query_one("#recovery").display
+        await pilot.pause(0.5)
+        assert engine.recovery.step == step  # paused within one optimizer step
+        await pilot.press("e")
+        await wait_until(
+            pilot, lambda: isinstance(app.screen, EvaluationScreen) and app.screen.query(DataTable)
+        )
+        table = app.screen.query_one("#evaluation", DataTable)
+        what, dense, pruned, recovered, change = table.get_row_at(0)
+        assert what == "perplexity" and float(recovered) < float(pruned)
+        assert float(change) == pytest.approx(float(recovered) - float(dense), abs=2e-3)
+        await pilot.press("escape")
+        await pilot.press("x")
+        await wait_until(
+            pilot, lambda: isinstance(app.screen, ExportScreen) and app.screen.query(Input)
+        )
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: app.state.exported is not None)
+        assert app.state.exported.params == engine.session.params
+        assert "recovered by LoRA" in (tmp_path / "export" / "README.md").read_text()
+        assert engine.recovery.step == step and app.state.state == "paused"
+        await pilot.press("space")
+        await wait_until(pilot, lambda: app.state.recovery.finished == "done")
+        assert engine.recovery.step == 80
+        assert "val ppl" in str(app.query_one("#recovery").border_subtitle)
