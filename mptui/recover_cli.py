@@ -42,9 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data",
         metavar="FILE|DATASET",
-        required=True,
+        default=None,
         help=".jsonl/.parquet instruction rows "
-        "(instruction, input, output), a .txt file, or a dataset name",
+        "(instruction, input, output), a .txt file, or a dataset name (default: none; with "
+        "--demo, the demo's text)",
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="the demo's short recovery: its text, validation text and sizes (default: off)",
     )
     parser.add_argument(
         "--val-data",
@@ -165,7 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace):
+    """The options as given; with ``--demo``, the demo's recovery (mptui/demo/recovery.py)."""
     from mptui.engine.api import RecoverySettings, parse_targets
+
+    if args.demo:
+        from mptui.demo.recovery import demo_recovery_settings
+
+        return demo_recovery_settings(args.data)
 
     return RecoverySettings(
         data=args.data,
@@ -187,7 +199,10 @@ def settings_from_args(args: argparse.Namespace):
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.data and not args.demo:
+        parser.error("give --data FILE|DATASET (or --demo)")
     from mptui.engine.api import EngineError, RecoveryFolder, describe_source
     from mptui.runs import default_session_dir, quiet_libraries
 

@@ -8,6 +8,7 @@ gets none. Targets are short names: ``q`` matches a module called ``q`` or ``q_p
 from __future__ import annotations
 
 import copy
+import warnings
 
 from torch import nn
 
@@ -50,7 +51,9 @@ def add_adapters(model: nn.Module, settings):
     from peft import get_peft_model
 
     targets = resolve_targets(model, settings.targets)
-    return get_peft_model(model, lora_config(settings, targets))
+    with warnings.catch_warnings():  # peft asks transformers a deprecated question
+        warnings.simplefilter("ignore", FutureWarning)
+        return get_peft_model(model, lora_config(settings, targets))
 
 
 def merged_copy(peft_model) -> nn.Module:
