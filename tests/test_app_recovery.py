@@ -16,6 +16,8 @@ from mptui.engine.api import (
     PruneSettings,
     RecoverySettings,
     RunRequest,
+    SessionFolder,
+    SessionRecorder,
 )
 
 
@@ -26,7 +28,9 @@ async def test_recover_pause_evaluate_and_export_in_the_app(
         0.2, "30:40:30", calibration=CalibrationSpec(str(calibration_file), 0, 32), mlp_group=40
     )
     request = RunRequest(str(tiny_model_dir("llama")), prune, cache_dir=tmp_path)
+    (tmp_path / "session").mkdir()
     engine = Engine(request, linger=True, session_dir=tmp_path / "session")
+    engine.subscribe(SessionRecorder(SessionFolder(tmp_path / "session"), engine.plan))
     recovery = RecoverySettings(
         data=str(calibration_file), steps=80, batch_size=2, grad_accum=1, seqlen=32,
         eval_every=20, save_every=20, val_examples=4, lr=1e-3,
@@ -54,7 +58,9 @@ async def test_recover_pause_evaluate_and_export_in_the_app(
         table = app.screen.query_one("#evaluation", DataTable)
         what, dense, pruned, recovered, change = table.get_row_at(0)
         assert what == "perplexity" and float(recovered) < float(pruned)
-        assert float(change) == pytest.approx(float(recovered) - float(dense), abs=2e-3)
+        assert float(change) == pytest.approx(float(recovered) - float(dense), rel=1e-3)
+        summary = (tmp_path / "session" / "summary.md").read_text()
+        assert "| metric | dense | pruned | recovered |" in summary
         await pilot.press("escape")
         await pilot.press("x")
         await wait_until(
