@@ -16,8 +16,8 @@ DEMO_RECOVERY = {
     "grad_accum": 1,
     "lr": 1e-3,
     "warmup": 20,
-    "eval_every": 50,
-    "save_every": 50,
+    "eval_every": 100,
+    "save_every": 100,
 }
 
 
