@@ -75,3 +75,43 @@ async def test_recover_pause_evaluate_and_export_in_the_app(
         await wait_until(pilot, lambda: app.state.recovery.finished == "done")
         assert engine.recovery.step == 80
         assert "val ppl" in str(app.query_one("#recovery").border_subtitle)
+
+
+def test_a_stopped_recovery_continues_when_the_session_is_resumed(
+    tiny_model_dir, calibration_file, tmp_path
+):
+    """Through the engine, as the app and ``mptui --resume`` drive it: Stop saves within one
+    optimizer step; an engine built with ``recover=`` goes straight back to the recovery."""
+    import dataclasses
+    import time
+
+    from mptui.engine.api import commands, recovery_events
+
+    prune = PruneSettings.with_distribution(
+        0.2, "30:40:30", calibration=CalibrationSpec(str(calibration_file), 0, 32), mlp_group=40
+    )
+    request = RunRequest(str(tiny_model_dir("llama")), prune, cache_dir=tmp_path)
+    recovery = RecoverySettings(
+        data=str(calibration_file), steps=40, batch_size=2, grad_accum=1, seqlen=32,
+        eval_every=40, save_every=40, val_examples=4,
+    )  # fmt: skip
+    events: list = []
+    engine = Engine(request, [events.append], linger=True, session_dir=tmp_path)
+    engine.start()
+    while engine.result is None:
+        time.sleep(0.05)
+    engine.send(commands.Recover(recovery))
+    while not any(isinstance(e, recovery_events.RecoveryStep) for e in events):
+        time.sleep(0.01)
+    engine.send(commands.Stop())
+    assert engine.join(60)
+    stopped = next(e for e in events if isinstance(e, recovery_events.RecoveryFinished))
+    assert stopped.reason == "stopped" and 0 < stopped.step < 40
+    resumed = dataclasses.replace(request, resume_steps=tuple(engine.session.steps))
+    again: list = []
+    second = Engine(resumed, [again.append], session_dir=tmp_path, recover=recovery)
+    assert second.run().reason == "done"
+    started = next(e for e in again if isinstance(e, recovery_events.RecoveryStarted))
+    assert started.step == stopped.step  # saved at the stop, continued from there
+    assert not any(type(e).__name__ == "StepCommitted" for e in again)  # no further search
+    assert second.recovery.step == 40
