@@ -288,3 +288,21 @@ def test_eval_and_export_of_a_recovered_session_use_the_recovered_model(
         if name in stored:
             torch.testing.assert_close(stored[name], tensor, rtol=0, atol=0)
     assert sum(t.numel() for t in stored.values()) == unique_parameters(merged)
+
+
+def test_an_export_recovers_in_a_session_folder_of_its_own(session, text_file, tmp_path, capsys):
+    from mptui.engine.export import export_model
+    from mptui.recover_cli import main
+
+    pruned, tokenizer, plan = load_pruned({"session": str(session)})
+    export_model(pruned, tokenizer, plan, tmp_path / "export")
+    state = tmp_path / "state"
+    argv = [str(tmp_path / "export"), "--data", str(text_file), "--steps", "2", "--seqlen", "32",
+            "--batch-size", "2", "--grad-accum", "1", "--session", str(state),
+            "--export", str(tmp_path / "recovered")]  # fmt: skip
+    assert main(argv) == 0
+    assert "exported to" in capsys.readouterr().out
+    assert RecoveryFolder(state).read_settings()[1]["export"] == str(tmp_path / "export")
+    assert RecoveryFolder(state).saved_step() == 2
+    stored = load_file(tmp_path / "recovered" / "model.safetensors")
+    assert sum(t.numel() for t in stored.values()) == unique_parameters(pruned)
