@@ -30,7 +30,7 @@ from .errors import BadInput, Cancelled, EngineError
 from .eval_request import EvalRequest
 from .evaluate import evaluate
 from .events import EngineState
-from .export import export_model
+from .export import export_model, is_export
 from .memory import sample_memory
 from .plan import Plan, PlanStep, write_plan
 from .recovery.folder import RecoveryFolder
@@ -479,11 +479,14 @@ class Engine:
     def _recover_after_load(self, settings: RecoverySettings) -> EngineState:
         """A resumed session whose recovery had started: continue it, search no further."""
         outcome = self._recover(settings)
-        return EngineState.STOPPED if outcome is Outcome.STOP else self._state
+        if outcome is Outcome.STOP or self.recovery is None:  # stopped, or it could not start
+            return EngineState.STOPPED
+        return self._state
 
     def _recover(self, settings: RecoverySettings) -> Outcome:
         session = self.session
-        if not session.steps:
+        from_export = is_export(Path(self.request.model).expanduser())
+        if not session.steps and not from_export:
             self._emit(ev.Notice("nothing was removed, so there is nothing to recover"))
             return Outcome.NOTHING
         if self._session_dir is None:
@@ -493,7 +496,9 @@ class Engine:
             self.recovery = prepare_recovery(
                 copy.deepcopy(session.model), session.tokenizer, settings,
                 RecoveryFolder(self._session_dir), self._emit,
-                {"session": str(self._session_dir)}, self.request.cache_dir,
+                {"export": self.request.model} if from_export and not session.steps
+                else {"session": str(self._session_dir)},
+                self.request.cache_dir,
             )  # fmt: skip
         except EngineError as error:
             self._emit(ev.Notice(f"recovery not started: {error}"))

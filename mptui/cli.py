@@ -193,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="what r fine-tunes on after the search (default: none; with --demo, the demo's text)",
     )
+    recovery.add_argument(
+        "--recover",
+        action="store_true",
+        help="on an export (MODEL is one): recover it at once, no search (default: off)",
+    )
     return parser
 
 

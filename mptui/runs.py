@@ -154,6 +154,21 @@ def resumed_recovery(folder: Path):
     return recovery.read_settings()[0] if recovery.started else None
 
 
+def recover_now(args: argparse.Namespace):
+    """``mptui EXPORT --recover``: the recovery to run straight after loading (no search)."""
+    from mptui.engine.api import BadInput, describe_source
+
+    if not getattr(args, "recover", False):
+        return None
+    if not args.model or "export" not in describe_source(Path(args.model)):
+        raise BadInput("--recover works on an export folder (give its path as MODEL)")
+    settings = app_recovery(args)
+    if settings is None:
+        raise BadInput("--recover needs --recover-data FILE (what to fine-tune on)")
+    args.calibration = args.calibration or settings.data  # the load scores the model on it
+    return settings
+
+
 def app_recovery(args: argparse.Namespace):
     """What the app's ``r`` runs: ``--recover-data`` with the reference's settings, or the
     demo's short recovery with ``--demo``; None without data."""
@@ -173,6 +188,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 
     quiet_libraries()
     try:
+        start_recovery = recover_now(args)
         opened = open_session(args)
     except EngineError as error:
         print(f"mptui: error: {error}", file=sys.stderr)
@@ -185,7 +201,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     plan_dirs = [folder.path] + ([opened.out_dir] if opened.out_dir != folder.path else [])
     engine = Engine(
         opened.request, linger=not args.headless, journal=folder, plan_dirs=plan_dirs,
-        session_dir=folder.path, recover=resumed_recovery(folder.path),
+        session_dir=folder.path, recover=resumed_recovery(folder.path) or start_recovery,
     )  # fmt: skip
     engine.subscribe(SessionRecorder(folder, engine.plan))
     try:

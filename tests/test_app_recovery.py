@@ -115,3 +115,29 @@ def test_a_stopped_recovery_continues_when_the_session_is_resumed(
     assert started.step == stopped.step  # saved at the stop, continued from there
     assert not any(type(e).__name__ == "StepCommitted" for e in again)  # no further search
     assert second.recovery.step == 40
+
+
+async def test_an_export_opened_with_recover_goes_straight_to_the_recovery(
+    tiny_model_dir, calibration_file, tmp_path
+):
+    from test_recovery import make_session
+
+    from mptui.engine.api import export_model, load_pruned
+
+    session = make_session(tmp_path / "pruned", tiny_model_dir("llama"))
+    pruned, tokenizer, plan = load_pruned({"session": str(session)})
+    export_model(pruned, tokenizer, plan, tmp_path / "export")
+    prune = PruneSettings.with_distribution(
+        0.2, "30:40:30", calibration=CalibrationSpec(str(calibration_file), 0, 32)
+    )
+    recovery = RecoverySettings(
+        data=str(calibration_file), steps=5, batch_size=2, grad_accum=1, seqlen=32,
+        eval_every=5, save_every=5, val_examples=4,
+    )  # fmt: skip
+    request = RunRequest(str(tmp_path / "export"), prune, cache_dir=tmp_path)
+    engine = Engine(request, linger=True, session_dir=tmp_path / "state", recover=recovery)
+    app = MptuiApp(engine, gpu_reader=NoGpu(), user_theme_dir=tmp_path / "themes")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until(pilot, lambda: app.state.recovery and app.state.recovery.finished)
+        assert app.state.recovery.finished == "done" and app.state.steps == []
+    assert (tmp_path / "state" / "recovery" / "checkpoint.pt").is_file()
