@@ -306,3 +306,29 @@ def test_an_export_recovers_in_a_session_folder_of_its_own(session, text_file, t
     assert RecoveryFolder(state).saved_step() == 2
     stored = load_file(tmp_path / "recovered" / "model.safetensors")
     assert sum(t.numel() for t in stored.values()) == unique_parameters(pruned)
+
+
+def test_parquet_instruction_rows_and_gradient_checkpointing(session, tmp_path):
+    """A parquet of Alpaca rows trains; with gradient checkpointing the step is the same."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [
+        {"instruction": f"Repeat the number {n}.", "input": "" if n % 2 else "twice",
+         "output": f"{n} {n}"}
+        for n in range(12)
+    ]  # fmt: skip
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "rows.parquet")
+    adapters = []
+    for checkpointing, where in ((False, session), (True, tmp_path / "again")):
+        if checkpointing:
+            make_session(where, Path(json.loads((session / "plan.json").read_text())["model"][
+                "name_or_path"]))  # fmt: skip
+        recovery = settings(tmp_path / "rows.parquet", steps=1, dropout=0.0, seqlen=256,
+                            gradient_checkpointing=checkpointing)  # fmt: skip
+        run, _ = start(where, recovery)
+        assert (len(run.trainer.train), len(run.trainer.val)) == (8, 4)
+        assert run.run() == "done"
+        adapters.append(adapter(where))
+    for name in adapters[0]:
+        torch.testing.assert_close(adapters[1][name], adapters[0][name], rtol=0, atol=1e-6)

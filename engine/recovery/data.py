@@ -77,7 +77,10 @@ def load_examples(source: str, tokenizer, seqlen: int, cache_dir: Path | None = 
         examples = _text_examples(source, tokenizer, seqlen, cache_dir)
     examples = [e for e in examples if e.label_tokens]
     if not examples:
-        raise BadInput(f"recovery data '{source}' has no example with a token to learn from")
+        raise BadInput(
+            f"recovery data '{source}' has no example with a response token within "
+            f"--seqlen {seqlen}; raise --seqlen"
+        )
     return examples
 
 
