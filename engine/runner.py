@@ -33,6 +33,7 @@ from .events import EngineState
 from .export import export_model, is_export
 from .memory import sample_memory
 from .plan import Plan, PlanStep, write_plan
+from .recovery.events import RecoveryFinished
 from .recovery.folder import RecoveryFolder
 from .recovery.run import RecoveryRun
 from .recovery.run import prepare as prepare_recovery
@@ -504,7 +505,15 @@ class Engine:
             self._emit(ev.Notice(f"recovery not started: {error}"))
             return Outcome.NOTHING
         self._set_state(EngineState.RUNNING)
-        reason = self.recovery.run(poll=lambda: self._poll() is Outcome.STOP)
+        try:
+            reason = self.recovery.run(poll=lambda: self._poll() is Outcome.STOP)
+        except Exception as error:  # out of memory at one example, a full disk: say so, stay
+            if not isinstance(error, EngineError):
+                log.exception("recovery failed")
+            self._emit(ev.Error(f"recovery failed: {error}"))
+            self._emit(RecoveryFinished("error", self.recovery.step, settings.steps))
+            self._set_state(EngineState.ERROR)
+            return Outcome.NOTHING
         self._set_state(EngineState.DONE if reason == "done" else EngineState.STOPPED)
         return Outcome.STOP if reason == "stopped" else Outcome.NOTHING
 

@@ -319,6 +319,7 @@ class RecoveryLines:
     def __init__(self, out=None) -> None:
         self.out = out
         self._last = 0.0
+        self._validations: list[float] = []
 
     def __call__(self, event) -> None:
         from mptui.engine.api import events
@@ -333,7 +334,11 @@ class RecoveryLines:
                 "validation examples"
             )
         elif isinstance(event, rev.RecoveryValidated):
+            self._validations.append(event.perplexity)
             line = f"step {event.step}: validation perplexity {event.perplexity:.4f}"
+        elif isinstance(event, rev.RecoveryFinished) and len(self._validations) > 1:
+            first, last = self._validations[0], self._validations[-1]
+            line = f"recovery {event.reason}: validation perplexity {first:.4f} -> {last:.4f}"
         elif isinstance(event, rev.RecoveryStep):
             now = time.monotonic()
             if now - self._last >= LINE_INTERVAL or event.step == event.steps:

@@ -3,6 +3,8 @@ export and evaluate while paused, which merge on a copy and leave training where
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from test_app import NoGpu, wait_until
 from textual.widgets import DataTable, Input
@@ -19,6 +21,14 @@ from mptui.engine.api import (
     SessionFolder,
     SessionRecorder,
 )
+
+
+def wait_for(predicate, timeout: float = 120) -> None:
+    """Poll ``predicate`` until it holds; fail (never hang) after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
 
 
 async def test_recover_pause_evaluate_and_export_in_the_app(
@@ -83,7 +93,6 @@ def test_a_stopped_recovery_continues_when_the_session_is_resumed(
     """Through the engine, as the app and ``mptui --resume`` drive it: Stop saves within one
     optimizer step; an engine built with ``recover=`` goes straight back to the recovery."""
     import dataclasses
-    import time
 
     from mptui.engine.api import commands, recovery_events
 
@@ -98,11 +107,9 @@ def test_a_stopped_recovery_continues_when_the_session_is_resumed(
     events: list = []
     engine = Engine(request, [events.append], linger=True, session_dir=tmp_path)
     engine.start()
-    while engine.result is None:
-        time.sleep(0.05)
+    wait_for(lambda: engine.result is not None)
     engine.send(commands.Recover(recovery))
-    while not any(isinstance(e, recovery_events.RecoveryStep) for e in events):
-        time.sleep(0.01)
+    wait_for(lambda: any(isinstance(e, recovery_events.RecoveryStep) for e in events))
     engine.send(commands.Stop())
     assert engine.join(60)
     stopped = next(e for e in events if isinstance(e, recovery_events.RecoveryFinished))
@@ -141,3 +148,33 @@ async def test_an_export_opened_with_recover_goes_straight_to_the_recovery(
         await wait_until(pilot, lambda: app.state.recovery and app.state.recovery.finished)
         assert app.state.recovery.finished == "done" and app.state.steps == []
     assert (tmp_path / "state" / "recovery" / "checkpoint.pt").is_file()
+
+
+def test_a_recovery_that_fails_says_so_and_the_engine_keeps_answering(
+    tiny_model_dir, calibration_file, tmp_path
+):
+    import torch
+
+    from mptui.engine.api import commands, events
+
+    prune = PruneSettings.with_distribution(
+        0.2, "30:40:30", calibration=CalibrationSpec(str(calibration_file), 0, 32), mlp_group=40
+    )
+    request = RunRequest(str(tiny_model_dir("llama")), prune, cache_dir=tmp_path)
+    seen: list = []
+    engine = Engine(request, [seen.append], linger=True, session_dir=tmp_path)
+    engine.start()
+    wait_for(lambda: engine.result is not None)
+
+    def out_of_memory(module, args, kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    engine.session.model.register_forward_pre_hook(out_of_memory, with_kwargs=True)  # copied
+    engine.send(commands.Recover(RecoverySettings(data=str(calibration_file), batch_size=1,
+                                                  seqlen=32, val_examples=4)))  # fmt: skip
+    wait_for(lambda: any(isinstance(e, events.Error) for e in seen))
+    error = next(e for e in seen if isinstance(e, events.Error))
+    assert error.message.startswith("recovery failed: out of memory with one example")
+    assert engine.state.value == "error" and not engine.join(0.2)  # still answering
+    engine.send(commands.Stop())
+    assert engine.join(30)

@@ -301,7 +301,8 @@ def test_an_export_recovers_in_a_session_folder_of_its_own(session, text_file, t
             "--batch-size", "2", "--grad-accum", "1", "--session", str(state),
             "--export", str(tmp_path / "recovered")]  # fmt: skip
     assert main(argv) == 0
-    assert "exported to" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "exported to" in out and "recovery done: validation perplexity" in out
     assert RecoveryFolder(state).read_settings()[1]["export"] == str(tmp_path / "export")
     assert RecoveryFolder(state).saved_step() == 2
     stored = load_file(tmp_path / "recovered" / "model.safetensors")
