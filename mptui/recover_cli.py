@@ -314,12 +314,14 @@ def stop_on_signals() -> Iterator[dict]:
 
 class RecoveryLines:
     """Headless progress: a line at the start, every validation, the end and at most every
-    :data:`LINE_INTERVAL` seconds in between; notices (an OOM fallback) as warnings."""
+    :data:`LINE_INTERVAL` seconds in between; notices once training runs (an OOM fallback) as
+    warnings (before that, the search's own printer shows them)."""
 
     def __init__(self, out=None) -> None:
         self.out = out
         self._last = 0.0
         self._validations: list[float] = []
+        self._started = False
 
     def __call__(self, event) -> None:
         from mptui.engine.api import events
@@ -327,6 +329,7 @@ class RecoveryLines:
 
         line = None
         if isinstance(event, rev.RecoveryStarted):
+            self._started = True
             start = f" from step {event.step}" if event.step else ""
             line = (
                 f"recovering {event.steps} steps{start}: {event.trainable:,} adapter parameters "
@@ -348,7 +351,7 @@ class RecoveryLines:
                     f"lr {event.lr:.2e}, {event.tokens_per_s:,.0f} tokens/s, "
                     f"ETA {event.eta_s:.0f}s"
                 )
-        elif isinstance(event, events.Notice):
+        elif isinstance(event, events.Notice) and self._started:  # the search's are printed
             line = f"mptui: warning: {event.message}"
         if line is not None:
             print(line, file=self.out or sys.stdout, flush=True)

@@ -204,6 +204,10 @@ def run_from_args(args: argparse.Namespace) -> int:
         session_dir=folder.path, recover=resumed_recovery(folder.path) or start_recovery,
     )  # fmt: skip
     engine.subscribe(SessionRecorder(folder, engine.plan))
+    if args.headless and start_recovery is not None:
+        from .recover_cli import RecoveryLines
+
+        engine.subscribe(RecoveryLines())
     try:
         if args.headless:
             return run_headless(engine, opened)

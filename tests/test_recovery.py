@@ -333,3 +333,26 @@ def test_parquet_instruction_rows_and_gradient_checkpointing(session, tmp_path):
         adapters.append(adapter(where))
     for name in adapters[0]:
         torch.testing.assert_close(adapters[1][name], adapters[0][name], rtol=0, atol=1e-6)
+
+
+def test_headless_lines_warn_of_a_lowered_micro_batch_once_training_runs():
+    import io
+
+    from mptui.engine.events import Notice
+    from mptui.recover_cli import RecoveryLines
+
+    out = io.StringIO()
+    lines = RecoveryLines(out)
+    lines(Notice("group sizes: a note of the search"))  # the search's printer shows those
+    lines(rev.RecoveryStarted(0, 10, 100, 1000, 8, 2, {}))
+    lines(Notice("out of memory: now 4 examples per forward"))
+    lines(rev.RecoveryValidated(0, 12.0))
+    lines(rev.RecoveryValidated(10, 9.5))
+    lines(rev.RecoveryFinished("done", 10, 10))
+    assert out.getvalue().splitlines() == [
+        "recovering 10 steps: 100 adapter parameters on 1,000; 8 training, 2 validation examples",
+        "mptui: warning: out of memory: now 4 examples per forward",
+        "step 0: validation perplexity 12.0000",
+        "step 10: validation perplexity 9.5000",
+        "recovery done: validation perplexity 12.0000 -> 9.5000",
+    ]
