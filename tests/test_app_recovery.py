@@ -120,6 +120,8 @@ def test_a_stopped_recovery_continues_when_the_session_is_resumed(
     assert second.run().reason == "done"
     started = next(e for e in again if isinstance(e, recovery_events.RecoveryStarted))
     assert started.step == stopped.step  # saved at the stop, continued from there
+    losses = [r["step"] for r in started.history if "loss" in r]
+    assert losses == list(range(1, stopped.step + 1))  # the pane's curve so far
     assert not any(type(e).__name__ == "StepCommitted" for e in again)  # no further search
     assert second.recovery.step == 40
 

@@ -22,6 +22,7 @@ class RecoveryStarted(Event):
     examples: int
     val_examples: int
     settings: dict
+    history: tuple[dict, ...] = ()  # resumed: recovery.jsonl's lines up to ``step``
 
 
 @dataclass(frozen=True)

@@ -106,7 +106,7 @@ class RecoveryRun:
         self.emit(
             rev.RecoveryStarted(
                 trainer.step, settings.steps, trainer.trainable, self.params,
-                len(trainer.train), len(trainer.val), settings.to_dict(),
+                len(trainer.train), len(trainer.val), settings.to_dict(), self._history(),
             )
         )  # fmt: skip
         if trainer.step == 0:
@@ -137,6 +137,15 @@ class RecoveryRun:
                 self._save()
         self.emit(rev.RecoveryFinished("done", trainer.step, settings.steps))
         return "done"
+
+    def _history(self) -> tuple[dict, ...]:
+        """The log up to the step resumed from; a step logged twice (done again after a kill)
+        keeps its later line."""
+        latest = {}
+        for record in self.folder.read_log():
+            if record["step"] <= self.trainer.step:
+                latest[(record["step"], "loss" in record)] = record
+        return tuple(latest[key] for key in sorted(latest))
 
     def _validate(self) -> None:
         perplexity = self.trainer.validation_perplexity()

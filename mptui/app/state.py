@@ -204,6 +204,11 @@ class RunState:
 
     def _on_RecoveryStarted(self, event: rev.RecoveryStarted) -> None:
         self.recovery = RecoveryState(step=event.step, steps=event.steps)
+        for record in event.history:  # a resumed recovery shows its curves so far
+            if "loss" in record:
+                self.recovery.loss.append((record["step"], record["loss"]))
+            else:
+                self.recovery.validation.append((record["step"], record["val_perplexity"]))
 
     def _on_RecoveryStep(self, event: rev.RecoveryStep) -> None:
         recovery = self.recovery
