@@ -26,8 +26,19 @@ from .defaults import (
     DEFAULT_DISTRIBUTION,
     DEFAULT_DTYPE,
     DEFAULT_EVAL_BATCH_SIZE,
+    DEFAULT_LORA_ALPHA,
+    DEFAULT_LORA_RANK,
+    DEFAULT_LORA_TARGETS,
     DEFAULT_NSAMPLES,
     DEFAULT_ORDER,
+    DEFAULT_RECOVERY_BATCH,
+    DEFAULT_RECOVERY_EVAL_EVERY,
+    DEFAULT_RECOVERY_GRAD_ACCUM,
+    DEFAULT_RECOVERY_LR,
+    DEFAULT_RECOVERY_SAVE_EVERY,
+    DEFAULT_RECOVERY_SEQLEN,
+    DEFAULT_RECOVERY_STEPS,
+    DEFAULT_RECOVERY_WARMUP,
     DEFAULT_SEED,
     DEFAULT_SEQLEN,
     DEFAULT_TARGET_RATIO,
@@ -45,6 +56,8 @@ from .errors import (
 from .eval_request import EvalRequest
 from .events import EngineState
 from .names import model_label
+from .recovery import events as recovery_events
+from .recovery.settings import RecoverySettings, parse_targets
 from .remote import RemoteEngine, attach
 from .serve import EngineServer, parse_listen
 from .structures import DIMENSIONS, Structure
@@ -89,9 +102,15 @@ _LAZY: dict[str, str] = {
     "pin_gpus": "team",
     "follow": "follower",
     "on_replica_device": "follower",
+    "RecoveryFolder": "recovery.folder",
+    "describe_source": "recovery.source",
+    "load_pruned": "recovery.source",
+    "recovered_model": "recovery.source",
+    "check_recovery": "recovery.run",
+    "prepare_recovery": "recovery.run",
 }
 #: Where a public name differs from the name in its module.
-_RENAMED = {"run_headless": "run"}
+_RENAMED = {"run_headless": "run", "check_recovery": "check", "prepare_recovery": "prepare"}
 
 
 def __getattr__(name: str) -> Any:
@@ -151,6 +170,17 @@ def prune(
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
+    "DEFAULT_LORA_ALPHA",
+    "DEFAULT_LORA_RANK",
+    "DEFAULT_LORA_TARGETS",
+    "DEFAULT_RECOVERY_BATCH",
+    "DEFAULT_RECOVERY_EVAL_EVERY",
+    "DEFAULT_RECOVERY_GRAD_ACCUM",
+    "DEFAULT_RECOVERY_LR",
+    "DEFAULT_RECOVERY_SAVE_EVERY",
+    "DEFAULT_RECOVERY_SEQLEN",
+    "DEFAULT_RECOVERY_STEPS",
+    "DEFAULT_RECOVERY_WARMUP",
     "DEFAULT_DISTRIBUTION",
     "DEFAULT_DTYPE",
     "DEFAULT_EVAL_BATCH_SIZE",
@@ -171,6 +201,7 @@ __all__ = [
     "EvalRequest",
     "OutOfMemory",
     "RemoteEngine",
+    "RecoverySettings",
     "Structure",
     "UnsupportedModel",
     "attach",
@@ -180,5 +211,7 @@ __all__ = [
     "parse_listen",
     "prune",
     "wire",
+    "parse_targets",
+    "recovery_events",
     *_LAZY,
 ]

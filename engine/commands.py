@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .eval_request import EvalRequest
+from .recovery.settings import RecoverySettings
 
 
 @dataclass(frozen=True)
@@ -73,3 +74,11 @@ class Evaluate(Command):
     """Score the dense and the pruned model with ``request`` (dense results are reused)."""
 
     request: EvalRequest
+
+
+@dataclass(frozen=True)
+class Recover(Command):
+    """After the search: fine-tune the pruned model with LoRA (docs/method.md §10); Pause,
+    Resume, Stop, Export and Evaluate then act on the recovery."""
+
+    settings: RecoverySettings

@@ -31,3 +31,27 @@ DEFAULT_DTYPE = "auto"
 DEFAULT_EVAL_BATCH_SIZE = 8
 #: The app's theme.
 DEFAULT_THEME = "mptui-dark"
+
+# --- recovery (docs/method.md §10): the reference's LoRA fine-tuning after pruning -------------
+#: LoRA rank and scaling numerator (the adapter's update is scaled by alpha / rank).
+DEFAULT_LORA_RANK = 16
+DEFAULT_LORA_ALPHA = 32
+#: Dropout on the adapter's input, as the reference's alpaca-lora recipe.
+DEFAULT_LORA_DROPOUT = 0.05
+#: Short names of the projections that get an adapter (``q`` matches ``q_proj``).
+DEFAULT_LORA_TARGETS: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
+#: AdamW's learning rate, after a linear warm-up, decaying linearly to 0 at the last step.
+DEFAULT_RECOVERY_LR = 1e-4
+DEFAULT_RECOVERY_WARMUP = 100
+#: Optimizer steps.
+DEFAULT_RECOVERY_STEPS = 3000
+#: Examples per forward (micro-batch) and micro-batches per optimizer step.
+DEFAULT_RECOVERY_BATCH = 8
+DEFAULT_RECOVERY_GRAD_ACCUM = 4
+#: Longest training example in tokens (the reference's cutoff); longer ones are cut.
+DEFAULT_RECOVERY_SEQLEN = 256
+#: Optimizer steps between validation perplexities, and between saves of the training state.
+DEFAULT_RECOVERY_EVAL_EVERY = 200
+DEFAULT_RECOVERY_SAVE_EVERY = 100
+#: Examples held out of --data for the validation perplexity when no --val-data is given.
+DEFAULT_RECOVERY_VAL_EXAMPLES = 64

@@ -53,9 +53,10 @@ def evaluate(
 
 
 def flat_scores(results: dict) -> dict:
-    """``{"piqa acc_norm (dense)": 0.78, ...}`` from ``{"dense": ..., "pruned": ...}``."""
+    """``{"piqa acc_norm (dense)": 0.78, ...}`` from ``{"dense": ..., "pruned": ...}`` (and
+    ``"recovered"`` once a session was fine-tuned, docs/method.md §10)."""
     flat = {}
-    for which in ("dense", "pruned"):
+    for which in ("dense", "pruned", "recovered"):
         part = results.get(which) or {}
         for task, score in part.get("zero_shot", {}).get("tasks", {}).items():
             flat[f"{task} {score['metric']} ({which})"] = round(score["value"], 4)

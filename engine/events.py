@@ -174,12 +174,14 @@ class Exported(Event):
 
 @dataclass(frozen=True)
 class Evaluated(Event):
-    """Dense and pruned results of one evaluation, at ``steps`` commits (``ratio``)."""
+    """Dense and pruned results of one evaluation, at ``steps`` commits (``ratio``); the
+    recovered model's too once a recovery has started (else empty)."""
 
     dense: dict
     pruned: dict
     steps: int
     ratio: float
+    recovered: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

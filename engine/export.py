@@ -61,8 +61,12 @@ def export_model(
     *,
     progress: Progress | None = None,
     max_shard_bytes: int = MAX_SHARD_BYTES,
+    recovery: dict | None = None,
 ) -> ExportResult:
-    """Write ``model`` (already pruned to ``plan``) to ``out_dir``; see the module docstring."""
+    """Write ``model`` (already pruned to ``plan``) to ``out_dir``; see the module docstring.
+
+    ``recovery``: how the weights were fine-tuned after pruning (the recovery settings, step and
+    validation perplexities), for the model card; None for a model as the search left it."""
     started = time.monotonic()
     plan = as_plan(plan)
     out_dir = Path(out_dir).expanduser()
@@ -86,7 +90,7 @@ def export_model(
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         _write_json(staging / "plan.json", plan.to_dict())
-        (staging / "README.md").write_text(model_card(plan, stock, dtype))
+        (staging / "README.md").write_text(model_card(plan, stock, dtype, recovery))
         for path in staging.iterdir():
             path.chmod(0o666 & ~_umask())  # safetensors writes 0600
         _move_into_place(staging, out_dir)
@@ -316,7 +320,9 @@ def _transformers_class(cls: type) -> type:
 
 
 # --- card and destination -----------------------------------------------------------------
-def model_card(plan: Plan | dict, stock: bool, dtype: torch.dtype) -> str:
+def model_card(
+    plan: Plan | dict, stock: bool, dtype: torch.dtype, recovery: dict | None = None
+) -> str:
     plan = as_plan(plan)
     base = plan.model.name_or_path
     summary = summarize(plan)
@@ -333,12 +339,15 @@ def model_card(plan: Plan | dict, stock: bool, dtype: torch.dtype) -> str:
             "---",
             "base_model: local" if looks_like_path(base) else f"base_model: {base}",
             "library_name: transformers",
-            "tags: [mptui, multipruner, pruned]",
+            "tags: [mptui, multipruner, pruned]"
+            if not recovery
+            else "tags: [mptui, multipruner, pruned, lora, recovered]",
             "---",
             "",
             f"Pruned from {model_source(base)} by mptui (MultiPruner, no training): "
             f"{summary['ratio']:.2%} of the parameters removed, {summary['params']:,} kept.",
             "",
+            *([recovery_paragraph(recovery), ""] if recovery else []),
             how,
             "",
             "```python",
@@ -353,6 +362,24 @@ def model_card(plan: Plan | dict, stock: bool, dtype: torch.dtype) -> str:
             markdown(summary),
         ]
     )
+
+
+def recovery_paragraph(recovery: dict) -> str:
+    """How the pruned weights were fine-tuned (docs/method.md §10), for a model card."""
+    s = recovery["settings"]
+    data = f"the local file {Path(s['data']).name}" if looks_like_path(s["data"]) else s["data"]
+    text = (
+        f"Then recovered by LoRA fine-tuning (peft; rank {s['rank']}, alpha {s['alpha']}, on "
+        f"{', '.join(s['targets'])}; AdamW, learning rate {s['lr']:g} with {s['warmup']} warm-up "
+        f"steps and linear decay; {recovery['step']} of {s['steps']} steps of "
+        f"{s['batch_size']} x {s['grad_accum']} examples of at most {s['seqlen']} tokens) on "
+        f"{data}, and the adapter merged into these weights: the parameter count is the "
+        "pruned model's."
+    )
+    before, after = recovery.get("pruned_perplexity"), recovery.get("perplexity")
+    if before is not None and after is not None:
+        text += f" Validation perplexity {before:.3f} pruned -> {after:.3f} recovered."
+    return text
 
 
 def _write_json(path: Path, data: dict) -> None:

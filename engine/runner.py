@@ -12,6 +12,7 @@ weights, the counts, the journal line and plan.json, then the event. Any excepti
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import queue
@@ -30,9 +31,14 @@ from .errors import BadInput, Cancelled, EngineError
 from .eval_request import EvalRequest
 from .evaluate import evaluate
 from .events import EngineState
-from .export import export_model
+from .export import export_model, is_export
 from .memory import sample_memory
 from .plan import Plan, PlanStep, write_plan
+from .recovery.events import RecoveryFinished
+from .recovery.folder import RecoveryFolder
+from .recovery.run import RecoveryRun
+from .recovery.run import prepare as prepare_recovery
+from .recovery.settings import RecoverySettings
 from .session import PruningSession, StepStats
 from .setup import RunRequest, build_session
 from .step_work import LocalScoring, Scoring, StepWork, TeamScoring
@@ -88,12 +94,16 @@ class Engine:
         plan_dirs: Sequence[Path] = (),
         loaded: tuple | None = None,
         team: Team | None = None,
+        session_dir: Path | None = None,
+        recover: RecoverySettings | None = None,
     ) -> None:
         """``linger``: after the search, keep answering exports and evaluations until a Stop
         (the app, where the user looks at the result before quitting). ``journal`` records every
         decision before it is announced; ``plan_dirs`` get plan.json after every change.
         ``loaded``: a model and tokenizer already in memory (benchmarks, tests). ``team``: this
-        is the leader of a multi-worker run (engine/team.py), whose followers score with it."""
+        is the leader of a multi-worker run (engine/team.py), whose followers score with it.
+        ``session_dir``: where a recovery keeps its state; ``recover``: go straight to that
+        recovery once loaded, without searching further (a resumed recovery)."""
         self.request = request
         self.linger = linger
         self._journal = journal
@@ -116,6 +126,9 @@ class Engine:
         self.session: PruningSession | None = None
         self.result: ev.Finished | None = None
         self.failure: BaseException | None = None  # what ended the run in error, if anything
+        self._session_dir = session_dir
+        self._recover_at_start = recover
+        self.recovery: RecoveryRun | None = None
 
     # --- caller side --------------------------------------------------------------------------
     @property
@@ -165,7 +178,10 @@ class Engine:
             )
             self._scoring = self._new_scoring(self.session)
             self._emit_memory(force=True)
-            reason = self._search()
+            if self._recover_at_start is not None:
+                reason = self._recover_after_load(self._recover_at_start)
+            else:
+                reason = self._search()
         except Cancelled:
             reason = EngineState.STOPPED
         except EngineError as error:
@@ -344,8 +360,13 @@ class Engine:
             return Outcome.NOTHING
         if isinstance(command, cmd.Evaluate):
             return self._evaluate(command.request)
+        if isinstance(command, cmd.Recover):
+            return self._on_recover(command)
         if self._state.is_final:
             self._emit(ev.Notice("the run is finished; export (x) and evaluate (e) remain"))
+            return Outcome.NOTHING
+        if self.recovery is not None and not isinstance(command, (cmd.Pause, cmd.Resume)):
+            self._emit(ev.Notice("recovering: pause, resume, stop, export and evaluate remain"))
             return Outcome.NOTHING
         handler = {
             cmd.Pause: self._on_pause,
@@ -489,16 +510,71 @@ class Engine:
         for folder in self._plan_dirs:
             write_plan(folder / "plan.json", plan)
 
+    # --- recovery (docs/method.md §10) ---------------------------------------------------------
+    def _on_recover(self, command: cmd.Recover) -> Outcome:
+        """Fine-tune a copy of the pruned model (the session keeps the pruned one, for dense
+        and pruned evaluations); runs here, on the engine thread, until done or stopped."""
+        if self.recovery is not None:
+            self._emit(ev.Notice("a recovery has already run in this session"))
+            return Outcome.NOTHING
+        if not self._state.is_final:
+            self._emit(ev.Notice("recovery starts after the search; stop it or let it finish"))
+            return Outcome.NOTHING
+        return self._recover(command.settings)
+
+    def _recover_after_load(self, settings: RecoverySettings) -> EngineState:
+        """A resumed session whose recovery had started: continue it, search no further."""
+        outcome = self._recover(settings)
+        if outcome is Outcome.STOP or self.recovery is None:  # stopped, or it could not start
+            return EngineState.STOPPED
+        return self._state
+
+    def _recover(self, settings: RecoverySettings) -> Outcome:
+        session = self.session
+        from_export = is_export(Path(self.request.model).expanduser())
+        if not session.steps and not from_export:
+            self._emit(ev.Notice("nothing was removed, so there is nothing to recover"))
+            return Outcome.NOTHING
+        if self._session_dir is None:
+            self._emit(ev.Notice("recovery needs a session folder for its state"))
+            return Outcome.NOTHING
+        try:
+            self.recovery = prepare_recovery(
+                copy.deepcopy(session.model), session.tokenizer, settings,
+                RecoveryFolder(self._session_dir), self._emit,
+                {"export": self.request.model} if from_export and not session.steps
+                else {"session": str(self._session_dir)},
+                self.request.cache_dir,
+            )  # fmt: skip
+        except EngineError as error:
+            self._emit(ev.Notice(f"recovery not started: {error}"))
+            return Outcome.NOTHING
+        self._set_state(EngineState.RUNNING)
+        try:
+            reason = self.recovery.run(poll=lambda: self._poll() is Outcome.STOP)
+        except Exception as error:  # out of memory at one example, a full disk: say so, stay
+            if not isinstance(error, EngineError):
+                log.exception("recovery failed")
+            self._emit(ev.Error(f"recovery failed: {error}"))
+            self._emit(RecoveryFinished("error", self.recovery.step, settings.steps))
+            self._set_state(EngineState.ERROR)
+            return Outcome.NOTHING
+        self._set_state(EngineState.DONE if reason == "done" else EngineState.STOPPED)
+        return Outcome.STOP if reason == "stopped" else Outcome.NOTHING
+
     # --- long side work -------------------------------------------------------------------------
     def _export(self, path: Path) -> None:
         session = self.session
         label = f"exporting to {path}"  # the app reads "exporting" to hold a quit
         self._emit(ev.Activity(label))
+        progress = lambda done, total: self._emit(ev.Activity(label, done, total))  # noqa: E731
         try:
-            result = export_model(
-                session.model, session.tokenizer, session.plan(), path,
-                progress=lambda done, total: self._emit(ev.Activity(label, done, total)),
-            )  # fmt: skip
+            if self.recovery is not None:  # merged on a copy: training goes on untouched
+                result = self.recovery.export(session.plan(), path, progress)
+            else:
+                result = export_model(
+                    session.model, session.tokenizer, session.plan(), path, progress=progress
+                )
         except (EngineError, OSError) as error:
             self._emit(ev.Notice(f"export failed: {error}"))
             return
@@ -519,6 +595,11 @@ class Engine:
                     dense = self._evaluate_one("the dense model", model, request)
                 self._dense_results[request] = dense
             pruned = self._evaluate_one("the pruned model", session.model, request)
+            recovered = {}
+            if self.recovery is not None:
+                model = self.recovery.merged()
+                recovered = self._evaluate_one("the recovered model", model, request)
+                del model
         except Cancelled:
             self._emit(ev.Notice("evaluation cancelled: the run was told to stop"))
             return Outcome.STOP
@@ -527,7 +608,7 @@ class Engine:
             return Outcome.NOTHING
         finally:
             self._emit(ev.Activity(""))
-        self._emit(ev.Evaluated(dense, pruned, len(session.steps), session.ratio()))
+        self._emit(ev.Evaluated(dense, pruned, len(session.steps), session.ratio(), recovered))
         return Outcome.NOTHING
 
     def _evaluate_one(self, what: str, model, request: EvalRequest) -> dict:

@@ -258,6 +258,8 @@ class SessionRecorder:
             "dense": event.dense, "pruned": event.pruned, "steps": event.steps,
             "ratio": event.ratio,
         }  # fmt: skip
+        if event.recovered:
+            self._evaluation["recovered"] = event.recovered
         write_json_atomic(self.folder.path / "evaluation.json", self._evaluation)
         plan = self._plan()
         if plan:

@@ -72,7 +72,23 @@ def markdown(summary: dict) -> str:
     if summary["evaluation"]:
         lines += ["", "| task | score |", "|---|---|"]
         lines += [f"| {task} | {value} |" for task, value in summary["evaluation"].items()]
+        lines += side_by_side(summary["evaluation"])
     return "\n".join(lines) + "\n"
+
+
+def side_by_side(evaluation: dict) -> list[str]:
+    """Once a session is recovered: one row per metric, dense, pruned and recovered columns."""
+    columns = ("dense", "pruned", "recovered")
+    if not any(key.endswith("(recovered)") for key in evaluation):
+        return []
+    rows: dict[str, dict[str, object]] = {}
+    for key, value in evaluation.items():
+        metric, _, which = key.rpartition(" (")
+        rows.setdefault(metric, {})[which.rstrip(")")] = value
+    lines = ["", "| metric | dense | pruned | recovered |", "|---|---|---|---|"]
+    for metric, values in rows.items():
+        lines.append(f"| {metric} | " + " | ".join(str(values.get(c, "—")) for c in columns) + " |")
+    return lines
 
 
 def write_summary(folder: Path, plan: Plan | dict, evaluation: dict | None = None) -> None:

@@ -209,6 +209,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument(
         "--eval-text", default=None, metavar="FILE", help="text for a rolling perplexity"
     )
+    recovery = parser.add_argument_group("recovery (the app's r key; see mptui recover --help)")
+    recovery.add_argument(
+        "--recover-data",
+        default=None,
+        metavar="FILE",
+        help="what r fine-tunes on after the search (default: none; with --demo, the demo's text)",
+    )
+    recovery.add_argument(
+        "--recover",
+        action="store_true",
+        help="on an export (MODEL is one): recover it at once, no search (default: off)",
+    )
     return parser
 
 
@@ -221,6 +233,7 @@ def demo_defaults(args: argparse.Namespace) -> None:
     args.seqlen = args.seqlen if args.seqlen is not None else 128
     args.nsamples = args.nsamples if args.nsamples is not None else 16
     args.eval_text = args.eval_text or str(DEMO_DIR / "validation.txt")
+    args.recover_data = args.recover_data or str(DEMO_DIR / "calibration.txt")
     if not args.eval_tasks:
         from .demo.tasks import TASK, include_path
         from .runs import cache_dir
@@ -256,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
         from .attach_cli import main as attach
 
         return attach(argv[1:])
+    if argv[:1] == ["recover"]:
+        from .recover_cli import main as recover
+
+        return recover(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.demo:
@@ -264,6 +281,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give a MODEL (hub id or folder), --demo, or --resume DIR")
     if args.listen:
         check_listen(parser, args)
+    if (
+        args.resume
+        and args.headless
+        and (Path(args.resume) / "recovery" / "settings.json").is_file()
+    ):
+        from .recover_cli import resume
+
+        return resume(Path(args.resume))
     from .runs import run_from_args
 
     return run_from_args(args, argv)

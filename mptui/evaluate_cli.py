@@ -1,7 +1,8 @@
 """``mptui eval``: zero-shot scores and a rolling perplexity, for a model or a session.
 
-With ``--session DIR`` the session's plan is re-applied to its dense model, both are scored,
-and the results go into the session (``evaluation.json`` and the summary) side by side.
+With ``--session DIR`` the session's plan is re-applied to its dense model, both are scored
+(and the recovered model too once the session was fine-tuned), and the results go into the
+session (``evaluation.json`` and the summary) side by side.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def run(args) -> dict:
         evaluate,
         flat_scores,
         load_model,
+        recovered_model,
         write_json_atomic,
         write_summary,
     )
@@ -102,6 +104,10 @@ def run(args) -> dict:
     apply_plan(model, plan, folder.order_file)
     pruned = ProgressLines("evaluating the pruned model")
     results["pruned"] = evaluate(model, tokenizer, request, progress=pruned)
+    recovered = recovered_model(model, folder.path)
+    if recovered is not None:
+        progress = ProgressLines("evaluating the recovered model")
+        results["recovered"] = evaluate(recovered, tokenizer, request, progress=progress)
     results["ratio"] = plan.ratio
     write_json_atomic(folder.path / "evaluation.json", results)
     write_summary(folder.path, plan, flat_scores(results))

@@ -39,11 +39,13 @@ def main(argv: list[str]) -> int:
 
 def export_session(session: Path, out: Path, dtype: str | None, device: str | None):
     from mptui.engine.api import (
+        RecoveryFolder,
         SessionFolder,
         apply_plan,
         check_destination,
         export_model,
         load_model,
+        recovered_model,
     )
 
     folder = SessionFolder(session)
@@ -54,7 +56,11 @@ def export_session(session: Path, out: Path, dtype: str | None, device: str | No
         base, dtype=dtype or plan.model.dtype, device=device, on_shard=loading_lines(base)
     )
     apply_plan(model, plan, folder.order_file)
-    return export_model(model, tokenizer, plan, out, progress=writing_lines())
+    recovered = recovered_model(model, folder.path)  # once recovered, the recovered model
+    card = RecoveryFolder(folder.path).card_info() if recovered is not None else None
+    return export_model(
+        recovered or model, tokenizer, plan, out, progress=writing_lines(), recovery=card
+    )
 
 
 def export_live(session, out: Path) -> int:

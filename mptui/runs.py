@@ -153,6 +153,43 @@ def app_eval_request(args: argparse.Namespace, seqlen: int):
     )  # fmt: skip
 
 
+def resumed_recovery(folder: Path):
+    """The settings of the recovery a resumed session had started (None when none had)."""
+    from mptui.engine.api import RecoveryFolder
+
+    recovery = RecoveryFolder(folder)
+    return recovery.read_settings()[0] if recovery.started else None
+
+
+def recover_now(args: argparse.Namespace):
+    """``mptui EXPORT --recover``: the recovery to run straight after loading (no search)."""
+    from mptui.engine.api import BadInput, describe_source
+
+    if not getattr(args, "recover", False):
+        return None
+    if not args.model or "export" not in describe_source(Path(args.model)):
+        raise BadInput("--recover works on an export folder (give its path as MODEL)")
+    settings = app_recovery(args)
+    if settings is None:
+        raise BadInput("--recover needs --recover-data FILE (what to fine-tune on)")
+    args.calibration = args.calibration or settings.data  # the load scores the model on it
+    return settings
+
+
+def app_recovery(args: argparse.Namespace):
+    """What the app's ``r`` runs: ``--recover-data`` with the reference's settings, or the
+    demo's short recovery with ``--demo``; None without data."""
+    from mptui.engine.api import RecoverySettings
+
+    if not getattr(args, "recover_data", None):
+        return None
+    if getattr(args, "demo", False):
+        from mptui.demo.recovery import demo_recovery_settings
+
+        return demo_recovery_settings(args.recover_data)
+    return RecoverySettings(data=args.recover_data)
+
+
 def run_from_args(args: argparse.Namespace, argv: list[str]) -> int:
     from . import workers
 
@@ -184,6 +221,7 @@ def lead(args: argparse.Namespace, team) -> int:
 
     quiet_libraries()
     try:
+        start_recovery = recover_now(args)
         opened = open_session(args)
     except EngineError as error:
         print(f"mptui: error: {error}", file=sys.stderr)
@@ -202,13 +240,15 @@ def lead(args: argparse.Namespace, team) -> int:
         opened.request = on_replica_device(opened.request, team, args.gpus_per_worker)
     plan_dirs = [folder.path] + ([opened.out_dir] if opened.out_dir != folder.path else [])
     engine = Engine(
-        opened.request,
-        linger=not args.headless,
-        journal=folder,
-        plan_dirs=plan_dirs,
+        opened.request, linger=not args.headless, journal=folder, plan_dirs=plan_dirs,
+        session_dir=folder.path, recover=resumed_recovery(folder.path) or start_recovery,
         team=team,
-    )
+    )  # fmt: skip
     engine.subscribe(SessionRecorder(folder, engine.plan))
+    if args.headless and start_recovery is not None:
+        from .recover_cli import RecoveryLines
+
+        engine.subscribe(RecoveryLines())
     try:
         if args.headless:
             return run_headless(engine, opened, args)
@@ -299,8 +339,9 @@ def run_app(engine, opened: OpenedSession, args: argparse.Namespace) -> int:
     try:
         with terminal_kept_logs_to(session_dir / "mptui.log"):
             MptuiApp(
-                engine, theme_name=args.theme, eval_request=eval_request, export_dir=export_dir
-            ).run()
+                engine, theme_name=args.theme, eval_request=eval_request, export_dir=export_dir,
+                recovery=app_recovery(args),
+            ).run()  # fmt: skip
     finally:
         engine.send(commands.Stop())
         engine.join()

@@ -86,6 +86,19 @@ def test_readme_options_table_matches_mptui_help():
         assert table[name] == expected, f"{name}: README says {table[name]!r}, --help {expected!r}"
 
 
+def test_readme_recovery_table_matches_mptui_recover_help():
+    shown = help_options("recover")
+    table = readme_options("### Recovery")
+    assert sorted(set(shown) ^ set(table)) == [], "README's recovery table and --help differ"
+    for name, default in shown.items():
+        expected = default if default is not None else "—"
+        assert table[name] == expected, f"{name}: README says {table[name]!r}, --help {expected!r}"
+    assert shown["--steps"] == str(defaults.DEFAULT_RECOVERY_STEPS)
+    assert shown["--targets"] == ",".join(defaults.DEFAULT_LORA_TARGETS)
+    assert (shown["--rank"], shown["--alpha"], shown["--lr"]) == ("16", "32", "0.0001")
+    assert (shown["--batch-size"], shown["--grad-accum"]) == ("8", "4")
+
+
 def test_help_shows_the_defaults_of_engine_defaults():
     shown = help_options()
     assert shown["--target-ratio"] == str(defaults.DEFAULT_TARGET_RATIO)
@@ -126,7 +139,7 @@ def test_cli_api_and_settings_share_their_defaults():
     assert EvalRequest().seqlen == defaults.DEFAULT_SEQLEN
 
 
-@pytest.mark.parametrize("command", [[], ["eval"], ["export"], ["attach"]])
+@pytest.mark.parametrize("command", [[], ["eval"], ["export"], ["attach"], ["recover"]])
 def test_help_does_not_import_torch(command):
     code = (
         "import sys\n"

@@ -23,12 +23,13 @@ from textual.containers import Container, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer
 
-from mptui.engine.api import DEFAULT_THEME, EvalRequest
+from mptui.engine.api import DEFAULT_THEME, EvalRequest, RecoverySettings
 from mptui.engine.api import commands as cmd
 from mptui.engine.api import events as ev
 
 from .gpu import NvmlReader
 from .panes import CandidatesPane, LayersPane, MemoryPane, PerplexityPane, StatusLine
+from .recovery_pane import RecoveryPane
 from .screens import (
     DetachScreen,
     EvaluationScreen,
@@ -58,6 +59,7 @@ class MptuiApp(App):
         Binding("u", "undo", "Undo"),
         Binding("x", "export", "Export"),
         Binding("e", "evaluate", "Evaluate"),
+        Binding("r", "recover", "Recover"),
         Binding("l", "log_scale", "Log"),
         Binding("question_mark", "help", "Help"),
         Binding("q", "quit_app", "Quit"),
@@ -75,14 +77,17 @@ class MptuiApp(App):
         eval_request: EvalRequest | None = None,
         export_dir: Path | None = None,
         attached_to: str | None = None,
+        recovery: RecoverySettings | None = None,
     ) -> None:
-        """``eval_request`` is what ``e`` evaluates; ``export_dir`` what ``x`` offers first.
+        """``eval_request`` is what ``e`` evaluates; ``export_dir`` what ``x`` offers first;
+        ``recovery`` what ``r`` runs after the search.
 
         ``attached_to`` (``process PID on HOST``): ``engine`` is a run served elsewhere
         (``mptui attach``). Leaving then detaches and the run goes on; only an explicit stop
         (``q`` then ``s``) stops it.
         """
         super().__init__()
+        self._recovery = recovery
         self._eval_request = eval_request
         self._export_dir = export_dir
         self._gpu_reader = gpu_reader or NvmlReader()
@@ -108,12 +113,16 @@ class MptuiApp(App):
         self.layers = LayersPane(id="layers")
         self.perplexity = PerplexityPane(id="perplexity")
         self.memory = MemoryPane(self._gpu_reader, id="memory")
+        self.recovery = RecoveryPane(id="recovery")
+        self.recovery.display = False
+        self.recovery.border_title = "Recovery"
         self.candidates.border_title = "Candidates"
         self.perplexity.border_title = "Perplexity"
         self.memory.border_title = "Memory"
         yield self.status
         with Container(id="panes"):
             yield self.candidates
+            yield self.recovery
             with VerticalScroll(id="layers-scroll") as scroll:
                 scroll.border_title = "Removed per layer"
                 yield self.layers
@@ -189,7 +198,7 @@ class MptuiApp(App):
                 self.notify(describe_export(event), title="exported", timeout=15)
             elif isinstance(event, ev.Evaluated):
                 title = f"Evaluation after {event.steps} steps (ratio {event.ratio:.2%})"
-                rows = evaluation_rows(event.dense, event.pruned)
+                rows = evaluation_rows(event.dense, event.pruned, event.recovered)
                 self.push_screen(EvaluationScreen(title, rows))
             elif isinstance(event, ev.Error):
                 self.notify(event.message, title="engine error", severity="error", timeout=30)
@@ -214,6 +223,9 @@ class MptuiApp(App):
     def repaint(self) -> None:
         for pane in (self.status, self.candidates, self.layers, self.perplexity):
             pane.show(self.state)
+        if self.state.recovery is not None and not self.recovery.display:
+            self.candidates.display, self.recovery.display = False, True
+        self.recovery.show(self.state.recovery)
 
     # --- actions ----------------------------------------------------------------------------
     def send(self, command: cmd.Command) -> None:
@@ -292,6 +304,17 @@ class MptuiApp(App):
             return
         self.send(cmd.Evaluate(self._eval_request))
         self.notify("evaluating dense and pruned; the search waits until it is done")
+
+    def action_recover(self) -> None:
+        """After the search: win back what pruning cost by LoRA fine-tuning (docs/method.md §10)."""
+        if self.engine is None or self._recovery is None:
+            self.notify("nothing to recover with: start mptui with --recover-data FILE")
+            return
+        if self.state.finished is None:
+            self.notify("recovery starts after the search (stop it or let it finish)")
+            return
+        self.send(cmd.Recover(self._recovery))
+        self.notify(f"recovering: {self._recovery.steps} steps on {Path(self._recovery.data).name}")
 
     def action_log_scale(self) -> None:
         """Toggle a log scale on the perplexity curve."""

@@ -116,11 +116,12 @@ class ExportScreen(AskScreen):
 
 
 class EvaluationScreen(ModalScreen[None]):
-    """Dense against pruned, side by side; the numbers are also in the session folder."""
+    """Dense against pruned (and recovered), side by side; the numbers are also in the session
+    folder."""
 
     BINDINGS = [Binding("escape,q,enter", "dismiss", "Close")]
 
-    def __init__(self, title: str, rows: list[tuple[str, str, str, str]]) -> None:
+    def __init__(self, title: str, rows: list[tuple[str, ...]]) -> None:
         super().__init__()
         self.title_text, self.rows = title, rows
 
@@ -128,7 +129,8 @@ class EvaluationScreen(ModalScreen[None]):
         with Vertical(id="dialog"):
             yield Label(self.title_text)
             table = DataTable(id="evaluation", cursor_type="none")
-            table.add_columns("", "dense", "pruned", "change")
+            recovered = ("recovered",) if self.rows and len(self.rows[0]) == 5 else ()
+            table.add_columns("", "dense", "pruned", *recovered, "change")
             table.add_rows(self.rows)
             yield table
             yield Label("evaluation.json and summary.md in the session folder  [b]esc[/b] close")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mptui.engine.api import LayerRow, PlanStep, layer_rows
 from mptui.engine.api import events as ev
+from mptui.engine.api import recovery_events as rev
 
 STATE_LABELS = {
     "loading": "LOADING",
@@ -82,6 +83,7 @@ class RunState:
     evaluation: ev.Evaluated | None = None
     exported: ev.Exported | None = None
     link: str = ""  # attached to a served run: to whom, or that the run has ended
+    recovery: RecoveryState | None = None  # once a recovery has started
 
     @property
     def layers(self) -> list[LayerRow]:
@@ -90,6 +92,11 @@ class RunState:
 
     @property
     def state_label(self) -> str:
+        recovery = self.recovery
+        if recovery is not None and self.state == "running":
+            return f"RECOVERING step {recovery.step}/{recovery.steps}"
+        if recovery is not None and self.state == "paused":
+            return f"PAUSED recovery step {recovery.step}/{recovery.steps}"
         return STATE_LABELS.get(self.state, self.state.upper())
 
     def ranked(self) -> list[CandidateRow]:
@@ -196,6 +203,40 @@ class RunState:
     def _on_Exported(self, event: ev.Exported) -> None:
         self.exported = event
 
+    def _on_RecoveryStarted(self, event: rev.RecoveryStarted) -> None:
+        self.recovery = RecoveryState(step=event.step, steps=event.steps)
+        for record in event.history:  # a resumed recovery shows its curves so far
+            if "loss" in record:
+                self.recovery.loss.append((record["step"], record["loss"]))
+            else:
+                self.recovery.validation.append((record["step"], record["val_perplexity"]))
+
+    def _on_RecoveryStep(self, event: rev.RecoveryStep) -> None:
+        recovery = self.recovery
+        recovery.step, recovery.lr = event.step, event.lr
+        recovery.tokens_per_s, recovery.eta_s = event.tokens_per_s, event.eta_s
+        recovery.loss.append((event.step, event.loss))
+
+    def _on_RecoveryValidated(self, event: rev.RecoveryValidated) -> None:
+        self.recovery.validation.append((event.step, event.perplexity))
+
+    def _on_RecoveryFinished(self, event: rev.RecoveryFinished) -> None:
+        self.recovery.finished = event.reason
+
+
+@dataclass
+class RecoveryState:
+    """The Recovery pane's data: loss per step, validation perplexity, rate and ETA."""
+
+    step: int = 0
+    steps: int = 0
+    lr: float = 0.0
+    tokens_per_s: float = 0.0
+    eta_s: float = 0.0
+    loss: list[tuple[int, float]] = field(default_factory=list)
+    validation: list[tuple[int, float]] = field(default_factory=list)
+    finished: str | None = None
+
 
 def display_name(model: str | Path) -> str:
     """The model's own name (:func:`~mptui.engine.loading.model_label`): a hub id as it is, a
@@ -205,21 +246,30 @@ def display_name(model: str | Path) -> str:
     return model_label(model)
 
 
-def evaluation_rows(dense: dict, pruned: dict) -> list[tuple[str, str, str, str]]:
-    """``(what, dense, pruned, change)`` per task, the average and the perplexity, as text."""
+def evaluation_rows(
+    dense: dict, pruned: dict, recovered: dict | None = None
+) -> list[tuple[str, ...]]:
+    """``(what, dense, pruned, change)`` per task, the average and the perplexity, as text;
+    with ``recovered`` results, ``(what, dense, pruned, recovered, change)`` where the change
+    is the recovered model's against the dense one."""
+    after = recovered or pruned
     rows = []
     dense_tasks = dense.get("zero_shot", {}).get("tasks", {})
-    pruned_tasks = pruned.get("zero_shot", {}).get("tasks", {})
     for task, score in dense_tasks.items():
-        after = pruned_tasks[task]["value"]
-        rows.append(_row(f"{task} ({score['metric']})", score["value"], after, "{:.4f}"))
+        values = [part["zero_shot"]["tasks"][task]["value"] for part in (pruned, after)]
+        rows.append(_row(f"{task} ({score['metric']})", score["value"], values, "{:.4f}"))
     if "zero_shot" in dense:
-        before, after = dense["zero_shot"]["average"], pruned["zero_shot"]["average"]
-        rows.append(_row("average", before, after, "{:.4f}"))
+        values = [part["zero_shot"]["average"] for part in (pruned, after)]
+        rows.append(_row("average", dense["zero_shot"]["average"], values, "{:.4f}"))
     if "perplexity" in dense:
-        rows.append(_row("perplexity", dense["perplexity"], pruned["perplexity"], "{:.3f}"))
-    return rows
+        values = [part["perplexity"] for part in (pruned, after)]
+        rows.append(_row("perplexity", dense["perplexity"], values, "{:.3f}"))
+    return [row if recovered else (row[0], row[1], row[2], row[4]) for row in rows]
 
 
-def _row(name: str, before: float, after: float, number: str) -> tuple[str, str, str, str]:
-    return name, number.format(before), number.format(after), f"{after - before:+.4g}"
+def _row(name: str, before: float, afters: list[float], number: str) -> tuple[str, ...]:
+    pruned, recovered = afters
+    return (
+        name, number.format(before), number.format(pruned), number.format(recovered),
+        f"{recovered - before:+.4g}",
+    )  # fmt: skip

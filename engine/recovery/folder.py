@@ -1,0 +1,117 @@
+"""Recovery's part of the session folder.
+
+``recovery/settings.json``   what was asked (settings and the model it trains), written once
+``recovery/checkpoint.pt``   adapter, optimizer, scheduler, RNG and step: replaced atomically
+                             (write, fsync, rename) every ``--save-every`` steps and at a stop
+``recovery/adapter/``        the peft adapter of the last save, for ``--export-adapter``
+``recovery.jsonl``           one line per optimizer step and per validation, for reading
+
+A kill at any moment leaves the last complete checkpoint; resume continues from it, so the
+steps since are done again, identically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..errors import BadInput
+from ..plan import write_json_atomic
+from .settings import RecoverySettings
+
+DIR = "recovery"
+SETTINGS = "settings.json"
+CHECKPOINT = "checkpoint.pt"
+LOG = "recovery.jsonl"
+
+
+class RecoveryFolder:
+    def __init__(self, session: Path) -> None:
+        self.session = Path(session)
+        self.path = self.session / DIR
+
+    @property
+    def started(self) -> bool:
+        return (self.path / SETTINGS).is_file()
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / CHECKPOINT
+
+    # --- settings ---------------------------------------------------------------------------
+    def write_settings(self, settings: RecoverySettings, model: dict) -> None:
+        """``model``: where the pruned model comes from (``{"session": ...}`` or
+        ``{"export": PATH}``)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path / SETTINGS, {"settings": settings.to_dict(), "model": model})
+
+    def read_settings(self) -> tuple[RecoverySettings, dict]:
+        try:
+            data = json.loads((self.path / SETTINGS).read_text())
+            return RecoverySettings.from_dict(data["settings"]), data["model"]
+        except FileNotFoundError:
+            raise BadInput(f"'{self.session}' has no recovery to continue") from None
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise BadInput(f"{self.path / SETTINGS} is damaged ({error!r})") from None
+
+    # --- checkpoint -------------------------------------------------------------------------
+    def save(self, state: dict) -> None:
+        handle, tmp = tempfile.mkstemp(prefix=".checkpoint.", dir=self.path)
+        try:
+            with os.fdopen(handle, "wb") as out:
+                torch.save(state, out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.checkpoint)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load(self) -> dict | None:
+        if not self.checkpoint.is_file():
+            return None
+        try:
+            return torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises several types for a damaged file
+            raise BadInput(f"{self.checkpoint} is damaged ({type(error).__name__})") from None
+
+    def saved_step(self) -> int:
+        state = self.load()
+        return state["step"] if state else 0
+
+    def card_info(self) -> dict | None:
+        """What an export's model card says of the saved recovery (None: none saved)."""
+        state = self.load()
+        if state is None:
+            return None
+        settings, _ = self.read_settings()
+        validations = {
+            r["step"]: r["val_perplexity"] for r in self.read_log() if "val_perplexity" in r
+        }
+        return {
+            "settings": settings.to_dict(),
+            "step": state["step"],
+            "pruned_perplexity": validations.get(0),
+            "perplexity": validations.get(state["step"]),
+        }
+
+    # --- log --------------------------------------------------------------------------------
+    def log(self, record: dict) -> None:
+        with (self.session / LOG).open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def read_log(self) -> list[dict]:
+        path = self.session / LOG
+        if not path.is_file():
+            return []
+        records = []
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        return records
