@@ -1,4 +1,5 @@
-"""``python -m bench search ...`` or ``python -m bench build-llama12 DIR``."""
+"""``python -m bench search ...``, ``python -m bench gpu-check [--dry-run]`` or
+``python -m bench build-llama12 DIR``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ def main() -> None:
         from .search import main as search
 
         search(argv)
+    elif command == "gpu-check":
+        from .gpu_check import main as gpu_check
+
+        gpu_check(argv)
     elif command == "build-llama12":
         from .models import build_llama12
 

@@ -38,6 +38,7 @@ class CachePlan:
     stride: int
     boundary_bytes: int
     stored: int
+    budget_bytes: int = 0  # 0: no cache asked for
 
 
 class _StopCapture(Exception):
@@ -197,7 +198,7 @@ class Scorer:
             )
         stride = min(stride, self.num_sub_blocks)
         stored = len(range(0, self.num_sub_blocks, stride))
-        return CachePlan(stride, boundary_bytes, stored)
+        return CachePlan(stride, boundary_bytes, stored, budget)
 
     # --- running sub-blocks -------------------------------------------------------------------
     def _run_sub_block(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
