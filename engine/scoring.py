@@ -126,6 +126,7 @@ class Scorer:
         self._contexts: dict[int, list[dict[str, Any]]] = {}
         self._device_contexts: dict[tuple[int, int, str], dict[str, Any]] = {}
         self._boundaries: dict[int, torch.Tensor] = {}
+        self._labels_by_device: dict[torch.device, torch.Tensor] = {}
         self.num_sub_blocks = 2 * adapter.num_layers
         self._embed_boundary(interrupt)
         self.cache_plan = self._plan_cache(cache_budget_bytes)
@@ -138,8 +139,9 @@ class Scorer:
     def tokens(self) -> int:
         return self.chunks.numel()
 
-    def _batches(self) -> list[slice]:
-        n = len(self.chunks)
+    def _batches(self, rows: int | None = None) -> list[slice]:
+        """Slices of at most ``batch_size`` rows over the first ``rows`` rows (default: all)."""
+        n = len(self.chunks) if rows is None else min(rows, len(self.chunks))
         return [slice(i, min(i + self.batch_size, n)) for i in range(0, n, self.batch_size)]
 
     def _capture(self, input_ids: torch.Tensor) -> list[tuple[torch.Tensor, dict[str, Any]]]:
@@ -216,17 +218,25 @@ class Scorer:
         kwargs = self._context(hidden.shape[0], layer_index, device)
         return hidden + block(norm(hidden), **kwargs)[0]
 
-    def _sequence_nll(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        """Mean token NLL of each sequence, on float32 logits, in vocabulary-sized chunks."""
+    def _labels(self, device: torch.device) -> torch.Tensor:
+        """Every row's labels on ``device``, copied there once rather than once per batch."""
+        labels = self._labels_by_device.get(device)
+        if labels is None:
+            labels = self._labels_by_device[device] = self.chunks[:, 1:].to(device)
+        return labels
+
+    def _sequence_nll(self, hidden: torch.Tensor, batch: slice) -> torch.Tensor:
+        """Mean token NLL of each sequence of ``batch``, on float32 logits, in slices of at most
+        :data:`LOSS_CHUNK_ELEMENTS` logits; it stays on the head's device (no host sync)."""
         norm, head = self.adapter.final_norm(), self.adapter.lm_head()
         device = head.weight.device
         hidden = norm(hidden.to(next(norm.parameters(), head.weight).device)).to(device)
-        labels = input_ids[:, 1:].to(device)
+        labels = self._labels(device)[batch]
         hidden = hidden[:, :-1]
-        batch, length = labels.shape
+        rows, length = labels.shape
         vocab = head.weight.shape[0]
-        step = max(1, LOSS_CHUNK_ELEMENTS // max(1, vocab * batch))
-        total = torch.zeros(batch, dtype=torch.float64, device=device)
+        step = max(1, LOSS_CHUNK_ELEMENTS // max(1, vocab * rows))
+        total = torch.zeros(rows, dtype=torch.float64, device=device)
         for start in range(0, length, step):
             logits = head(hidden[:, start : start + step]).float()
             target = labels[:, start : start + step]
@@ -241,16 +251,17 @@ class Scorer:
             counts = torch.full_like(total, float(length))
         else:
             counts = (labels != self.ignore_label_id).double().sum(dim=1).clamp_min(1.0)
-        return (total / counts).cpu()
+        return total / counts
 
     # --- public -------------------------------------------------------------------------------
-    def score(self, start: int = 0) -> float:
+    def score(self, start: int = 0, rows: int | None = None) -> float:
         """Perplexity of the current model; sub-blocks before ``start`` must be unchanged.
 
-        Only fresh boundaries are used, so the result is exact even before :meth:`catch_up`;
-        catching up first only makes it cheaper.
+        ``rows``: only the first ``rows`` calibration rows (the fast mode's first round);
+        default all. Only fresh boundaries are used, so the result is exact even before
+        :meth:`catch_up`; catching up first only makes it cheaper.
         """
-        return self._with_oom_fallback(lambda: self._score(start))
+        return self._with_oom_fallback(lambda: self._score(start, rows))
 
     def current_score(self) -> float:
         """Perplexity of the model as it is (only the last sub-block runs once caught up)."""
@@ -293,15 +304,16 @@ class Scorer:
         limit = index if self._stale_from is None else min(index, self._stale_from)
         return max(b for b in self._boundaries if b <= limit)
 
-    def _score(self, start: int) -> float:
+    def _score(self, start: int, rows: int | None) -> float:
+        """One host sync in all: the per-row NLLs stay on the device until the final mean."""
         origin = self._fresh_origin(start)
         nll = []
         with torch.inference_mode():
-            for batch in self._batches():
+            for batch in self._batches(rows):
                 hidden = self._boundaries[origin][batch]
                 for index in range(origin, self.num_sub_blocks):
                     hidden = self._run_sub_block(index, hidden)
-                nll.append(self._sequence_nll(hidden, self.chunks[batch]))
+                nll.append(self._sequence_nll(hidden, batch))
         return math.exp(torch.cat(nll).mean().item())
 
     def _refresh(self, changed: int, interrupt: Callable[[], None] | None) -> None:
