@@ -135,7 +135,7 @@ def build_session(profile: Profile, prefix_cache: bool, model=None) -> PruningSe
     generator = torch.Generator().manual_seed(0)
     vocab = profile.shape["vocab_size"]
     chunks = torch.randint(0, vocab, (profile.rows, profile.seqlen), generator=generator)
-    scorer = Scorer(model, adapter, chunks, batch_size=2, prefix_cache=prefix_cache)
+    scorer = Scorer(model, adapter, chunks, prefix_cache=prefix_cache)  # batch: from memory
     settings = PruneSettings.with_distribution(0.5, "1:1:0", mlp_group=profile.mlp_group)
     groups = GroupSizes(profile.mlp_group, adapter.attn_group_channels, "gpu-check")
     scorers = dict.fromkeys(("blocks", "mlp_channels", "attn_heads"), scorer)
@@ -252,7 +252,7 @@ def table(report: Report, profile: Profile) -> str:
         ("peak memory", f"{report.peak_bytes / gib:.2f} GiB"),
         ("prefix cache", f"budget {report.cache_budget_bytes / gib:.2f} GiB, stride "
                          f"{report.cache_stride}, {report.cache_stored} boundaries kept"),
-        ("batch size", str(report.batch_size)),
+        ("batch size (from the memory budget)", str(report.batch_size)),
     ]  # fmt: skip
     for mode in ("cached", "naive"):
         seconds = report.projection[f"{mode} seconds"]

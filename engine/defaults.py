@@ -19,8 +19,8 @@ DEFAULT_ORDER: tuple[Dimension, ...] = DIMENSIONS
 DEFAULT_NSAMPLES = 0
 #: Tokens per calibration chunk, and rows of a rolling perplexity.
 DEFAULT_SEQLEN = 2048
-#: Calibration chunks per forward.
-DEFAULT_BATCH_SIZE = 2
+#: Calibration chunks per forward; None: from the device's memory (engine/batching.py).
+DEFAULT_BATCH_SIZE: int | None = None
 #: The calibration sampler's seed.
 DEFAULT_SEED = 42
 #: The field of ``.jsonl`` / ``.parquet`` / datasets rows that holds the text.

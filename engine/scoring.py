@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adapters import Adapter
+from .batching import auto_batch_size
 from .errors import OutOfMemory
 from .pruned_modeling import is_removed
 
@@ -106,7 +107,7 @@ class Scorer:
         model: nn.Module,
         adapter: Adapter,
         chunks: torch.Tensor,
-        batch_size: int,
+        batch_size: int | None = None,
         *,
         prefix_cache: bool = True,
         cache_budget_bytes: int | None = None,
@@ -114,11 +115,15 @@ class Scorer:
         on_warning: Callable[[str], None] | None = None,
         interrupt: Callable[[], None] | None = None,
     ) -> None:
-        """``interrupt`` is called between batches of the initial (dense) pass and may raise to
-        abandon it: a Stop while a 7B's calibration set runs through it must not wait."""
+        """``batch_size``: rows per forward; None chooses it from the device's memory
+        (:func:`~.batching.auto_batch_size`). ``interrupt`` is called between batches of the
+        initial (dense) pass and may raise to abandon it: a Stop while a 7B's calibration set
+        runs through it must not wait."""
         self.model = model
         self.adapter = adapter
         self.chunks = chunks
+        if batch_size is None:
+            batch_size = auto_batch_size(model, adapter, len(chunks), chunks.shape[1])
         self.batch_size = max(1, min(batch_size, len(chunks)))
         self.prefix_cache = prefix_cache
         self.ignore_label_id = ignore_label_id

@@ -267,6 +267,7 @@ class PruningSession:
                 "attn_group": self.groups.attn,
                 "group_source": self.groups.source,
                 "count_removed_norms": self.count_removed_norms,
+                "batch_size_used": self.scorers[first].batch_size,
             },
             dense_score=self.dense_scores[first],
             dense_scores=dict(self.dense_scores),

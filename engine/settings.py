@@ -146,7 +146,7 @@ class PruneSettings:
             text_field=DEFAULT_TEXT_FIELD,
         )
     )
-    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_size: int | None = DEFAULT_BATCH_SIZE
     mlp_group: int | None = None
     attn_group: int | None = None
     block_count: int | None = None
@@ -158,12 +158,12 @@ class PruneSettings:
         if not (0.0 < self.target_ratio < 1.0):
             raise BadInput(f"--target-ratio {self.target_ratio} must be strictly between 0 and 1")
         parse_order(self.order)
+        _positive_int("--seqlen", self.calibration.seqlen)
         for name, value in (
+            ("--mlp-group", self.mlp_group),
+            ("--attn-group", self.attn_group),
             ("--batch-size", self.batch_size),
-            ("--seqlen", self.calibration.seqlen),
         ):
-            _positive_int(name, value)
-        for name, value in (("--mlp-group", self.mlp_group), ("--attn-group", self.attn_group)):
             if value is not None:
                 _positive_int(name, value)
         if self.block_count is not None:

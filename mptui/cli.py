@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_BATCH_SIZE,
         metavar="B",
-        help="chunks per forward (default: %(default)s)",
+        help="chunks per forward (default: from the memory budget)",
     )
     calib.add_argument(
         "--seed", type=int, default=DEFAULT_SEED, help="sampler seed (default: %(default)s)"
