@@ -1,5 +1,5 @@
-"""``python -m bench search ...``, ``python -m bench gpu-check [--dry-run]`` or
-``python -m bench build-llama12 DIR``."""
+"""``python -m bench search|fast|speedups ...``, ``python -m bench gpu-check [--dry-run]`` or
+``python -m bench build-llama12 DIR`` (bench/RESULTS.md)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,14 @@ def main() -> None:
         from .search import main as search
 
         search(argv)
+    elif command == "speedups":
+        from .speedups import main as speedups
+
+        speedups(argv)
+    elif command == "fast":
+        from .fast import main as fast
+
+        fast(argv)
     elif command == "gpu-check":
         from .gpu_check import main as gpu_check
 

@@ -4,8 +4,9 @@ Run it first whenever a GPU machine is lent (bench/RESULTS.md). It needs no down
 of Llama-2-7B's shape is built in memory in bf16. In order, it measures
 
 1. the dense bf16 matmul peak of this GPU (the MFU denominator, measured, not quoted);
-2. one block step and one MLP-width step, scored with the prefix cache and without it, as
-   seconds, achieved TFLOP/s (analytic FLOPs of bench/flops.py) and MFU;
+2. one block step and one MLP-width step, scored with the prefix cache and compiled
+   sub-blocks (the default), the same eagerly, and naively (the reference's cost), as seconds,
+   achieved TFLOP/s (analytic FLOPs of bench/flops.py) and MFU;
 3. one commit's cache refresh, peak memory, the cache's budget, stride and batch size;
 4. the projected full 22% run at the reference settings (docs/method.md §5: 10 block, 55 MLP
    and 23 head steps on 35 block rows and 17 width rows of 2048 tokens), from the measured
@@ -33,7 +34,7 @@ from mptui.engine.session import PruningSession
 from mptui.engine.settings import GroupSizes, PruneSettings
 
 from .app_capture import capture_memory_pane
-from .flops import evaluation_flops
+from .flops import candidate_flops
 from .models import LLAMA2_7B, build_llama_in_memory
 
 #: The reference's 22% MultiPruner run on Llama-2-7B (docs/method.md §5 and §2).
@@ -61,12 +62,16 @@ class Profile:
     mlp_group: int
     matmul_n: int
     matmul_reps: int
+    compile_backend: str  # what --compile auto uses on a GPU; the dry run skips the C++ compile
 
 
 GPU = Profile("cuda", "bfloat16", LLAMA2_7B, rows=8, seqlen=2048, mlp_group=1024,
-              matmul_n=8192, matmul_reps=50)  # fmt: skip
+              matmul_n=8192, matmul_reps=50, compile_backend="inductor")  # fmt: skip
 DRY_RUN = Profile("cpu", "float32", TINY_LLAMA, rows=4, seqlen=64, mlp_group=16,
-                  matmul_n=256, matmul_reps=5)  # fmt: skip
+                  matmul_n=256, matmul_reps=5, compile_backend="aot_eager")  # fmt: skip
+
+#: (name, prefix cache, compiled): the default run, the same eagerly, and the reference's cost.
+MODES = (("cached", True, True), ("cached, eager", True, False), ("naive", False, False))
 
 
 @dataclass
@@ -95,6 +100,8 @@ class Report:
     matmul_peak: float = 0.0
     steps: list[StepTiming] = field(default_factory=list)
     refresh_seconds: float = 0.0
+    warm_up_seconds: float = 0.0
+    compiled_with: str = ""
     peak_bytes: int = 0
     cache_budget_bytes: int = 0
     cache_stride: int = 0
@@ -127,7 +134,9 @@ def matmul_peak(profile: Profile) -> float:
     return 2.0 * n**3 / best
 
 
-def build_session(profile: Profile, prefix_cache: bool, model=None) -> PruningSession:
+def build_session(
+    profile: Profile, prefix_cache: bool, compiled: bool, model=None
+) -> PruningSession:
     """A session over random token rows (no calibration file, no channel ranking: timing only)."""
     if model is None:
         model, _tokenizer = build_llama_in_memory(profile.device, profile.dtype, profile.shape)
@@ -135,11 +144,24 @@ def build_session(profile: Profile, prefix_cache: bool, model=None) -> PruningSe
     generator = torch.Generator().manual_seed(0)
     vocab = profile.shape["vocab_size"]
     chunks = torch.randint(0, vocab, (profile.rows, profile.seqlen), generator=generator)
-    scorer = Scorer(model, adapter, chunks, prefix_cache=prefix_cache)  # batch: from memory
+    scorer = Scorer(
+        model, adapter, chunks, prefix_cache=prefix_cache,  # batch size: from memory
+        compile_backend=profile.compile_backend if compiled else None, on_warning=print,
+    )  # fmt: skip
     settings = PruneSettings.with_distribution(0.5, "1:1:0", mlp_group=profile.mlp_group)
     groups = GroupSizes(profile.mlp_group, adapter.attn_group_channels, "gpu-check")
     scorers = dict.fromkeys(("blocks", "mlp_channels", "attn_heads"), scorer)
     return PruningSession(model, adapter, settings, groups, scorers, "llama2-7b-shape")
+
+
+def warm_up(session: PruningSession, device: str) -> float:
+    """Score one candidate of each kind once (compiling happens here); returns the seconds."""
+    synchronize(device)
+    started = time.perf_counter()
+    for dimension in ("blocks", "mlp_channels"):
+        session.score_candidate(session.eligible(dimension)[0])
+    synchronize(device)
+    return time.perf_counter() - started
 
 
 def time_step(
@@ -159,8 +181,7 @@ def time_step(
     for candidate in candidates:
         start = candidate.sub_block if scorer.prefix_cache else 0
         start -= start % scorer.cache_plan.stride
-        with session.adapter.trial(candidate):
-            flops += evaluation_flops(session.adapter, start, batch, seqlen)
+        flops += candidate_flops(session.adapter, candidate, start, batch, seqlen)
     return StepTiming(name, len(candidates), seconds, flops, peak)
 
 
@@ -205,15 +226,22 @@ def project(report: Report, profile: Profile) -> dict[str, float]:
 def run(profile: Profile, app: bool) -> Report:
     report = Report(profile.device, f"Llama {profile.shape['num_hidden_layers']} layers")
     report.matmul_peak = peak = matmul_peak(profile)
-    cached = build_session(profile, prefix_cache=True)
-    naive = build_session(profile, prefix_cache=False, model=cached.model)
+    sessions = {}
+    for mode, prefix_cache, compiled in MODES:
+        model = next(iter(sessions.values())).model if sessions else None
+        sessions[mode] = build_session(profile, prefix_cache, compiled, model)
+        seconds = warm_up(sessions[mode], profile.device)
+        if compiled:
+            report.warm_up_seconds = seconds
     if profile.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     for name, dimension in (("block", "blocks"), ("MLP-width", "mlp_channels")):
-        for mode, session in (("cached", cached), ("naive", naive)):
+        for mode, session in sessions.items():
             report.steps.append(
                 time_step(session, dimension, peak, f"{name} step, {mode}", profile.device)
             )
+    cached = sessions["cached"]
+    report.compiled_with = cached.scorers["blocks"].runner.backend or "nothing (it fell back)"
     report.refresh_seconds = time_refresh(cached, profile.device)
     scorer = cached.scorers["blocks"]
     plan = scorer.cache_plan
@@ -227,7 +255,7 @@ def run(profile: Profile, app: bool) -> Report:
 
         report.peak_bytes = psutil.Process().memory_info().rss
     report.projection = project(report, profile)
-    del cached, naive
+    del cached, sessions
     if app:
         report.memory_pane = capture_memory_pane(profile.device)
     return report
@@ -248,6 +276,7 @@ def table(report: Report, profile: Profile) -> str:
                         f"{step.tflops:.3g} TFLOP/s, MFU {step.mfu:.1%}")
         )  # fmt: skip
     rows += [
+        ("compiled with", f"{report.compiled_with} (first calls {report.warm_up_seconds:.1f} s)"),
         ("cache refresh after a commit at L0.attn", f"{report.refresh_seconds:.2f} s"),
         ("peak memory", f"{report.peak_bytes / gib:.2f} GiB"),
         ("prefix cache", f"budget {report.cache_budget_bytes / gib:.2f} GiB, stride "

@@ -21,6 +21,11 @@ DEFAULT_NSAMPLES = 0
 DEFAULT_SEQLEN = 2048
 #: Calibration chunks per forward; None: from the device's memory (engine/batching.py).
 DEFAULT_BATCH_SIZE: int | None = None
+#: ``--compile``: ``auto`` compiles the scoring sub-blocks on a GPU only (on the CPU the compile
+#: time outweighs the gain for the models one prunes there), ``off`` never, or a
+#: ``torch.compile`` backend by name (engine/compiled.py).
+COMPILE_MODES = ("auto", "off", "inductor", "aot_eager")
+DEFAULT_COMPILE = "auto"
 #: The calibration sampler's seed.
 DEFAULT_SEED = 42
 #: The field of ``.jsonl`` / ``.parquet`` / datasets rows that holds the text.

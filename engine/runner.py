@@ -203,31 +203,34 @@ class Engine:
         step = len(session.steps) + 1
         current = session.current_score(dimension)
         self._emit(ev.StepStarted(step, dimension, tuple(c.id for c in candidates), current))
-        self._step_scores = scores = {}
+        self._step_scores = scores = {}  # fully scored candidates only (all of them when exact)
         stats, started = StepStats(), time.monotonic()
-        tokens = session.scorers[dimension].tokens
-        for k, candidate in enumerate(candidates, start=1):
-            outcome = self._poll()
-            if outcome is not Outcome.NOTHING:
-                return outcome
-            score = session.score_candidate(candidate)
-            scores[candidate] = score
-            stats.candidates += 1
-            stats.tokens += tokens
+        scorer = session.scorers[dimension]
+        evaluations = session.evaluations(dimension, candidates)
+        while (outcome := self._poll()) is Outcome.NOTHING:
+            result = next(evaluations, None)
+            if result is None:
+                break
+            candidate, score, k, n = result.candidate, result.score, result.k, result.n
+            if result.rows == result.total_rows:
+                scores[candidate] = score
+            stats.candidates += int(result.round == 1)
+            stats.tokens += result.new_rows * scorer.chunks.shape[1]
             elapsed = time.monotonic() - started
             self._emit(
                 ev.CandidateScored(
                     step, dimension, candidate.id, score, score - current,
-                    session.params_freed(candidate), k, len(candidates),
+                    session.params_freed(candidate), k, n, result.rows, result.total_rows,
                 )
             )  # fmt: skip
             self._emit(
                 ev.Progress(
-                    step, k, len(candidates), stats.tokens / max(elapsed, 1e-9),
-                    elapsed / k * (len(candidates) - k),
+                    step, k, n, stats.tokens / max(elapsed, 1e-9), elapsed / k * (n - k),
                 )
             )  # fmt: skip
             self._emit_memory()
+        if outcome is not Outcome.NOTHING:
+            return outcome
         stats.seconds = time.monotonic() - started
         best = self._best(scores)
         if best is None:

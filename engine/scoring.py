@@ -23,6 +23,7 @@ from torch import nn
 
 from .adapters import Adapter
 from .batching import auto_batch_size
+from .compiled import SubBlockRunner
 from .errors import OutOfMemory
 from .pruned_modeling import is_removed
 
@@ -110,6 +111,7 @@ class Scorer:
         batch_size: int | None = None,
         *,
         prefix_cache: bool = True,
+        compile_backend: str | Callable | None = None,
         cache_budget_bytes: int | None = None,
         ignore_label_id: int | None = None,
         on_warning: Callable[[str], None] | None = None,
@@ -118,7 +120,8 @@ class Scorer:
         """``batch_size``: rows per forward; None chooses it from the device's memory
         (:func:`~.batching.auto_batch_size`). ``interrupt`` is called between batches of the
         initial (dense) pass and may raise to abandon it: a Stop while a 7B's calibration set
-        runs through it must not wait."""
+        runs through it must not wait. ``compile_backend``: run the sub-blocks through
+        ``torch.compile`` with it (None: eagerly; :mod:`.compiled`)."""
         self.model = model
         self.adapter = adapter
         self.chunks = chunks
@@ -128,6 +131,7 @@ class Scorer:
         self.prefix_cache = prefix_cache
         self.ignore_label_id = ignore_label_id
         self._on_warning = on_warning or (lambda message: None)
+        self.runner = SubBlockRunner(compile_backend, self._on_warning)
         self._contexts: dict[int, list[dict[str, Any]]] = {}
         self._device_contexts: dict[tuple[int, int, str], dict[str, Any]] = {}
         self._boundaries: dict[int, torch.Tensor] = {}
@@ -144,10 +148,11 @@ class Scorer:
     def tokens(self) -> int:
         return self.chunks.numel()
 
-    def _batches(self, rows: int | None = None) -> list[slice]:
-        """Slices of at most ``batch_size`` rows over the first ``rows`` rows (default: all)."""
-        n = len(self.chunks) if rows is None else min(rows, len(self.chunks))
-        return [slice(i, min(i + self.batch_size, n)) for i in range(0, n, self.batch_size)]
+    def _batches(self, rows: range | None = None) -> list[slice]:
+        """Slices of at most ``batch_size`` rows covering ``rows`` (default: all)."""
+        rows = range(len(self.chunks)) if rows is None else rows
+        size = self.batch_size
+        return [slice(i, min(i + size, rows.stop)) for i in range(rows.start, rows.stop, size)]
 
     def _capture(self, input_ids: torch.Tensor) -> list[tuple[torch.Tensor, dict[str, Any]]]:
         """Run the model's own forward up to the first layer and record every layer's inputs."""
@@ -219,9 +224,9 @@ class Scorer:
         device = next(block.parameters()).device
         hidden = hidden.to(device)
         if is_mlp:
-            return hidden + block(norm(hidden))
+            return self.runner.mlp(block, norm, hidden)
         kwargs = self._context(hidden.shape[0], layer_index, device)
-        return hidden + block(norm(hidden), **kwargs)[0]
+        return self.runner.attention(block, norm, hidden, kwargs)
 
     def _labels(self, device: torch.device) -> torch.Tensor:
         """Every row's labels on ``device``, copied there once rather than once per batch."""
@@ -262,11 +267,18 @@ class Scorer:
     def score(self, start: int = 0, rows: int | None = None) -> float:
         """Perplexity of the current model; sub-blocks before ``start`` must be unchanged.
 
-        ``rows``: only the first ``rows`` calibration rows (the fast mode's first round);
-        default all. Only fresh boundaries are used, so the result is exact even before
-        :meth:`catch_up`; catching up first only makes it cheaper.
+        ``rows``: only the first ``rows`` calibration rows; default all. Only fresh boundaries
+        are used, so the result is exact even before :meth:`catch_up`; catching up first only
+        makes it cheaper.
         """
-        return self._with_oom_fallback(lambda: self._score(start, rows))
+        rows = len(self.chunks) if rows is None else rows
+        return math.exp(self.row_nll(start, range(min(rows, len(self.chunks)))).mean().item())
+
+    def row_nll(self, start: int = 0, rows: range | None = None) -> torch.Tensor:
+        """Mean token NLL of each calibration row in ``rows`` (default all), float64 on the
+        CPU, for the current model as :meth:`score` computes it (one host sync in all)."""
+        rows = range(len(self.chunks)) if rows is None else rows
+        return self._with_oom_fallback(lambda: self._row_nll(start, rows))
 
     def current_score(self) -> float:
         """Perplexity of the model as it is (only the last sub-block runs once caught up)."""
@@ -309,8 +321,8 @@ class Scorer:
         limit = index if self._stale_from is None else min(index, self._stale_from)
         return max(b for b in self._boundaries if b <= limit)
 
-    def _score(self, start: int, rows: int | None) -> float:
-        """One host sync in all: the per-row NLLs stay on the device until the final mean."""
+    def _row_nll(self, start: int, rows: range) -> torch.Tensor:
+        """The per-row NLLs stay on the device until the end: one host sync in all."""
         origin = self._fresh_origin(start)
         nll = []
         with torch.inference_mode():
@@ -319,7 +331,7 @@ class Scorer:
                 for index in range(origin, self.num_sub_blocks):
                     hidden = self._run_sub_block(index, hidden)
                 nll.append(self._sequence_nll(hidden, batch))
-        return math.exp(torch.cat(nll).mean().item())
+        return torch.cat(nll).cpu()
 
     def _refresh(self, changed: int, interrupt: Callable[[], None] | None) -> None:
         """Rewrite every stored boundary after ``changed`` into its own preallocated tensor, batch

@@ -12,7 +12,9 @@ from dataclasses import asdict, dataclass, field, replace
 
 from .calibration import CalibrationSpec
 from .defaults import (  # noqa: F401 (every default is re-exported here)
+    COMPILE_MODES,
     DEFAULT_BATCH_SIZE,
+    DEFAULT_COMPILE,
     DEFAULT_DISTRIBUTION,
     DEFAULT_DTYPE,
     DEFAULT_EVAL_BATCH_SIZE,
@@ -151,6 +153,8 @@ class PruneSettings:
     attn_group: int | None = None
     block_count: int | None = None
     prefix_cache: bool = True
+    compile: str = DEFAULT_COMPILE
+    fast: bool = False
     faithful: str | None = None
     guided: bool = False
 
@@ -170,9 +174,16 @@ class PruneSettings:
             _positive_int("--block-count", self.block_count)
         if self.calibration.nsamples < 0:
             raise BadInput(f"--nsamples {self.calibration.nsamples} must be 0 (all) or more")
+        if self.compile not in COMPILE_MODES:
+            raise BadInput(f"--compile '{self.compile}' must be one of {', '.join(COMPILE_MODES)}")
         if self.faithful is not None and self.faithful not in FAITHFUL_MODES:
             raise BadInput(
                 f"--faithful '{self.faithful}' must be one of {', '.join(FAITHFUL_MODES)}"
+            )
+        if self.fast and self.faithful is not None:
+            raise BadInput(
+                f"--fast cannot be used with --faithful {self.faithful}: the reference scores "
+                "every candidate on every row"
             )
         if self.faithful == "blockpruner" and self.block_count is None:
             raise BadInput(

@@ -10,7 +10,9 @@ from pathlib import Path
 from . import __version__
 from .cli_common import Parser
 from .engine.defaults import (
+    COMPILE_MODES,
     DEFAULT_BATCH_SIZE,
+    DEFAULT_COMPILE,
     DEFAULT_DISTRIBUTION,
     DEFAULT_DTYPE,
     DEFAULT_NSAMPLES,
@@ -92,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--guided", action="store_true", help="every commit waits for the user (default: off)"
     )
+    run.add_argument(
+        "--fast",
+        action="store_true",
+        help="successive halving: rule out candidates on a few rows first, an approximation "
+        "(default: off)",
+    )
     parser.add_argument(
         "--theme",
         default=None,
@@ -100,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--no-prefix-cache", action="store_true", help="naive scoring (compare) (default: off)"
+    )
+    run.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        default=DEFAULT_COMPILE,
+        help="torch.compile the scoring sub-blocks: auto (on a GPU), off, or a backend "
+        "(default: %(default)s)",
     )
     calib = parser.add_argument_group("calibration")
     calib.add_argument(

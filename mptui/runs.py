@@ -58,6 +58,8 @@ def build_request(args: argparse.Namespace):
         attn_group=args.attn_group,
         block_count=args.block_count,
         prefix_cache=not args.no_prefix_cache,
+        compile=args.compile,
+        fast=args.fast,
         faithful=args.faithful,
         guided=args.guided,
     )

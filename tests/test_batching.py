@@ -35,3 +35,22 @@ def test_a_scorer_without_a_batch_size_chooses_one_and_scores_the_same(llama):
     assert chosen.score() == pytest.approx(fixed.score(), rel=1e-6)
     assert chosen.score(rows=2) == pytest.approx(fixed.score(rows=2), rel=1e-6)
     assert chosen.score(rows=2) != pytest.approx(chosen.score(), rel=1e-6)
+
+
+def test_the_loss_never_holds_float32_logits_for_a_whole_batch(llama, monkeypatch):
+    """The LM head runs on slices of at most LOSS_CHUNK_ELEMENTS logits; the score is the same."""
+    import mptui.engine.scoring as scoring
+
+    model, adapter = llama
+    chunks = torch.randint(0, 200, (4, 16), generator=torch.Generator().manual_seed(0))
+    whole = Scorer(model, adapter, chunks, batch_size=4).score()
+    vocab = model.lm_head.weight.shape[0]
+    monkeypatch.setattr(scoring, "LOSS_CHUNK_ELEMENTS", 4 * 3 * vocab)  # 3 tokens of 4 rows
+    sizes: list[int] = []
+    hook = model.lm_head.register_forward_hook(lambda m, i, out: sizes.append(out.numel()))
+    try:
+        sliced = Scorer(model, adapter, chunks, batch_size=4).score()
+    finally:
+        hook.remove()
+    assert max(sizes) == 4 * 3 * vocab < 4 * 15 * vocab  # never the batch's 15 positions at once
+    assert sliced == pytest.approx(whole, rel=1e-9)
