@@ -12,6 +12,7 @@ from mptui.engine.api import BadInput, PruneSettings, prune
 from mptui.engine.api import events as ev
 from mptui.engine.fast_search import exhaustive, first_rows, successive_halving
 from mptui.engine.structures import Structure
+from mptui.engine.summary import markdown, summarize
 
 ROWS = 32
 CANDIDATES = [Structure("attn_block", i) for i in range(4)]
@@ -70,6 +71,8 @@ def test_a_fast_run_records_itself_and_scores_fewer_rows(tiny_model_dir, calibra
     fast = run(True, [lambda e: scored.append(e) if isinstance(e, ev.CandidateScored) else None])
     assert fast["settings"]["fast"] is True and fast["settings"]["fast_margin"] == 3.0
     assert exact["settings"]["fast"] is False and exact["settings"]["fast_margin"] is None
+    assert "fast search (--fast), an approximation" in markdown(summarize(fast))
+    assert "fast search" not in markdown(summarize(exact))
     assert sum(s["tokens"] for s in fast["steps"]) < sum(s["tokens"] for s in exact["steps"])
     assert any(e.rows < e.total_rows for e in scored)  # some were ruled out early
     state = RunState()  # the app's candidates table: fully scored first, "~" for the others
