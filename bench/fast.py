@@ -1,22 +1,25 @@
 """``python -m bench fast``: what ``--fast`` saves and how often it chooses as the exact search.
 
-At every step of the exact search both selections run on the same model: the exact one (every
-candidate on every row) and the fast one (successive halving, engine/fast_search.py). The exact
-choice is committed, so each step compares the two choices from the same state. Reported: the
-FLOPs of each (bench/flops.py, prefix cache on, rows actually scored), their ratio, the share of
-steps whose fast choice equals the exact one, and the seconds of each (measured alternately in
-the same process, so the ratio is fair on a shared machine).
+The exact search runs to the end (or ``--steps``); at every step each candidate's per-row NLLs
+on every calibration row are kept. The fast search of engine/fast_search.py is then replayed on
+those very numbers for each ``--margins`` value: what a fast run computes for a row is what the
+exact run computed for it (up to how rows are grouped into batches), so each margin costs no
+extra model work and every margin is compared on the same steps. The exact choice is committed,
+so each step compares the two choices from the same model. Reported per margin: the FLOPs of
+both (bench/flops.py, prefix cache on, only the rows actually scored), their ratio, the share of
+steps whose fast choice equals the exact one, the candidates fully scored per step, and the
+perplexity cost of each differing choice (its exact score over the exact winner's).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
+import math
 from pathlib import Path
 
 from mptui.engine.calibration import CalibrationSpec
-from mptui.engine.fast_search import FAST_MARGIN, exhaustive, successive_halving
+from mptui.engine.fast_search import FAST_MARGIN, successive_halving
 from mptui.engine.settings import PruneSettings
 from mptui.engine.setup import RunRequest, build_session
 
@@ -26,6 +29,58 @@ from .flops import candidate_flops
 def lowest(scores: dict) -> object:
     """The lowest score, the first in canonical order on ties (the engine's rule)."""
     return min(scores, key=scores.__getitem__)
+
+
+def record_steps(args) -> list[dict]:
+    """Run the exact search; per step, every candidate's per-row NLLs and FLOPs per row."""
+    settings = PruneSettings.with_distribution(
+        args.target_ratio, args.distribution,
+        calibration=CalibrationSpec(args.calibration, args.nsamples, args.seqlen),
+        batch_size=args.batch_size, mlp_group=args.mlp_group, compile="off",
+    )  # fmt: skip
+    session = build_session(RunRequest(args.model, settings, device="cpu"), lambda event: None)
+    steps = []
+    for _ in range(args.steps):
+        dimension = session.current_dimension()
+        if dimension is None:
+            break
+        candidates = session.eligible(dimension)
+        seqlen = session.scorers[dimension].chunks.shape[1]
+        nll = {c: session.candidate_row_nll(c) for c in candidates}
+        flops_per_row = {
+            c: candidate_flops(session.adapter, c, c.sub_block, 1, seqlen) for c in candidates
+        }
+        steps.append({"dimension": dimension, "nll": nll, "flops_per_row": flops_per_row})
+        exact = {c: values.mean().item() for c, values in nll.items()}
+        choice = lowest(exact)
+        session.commit(choice, session.score_candidate(choice), "engine")
+    return steps
+
+
+def replay(steps: list[dict], margin: float) -> dict:
+    """The fast search on the recorded numbers, against the exact choice of every step."""
+    exact_flops = fast_flops = 0.0
+    equal, fully, costs = 0, 0, []
+    for step in steps:
+        nll, per_row = step["nll"], step["flops_per_row"]
+        rows = len(next(iter(nll.values())))
+        evaluations = list(successive_halving(
+            list(nll), lambda c, r, nll=nll: nll[c][r.start : r.stop], rows, margin
+        ))  # fmt: skip
+        exact = {c: values.mean().item() for c, values in nll.items()}
+        full = {e.candidate: exact[e.candidate] for e in evaluations if e.rows == rows}
+        choice, fast_choice = lowest(exact), lowest(full)
+        equal += choice == fast_choice
+        fully += len(full)
+        if choice != fast_choice:  # perplexity ratio of the fast choice over the exact one
+            costs.append(round(math.exp(exact[fast_choice] - exact[choice]), 6))
+        exact_flops += sum(per_row[c] * rows for c in nll)
+        fast_flops += sum(per_row[e.candidate] * e.new_rows for e in evaluations)
+    return {
+        "margin": margin, "flop_ratio": exact_flops / fast_flops,
+        "equal_share": equal / len(steps), "equal": equal, "steps": len(steps),
+        "fully_scored_per_step": fully / len(steps), "differing_ppl_ratios": costs,
+    }  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -39,60 +94,24 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--target-ratio", type=float, default=0.25)
     parser.add_argument("--distribution", default="40:40:20")
     parser.add_argument("--mlp-group", type=int, default=None)
-    parser.add_argument("--margin", type=float, default=FAST_MARGIN)
+    parser.add_argument("--margins", default=f"{FAST_MARGIN},2,1,0.5,0")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    settings = PruneSettings.with_distribution(
-        args.target_ratio, args.distribution,
-        calibration=CalibrationSpec(args.calibration, args.nsamples, args.seqlen),
-        batch_size=args.batch_size, mlp_group=args.mlp_group, compile="off",
-    )  # fmt: skip
-    session = build_session(RunRequest(args.model, settings, device="cpu"), lambda event: None)
-    adapter = session.adapter
-    totals = {"exact": [0.0, 0.0], "fast": [0.0, 0.0]}  # FLOPs, seconds
-    steps = []
-    for _ in range(args.steps):
-        dimension = session.current_dimension()
-        if dimension is None:
-            break
-        candidates = session.eligible(dimension)
-        rows, seqlen = session.scorers[dimension].chunks.shape
-        started = time.perf_counter()
-        exact = {e.candidate: e.score
-                 for e in exhaustive(candidates, session.candidate_row_nll, rows)}  # fmt: skip
-        totals["exact"][1] += time.perf_counter() - started
-        started = time.perf_counter()
-        evaluations = list(
-            successive_halving(candidates, session.candidate_row_nll, rows, args.margin)
+    steps = record_steps(args)
+    rows = len(next(iter(steps[0]["nll"].values())))
+    candidates = sum(len(s["nll"]) for s in steps) / len(steps)
+    print(f"{args.model}: {len(steps)} steps on {rows} rows x {args.seqlen} tokens, "
+          f"{candidates:.1f} candidates per step")  # fmt: skip
+    print("| margin (SE) | exact/fast FLOPs | same choice | fully scored per step | "
+          "ppl ratio of each differing choice |\n|---|---|---|---|---|")  # fmt: skip
+    results = [replay(steps, float(m)) for m in args.margins.split(",")]
+    for r in results:
+        print(
+            f"| {r['margin']:g} | {r['flop_ratio']:.2f}x | {r['equal']}/{r['steps']} "
+            f"({r['equal_share']:.1%}) | {r['fully_scored_per_step']:.1f} | "
+            f"{', '.join(f'{c:.4f}' for c in r['differing_ppl_ratios']) or '—'} |"
         )
-        totals["fast"][1] += time.perf_counter() - started
-        for candidate in candidates:
-            totals["exact"][0] += candidate_flops(adapter, candidate, candidate.sub_block, rows,
-                                                  seqlen)  # fmt: skip
-        for e in evaluations:
-            totals["fast"][0] += candidate_flops(adapter, e.candidate, e.candidate.sub_block,
-                                                 e.new_rows, seqlen)  # fmt: skip
-        full = {e.candidate: e.score for e in evaluations if e.rows == e.total_rows}
-        choice, fast_choice = lowest(exact), lowest(full)
-        steps.append({"dimension": dimension, "exact": choice.id, "fast": fast_choice.id,
-                      "candidates": len(candidates), "fully_scored": len(full)})  # fmt: skip
-        session.commit(choice, exact[choice], "engine")
-    equal = sum(s["exact"] == s["fast"] for s in steps)
-    report = {
-        "model": args.model, "rows": rows, "margin": args.margin, "steps": steps,
-        "flops": {mode: flops for mode, (flops, _) in totals.items()},
-        "seconds": {mode: seconds for mode, (_, seconds) in totals.items()},
-        "flop_ratio": totals["exact"][0] / totals["fast"][0],
-        "time_ratio": totals["exact"][1] / totals["fast"][1],
-        "equal_share": equal / len(steps),
-    }  # fmt: skip
-    print(
-        f"{len(steps)} steps on {rows} rows x {seqlen} tokens, margin {args.margin} SE: "
-        f"exact/fast FLOPs {report['flop_ratio']:.2f}x, time {report['time_ratio']:.2f}x; "
-        f"same choice in {equal}/{len(steps)} steps ({report['equal_share']:.1%}); "
-        f"fully scored per step {sum(s['fully_scored'] for s in steps) / len(steps):.1f} of "
-        f"{sum(s['candidates'] for s in steps) / len(steps):.1f}"
-    )
+    report = {"model": args.model, "rows": rows, "results": results}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return report

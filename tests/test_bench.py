@@ -28,3 +28,17 @@ def test_in_memory_llama_has_the_asked_shape():
     model, tokenizer = build_llama_in_memory("cpu", "float32", shape)
     assert model.config.num_hidden_layers == 2 and model.lm_head.weight.shape == (1000, 64)
     assert max(tokenizer.get_vocab().values()) < 1000
+
+
+def test_fast_benchmark_compares_margins_on_the_same_steps(tiny_model_dir, calibration_file):
+    from bench.fast import main as fast
+
+    report = fast([
+        "--model", str(tiny_model_dir("llama")), "--calibration", str(calibration_file),
+        "--seqlen", "16", "--steps", "2", "--mlp-group", "40", "--margins", "3,0",
+    ])  # fmt: skip
+    wide, none = report["results"]
+    assert wide["steps"] == none["steps"] == 2
+    assert none["flop_ratio"] >= wide["flop_ratio"] > 1  # a smaller margin rules out more
+    assert none["fully_scored_per_step"] <= wide["fully_scored_per_step"]
+    assert 0 <= none["equal_share"] <= 1 and wide["equal_share"] == 1.0
