@@ -83,6 +83,7 @@ class StepTiming:
     seconds: float
     flops: float
     peak: float
+    scores: list[float] = field(default_factory=list)  # per candidate, canonical order
 
     @property
     def tflops(self) -> float:
@@ -174,15 +175,22 @@ def time_step(
     flops = 0.0
     synchronize(device)
     started = time.perf_counter()
-    for candidate in candidates:
-        session.score_candidate(candidate)
+    scores = [session.score_candidate(candidate) for candidate in candidates]
     synchronize(device)
     seconds = time.perf_counter() - started
     for candidate in candidates:
         start = candidate.sub_block if scorer.prefix_cache else 0
         start -= start % scorer.cache_plan.stride
         flops += candidate_flops(session.adapter, candidate, start, batch, seqlen)
-    return StepTiming(name, len(candidates), seconds, flops, peak)
+    return StepTiming(name, len(candidates), seconds, flops, peak, scores)
+
+
+def agreement(compiled: StepTiming, eager: StepTiming) -> str:
+    """How far the compiled scores are from the eager ones, and whether the choice is the same
+    (the lowest score, the first on ties)."""
+    worst = max(abs(c / e - 1) for c, e in zip(compiled.scores, eager.scores, strict=True))
+    same = compiled.scores.index(min(compiled.scores)) == eager.scores.index(min(eager.scores))
+    return f"scores within {worst:.1e} (relative), {'same' if same else 'DIFFERENT'} choice"
 
 
 def time_refresh(session: PruningSession, device: str) -> float:
@@ -275,6 +283,10 @@ def table(report: Report, profile: Profile) -> str:
             (step.name, f"{step.seconds:.2f} s, {step.candidates} candidates, "
                         f"{step.tflops:.3g} TFLOP/s, MFU {step.mfu:.1%}")
         )  # fmt: skip
+    by_name = {step.name: step for step in report.steps}
+    for name in ("block", "MLP-width"):
+        compiled, eager = by_name[f"{name} step, cached"], by_name[f"{name} step, cached, eager"]
+        rows.append((f"{name} step, compiled vs eager", agreement(compiled, eager)))
     rows += [
         ("compiled with", f"{report.compiled_with} (first calls {report.warm_up_seconds:.1f} s)"),
         ("cache refresh after a commit at L0.attn", f"{report.refresh_seconds:.2f} s"),

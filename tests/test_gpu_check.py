@@ -19,6 +19,8 @@ def test_dry_run_prints_the_whole_table(tmp_path, capsys):
                 "app memory pane"):  # fmt: skip
         assert f"| {row}" in table
     assert "| compiled with | aot_eager (first calls" in table  # torch.compile, as on a GPU
+    assert "| block step, compiled vs eager | scores within" in table
+    assert "same choice" in table
     steps = {s.name: s for s in report.steps}
     assert steps["block step, cached"].candidates == 8  # 4 layers: 4 attention + 4 MLP blocks
     assert steps["block step, naive"].flops > steps["block step, cached"].flops > 0
