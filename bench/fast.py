@@ -8,7 +8,8 @@ extra model work and every margin is compared on the same steps. The exact choic
 so each step compares the two choices from the same model. Reported per margin: the FLOPs of
 both (bench/flops.py, prefix cache on, only the rows actually scored), their ratio, the share of
 steps whose fast choice equals the exact one, the candidates fully scored per step, and the
-perplexity cost of each differing choice (its exact score over the exact winner's).
+relative perplexity cost of each differing choice (its exact score over the exact winner's,
+minus 1).
 """
 
 from __future__ import annotations
@@ -72,14 +73,14 @@ def replay(steps: list[dict], margin: float) -> dict:
         choice, fast_choice = lowest(exact), lowest(full)
         equal += choice == fast_choice
         fully += len(full)
-        if choice != fast_choice:  # perplexity ratio of the fast choice over the exact one
-            costs.append(round(math.exp(exact[fast_choice] - exact[choice]), 6))
+        if choice != fast_choice:  # relative perplexity cost of the fast choice
+            costs.append(math.exp(exact[fast_choice] - exact[choice]) - 1)
         exact_flops += sum(per_row[c] * rows for c in nll)
         fast_flops += sum(per_row[e.candidate] * e.new_rows for e in evaluations)
     return {
         "margin": margin, "flop_ratio": exact_flops / fast_flops,
         "equal_share": equal / len(steps), "equal": equal, "steps": len(steps),
-        "fully_scored_per_step": fully / len(steps), "differing_ppl_ratios": costs,
+        "fully_scored_per_step": fully / len(steps), "differing_ppl_costs": costs,
     }  # fmt: skip
 
 
@@ -103,13 +104,13 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{args.model}: {len(steps)} steps on {rows} rows x {args.seqlen} tokens, "
           f"{candidates:.1f} candidates per step")  # fmt: skip
     print("| margin (SE) | exact/fast FLOPs | same choice | fully scored per step | "
-          "ppl ratio of each differing choice |\n|---|---|---|---|---|")  # fmt: skip
+          "ppl cost of each differing choice |\n|---|---|---|---|---|")  # fmt: skip
     results = [replay(steps, float(m)) for m in args.margins.split(",")]
     for r in results:
         print(
             f"| {r['margin']:g} | {r['flop_ratio']:.2f}x | {r['equal']}/{r['steps']} "
             f"({r['equal_share']:.1%}) | {r['fully_scored_per_step']:.1f} | "
-            f"{', '.join(f'{c:.4f}' for c in r['differing_ppl_ratios']) or '—'} |"
+            f"{', '.join(f'{c:+.0e}' for c in r['differing_ppl_costs']) or '—'} |"
         )
     report = {"model": args.model, "rows": rows, "results": results}
     if args.json:
