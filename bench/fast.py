@@ -7,7 +7,8 @@ exact run computed for it (up to how rows are grouped into batches), so each mar
 extra model work and every margin is compared on the same steps. The exact choice is committed,
 so each step compares the two choices from the same model. Reported per margin: the FLOPs of
 both (bench/flops.py, prefix cache on, only the rows actually scored), their ratio, the share of
-steps whose fast choice equals the exact one, the candidates fully scored per step, and the
+steps whose fast choice equals the exact one (and the share within :data:`TIE_TOLERANCE` of
+its perplexity), the candidates fully scored per step, and the
 relative perplexity cost of each differing choice (its exact score over the exact winner's,
 minus 1).
 """
@@ -20,11 +21,16 @@ import math
 from pathlib import Path
 
 from mptui.engine.calibration import CalibrationSpec
-from mptui.engine.fast_search import FAST_MARGIN, successive_halving
+from mptui.engine.defaults import DEFAULT_FAST_MARGIN
+from mptui.engine.fast_search import successive_halving
 from mptui.engine.settings import PruneSettings
 from mptui.engine.setup import RunRequest, build_session
 
 from .flops import candidate_flops
+
+#: A differing choice whose exact perplexity is within this (relative) of the exact winner's is
+#: a tie at the precision scoring has anyway (compiled fp32 scores differ by ~1e-4; bf16 more).
+TIE_TOLERANCE = 1e-4
 
 
 def lowest(scores: dict) -> object:
@@ -77,8 +83,10 @@ def replay(steps: list[dict], margin: float) -> dict:
             costs.append(math.exp(exact[fast_choice] - exact[choice]) - 1)
         exact_flops += sum(per_row[c] * rows for c in nll)
         fast_flops += sum(per_row[e.candidate] * e.new_rows for e in evaluations)
+    near = sum(1 for cost in costs if cost <= TIE_TOLERANCE)
     return {
         "margin": margin, "flop_ratio": exact_flops / fast_flops,
+        "within_tolerance_share": (equal + near) / len(steps),
         "equal_share": equal / len(steps), "equal": equal, "steps": len(steps),
         "fully_scored_per_step": fully / len(steps), "differing_ppl_costs": costs,
     }  # fmt: skip
@@ -95,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--target-ratio", type=float, default=0.25)
     parser.add_argument("--distribution", default="40:40:20")
     parser.add_argument("--mlp-group", type=int, default=None)
-    parser.add_argument("--margins", default=f"{FAST_MARGIN},2,1,0.5,0")
+    parser.add_argument("--margins", default=f"{DEFAULT_FAST_MARGIN},2,1,0.5,0")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     steps = record_steps(args)
@@ -103,13 +111,14 @@ def main(argv: list[str] | None = None) -> dict:
     candidates = sum(len(s["nll"]) for s in steps) / len(steps)
     print(f"{args.model}: {len(steps)} steps on {rows} rows x {args.seqlen} tokens, "
           f"{candidates:.1f} candidates per step")  # fmt: skip
-    print("| margin (SE) | exact/fast FLOPs | same choice | fully scored per step | "
-          "ppl cost of each differing choice |\n|---|---|---|---|---|")  # fmt: skip
+    print("| margin (SE) | exact/fast FLOPs | same choice | same within 1e-4 ppl | fully scored "
+          "per step | ppl cost of each differing choice |\n|---|---|---|---|---|---|")  # fmt: skip
     results = [replay(steps, float(m)) for m in args.margins.split(",")]
     for r in results:
         print(
             f"| {r['margin']:g} | {r['flop_ratio']:.2f}x | {r['equal']}/{r['steps']} "
-            f"({r['equal_share']:.1%}) | {r['fully_scored_per_step']:.1f} | "
+            f"({r['equal_share']:.1%}) | {r['within_tolerance_share']:.1%} | "
+            f"{r['fully_scored_per_step']:.1f} | "
             f"{', '.join(f'{c:+.0e}' for c in r['differing_ppl_costs']) or '—'} |"
         )
     report = {"model": args.model, "rows": rows, "results": results}

@@ -26,6 +26,8 @@ DEFAULT_BATCH_SIZE: int | None = None
 #: ``torch.compile`` backend by name (engine/compiled.py).
 COMPILE_MODES = ("auto", "off", "inductor", "aot_eager")
 DEFAULT_COMPILE = "auto"
+#: ``--fast-margin``: standard errors behind the leader that rule a candidate out (--fast).
+DEFAULT_FAST_MARGIN = 3.0
 #: The calibration sampler's seed.
 DEFAULT_SEED = 42
 #: The field of ``.jsonl`` / ``.parquet`` / datasets rows that holds the text.

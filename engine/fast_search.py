@@ -4,7 +4,7 @@ The exact search (docs/method.md §3) scores every candidate on every calibratio
 search (docs/method.md §4, "Approximations") scores every candidate on a first slice of rows,
 then, round after round, doubles the rows for the candidates that cannot be ruled out, until
 the survivors have been scored on every row. A candidate is ruled out when, on the rows seen so
-far, its per-row NLL is worse than the leader's by more than :data:`FAST_MARGIN` standard errors
+far, its per-row NLL is worse than the leader's by more than ``margin`` standard errors
 of the paired difference (rows are shared, so each row's own difficulty cancels out). Every
 survivor ends with its exact score; the choice is the lowest of those. The leader is never ruled
 out, so the fast search can only differ from the exact one when the exact winner looked worse
@@ -22,10 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .defaults import DEFAULT_FAST_MARGIN
 from .structures import Structure
 
-#: Standard errors of the paired per-row NLL difference beyond which a candidate is ruled out.
-FAST_MARGIN = 3.0
 #: Share of the rows every candidate is scored on in the first round (at least FIRST_ROWS_MIN).
 FIRST_ROWS_SHARE = 1 / 8
 FIRST_ROWS_MIN = 4
@@ -67,7 +66,7 @@ def successive_halving(
     candidates: Sequence[Structure],
     row_nll: RowNll,
     total_rows: int,
-    margin: float = FAST_MARGIN,
+    margin: float = DEFAULT_FAST_MARGIN,
 ) -> Iterator[Evaluation]:
     """The fast search: rounds of doubling rows over the candidates not yet ruled out."""
     seen = {c: torch.empty(0, dtype=torch.float64) for c in candidates}

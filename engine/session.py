@@ -18,7 +18,7 @@ from torch import nn
 
 from .adapters import Adapter, CommitRecord
 from .errors import BadInput
-from .fast_search import FAST_MARGIN, Evaluation, exhaustive, perplexity, successive_halving
+from .fast_search import Evaluation, exhaustive, perplexity, successive_halving
 from .plan import Plan, PlanModel, PlanStep
 from .scoring import Scorer
 from .settings import GroupSizes, PruneSettings
@@ -157,7 +157,9 @@ class PruningSession:
         settings ask for the fast search (:mod:`.fast_search`)."""
         total_rows = len(self.scorers[dimension].chunks)
         if self.settings.fast:
-            return successive_halving(candidates, self.candidate_row_nll, total_rows)
+            return successive_halving(
+                candidates, self.candidate_row_nll, total_rows, self.settings.fast_margin
+            )
         return exhaustive(candidates, self.candidate_row_nll, total_rows)
 
     def current_score(self, dimension: str) -> float:
@@ -282,7 +284,7 @@ class PruningSession:
                 "group_source": self.groups.source,
                 "count_removed_norms": self.count_removed_norms,
                 "batch_size_used": self.scorers[first].batch_size,
-                "fast_margin": FAST_MARGIN if self.settings.fast else None,
+                "fast_margin": self.settings.fast_margin if self.settings.fast else None,
             },
             dense_score=self.dense_scores[first],
             dense_scores=dict(self.dense_scores),

@@ -18,6 +18,7 @@ from .defaults import (  # noqa: F401 (every default is re-exported here)
     DEFAULT_DISTRIBUTION,
     DEFAULT_DTYPE,
     DEFAULT_EVAL_BATCH_SIZE,
+    DEFAULT_FAST_MARGIN,
     DEFAULT_NSAMPLES,
     DEFAULT_ORDER,
     DEFAULT_SEED,
@@ -155,6 +156,7 @@ class PruneSettings:
     prefix_cache: bool = True
     compile: str = DEFAULT_COMPILE
     fast: bool = False
+    fast_margin: float = DEFAULT_FAST_MARGIN
     faithful: str | None = None
     guided: bool = False
 
@@ -180,6 +182,8 @@ class PruneSettings:
             raise BadInput(
                 f"--faithful '{self.faithful}' must be one of {', '.join(FAITHFUL_MODES)}"
             )
+        if not (math.isfinite(self.fast_margin) and self.fast_margin >= 0):
+            raise BadInput(f"--fast-margin {self.fast_margin} must be a number of at least 0")
         if self.fast and self.faithful is not None:
             raise BadInput(
                 f"--fast cannot be used with --faithful {self.faithful}: the reference scores "

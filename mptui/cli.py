@@ -15,6 +15,7 @@ from .engine.defaults import (
     DEFAULT_COMPILE,
     DEFAULT_DISTRIBUTION,
     DEFAULT_DTYPE,
+    DEFAULT_FAST_MARGIN,
     DEFAULT_NSAMPLES,
     DEFAULT_ORDER,
     DEFAULT_SEED,
@@ -99,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="successive halving: rule out candidates on a few rows first, an approximation "
         "(default: off)",
+    )
+    run.add_argument(
+        "--fast-margin",
+        type=float,
+        default=DEFAULT_FAST_MARGIN,
+        metavar="Z",
+        help="with --fast: standard errors behind the leader that rule a candidate out "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--theme",

@@ -60,6 +60,7 @@ def build_request(args: argparse.Namespace):
         prefix_cache=not args.no_prefix_cache,
         compile=args.compile,
         fast=args.fast,
+        fast_margin=args.fast_margin,
         faithful=args.faithful,
         guided=args.guided,
     )

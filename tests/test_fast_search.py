@@ -51,9 +51,12 @@ def test_a_zero_margin_keeps_only_the_leaders_and_non_finite_never_survives():
     assert last[3].rows == 4
 
 
-def test_fast_and_faithful_do_not_mix():
+def test_fast_and_faithful_do_not_mix_and_the_margin_is_a_number():
     with pytest.raises(BadInput, match="--fast cannot be used with --faithful multipruner"):
         PruneSettings(0.2, fast=True, faithful="multipruner")
+    for margin in (-1.0, math.inf, math.nan):
+        with pytest.raises(BadInput, match=r"--fast-margin .* must be a number of at least 0"):
+            PruneSettings(0.2, fast=True, fast_margin=margin)
 
 
 def test_a_fast_run_records_itself_and_scores_fewer_rows(tiny_model_dir, calibration_file,
