@@ -1,5 +1,5 @@
-"""``python -m bench search ...``, ``python -m bench workers ...`` or
-``python -m bench build-llama12 DIR``."""
+"""``python -m bench search|fast|speedups|workers ...``, ``python -m bench gpu-check
+[--dry-run]`` or ``python -m bench build-llama12 DIR`` (bench/RESULTS.md)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,18 @@ def main() -> None:
         from .workers import main as workers
 
         workers(argv)
+    elif command == "speedups":
+        from .speedups import main as speedups
+
+        speedups(argv)
+    elif command == "fast":
+        from .fast import main as fast
+
+        fast(argv)
+    elif command == "gpu-check":
+        from .gpu_check import main as gpu_check
+
+        gpu_check(argv)
     elif command == "build-llama12":
         from .models import build_llama12
 

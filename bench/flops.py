@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from mptui.engine.adapters import Adapter
+from mptui.engine.structures import Structure
 from mptui.engine.surgery import RemovedBlock
 
 
@@ -43,3 +44,10 @@ def evaluation_flops(adapter: Adapter, start: int, batch: int, seqlen: int) -> f
         sub_block_flops(adapter, i, batch, seqlen) for i in range(start, 2 * adapter.num_layers)
     )
     return blocks + head_flops(adapter, batch, seqlen)
+
+
+def candidate_flops(adapter: Adapter, candidate: Structure, start: int, batch: int, seqlen: int):
+    """:func:`evaluation_flops` of the model with ``candidate`` tried (a width candidate runs
+    its narrower projections)."""
+    with adapter.trial(candidate):
+        return evaluation_flops(adapter, start, batch, seqlen)

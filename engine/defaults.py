@@ -19,8 +19,15 @@ DEFAULT_ORDER: tuple[Dimension, ...] = DIMENSIONS
 DEFAULT_NSAMPLES = 0
 #: Tokens per calibration chunk, and rows of a rolling perplexity.
 DEFAULT_SEQLEN = 2048
-#: Calibration chunks per forward.
-DEFAULT_BATCH_SIZE = 2
+#: Calibration chunks per forward; None: from the device's memory (engine/batching.py).
+DEFAULT_BATCH_SIZE: int | None = None
+#: ``--compile``: ``auto`` compiles the scoring sub-blocks on a GPU only (on the CPU the compile
+#: time outweighs the gain for the models one prunes there), ``off`` never, or a
+#: ``torch.compile`` backend by name (engine/compiled.py).
+COMPILE_MODES = ("auto", "off", "inductor", "aot_eager")
+DEFAULT_COMPILE = "auto"
+#: ``--fast-margin``: standard errors behind the leader that rule a candidate out (--fast).
+DEFAULT_FAST_MARGIN = 3.0
 #: The calibration sampler's seed.
 DEFAULT_SEED = 42
 #: The field of ``.jsonl`` / ``.parquet`` / datasets rows that holds the text.

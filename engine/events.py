@@ -75,6 +75,8 @@ class CandidateScored(Event):
     params_freed: int
     k: int
     n: int
+    rows: int = 0  # calibration rows behind ``score``; below ``total_rows``: a --fast partial score
+    total_rows: int = 0
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from .eval_request import EvalRequest
 from .evaluate import evaluate
 from .events import EngineState
 from .export import export_model, is_export
+from .fast_search import Evaluation
 from .memory import sample_memory
 from .plan import Plan, PlanStep, write_plan
 from .recovery.events import RecoveryFinished
@@ -244,9 +245,9 @@ class Engine:
         step = len(session.steps) + 1
         current = session.current_score(dimension)
         self._emit(ev.StepStarted(step, dimension, tuple(c.id for c in candidates), current))
-        self._step_scores = scores = {}
+        self._step_scores = scores = {}  # fully scored candidates only (all of them when exact)
         stats, started = StepStats(), time.monotonic()
-        tokens = session.scorers[dimension].tokens
+        scorer = session.scorers[dimension]
         self._work = work = self._scoring.begin(dimension, candidates)
         try:
             while not work.finished:
@@ -254,16 +255,16 @@ class Engine:
                 if outcome is not Outcome.NOTHING:
                     work.abandon()
                     return outcome
-                for candidate, score in work.advance():
-                    scores[candidate] = score
-                    stats.candidates += 1
-                    stats.tokens += tokens
-                    self._report_scored(step, candidate, score, current, len(candidates), stats,
-                                        started)  # fmt: skip
+                for result in work.advance():
+                    if result.fully_scored:
+                        scores[result.candidate] = result.score
+                    stats.candidates += int(result.round == 1)
+                    stats.tokens += result.new_rows * scorer.chunks.shape[1]
+                    self._report_scored(step, result, current, stats, started)
         finally:
             self._work = None
         stats.seconds = time.monotonic() - started
-        scores = {c: scores[c] for c in candidates}  # canonical order decides ties, as alone
+        scores = {c: scores[c] for c in candidates if c in scores}  # canonical order breaks ties
         best = self._best(scores)
         if best is None:
             return self._pause_for_non_finite(dimension)
@@ -273,21 +274,18 @@ class Engine:
         return Outcome.CHANGED
 
     def _report_scored(
-        self, step: int, candidate: Structure, score: float, current: float, total: int,
-        stats: StepStats, started: float,
-    ) -> None:  # fmt: skip
-        k = stats.candidates
+        self, step: int, result: Evaluation, current: float, stats: StepStats, started: float
+    ) -> None:
+        candidate, k, n = result.candidate, result.k, result.n
         elapsed = time.monotonic() - started
         self._emit(
             ev.CandidateScored(
-                step, candidate.dimension, candidate.id, score, score - current,
-                self.session.params_freed(candidate), k, total,
+                step, candidate.dimension, candidate.id, result.score, result.score - current,
+                self.session.params_freed(candidate), k, n, result.rows, result.total_rows,
             )
         )  # fmt: skip
         self._emit(
-            ev.Progress(
-                step, k, total, stats.tokens / max(elapsed, 1e-9), elapsed / k * (total - k)
-            )
+            ev.Progress(step, k, n, stats.tokens / max(elapsed, 1e-9), elapsed / k * (n - k))
         )
         self._emit_memory()
 

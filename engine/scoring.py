@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adapters import Adapter
+from .batching import auto_batch_size
+from .compiled import SubBlockRunner
 from .errors import OutOfMemory
 from .pruned_modeling import is_removed
 
@@ -38,6 +40,7 @@ class CachePlan:
     stride: int
     boundary_bytes: int
     stored: int
+    budget_bytes: int = 0  # 0: no cache asked for
 
 
 class _StopCapture(Exception):
@@ -105,26 +108,34 @@ class Scorer:
         model: nn.Module,
         adapter: Adapter,
         chunks: torch.Tensor,
-        batch_size: int,
+        batch_size: int | None = None,
         *,
         prefix_cache: bool = True,
+        compile_backend: str | Callable | None = None,
         cache_budget_bytes: int | None = None,
         ignore_label_id: int | None = None,
         on_warning: Callable[[str], None] | None = None,
         interrupt: Callable[[], None] | None = None,
     ) -> None:
-        """``interrupt`` is called between batches of the initial (dense) pass and may raise to
-        abandon it: a Stop while a 7B's calibration set runs through it must not wait."""
+        """``batch_size``: rows per forward; None chooses it from the device's memory
+        (:func:`~.batching.auto_batch_size`). ``interrupt`` is called between batches of the
+        initial (dense) pass and may raise to abandon it: a Stop while a 7B's calibration set
+        runs through it must not wait. ``compile_backend``: run the sub-blocks through
+        ``torch.compile`` with it (None: eagerly; :mod:`.compiled`)."""
         self.model = model
         self.adapter = adapter
         self.chunks = chunks
+        if batch_size is None:
+            batch_size = auto_batch_size(model, adapter, len(chunks), chunks.shape[1])
         self.batch_size = max(1, min(batch_size, len(chunks)))
         self.prefix_cache = prefix_cache
         self.ignore_label_id = ignore_label_id
         self._on_warning = on_warning or (lambda message: None)
+        self.runner = SubBlockRunner(compile_backend, self._on_warning)
         self._contexts: dict[int, list[dict[str, Any]]] = {}
         self._device_contexts: dict[tuple[int, int, str], dict[str, Any]] = {}
         self._boundaries: dict[int, torch.Tensor] = {}
+        self._labels_by_device: dict[torch.device, torch.Tensor] = {}
         self.num_sub_blocks = 2 * adapter.num_layers
         self._embed_boundary(interrupt)
         self.cache_plan = self._plan_cache(cache_budget_bytes)
@@ -137,9 +148,11 @@ class Scorer:
     def tokens(self) -> int:
         return self.chunks.numel()
 
-    def _batches(self) -> list[slice]:
-        n = len(self.chunks)
-        return [slice(i, min(i + self.batch_size, n)) for i in range(0, n, self.batch_size)]
+    def _batches(self, rows: range | None = None) -> list[slice]:
+        """Slices of at most ``batch_size`` rows covering ``rows`` (default: all)."""
+        rows = range(len(self.chunks)) if rows is None else rows
+        size = self.batch_size
+        return [slice(i, min(i + size, rows.stop)) for i in range(rows.start, rows.stop, size)]
 
     def _capture(self, input_ids: torch.Tensor) -> list[tuple[torch.Tensor, dict[str, Any]]]:
         """Run the model's own forward up to the first layer and record every layer's inputs."""
@@ -197,7 +210,7 @@ class Scorer:
             )
         stride = min(stride, self.num_sub_blocks)
         stored = len(range(0, self.num_sub_blocks, stride))
-        return CachePlan(stride, boundary_bytes, stored)
+        return CachePlan(stride, boundary_bytes, stored, budget)
 
     # --- running sub-blocks -------------------------------------------------------------------
     def _run_sub_block(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
@@ -211,21 +224,29 @@ class Scorer:
         device = next(block.parameters()).device
         hidden = hidden.to(device)
         if is_mlp:
-            return hidden + block(norm(hidden))
+            return self.runner.mlp(block, norm, hidden)
         kwargs = self._context(hidden.shape[0], layer_index, device)
-        return hidden + block(norm(hidden), **kwargs)[0]
+        return self.runner.attention(block, norm, hidden, kwargs)
 
-    def _sequence_nll(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        """Mean token NLL of each sequence, on float32 logits, in vocabulary-sized chunks."""
+    def _labels(self, device: torch.device) -> torch.Tensor:
+        """Every row's labels on ``device``, copied there once rather than once per batch."""
+        labels = self._labels_by_device.get(device)
+        if labels is None:
+            labels = self._labels_by_device[device] = self.chunks[:, 1:].to(device)
+        return labels
+
+    def _sequence_nll(self, hidden: torch.Tensor, batch: slice) -> torch.Tensor:
+        """Mean token NLL of each sequence of ``batch``, on float32 logits, in slices of at most
+        :data:`LOSS_CHUNK_ELEMENTS` logits; it stays on the head's device (no host sync)."""
         norm, head = self.adapter.final_norm(), self.adapter.lm_head()
         device = head.weight.device
         hidden = norm(hidden.to(next(norm.parameters(), head.weight).device)).to(device)
-        labels = input_ids[:, 1:].to(device)
+        labels = self._labels(device)[batch]
         hidden = hidden[:, :-1]
-        batch, length = labels.shape
+        rows, length = labels.shape
         vocab = head.weight.shape[0]
-        step = max(1, LOSS_CHUNK_ELEMENTS // max(1, vocab * batch))
-        total = torch.zeros(batch, dtype=torch.float64, device=device)
+        step = max(1, LOSS_CHUNK_ELEMENTS // max(1, vocab * rows))
+        total = torch.zeros(rows, dtype=torch.float64, device=device)
         for start in range(0, length, step):
             logits = head(hidden[:, start : start + step]).float()
             target = labels[:, start : start + step]
@@ -240,16 +261,24 @@ class Scorer:
             counts = torch.full_like(total, float(length))
         else:
             counts = (labels != self.ignore_label_id).double().sum(dim=1).clamp_min(1.0)
-        return (total / counts).cpu()
+        return total / counts
 
     # --- public -------------------------------------------------------------------------------
-    def score(self, start: int = 0) -> float:
+    def score(self, start: int = 0, rows: int | None = None) -> float:
         """Perplexity of the current model; sub-blocks before ``start`` must be unchanged.
 
-        Only fresh boundaries are used, so the result is exact even before :meth:`catch_up`;
-        catching up first only makes it cheaper.
+        ``rows``: only the first ``rows`` calibration rows; default all. Only fresh boundaries
+        are used, so the result is exact even before :meth:`catch_up`; catching up first only
+        makes it cheaper.
         """
-        return self._with_oom_fallback(lambda: self._score(start))
+        rows = len(self.chunks) if rows is None else rows
+        return math.exp(self.row_nll(start, range(min(rows, len(self.chunks)))).mean().item())
+
+    def row_nll(self, start: int = 0, rows: range | None = None) -> torch.Tensor:
+        """Mean token NLL of each calibration row in ``rows`` (default all), float64 on the
+        CPU, for the current model as :meth:`score` computes it (one host sync in all)."""
+        rows = range(len(self.chunks)) if rows is None else rows
+        return self._with_oom_fallback(lambda: self._row_nll(start, rows))
 
     def current_score(self) -> float:
         """Perplexity of the model as it is (only the last sub-block runs once caught up)."""
@@ -297,16 +326,17 @@ class Scorer:
         limit = index if self._stale_from is None else min(index, self._stale_from)
         return max(b for b in self._boundaries if b <= limit)
 
-    def _score(self, start: int) -> float:
+    def _row_nll(self, start: int, rows: range) -> torch.Tensor:
+        """The per-row NLLs stay on the device until the end: one host sync in all."""
         origin = self._fresh_origin(start)
         nll = []
         with torch.inference_mode():
-            for batch in self._batches():
+            for batch in self._batches(rows):
                 hidden = self._boundaries[origin][batch]
                 for index in range(origin, self.num_sub_blocks):
                     hidden = self._run_sub_block(index, hidden)
-                nll.append(self._sequence_nll(hidden, self.chunks[batch]))
-        return math.exp(torch.cat(nll).mean().item())
+                nll.append(self._sequence_nll(hidden, batch))
+        return torch.cat(nll).cpu()
 
     def _refresh(self, changed: int, interrupt: Callable[[], None] | None) -> None:
         """Rewrite every stored boundary after ``changed`` into its own preallocated tensor, batch

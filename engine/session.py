@@ -13,10 +13,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from .adapters import Adapter, CommitRecord
 from .errors import BadInput
+from .fast_search import Evaluation, exhaustive, perplexity, successive_halving
 from .plan import Plan, PlanModel, PlanStep
 from .scoring import Scorer
 from .settings import GroupSizes, PruneSettings
@@ -141,10 +143,24 @@ class PruningSession:
 
     def score_candidate(self, structure: Structure) -> float:
         """Calibration perplexity of the current model with ``structure`` removed."""
+        return perplexity(self.candidate_row_nll(structure))
+
+    def candidate_row_nll(self, structure: Structure, rows: range | None = None) -> torch.Tensor:
+        """Per-row NLLs (:meth:`Scorer.row_nll`) of the model with ``structure`` removed."""
         scorer = self.scorer_for(structure)
         scorer.catch_up()  # before the trial: the boundaries must describe the model as it is
         with self.adapter.trial(structure):
-            return scorer.score(structure.sub_block)
+            return scorer.row_nll(structure.sub_block, rows)
+
+    def evaluations(self, dimension: str, candidates: Sequence[Structure]) -> Iterator[Evaluation]:
+        """The step's scoring, one evaluation at a time: exact, or successive halving when the
+        settings ask for the fast search (:mod:`.fast_search`)."""
+        total_rows = len(self.scorers[dimension].chunks)
+        if self.settings.fast:
+            return successive_halving(
+                candidates, self.candidate_row_nll, total_rows, self.settings.fast_margin
+            )
+        return exhaustive(candidates, self.candidate_row_nll, total_rows)
 
     def current_score(self, dimension: str) -> float:
         return self.scorers[dimension].current_score()
@@ -267,6 +283,8 @@ class PruningSession:
                 "attn_group": self.groups.attn,
                 "group_source": self.groups.source,
                 "count_removed_norms": self.count_removed_norms,
+                "batch_size_used": self.scorers[first].batch_size,
+                "fast_margin": self.settings.fast_margin if self.settings.fast else None,
             },
             dense_score=self.dense_scores[first],
             dense_scores=dict(self.dense_scores),

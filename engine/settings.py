@@ -12,10 +12,13 @@ from dataclasses import asdict, dataclass, field, replace
 
 from .calibration import CalibrationSpec
 from .defaults import (  # noqa: F401 (every default is re-exported here)
+    COMPILE_MODES,
     DEFAULT_BATCH_SIZE,
+    DEFAULT_COMPILE,
     DEFAULT_DISTRIBUTION,
     DEFAULT_DTYPE,
     DEFAULT_EVAL_BATCH_SIZE,
+    DEFAULT_FAST_MARGIN,
     DEFAULT_NSAMPLES,
     DEFAULT_ORDER,
     DEFAULT_SEED,
@@ -146,11 +149,14 @@ class PruneSettings:
             text_field=DEFAULT_TEXT_FIELD,
         )
     )
-    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_size: int | None = DEFAULT_BATCH_SIZE
     mlp_group: int | None = None
     attn_group: int | None = None
     block_count: int | None = None
     prefix_cache: bool = True
+    compile: str = DEFAULT_COMPILE
+    fast: bool = False
+    fast_margin: float = DEFAULT_FAST_MARGIN
     faithful: str | None = None
     guided: bool = False
 
@@ -158,21 +164,30 @@ class PruneSettings:
         if not (0.0 < self.target_ratio < 1.0):
             raise BadInput(f"--target-ratio {self.target_ratio} must be strictly between 0 and 1")
         parse_order(self.order)
+        _positive_int("--seqlen", self.calibration.seqlen)
         for name, value in (
+            ("--mlp-group", self.mlp_group),
+            ("--attn-group", self.attn_group),
             ("--batch-size", self.batch_size),
-            ("--seqlen", self.calibration.seqlen),
         ):
-            _positive_int(name, value)
-        for name, value in (("--mlp-group", self.mlp_group), ("--attn-group", self.attn_group)):
             if value is not None:
                 _positive_int(name, value)
         if self.block_count is not None:
             _positive_int("--block-count", self.block_count)
         if self.calibration.nsamples < 0:
             raise BadInput(f"--nsamples {self.calibration.nsamples} must be 0 (all) or more")
+        if self.compile not in COMPILE_MODES:
+            raise BadInput(f"--compile '{self.compile}' must be one of {', '.join(COMPILE_MODES)}")
         if self.faithful is not None and self.faithful not in FAITHFUL_MODES:
             raise BadInput(
                 f"--faithful '{self.faithful}' must be one of {', '.join(FAITHFUL_MODES)}"
+            )
+        if not (math.isfinite(self.fast_margin) and self.fast_margin >= 0):
+            raise BadInput(f"--fast-margin {self.fast_margin} must be a number of at least 0")
+        if self.fast and self.faithful is not None:
+            raise BadInput(
+                f"--fast cannot be used with --faithful {self.faithful}: the reference scores "
+                "every candidate on every row"
             )
         if self.faithful == "blockpruner" and self.block_count is None:
             raise BadInput(

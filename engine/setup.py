@@ -23,6 +23,7 @@ from .calibration import (
     tokenize_chunks,
 )
 from .channel_order import apply_order, reorder_model
+from .compiled import resolve_backend
 from .errors import BadInput
 from .loading import check_supported, load_config, load_model, max_positions
 from .names import model_label
@@ -130,7 +131,7 @@ def build_session(
         settings.mlp_group,
         settings.attn_group,
     )
-    notes = _notes(adapter, groups.attn, groups.source)
+    notes = _notes(adapter, groups.attn, groups.source, settings.fast)
     for note in notes:
         emit(ev.Notice(note))
     ignore = faithful_label_mask(settings.faithful, tokenizer, model.config)
@@ -217,6 +218,9 @@ def _scorers(
                 chunks,
                 settings.batch_size,
                 prefix_cache=settings.prefix_cache,
+                compile_backend=resolve_backend(
+                    settings.compile, model.get_input_embeddings().weight.device
+                ),
                 cache_budget_bytes=request.cache_budget_bytes,
                 ignore_label_id=ignore,
                 on_warning=lambda message: emit(ev.Notice(message)),
@@ -226,8 +230,13 @@ def _scorers(
     return out
 
 
-def _notes(adapter: Adapter, attn_group: int, source: str) -> list[str]:
+def _notes(adapter: Adapter, attn_group: int, source: str, fast: bool) -> list[str]:
     notes = [f"group sizes: {source}"]
+    if fast:
+        notes.append(
+            "fast search (--fast): candidates are ruled out on a few rows first; an "
+            "approximation of the exact search (docs/method.md §4)"
+        )
     attn_width = adapter.dense_kv_groups * adapter.attn_group_channels
     if attn_group * 4 > attn_width:
         notes.append(

@@ -10,11 +10,12 @@ the same rows in the same batches, by a replica in the same state (docs/method.m
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 from . import directives as dv
 from .errors import EngineError
+from .fast_search import Evaluation
 from .session import PruningSession
 from .structures import Structure
 from .team import Team, split_by_cost
@@ -28,7 +29,7 @@ LEAVE_SECONDS = 30.0
 class StepWork(Protocol):
     @property
     def finished(self) -> bool: ...
-    def advance(self) -> list[tuple[Structure, float]]: ...
+    def advance(self) -> list[Evaluation]: ...
     def hold(self) -> None: ...
     def abandon(self) -> None: ...
 
@@ -41,25 +42,29 @@ class Scoring(Protocol):
 
 
 class LocalWork:
-    """One process: the candidates in canonical order, one per ``advance``."""
+    """One process: the session's evaluations (exact, or ``--fast``'s rounds), one per
+    ``advance``."""
 
-    def __init__(self, session: PruningSession, candidates: Sequence[Structure]) -> None:
-        self._session = session
-        self._pending = list(candidates)
+    def __init__(self, evaluations: Iterator[Evaluation]) -> None:
+        self._evaluations = evaluations
+        self._finished = False
 
     @property
     def finished(self) -> bool:
-        return not self._pending
+        return self._finished
 
-    def advance(self) -> list[tuple[Structure, float]]:
-        candidate = self._pending.pop(0)
-        return [(candidate, self._session.score_candidate(candidate))]
+    def advance(self) -> list[Evaluation]:
+        result = next(self._evaluations, None)
+        if result is None:
+            self._finished = True
+            return []
+        return [result]
 
     def hold(self) -> None:
         """Nothing runs between two ``advance`` calls."""
 
     def abandon(self) -> None:
-        self._pending = []
+        self._finished = True
 
 
 class LocalScoring:
@@ -67,7 +72,7 @@ class LocalScoring:
         self._session = session
 
     def begin(self, dimension: str, candidates: Sequence[Structure]) -> LocalWork:
-        return LocalWork(self._session, candidates)
+        return LocalWork(self._session.evaluations(dimension, candidates))
 
     def mirror(self, directive: dv.Directive) -> None:
         """No one to tell."""
@@ -173,7 +178,7 @@ class TeamWork:
     def finished(self) -> bool:
         return len(self._scores) == len(self._candidates)
 
-    def advance(self) -> list[tuple[Structure, float]]:
+    def advance(self) -> list[Evaluation]:
         if self._held:
             self._held = False
             self._issue([i for i in range(len(self._candidates)) if i not in self._scores])
@@ -211,13 +216,18 @@ class TeamWork:
             self._scoring.send(rank, dv.Score(gen, self._dimension, self._ids, share))
         self._mine = [indices[i] for i in shares[0]]
 
-    def _collect(self) -> list[tuple[Structure, float]]:
+    def _collect(self) -> list[Evaluation]:
         ready = []
         for result in self._scoring.results():
             if result.gen in self._gens and result.index not in self._scores:
                 ready.append(self._record(result.index, result.score))
         return ready
 
-    def _record(self, index: int, score: float) -> tuple[Structure, float]:
+    def _record(self, index: int, score: float) -> Evaluation:
+        """Candidate ``index`` scored on every row (followers run the exact search only)."""
         self._scores[index] = score
-        return self._candidates[index], score
+        rows = len(self._scoring.session.scorer_for(self._candidates[index]).chunks)
+        return Evaluation(
+            self._candidates[index], score, rows, rows, rows, 1, len(self._scores),
+            len(self._candidates),
+        )  # fmt: skip

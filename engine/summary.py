@@ -38,6 +38,7 @@ def summarize(plan: Plan | dict, evaluation: dict | None = None) -> dict:
         "layers": layer_table(plan),
         "evaluation": evaluation or {},
         "faithful": plan.settings.get("faithful"),
+        "fast": bool(plan.settings.get("fast")),
     }
 
 
@@ -50,7 +51,8 @@ def markdown(summary: dict) -> str:
         f"- calibration perplexity {summary['dense_score']:.4f} dense -> "
         f"{summary['final_score']:.4f} pruned",
         f"- {summary['steps']} steps, {summary['chosen_by_user']} chosen by the user"
-        + (f"; faithful mode: {summary['faithful']}" if summary["faithful"] else ""),
+        + (f"; faithful mode: {summary['faithful']}" if summary["faithful"] else "")
+        + ("; fast search (--fast), an approximation" if summary["fast"] else ""),
         "",
         "| dimension | steps | seconds |",
         "|---|---|---|",

@@ -10,9 +10,12 @@ from pathlib import Path
 from . import __version__
 from .cli_common import Parser
 from .engine.defaults import (
+    COMPILE_MODES,
     DEFAULT_BATCH_SIZE,
+    DEFAULT_COMPILE,
     DEFAULT_DISTRIBUTION,
     DEFAULT_DTYPE,
+    DEFAULT_FAST_MARGIN,
     DEFAULT_NSAMPLES,
     DEFAULT_ORDER,
     DEFAULT_SEED,
@@ -100,6 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--guided", action="store_true", help="every commit waits for the user (default: off)"
     )
+    run.add_argument(
+        "--fast",
+        action="store_true",
+        help="successive halving: rule out candidates on a few rows first, an approximation "
+        "(default: off)",
+    )
+    run.add_argument(
+        "--fast-margin",
+        type=float,
+        default=DEFAULT_FAST_MARGIN,
+        metavar="Z",
+        help="with --fast: standard errors behind the leader that rule a candidate out "
+        "(default: %(default)s)",
+    )
     parser.add_argument(
         "--theme",
         default=None,
@@ -108,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--no-prefix-cache", action="store_true", help="naive scoring (compare) (default: off)"
+    )
+    run.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        default=DEFAULT_COMPILE,
+        help="torch.compile the scoring sub-blocks: auto (on a GPU), off, or a backend "
+        "(default: %(default)s)",
     )
     calib = parser.add_argument_group("calibration")
     calib.add_argument(
@@ -141,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_BATCH_SIZE,
         metavar="B",
-        help="chunks per forward (default: %(default)s)",
+        help="chunks per forward (default: from the memory budget)",
     )
     calib.add_argument(
         "--seed", type=int, default=DEFAULT_SEED, help="sampler seed (default: %(default)s)"

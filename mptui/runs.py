@@ -58,6 +58,9 @@ def build_request(args: argparse.Namespace):
         attn_group=args.attn_group,
         block_count=args.block_count,
         prefix_cache=not args.no_prefix_cache,
+        compile=args.compile,
+        fast=args.fast,
+        fast_margin=args.fast_margin,
         faithful=args.faithful,
         guided=args.guided,
     )
@@ -193,6 +196,13 @@ def app_recovery(args: argparse.Namespace):
 def run_from_args(args: argparse.Namespace, argv: list[str]) -> int:
     from . import workers
 
+    if args.fast and (args.workers or workers.launched_by_torchrun()):
+        if os.environ.get("RANK", "0") == "0":
+            print(
+                "mptui: error: --fast runs on one process for now; drop --fast or --workers",
+                file=sys.stderr,
+            )
+        return 2
     if args.workers and not workers.launched_by_torchrun():
         if not args.headless:
             return workers.launch_with_app(args, argv)

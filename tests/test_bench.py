@@ -52,3 +52,17 @@ def test_step_balance_measures_the_busiest_worker():
     assert step_balance([2, 2], 2) == 1.0
     assert reference_balance(1) == 1.0
     assert 1.0 <= reference_balance(8) < 1.05
+
+
+def test_fast_benchmark_compares_margins_on_the_same_steps(tiny_model_dir, calibration_file):
+    from bench.fast import main as fast
+
+    report = fast([
+        "--model", str(tiny_model_dir("llama")), "--calibration", str(calibration_file),
+        "--seqlen", "16", "--steps", "2", "--mlp-group", "40", "--margins", "3,0",
+    ])  # fmt: skip
+    wide, none = report["results"]
+    assert wide["steps"] == none["steps"] == 2
+    assert none["flop_ratio"] >= wide["flop_ratio"] > 1  # a smaller margin rules out more
+    assert none["fully_scored_per_step"] <= wide["fully_scored_per_step"]
+    assert 0 <= none["equal_share"] <= 1 and wide["equal_share"] == 1.0

@@ -106,7 +106,8 @@ def test_help_shows_the_defaults_of_engine_defaults():
     assert shown["--order"] == ",".join(defaults.DEFAULT_ORDER)
     assert shown["--nsamples"] == str(defaults.DEFAULT_NSAMPLES)
     assert shown["--seqlen"] == str(defaults.DEFAULT_SEQLEN)
-    assert shown["--batch-size"] == str(defaults.DEFAULT_BATCH_SIZE)
+    assert defaults.DEFAULT_BATCH_SIZE is None
+    assert shown["--batch-size"] == "from the memory budget"
     assert shown["--seed"] == str(defaults.DEFAULT_SEED)
     assert shown["--text-field"] == defaults.DEFAULT_TEXT_FIELD
     assert shown["--dtype"] == defaults.DEFAULT_DTYPE

@@ -228,8 +228,9 @@ def expand(groups: torch.Tensor, size: int) -> torch.Tensor:
 def test_cached_uncached_and_naive_plans_agree(tiny_model_dir, calibration_file, family, tmp_path):
     path = tiny_model_dir(family)
     plans = {}
-    for cached in (True, False):
-        plans[cached] = prune(
+    for key, cached, compile_mode in ((True, True, "off"), (False, False, "off"),
+                                      ("compiled", True, "aot_eager")):  # fmt: skip
+        plans[key] = prune(
             str(path),
             calibration=str(calibration_file),
             target_ratio=TARGET,
@@ -238,6 +239,7 @@ def test_cached_uncached_and_naive_plans_agree(tiny_model_dir, calibration_file,
             batch_size=2,
             mlp_group=MLP_GROUP,
             prefix_cache=cached,
+            compile=compile_mode,
             cache_dir=tmp_path,
         )
     spec = CalibrationSpec(str(calibration_file), 0, SEQLEN)
@@ -248,6 +250,9 @@ def test_cached_uncached_and_naive_plans_agree(tiny_model_dir, calibration_file,
         return [Structure.from_dict(s["structure"]).id for s in plan["steps"]]
 
     assert ids(plans[True]) == ids(plans[False]) == [structure for structure, _, _ in naive]
+    assert ids(plans["compiled"]) == ids(plans[True])  # torch.compile'd sub-blocks: same plan
+    for compiled, eager in zip(plans["compiled"]["steps"], plans[True]["steps"], strict=True):
+        assert compiled["score"] == pytest.approx(eager["score"], rel=1e-6)
     assert {s["dimension"] for s in plans[True]["steps"]} == set(SHARES)
     for cached, uncached, (_, expected, params) in zip(
         plans[True]["steps"], plans[False]["steps"], naive, strict=True

@@ -144,3 +144,14 @@ def test_the_app_runs_on_two_workers_and_steers_them(tmp_path, uninterrupted):
         assert "finished (done)" in (session / "workers.log").read_text()
     finally:
         tmux.run("kill-server")
+
+
+def test_fast_is_refused_with_workers_in_one_line():
+    result = subprocess.run(
+        [sys.executable, "-m", "mptui", *DEMO, "--fast", "--workers", "2"],
+        env=worker_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "mptui: error: --fast runs on one process for now; drop --fast or --workers"
+    )

@@ -85,7 +85,8 @@ class StatusLine(Static):
 
 
 class CandidatesPane(DataTable):
-    """The current step's ranking, filling in live; the best (lowest) first."""
+    """The current step's ranking, filling in live; the best (lowest) first. With --fast, a
+    score on only part of the rows reads ``~12.345`` and ranks below every fully scored one."""
 
     def on_mount(self) -> None:
         self.cursor_type = "row"
@@ -97,10 +98,12 @@ class CandidatesPane(DataTable):
         self.clear()
         for row in state.ranked():
             marker = "▶ " if row.structure == state.proposal else ""
+            # --fast: "~" marks a score on only some of the rows (the candidate was ruled out)
+            partial = "" if row.fully_scored else "~"
             self.add_row(
                 marker + row.structure,
-                f"{row.score:.3f}",
-                f"{row.delta:+.3f}",
+                f"{partial}{row.score:.3f}",
+                f"{partial}{row.delta:+.3f}",
                 human_count(row.params_freed),
                 key=row.structure,
             )

@@ -34,6 +34,13 @@ class CandidateRow:
     score: float
     delta: float
     params_freed: int
+    rows: int = 0  # calibration rows behind the score
+    total_rows: int = 0
+
+    @property
+    def fully_scored(self) -> bool:
+        """Scored on every row; with --fast, a candidate ruled out early is not."""
+        return self.rows >= self.total_rows
 
 
 @dataclass
@@ -101,10 +108,12 @@ class RunState:
 
     def ranked(self) -> list[CandidateRow]:
         """Candidates by score, lowest (best) first, a NaN or inf last; ties keep canonical
-        (arrival) order."""
+        (arrival) order. With --fast, the fully scored come before the partly scored (their
+        scores are on fewer rows, so the two do not compare)."""
         return sorted(
             self.candidates.values(),
             key=lambda row: (
+                not row.fully_scored,
                 not math.isfinite(row.score),
                 row.score if math.isfinite(row.score) else 0,
             ),
@@ -153,8 +162,9 @@ class RunState:
             self.candidates = {}
             self.candidates_step, self.candidates_dimension = event.step, event.dimension
         self.candidates[event.structure] = CandidateRow(
-            event.structure, event.score, event.delta, event.params_freed
-        )
+            event.structure, event.score, event.delta, event.params_freed, event.rows,
+            event.total_rows,
+        )  # fmt: skip
 
     def _on_Progress(self, event: ev.Progress) -> None:
         self.progress = (event.k, event.n)

@@ -1,0 +1,118 @@
+"""How one step's candidates are scored: all on every row, or by successive halving (``--fast``).
+
+The exact search (docs/method.md §3) scores every candidate on every calibration row. The fast
+search (docs/method.md §4, "Approximations") scores every candidate on a first slice of rows,
+then, round after round, doubles the rows for the candidates that cannot be ruled out, until
+the survivors have been scored on every row. A candidate is ruled out when, on the rows seen so
+far, its per-row NLL is worse than the leader's by more than ``margin`` standard errors
+of the paired difference (rows are shared, so each row's own difficulty cancels out). Every
+survivor ends with its exact score; the choice is the lowest of those. The leader is never ruled
+out, so the fast search can only differ from the exact one when the exact winner looked worse
+than the leader on the first rows by more than the margin.
+
+Both searches yield one :class:`Evaluation` per scoring call, so the runner can read its command
+queue between any two of them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .defaults import DEFAULT_FAST_MARGIN
+from .structures import Structure
+
+#: Share of the rows every candidate is scored on in the first round (at least FIRST_ROWS_MIN).
+FIRST_ROWS_SHARE = 1 / 8
+FIRST_ROWS_MIN = 4
+
+#: Per-row NLLs of a candidate with the model as it is, for the given rows.
+RowNll = Callable[[Structure, range], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A candidate's score on its first ``rows`` rows, after scoring ``new_rows`` more of them;
+    candidate ``k`` of the ``n`` in round ``round``."""
+
+    candidate: Structure
+    score: float
+    rows: int
+    total_rows: int
+    new_rows: int
+    round: int
+    k: int
+    n: int
+
+    @property
+    def fully_scored(self) -> bool:
+        return self.rows == self.total_rows
+
+
+def exhaustive(
+    candidates: Sequence[Structure], row_nll: RowNll, total_rows: int
+) -> Iterator[Evaluation]:
+    """The exact search: every candidate on every row."""
+    for k, candidate in enumerate(candidates, start=1):
+        nll = row_nll(candidate, range(total_rows))
+        yield Evaluation(candidate, perplexity(nll), total_rows, total_rows, total_rows, 1, k,
+                         len(candidates))  # fmt: skip
+
+
+def successive_halving(
+    candidates: Sequence[Structure],
+    row_nll: RowNll,
+    total_rows: int,
+    margin: float = DEFAULT_FAST_MARGIN,
+) -> Iterator[Evaluation]:
+    """The fast search: rounds of doubling rows over the candidates not yet ruled out."""
+    seen = {c: torch.empty(0, dtype=torch.float64) for c in candidates}
+    alive = list(candidates)
+    rows, done, round_ = first_rows(total_rows), 0, 1
+    while alive:
+        for k, candidate in enumerate(alive, start=1):
+            seen[candidate] = torch.cat([seen[candidate], row_nll(candidate, range(done, rows))])
+            yield Evaluation(candidate, perplexity(seen[candidate]), rows, total_rows,
+                             rows - done, round_, k, len(alive))  # fmt: skip
+        if rows == total_rows:
+            return
+        kept = survivors({c: seen[c] for c in alive}, margin, rows, total_rows)
+        alive = [c for c in alive if c in kept]
+        done, rows, round_ = rows, min(total_rows, 2 * rows), round_ + 1
+
+
+def first_rows(total_rows: int) -> int:
+    return min(total_rows, max(FIRST_ROWS_MIN, math.ceil(total_rows * FIRST_ROWS_SHARE)))
+
+
+def survivors(
+    seen: dict[Structure, torch.Tensor], margin: float, rows: int, total_rows: int
+) -> set[Structure]:
+    """The candidates not ruled out: within ``margin`` standard errors of the leader.
+
+    The standard error of the mean paired difference carries the finite-population correction
+    ``sqrt(1 - rows / total_rows)``: what is being estimated is the mean over the whole
+    calibration set, which the rows seen are part of. A non-finite score never survives a
+    finite leader (the exact search ranks it last).
+    """
+    means = {c: nll.mean().item() for c, nll in seen.items()}
+    finite = [c for c, m in means.items() if math.isfinite(m)]
+    if not finite:
+        return set(seen)
+    leader = min(finite, key=means.__getitem__)
+    correction = math.sqrt(max(0.0, 1.0 - rows / total_rows))
+    kept = set()
+    for candidate in finite:
+        difference = seen[candidate] - seen[leader]
+        spread = difference.std().item() if rows > 1 else math.inf
+        standard_error = spread / math.sqrt(rows) * correction
+        if difference.mean().item() <= margin * standard_error:
+            kept.add(candidate)
+    return kept
+
+
+def perplexity(nll: torch.Tensor) -> float:
+    return math.exp(nll.mean().item())

@@ -1,0 +1,85 @@
+"""--fast: successive halving rules candidates out on a few rows, and says that it did."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mptui.app.state import RunState
+from mptui.engine.api import BadInput, PruneSettings, prune
+from mptui.engine.api import events as ev
+from mptui.engine.fast_search import exhaustive, first_rows, successive_halving
+from mptui.engine.structures import Structure
+from mptui.engine.summary import markdown, summarize
+
+ROWS = 32
+CANDIDATES = [Structure("attn_block", i) for i in range(4)]
+#: Per-row NLLs: L1 is best overall but L0 leads on the first rows by a hair; L3 is far worse.
+DIFFICULTY = torch.linspace(2.0, 3.0, ROWS, dtype=torch.float64)
+OFFSETS = {0: 0.0, 1: -0.001, 2: 0.004, 3: 1.0}
+
+
+def row_nll(candidate: Structure, rows: range) -> torch.Tensor:
+    noise = torch.sin(torch.arange(ROWS, dtype=torch.float64) * (candidate.layer + 1)) * 0.01
+    return (DIFFICULTY + OFFSETS[candidate.layer] + noise)[rows.start : rows.stop]
+
+
+def test_a_clearly_worse_candidate_is_ruled_out_and_survivors_get_every_row():
+    evaluations = list(successive_halving(CANDIDATES, row_nll, ROWS))
+    last = {e.candidate.layer: e for e in evaluations}
+    assert last[3].rows == first_rows(ROWS) == 4  # ruled out after the first round
+    assert all(last[i].rows == ROWS for i in (0, 1))  # the near-tie goes to the end
+    exact = {e.candidate.layer: e.score for e in exhaustive(CANDIDATES, row_nll, ROWS)}
+    for i in (0, 1):  # a survivor's score is the exact one
+        assert last[i].score == pytest.approx(exact[i], rel=1e-12)
+    assert min(exact, key=exact.get) == 1
+    full = {i: e.score for i, e in last.items() if e.rows == ROWS}
+    assert min(full, key=full.get) == 1  # the same choice as the exact search
+    scored = sum(e.new_rows for e in evaluations)
+    assert scored < len(CANDIDATES) * ROWS and all(e.new_rows > 0 for e in evaluations)
+
+
+def test_a_zero_margin_keeps_only_the_leaders_and_non_finite_never_survives():
+    def with_nan(candidate: Structure, rows: range) -> torch.Tensor:
+        values = row_nll(candidate, rows)
+        return values * math.nan if candidate.layer == 2 else values
+
+    last = {e.candidate.layer: e for e in successive_halving(CANDIDATES, with_nan, ROWS, 0.0)}
+    assert last[2].rows == 4 and math.isnan(last[2].score)
+    assert last[3].rows == 4
+
+
+def test_fast_and_faithful_do_not_mix_and_the_margin_is_a_number():
+    with pytest.raises(BadInput, match="--fast cannot be used with --faithful multipruner"):
+        PruneSettings(0.2, fast=True, faithful="multipruner")
+    for margin in (-1.0, math.inf, math.nan):
+        with pytest.raises(BadInput, match=r"--fast-margin .* must be a number of at least 0"):
+            PruneSettings(0.2, fast=True, fast_margin=margin)
+
+
+def test_a_fast_run_records_itself_and_scores_fewer_rows(tiny_model_dir, calibration_file,
+                                                         tmp_path):  # fmt: skip
+    scored: list[ev.CandidateScored] = []
+
+    def run(fast: bool, subscribers: list) -> dict:
+        return prune(
+            str(tiny_model_dir("llama")), calibration=str(calibration_file), target_ratio=0.2,
+            distribution="1:1:0", seqlen=16, mlp_group=40, fast=fast, cache_dir=tmp_path,
+            subscribers=subscribers,
+        )  # fmt: skip
+
+    exact = run(False, [])
+    fast = run(True, [lambda e: scored.append(e) if isinstance(e, ev.CandidateScored) else None])
+    assert fast["settings"]["fast"] is True and fast["settings"]["fast_margin"] == 3.0
+    assert exact["settings"]["fast"] is False and exact["settings"]["fast_margin"] is None
+    assert "fast search (--fast), an approximation" in markdown(summarize(fast))
+    assert "fast search" not in markdown(summarize(exact))
+    assert sum(s["tokens"] for s in fast["steps"]) < sum(s["tokens"] for s in exact["steps"])
+    assert any(e.rows < e.total_rows for e in scored)  # some were ruled out early
+    state = RunState()  # the app's candidates table: fully scored first, "~" for the others
+    for event in (e for e in scored if e.step == 1):
+        state.apply(event)
+    fully = [row.fully_scored for row in state.ranked()]
+    assert fully == sorted(fully, reverse=True) and True in fully and False in fully
