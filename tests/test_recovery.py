@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -356,3 +358,44 @@ def test_headless_lines_warn_of_a_lowered_micro_batch_once_training_runs():
         "step 10: validation perplexity 9.5000",
         "recovery done: validation perplexity 12.0000 -> 9.5000",
     ]
+
+
+def test_a_recovery_sigkilled_mid_run_resumes_to_the_uninterrupted_adapter(
+    tiny_model_dir, text_file, tmp_path
+):
+    """A real ``kill -9`` of ``mptui recover`` between saves, then ``mptui --resume``."""
+    from mptui.recover_cli import build_parser, settings_from_args
+
+    options = {
+        "--data": text_file, "--steps": 120, "--batch-size": 2, "--grad-accum": 2,
+        "--seqlen": 32, "--eval-every": 1000, "--save-every": 10, "--warmup": 10,
+    }  # fmt: skip
+    arguments = [str(part) for option in options.items() for part in option]
+    whole = make_session(tmp_path / "whole", tiny_model_dir("llama"))
+    run, _ = start(whole, settings_from_args(build_parser().parse_args([str(whole), *arguments])))
+    assert run.run() == "done"
+
+    killed = make_session(tmp_path / "killed", tiny_model_dir("llama"))
+    command = [sys.executable, "-m", "mptui", "recover", str(killed), *arguments]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    folder = RecoveryFolder(killed)
+    deadline = time.monotonic() + 240
+    while folder.saved_step() < 20:
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(30)
+    saved = folder.saved_step()
+    assert 20 <= saved < 120  # killed part-way, after a save
+    resumed = subprocess.run(
+        [sys.executable, "-m", "mptui", "--resume", str(killed), "--headless"],
+        env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"recovering 120 steps from step {saved}" in resumed.stdout
+    want, got = adapter(whole), adapter(killed)
+    assert want.keys() == got.keys() and len(want) > 0
+    for name in want:
+        assert torch.equal(want[name], got[name]), name
