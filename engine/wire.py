@@ -20,6 +20,7 @@ from typing import Any, Union
 from . import commands, events
 from .errors import BadInput
 from .eval_request import EvalRequest
+from .recovery import events as recovery_events
 
 #: The version of the protocol; a client and a server that differ refuse each other clearly.
 PROTOCOL = 1
@@ -33,7 +34,10 @@ def _classes(module: types.ModuleType, base: type) -> dict[str, type]:
     }
 
 
-EVENTS: dict[str, type[events.Event]] = _classes(events, events.Event)
+EVENTS: dict[str, type[events.Event]] = {
+    **_classes(events, events.Event),
+    **_classes(recovery_events, events.Event),
+}
 COMMANDS: dict[str, type[commands.Command]] = _classes(commands, commands.Command)
 
 

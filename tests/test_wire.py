@@ -7,9 +7,10 @@ import math
 
 import pytest
 
-from mptui.engine.api import BadInput, EvalRequest, wire
+from mptui.engine.api import BadInput, EvalRequest, RecoverySettings, wire
 from mptui.engine.api import commands as cmd
 from mptui.engine.api import events as ev
+from mptui.engine.api import recovery_events as rev
 
 STEP = {
     "index": 3, "dimension": "mlp_channels",
@@ -65,6 +66,20 @@ SAMPLES: list[ev.Event | cmd.Command] = [
     cmd.Stop(),
     cmd.Export("/tmp/export"),
     cmd.Evaluate(EvalRequest(("piqa", "arc_easy"), None, 10, 4, "/tmp/valid.txt", 128)),
+    cmd.Recover(RecoverySettings(data="/tmp/alpaca.jsonl", steps=30, targets=("q", "down"))),
+    rev.RecoveryStarted(
+        step=10,
+        steps=30,
+        trainable=4096,
+        params=3_000_000,
+        examples=200,
+        val_examples=16,
+        settings={"rank": 16, "targets": ["q", "down"]},
+        history=({"step": 1, "loss": 3.5}, {"step": 10, "val_perplexity": 40.0}),
+    ),
+    rev.RecoveryStep(11, 30, 3.25, 1e-4, 812.5, 20.0, 4, 8),
+    rev.RecoveryValidated(0, math.inf),
+    rev.RecoveryFinished("stopped", 12, 30),
 ]
 
 

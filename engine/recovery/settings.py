@@ -34,7 +34,7 @@ class RecoverySettings:
     lr: float = DEFAULT_RECOVERY_LR
     warmup: int = DEFAULT_RECOVERY_WARMUP
     rank: int = DEFAULT_LORA_RANK
-    alpha: float = DEFAULT_LORA_ALPHA
+    alpha: float = float(DEFAULT_LORA_ALPHA)  # a float, as a JSON round trip gives it back
     dropout: float = DEFAULT_LORA_DROPOUT
     targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
     batch_size: int = DEFAULT_RECOVERY_BATCH
