@@ -70,9 +70,10 @@ def reference_balance(world_size: int, layers: int = LLAMA2_7B_LAYERS) -> float:
     channels, 0.03% each). A block candidate runs from its own boundary; a width candidate from
     its layer's MLP or attention boundary."""
     sub_blocks = 2 * layers
-    block_step = [sub_blocks - b for b in range(sub_blocks)]
-    mlp_step = [sub_blocks - (2 * layer + 1) for layer in range(layers)]
-    attn_step = [sub_blocks - 2 * layer for layer in range(layers)]
+    head = 1  # the final norm and LM head, as Scorer.cost counts them
+    block_step = [sub_blocks - b + head for b in range(sub_blocks)]
+    mlp_step = [sub_blocks - (2 * layer + 1) + head for layer in range(layers)]
+    attn_step = [sub_blocks - 2 * layer + head for layer in range(layers)]
     shapes = [block_step[k:] for k in range(7)] + [mlp_step] * 61 + [attn_step] * 28
     weights = [sum(shape) for shape in shapes]
     balances = [step_balance(shape, world_size) for shape in shapes]

@@ -288,9 +288,10 @@ class Scorer:
         return self._current_score
 
     def cost(self, start: int) -> int:
-        """Sub-blocks that :meth:`score` runs for a candidate at ``start``: the suffix from the
-        nearest fresh boundary (what splits a step's candidates across workers by their work)."""
-        return self.num_sub_blocks - self._fresh_origin(start)
+        """The work :meth:`score` does for a candidate at ``start``, in sub-blocks: the suffix
+        from the nearest fresh boundary, plus one for the final norm and LM head that every
+        candidate runs (about a sub-block's work on a 7B). It splits a step across workers."""
+        return self.num_sub_blocks - self._fresh_origin(start) + 1
 
     def mark_changed(self, changed: int) -> None:
         """Sub-block ``changed`` was committed or undone: boundaries after it are stale.

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+# One thread per torch process: pytest runs a worker per core, and tests start subprocesses
+# (oversubscribed, the cores thrash). Set before torch is imported; subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Nothing in the suite may reach a hub; set before anything can import huggingface_hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
