@@ -121,10 +121,6 @@ class Team:
         self.store.delete_key(key)
         return value
 
-    def leave(self) -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
 
 def _rendezvous_store(rank: int, world_size: int) -> tuple[dist.Store, bool]:
     """The launcher's key-value store, and whether this process hosts it: torchrun's agent

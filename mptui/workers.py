@@ -129,7 +129,8 @@ def launch(args: argparse.Namespace, argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    session = None if args.resume else session_of(args)
+    folder = session_of(args)
+    session = None if args.resume else folder  # a new run's folder, named for every worker
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per worker unless told otherwise
     config = LaunchConfig(
         min_nodes=1,
@@ -141,7 +142,6 @@ def launch(args: argparse.Namespace, argv: list[str]) -> int:
         max_restarts=0,
         monitor_interval=0.5,
     )
-    folder = session_of(args) if args.resume else session
     try:
         elastic_launch(config, sys.executable)("-m", "mptui", *worker_argv(argv, session))
     except ChildFailedError as error:
