@@ -305,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give a MODEL (hub id or folder), --demo, or --resume DIR")
     if args.listen:
         check_listen(parser, args)
+    for option, value in (("--workers", args.workers), ("--gpus-per-worker", args.gpus_per_worker)):
+        if value is not None and value < 1:
+            parser.error(f"{option} {value} must be 1 or more")
     if (
         args.resume
         and args.headless

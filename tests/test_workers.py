@@ -155,3 +155,16 @@ def test_fast_is_refused_with_workers_in_one_line():
     assert result.stderr.strip() == (
         "mptui: error: --fast runs on one process for now; drop --fast or --workers"
     )
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--workers", "0"), ("--workers", "-1"), ("--gpus-per-worker", "0")]
+)
+def test_worker_counts_below_one_are_refused_in_one_line(option, value, capsys):
+    from mptui.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--demo", "--headless", option, value])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.endswith(f"error: {option} {value} must be 1 or more")
