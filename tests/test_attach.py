@@ -42,7 +42,7 @@ def open_app(tmux: Tmux, session: Path) -> float:
     """``mptui attach SESSION`` in a fresh tmux session; seconds until it shows the run."""
     started = time.monotonic()
     command = f"TERM=xterm-256color {MPTUI} attach {session}; echo EXIT=$?; sleep 60"
-    tmux.run("new-session", "-d", "-s", "demo", "-x", "120", "-y", "30", command)
+    tmux.open(command, 120, 30)
     tmux.wait_for("attached to process")
     return time.monotonic() - started
 
@@ -66,14 +66,14 @@ def test_attach_detach_attach_again_then_stop_the_run(tmp_path):
         tmux.run("send-keys", "-t", "demo", "C-d")
         assert "the run goes on" in tmux.wait_for("EXIT=0")
         assert run.poll() is None
-        tmux.run("kill-server")
+        tmux.kill()
 
         open_app(tmux, session)  # 2: the whole picture, then the terminal goes
         screen = tmux.wait_for("PAUSED")
         committed = len(json.loads((session / "plan.json").read_text())["steps"])
         assert re.search(r"step (\d+)", screen).group(1) == str(committed + 1), screen
         app = next(p for p in psutil.Process(pane_pid(tmux)).children() if p.name() != "sleep")
-        tmux.run("kill-server")  # SIGHUP, and no terminal: as when the SSH link drops
+        tmux.kill()  # SIGHUP, and no terminal: as when the SSH link drops
         app.wait(timeout=20)
         assert run.poll() is None
 
@@ -88,7 +88,7 @@ def test_attach_detach_attach_again_then_stop_the_run(tmp_path):
         tmux.run("send-keys", "-t", "demo", "q")  # the run is over: q leaves at once
         tmux.wait_for("EXIT=0")
     finally:
-        tmux.run("kill-server")
+        tmux.kill()
         if run.poll() is None:
             run.kill()
     assert "finished (stopped)" in out.read_text()

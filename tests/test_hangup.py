@@ -75,7 +75,7 @@ def test_the_app_exits_when_its_terminal_goes(
     extra = ("--guided",) if state == "waiting" else ()
     tmux = Tmux(tmp_path)
     command = app_command(tiny_model_dir("llama"), calibration_file, session, *extra)
-    tmux.run("new-session", "-d", "-s", "demo", "-x", "120", "-y", "40", command)
+    tmux.open(command, 120, 40)
     try:
         pid = owner_pid(session)
         if state == "running":
@@ -90,7 +90,7 @@ def test_the_app_exits_when_its_terminal_goes(
         else:
             tmux.wait_for("DONE")
     finally:
-        tmux.run("kill-server")  # what an SSH drop does to the app: SIGHUP, then no terminal
+        tmux.kill()  # what an SSH drop does to the app: SIGHUP, then no terminal
     wait_exit(pid)
     assert (session / "summary.md").is_file()  # the engine was stopped and joined
     result = resume(session)
@@ -104,13 +104,13 @@ def test_quit_stops_the_engine_and_writes_the_summary(tiny_model_dir, calibratio
     session = tmp_path / "session"
     tmux = Tmux(tmp_path)
     command = app_command(tiny_model_dir("llama"), calibration_file, session)
-    tmux.run("new-session", "-d", "-s", "demo", "-x", "120", "-y", "40", command)
+    tmux.open(command, 120, 40)
     try:
         pid = owner_pid(session)
         tmux.wait_for("RUNNING")
         tmux.quit()
         wait_exit(pid)
     finally:
-        tmux.run("kill-server")
+        tmux.kill()
     summary = json.loads((session / "summary.json").read_text())
     assert summary["steps"] == len(json.loads((session / "plan.json").read_text())["steps"])

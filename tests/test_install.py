@@ -168,11 +168,11 @@ def test_pip_install_runs_the_demo_outside_the_repository(source: Path, tmp_path
         f"cd {here} && env -u PYTHONPATH TERM=xterm-256color {mptui} --demo "
         f"--session {tmp_path / 'app'}"
     )
-    tmux.run("new-session", "-d", "-s", "demo", "-x", "100", "-y", "30", command)
+    tmux.open(command, 100, 30)
     try:
         screen = tmux.wait_for("Removed per layer")
         for title in ("Candidates", "Perplexity", "Memory"):
             assert title in screen, screen
         tmux.quit()
     finally:
-        tmux.run("kill-server")
+        tmux.kill()

@@ -23,6 +23,24 @@ class Tmux:
             [TMUX, "-L", self.socket, *args], capture_output=True, text=True, check=False
         )
 
+    def open(self, command: str, width: int, height: int) -> None:
+        """A detached session "demo" running ``command``; retried while a previous server of
+        the same socket is still shutting down (new-session then fails and nothing runs)."""
+        size = ("-x", str(width), "-y", str(height))
+        deadline = time.monotonic() + 30
+        while (started := self.run("new-session", "-d", "-s", "demo", *size, command)).returncode:
+            assert time.monotonic() < deadline, started.stderr
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        """Kill the server (SIGHUP to what runs in it) and wait until its socket is gone, so
+        that the next ``open`` starts a fresh server."""
+        self.run("kill-server")
+        socket = Path(os.environ.get("TMUX_TMPDIR", "/tmp"), f"tmux-{os.getuid()}", self.socket)
+        deadline = time.monotonic() + 10
+        while socket.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     def screen(self) -> str:
         return self.run("capture-pane", "-p", "-t", "demo").stdout
 
@@ -60,7 +78,7 @@ def test_demo_in_tmux(tmp_path):
     tmux = Tmux(tmp_path)
     out, session = tmp_path / "out", tmp_path / "session"
     command = f"cd {tmp_path} && TERM=xterm-256color {MPTUI} --demo --out {out} --session {session}"
-    tmux.run("new-session", "-d", "-s", "demo", "-x", "100", "-y", "30", command)
+    tmux.open(command, 100, 30)
     try:
         screen = tmux.wait_for("Removed per layer")
         assert "Candidates" in screen and "Perplexity" in screen and "Memory" in screen
@@ -78,4 +96,4 @@ def test_demo_in_tmux(tmp_path):
         assert (session / "mptui.log").exists()
         assert (session / "settings.json").exists()
     finally:
-        tmux.run("kill-server")
+        tmux.kill()

@@ -130,7 +130,7 @@ def test_the_app_runs_on_two_workers_and_steers_them(tmp_path, uninterrupted):
         f"{' '.join(a for a in DEMO if a != '--headless')} --workers 2 --session {session}; "
         "sleep 60"
     )
-    tmux.run("new-session", "-d", "-s", "demo", "-x", "120", "-y", "36", command)
+    tmux.open(command, 120, 36)
     try:
         tmux.wait_for("RUNNING", timeout=RUN_TIMEOUT)
         tmux.run("send-keys", "-t", "demo", "space")
@@ -143,7 +143,7 @@ def test_the_app_runs_on_two_workers_and_steers_them(tmp_path, uninterrupted):
         assert plan_in(session) == uninterrupted
         assert "finished (done)" in (session / "workers.log").read_text()
     finally:
-        tmux.run("kill-server")
+        tmux.kill()
 
 
 def test_fast_is_refused_with_workers_in_one_line():
