@@ -3,7 +3,8 @@
 Every message is a small pickled value in the rendezvous store (engine/team.py), under a key
 that names its reader: ``op/RANK/SEQ`` for the leader's directives to one follower, in order;
 ``score/RANK/K`` for a follower's results, in order; ``sum/RANK/VERSION`` for the checksum a
-follower takes after each change of its model.
+follower takes after each change of its model; ``claim/GEN``, a counter, for the next free
+position of a step's work queue.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from torch import nn
 
 @dataclass(frozen=True)
 class Score:
-    """Score these candidates of ``dimension`` (indices into ``ids``, the step's candidates in
-    canonical order) and send each result as soon as it is known; ``gen`` tags the results."""
+    """Score candidates of ``dimension`` from the work queue ``gen`` and send each result as soon
+    as it is known. ``queue`` holds indices into ``ids`` (the step's candidates in canonical
+    order), costliest first; every worker, the leader too, claims its next position with
+    :func:`claim_key` until the queue is empty, so a slower worker simply takes fewer."""
 
     gen: int
     dimension: str
     ids: tuple[str, ...]
-    indices: tuple[int, ...]
+    queue: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,10 @@ def sum_key(rank: int, version: int) -> str:
     return f"sum/{rank}/{version}"
 
 
+def claim_key(gen: int) -> str:
+    return f"claim/{gen}"
+
+
 def left_key(rank: int) -> str:
     """A follower read its Stop (where rank 0 hosts the store, it waits for every one)."""
     return f"left/{rank}"
@@ -88,6 +95,9 @@ def left_key(rank: int) -> str:
 
 #: Largest prime below 2**16: position weights in :func:`model_checksum`.
 _WEIGHT_MODULUS = 65521
+#: Elements summed at a time: the int64 copies of one slice, not of a whole embedding matrix
+#: (a 70B model's is 1 G elements: 8 GB per copy), are all a checksum ever allocates.
+_CHECKSUM_SLICE = 1 << 24
 
 
 def model_checksum(model: nn.Module) -> int:
@@ -100,7 +110,10 @@ def model_checksum(model: nn.Module) -> int:
         flat = tensor.detach().reshape(-1)
         bits = flat.view(
             {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[flat.element_size()]
-        ).to(torch.int64)
-        weights = torch.arange(bits.numel(), device=bits.device) % _WEIGHT_MODULUS + 1
-        total += int((bits * weights).sum()) + zlib.crc32(f"{name}{tuple(tensor.shape)}".encode())
+        )
+        for start in range(0, bits.numel(), _CHECKSUM_SLICE):
+            part = bits[start : start + _CHECKSUM_SLICE].to(torch.int64)
+            positions = torch.arange(start, start + part.numel(), device=part.device)
+            total += int((part * (positions % _WEIGHT_MODULUS + 1)).sum())
+        total += zlib.crc32(f"{name}{tuple(tensor.shape)}".encode())
     return total

@@ -65,9 +65,11 @@ class Follower:
             raise RuntimeError(
                 f"rank {self.team.rank} sees other {directive.dimension} candidates than rank 0"
             )
-        for index in directive.indices:
-            if self._waiting():
-                return  # a newer directive (a pause, a change) ends this share
+        while not self._waiting():  # a newer directive (a pause, a change) ends this step
+            position = self.team.claim(dv.claim_key(directive.gen))
+            if position >= len(directive.queue):
+                return
+            index = directive.queue[position]
             score = session.score_candidate(candidates[index])
             result = dv.Result(directive.gen, index, score)
             self.team.put(dv.score_key(self.team.rank, self._sent), result)

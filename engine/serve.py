@@ -29,9 +29,10 @@ from typing import Protocol
 
 from . import events as ev
 from . import wire
-from .commands import Command
+from .commands import Command, Stop
 from .errors import BadInput
 from .eval_request import EvalRequest
+from .recovery import events as rev
 from .snapshot import Snapshot
 from .wire import Welcome
 
@@ -115,6 +116,10 @@ class EngineServer:
 
     ``start()`` before the engine emits what clients should see; ``close()`` after the run (the
     clients get their last lines, then the socket and the token file are removed).
+
+    ``linger``: the engine lingers after its search, answering exports and evaluations until a
+    Stop. The server keeps it so while a client is attached (the user looks at the result, as
+    in the one-process app) and sends the Stop once none is, so an unwatched run still ends.
     """
 
     def __init__(
@@ -126,8 +131,13 @@ class EngineServer:
         export_dir: Path | None = None,
         eval_request: EvalRequest | None = None,
         backlog: int = BACKLOG,
+        linger: bool = False,
     ) -> None:
         self.engine = engine
+        self.linger = linger
+        self._search_over = False
+        self._activity = ""  # an export or an evaluation under way
+        self._recovering = False
         self.session = Path(session)
         self.socket_path = self.session / SOCKET
         self.token_path = self.session / TOKEN
@@ -188,6 +198,8 @@ class EngineServer:
     def _publish(self, event: ev.Event) -> None:
         line = wire.encode_event(event)
         self._snapshot.apply(event, line)
+        if self._track(event):
+            self._end_if_unwatched()
         for client in list(self._clients):
             if not client.put(line):
                 log.warning(
@@ -280,6 +292,7 @@ class EngineServer:
             if client is not None and client in self._clients:
                 self._clients.discard(client)
                 log.info("%s detached", name)
+                self._end_if_unwatched()
             writer.close()
             self._tasks.discard(task)
 
@@ -328,6 +341,26 @@ class EngineServer:
         self._clients.discard(client)
         client.pending.clear()
         client.writer.transport.abort()
+        self._end_if_unwatched()
+
+    def _track(self, event: ev.Event) -> bool:
+        """Follow what decides whether a lingering engine may end; True when it changed."""
+        if isinstance(event, ev.Finished):
+            self._search_over = True
+        elif isinstance(event, ev.Activity):
+            self._activity = event.label
+        elif isinstance(event, (rev.RecoveryStarted, rev.RecoveryFinished)):
+            self._recovering = isinstance(event, rev.RecoveryStarted)
+        else:
+            return False
+        return True
+
+    def _end_if_unwatched(self) -> None:
+        """A lingering engine whose search is over ends when no client is left to use it, once
+        what a client started (an export, an evaluation, a recovery) is done."""
+        busy = self._activity or self._recovering
+        if self.linger and self._search_over and not busy and not self._clients:
+            self.engine.send(Stop())
 
     async def _shutdown(self) -> None:
         for server in self._servers:

@@ -18,7 +18,7 @@ from .errors import EngineError
 from .fast_search import Evaluation
 from .session import PruningSession
 from .structures import Structure
-from .team import Team, split_by_cost
+from .team import Team, longest_first
 
 #: How long the leader waits for a follower's result before looking at its commands again.
 RESULT_POLL_SECONDS = 0.005
@@ -158,8 +158,9 @@ class TeamScoring:
 
 
 class TeamWork:
-    """One step split across the world by cost; the leader scores its own share between
-    collecting the others' results."""
+    """One step as a work queue, costliest candidate first: every worker takes the next one as
+    it comes free, so a worker slowed by other duties (the leader's events and commands) takes
+    fewer. The leader scores from the queue between collecting the others' results."""
 
     def __init__(
         self, scoring: TeamScoring, dimension: str, candidates: Sequence[Structure]
@@ -170,7 +171,8 @@ class TeamWork:
         self._ids = tuple(c.id for c in candidates)
         self._scores: dict[int, float] = {}
         self._gens: set[int] = set()
-        self._mine: list[int] = []
+        self._gen = 0
+        self._queue: tuple[int, ...] = ()  # empty: nothing left for the leader to claim
         self._held = False
         self._issue(range(len(candidates)))
 
@@ -183,38 +185,44 @@ class TeamWork:
             self._held = False
             self._issue([i for i in range(len(self._candidates)) if i not in self._scores])
         ready = self._collect()
-        if not ready and self._mine:
-            index = self._mine.pop(0)
-            if index not in self._scores:
+        if not ready and self._queue:
+            index = self._claim()
+            if index is not None and index not in self._scores:
                 candidate = self._candidates[index]
                 ready.append(self._record(index, self._scoring.session.score_candidate(candidate)))
-        if not ready:
+        if not ready and not self._queue:
             time.sleep(RESULT_POLL_SECONDS)
         return ready
 
     def hold(self) -> None:
         self._scoring.direct(dv.Hold())
         self._held = True
-        self._mine = []
+        self._queue = ()
 
     def abandon(self) -> None:
         self._scoring.direct(dv.Hold())
-        self._mine = []
+        self._queue = ()
 
     def _issue(self, indices: Sequence[int]) -> None:
-        """Split ``indices`` by the sub-blocks each candidate runs from its cached boundary."""
+        """Queue ``indices`` costliest first: by the sub-blocks each candidate runs from its
+        cached boundary."""
         session = self._scoring.session
         costs = []
         for index in indices:
             candidate = self._candidates[index]
             costs.append(session.scorer_for(candidate).cost(candidate.sub_block))
-        shares = split_by_cost(costs, self._scoring.team.world_size)
-        gen = self._scoring.next_gen()
-        self._gens.add(gen)
-        for rank in self._scoring.team.followers:
-            share = tuple(indices[i] for i in shares[rank])
-            self._scoring.send(rank, dv.Score(gen, self._dimension, self._ids, share))
-        self._mine = [indices[i] for i in shares[0]]
+        self._queue = tuple(indices[i] for i in longest_first(costs))
+        self._gen = self._scoring.next_gen()
+        self._gens.add(self._gen)
+        self._scoring.direct(dv.Score(self._gen, self._dimension, self._ids, self._queue))
+
+    def _claim(self) -> int | None:
+        """The leader's next candidate from the queue, or None (and no more) once it is empty."""
+        position = self._scoring.team.claim(dv.claim_key(self._gen))
+        if position < len(self._queue):
+            return self._queue[position]
+        self._queue = ()
+        return None
 
     def _collect(self) -> list[Evaluation]:
         ready = []

@@ -121,6 +121,11 @@ class Team:
         self.store.delete_key(key)
         return value
 
+    def claim(self, queue: str) -> int:
+        """The next free position in the work queue ``queue``, shared by every worker: the
+        store's atomic counter hands each position to exactly one of them."""
+        return self.store.add(queue, 1) - 1
+
 
 def _rendezvous_store(rank: int, world_size: int) -> tuple[dist.Store, bool]:
     """The launcher's key-value store, and whether this process hosts it: torchrun's agent
@@ -140,13 +145,19 @@ def _rendezvous_store(rank: int, world_size: int) -> tuple[dist.Store, bool]:
     return dist.PrefixStore(f"mptui-run/{attempt}", store), hosts
 
 
+def longest_first(costs: Sequence[int]) -> list[int]:
+    """Indices of ``costs``, costliest first (lowest index on ties): the order of a step's work
+    queue. A candidate's cost is the number of sub-blocks it runs from its cached boundary."""
+    return sorted(range(len(costs)), key=lambda i: (-costs[i], i))
+
+
 def split_by_cost(costs: Sequence[int], world_size: int) -> list[list[int]]:
-    """Indices of ``costs`` for each rank, balancing the total cost (longest first onto the
-    least loaded rank, lowest rank on ties): deterministic, so every rank computes the same
-    split. A candidate's cost is the number of sub-blocks it runs from its cached boundary."""
+    """Indices of ``costs`` for each rank as equally fast workers take them from a queue in
+    :func:`longest_first` order: each next item goes to the least loaded (lowest rank on
+    ties). This is the balance a step gets; the bench projects from it."""
     shares: list[list[int]] = [[] for _ in range(world_size)]
     loads = [(0, rank) for rank in range(world_size)]
-    for index in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+    for index in longest_first(costs):
         load, rank = heapq.heappop(loads)
         shares[rank].append(index)
         heapq.heappush(loads, (load + costs[index], rank))

@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 
 def serve(engine, opened: OpenedSession, args: argparse.Namespace) -> EngineServer:
     """Start serving ``engine`` (the caller closes the server when the run is over) and say on
-    stdout how to attach. Raises BadInput, before the engine starts, when ``--listen`` cannot
-    listen."""
+    stdout how to attach. Once its search is over the engine lingers while a client is attached,
+    so exports and evaluations from the app work as in one process. Raises BadInput, before the
+    engine starts, when ``--listen`` cannot listen."""
     from mptui.engine.api import EngineServer, parse_listen
 
     from .runs import app_eval_request
@@ -28,8 +29,11 @@ def serve(engine, opened: OpenedSession, args: argparse.Namespace) -> EngineServ
         listen=parse_listen(args.listen) if args.listen else None,
         export_dir=opened.export_dir,
         eval_request=app_eval_request(args, opened.request.settings.calibration.seqlen),
+        linger=True,
     )
     server.start()
+    # Reachable, the run stays after its search while someone attached looks at the result.
+    engine.linger = server.unix_error is None or server.address is not None
     if server.unix_error is None:
         print(f"attach with: mptui attach {opened.folder.path}", flush=True)
     else:

@@ -4,12 +4,22 @@ process ctrl+d does nothing and q quits as before."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from app_replay import NoGpu, fixed_run_events
 from test_serve import Publisher
 
 from mptui.app.app import MptuiApp
-from mptui.engine.api import EngineServer, EngineState, attach
+from mptui.app.screens import ExportScreen
+from mptui.engine.api import (
+    CalibrationSpec,
+    Engine,
+    EngineServer,
+    EngineState,
+    PruneSettings,
+    RunRequest,
+    attach,
+)
 from mptui.engine.api import commands as cmd
 from mptui.engine.api import events as ev
 
@@ -81,3 +91,38 @@ async def test_attached_ctrl_d_detaches_and_the_run_hears_nothing(tmp_path):
     finally:
         server.close()
         remote.close()
+
+
+async def test_attached_when_the_search_ends_the_app_exports_and_q_ends_the_run(
+    tiny_model_dir, calibration_file, tmp_path
+):
+    """A served run on a real engine (what ``mptui --workers N`` opens the app on) stays after
+    its search while attached: x exports as in one process, and leaving ends the run."""
+    settings = PruneSettings.with_distribution(
+        0.2, "30:40:30", calibration=CalibrationSpec(str(calibration_file), 0, 32), mlp_group=40
+    )
+    engine = Engine(RunRequest(str(tiny_model_dir("llama")), settings), linger=True)
+    server = EngineServer(engine, tmp_path, linger=True, export_dir=tmp_path / "export")
+    server.start()
+    engine.start()
+    remote = attach(str(tmp_path))
+    export_dir = Path(remote.welcome.export_dir)  # what mptui attach opens the app with
+    app = MptuiApp(remote, gpu_reader=NoGpu(), attached_to=remote.peer, export_dir=export_dir)
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot, lambda: app.state.finished == "done", timeout=120)
+            assert "the search has ended (done); x exports" in app.state.link
+            await pilot.press("x")
+            await settle(pilot, lambda: isinstance(app.screen, ExportScreen))
+            await pilot.press("enter")
+            await settle(pilot, lambda: app.state.exported is not None, timeout=60)
+            assert app.state.exported.params == engine.session.params
+            assert (tmp_path / "export" / "model.safetensors").is_file()
+            assert engine.join(timeout=0.5) is False  # still there for us
+            await pilot.press("q")  # the search is over: no question, leave
+            await settle(pilot, lambda: not app.is_running)
+        remote.close()  # as mptui attach does once the app is gone
+        assert engine.join(timeout=30) and engine.result.reason == "done"
+    finally:
+        remote.close()
+        server.close()

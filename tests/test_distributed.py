@@ -10,11 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+import torch
 
 from bench.world import run_world
 from mptui.engine import commands as cmd
 from mptui.engine import events as ev
+from mptui.engine import follower
 from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
+from mptui.engine.setup import build_session
 from mptui.engine.team import split_by_cost
 from mptui.engine.tiny import FAMILIES
 
@@ -128,3 +131,40 @@ def test_steering_gives_the_same_plan_on_two_workers(
     # Only the step the pause cut short was scored in part, by other candidates per world size.
     differing = {version for version, _ in scores.keys() ^ alone_scores.keys()}
     assert len(differing) <= 1
+
+
+class Errors(Record):
+    """A Record that also keeps the run's error messages."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors: list[str] = []
+
+    def __call__(self, event: ev.Event) -> None:
+        super().__call__(event)
+        if isinstance(event, ev.Error):
+            self.errors.append(event.message)
+
+    def result(self) -> tuple[list[str], list, str]:
+        return self.errors, super().result()[1], self.reason
+
+
+def test_a_replica_that_diverges_stops_the_run_after_the_commit(
+    tiny_model_dir, calibration_file, tmp_path, monkeypatch
+):
+    """Rank 1's replica differs from rank 0's by one bit of one weight: the checksum after the
+    first commit catches it, and the run ends there with that step in its plan."""
+
+    def diverging_session(request, on_event, team):
+        session = build_session(request, on_event, team=team)
+        weight = session.model.get_output_embeddings().weight
+        with torch.no_grad():
+            weight.view(-1).view(torch.int32)[7] ^= 1
+        return session
+
+    monkeypatch.setattr(follower, "build_session", diverging_session)  # forked: rank 1 only
+    request = request_for(tiny_model_dir("llama"), calibration_file, tmp_path)
+    errors, plan, reason = run_world(2, request, Errors)
+    assert reason == "error" and len(plan) == 1
+    assert len(errors) == 1
+    assert errors[0].startswith("worker rank 1's model differs from rank 0's after step 1")

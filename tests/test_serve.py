@@ -210,3 +210,37 @@ def test_tcp_wants_the_token_and_logs_a_wrong_one(tmp_path):
     finally:
         server.close()
     assert not (tmp_path / "token").exists()
+
+
+def test_a_lingering_run_ends_once_no_client_is_left_and_nothing_is_under_way(tmp_path):
+    """linger: after the search the run stays while a client is attached and until what it
+    started is done; a search that ends unwatched ends at once."""
+    engine = Publisher()
+    server = EngineServer(engine, tmp_path, linger=True)
+    server.start()
+    try:
+        client = attach(str(tmp_path))
+        client.start()
+        wait_until(lambda: len(server._clients) == 1)
+        engine.emit(ev.Finished("done", {}))
+        engine.emit(ev.Activity("exporting to /tmp/x"))
+        time.sleep(0.2)
+        assert engine.received == []  # watched
+        client.close()
+        wait_until(lambda: not server._clients)
+        time.sleep(0.2)
+        assert engine.received == []  # the export goes on
+        engine.emit(ev.Activity(""))
+        assert engine.got_command.wait(5) and engine.received == [cmd.Stop()]
+    finally:
+        server.close()
+
+    unwatched = Publisher()
+    (tmp_path / "unwatched").mkdir()
+    server = EngineServer(unwatched, tmp_path / "unwatched", linger=True)
+    server.start()
+    try:
+        unwatched.emit(ev.Finished("done", {}))
+        assert unwatched.got_command.wait(5) and unwatched.received == [cmd.Stop()]
+    finally:
+        server.close()

@@ -122,7 +122,8 @@ def test_torchrun_restarts_resume_the_session_on_their_own(tmp_path, uninterrupt
 
 def test_the_app_runs_on_two_workers_and_steers_them(tmp_path, uninterrupted):
     """``mptui --workers 2`` without --headless: the workers run in the background and the app
-    attaches; pause and resume reach them, and the plan is the one-process plan."""
+    attaches; pause and resume reach them, the plan is the one-process plan, and after the
+    search the app exports (rank 0 alone) until q ends the run."""
     tmux = Tmux(tmp_path)
     session = tmp_path / "session"
     command = (
@@ -136,14 +137,27 @@ def test_the_app_runs_on_two_workers_and_steers_them(tmp_path, uninterrupted):
         tmux.run("send-keys", "-t", "demo", "space")
         tmux.wait_for("PAUSED")
         tmux.run("send-keys", "-t", "demo", "space")
-        tmux.wait_for("the run has ended (done)", timeout=RUN_TIMEOUT)
+        tmux.wait_for("the search has ended (done); x exports", timeout=RUN_TIMEOUT)
+        tmux.run("send-keys", "-t", "demo", "x")  # rank 0 exports, as one process would
+        tmux.wait_for("Export the model as pruned so far")
+        tmux.run("send-keys", "-t", "demo", "Enter")
+        tmux.wait_for("exported", timeout=RUN_TIMEOUT)
         tmux.run("send-keys", "-t", "demo", "q")
         tmux.wait_for(f"the run has ended (done); session {session}")
         assert "starting 2 workers in the background" in tmux.screen()
         assert plan_in(session) == uninterrupted
+        assert (session / "export" / "model.safetensors").is_file()
+        wait_for_text(session / "workers.log", "plan written to")  # the workers ended
         assert "finished (done)" in (session / "workers.log").read_text()
     finally:
         tmux.kill()
+
+
+def wait_for_text(path: Path, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and text in path.read_text()):
+        assert time.monotonic() < deadline, f"{text!r} never appeared in {path}"
+        time.sleep(0.2)
 
 
 def test_fast_is_refused_with_workers_in_one_line():

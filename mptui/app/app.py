@@ -202,6 +202,12 @@ class MptuiApp(App):
                 self.push_screen(EvaluationScreen(title, rows))
             elif isinstance(event, ev.Error):
                 self.notify(event.message, title="engine error", severity="error", timeout=30)
+            elif isinstance(event, ev.Finished) and self.attached_to:
+                # A served run stays while attached (its server ends it once no one is).
+                self.state.link = (
+                    f"the search has ended ({event.reason}); x exports, e evaluates; "
+                    "q leaves and the run ends"
+                )
         if self.attached_to and not self._run_ended and self._engine_started:
             changed |= self._check_run_ended()
         if changed:
@@ -346,7 +352,7 @@ class MptuiApp(App):
         self.exit()
 
     def _ask_detach(self) -> None:
-        if self._run_ended:
+        if self._run_ended or self.state.finished:  # nothing left to leave running
             self.exit()
             return
 
