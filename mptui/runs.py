@@ -194,6 +194,8 @@ def app_recovery(args: argparse.Namespace):
 
 
 def run_from_args(args: argparse.Namespace, argv: list[str]) -> int:
+    from mptui.engine.api import BadInput
+
     from . import workers
 
     if args.fast and (args.workers or workers.launched_by_torchrun()):
@@ -204,6 +206,10 @@ def run_from_args(args: argparse.Namespace, argv: list[str]) -> int:
             )
         return 2
     if args.workers and not workers.launched_by_torchrun():
+        shortage = workers.gpu_shortage(args.workers, args.gpus_per_worker)
+        if shortage is not None:
+            print(f"mptui: error: {shortage}", file=sys.stderr)
+            return 2
         if not args.headless:
             return workers.launch_with_app(args, argv)
         return workers.launch(args, argv)
@@ -217,7 +223,11 @@ def run_from_args(args: argparse.Namespace, argv: list[str]) -> int:
                     file=sys.stderr,
                 )
             return 2
-        team = workers.join_team(args)
+        try:
+            team = workers.join_team(args)
+        except BadInput as error:  # this node has fewer GPUs than --gpus-per-worker asks
+            print(f"mptui: error: {error}", file=sys.stderr)
+            return 2
         if not team.is_leader:
             return workers.follow(team, args)
         if workers.restarted() and args.session and not args.resume:

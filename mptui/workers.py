@@ -39,6 +39,25 @@ def launch_run_id() -> str | None:
     return os.environ.get("TORCHELASTIC_RUN_ID") if launched_by_torchrun() else None
 
 
+def gpu_shortage(workers: int, gpus_per_worker: int) -> str | None:
+    """Why ``workers`` local workers of ``gpus_per_worker`` GPUs each cannot start here, if they
+    cannot: said before any worker starts, not as N tracebacks from N workers."""
+    import torch
+
+    visible = torch.cuda.device_count()
+    if visible == 0:
+        if gpus_per_worker > 1:
+            return f"--gpus-per-worker {gpus_per_worker} needs GPUs and none is visible"
+        return None  # CPU workers
+    needed = workers * gpus_per_worker
+    if needed > visible:
+        return (
+            f"{workers} workers x {gpus_per_worker} GPUs need {needed} GPUs and {visible} "
+            "are visible: lower --workers or --gpus-per-worker"
+        )
+    return None
+
+
 def join_team(args: argparse.Namespace):
     """This worker's place in the world (its GPUs pinned first when it spans several)."""
     from mptui.engine.api import Team, pin_gpus

@@ -182,3 +182,37 @@ def test_worker_counts_below_one_are_refused_in_one_line(option, value, capsys):
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.endswith(f"error: {option} {value} must be 1 or more")
+
+
+@pytest.mark.parametrize(
+    ("visible", "argv", "error"),
+    [
+        (0, ["--workers", "2", "--gpus-per-worker", "2"],
+         "--gpus-per-worker 2 needs GPUs and none is visible"),
+        (4, ["--workers", "2", "--gpus-per-worker", "4"],
+         "2 workers x 4 GPUs need 8 GPUs and 4 are visible: lower --workers or --gpus-per-worker"),
+    ],
+)  # fmt: skip
+def test_too_few_gpus_are_refused_in_one_line_before_any_worker_starts(
+    visible, argv, error, capsys, monkeypatch
+):
+    import torch
+
+    from mptui.cli import main
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)  # the box, not the code
+    assert main(["--demo", "--headless", *argv]) == 2
+    assert capsys.readouterr().err == f"mptui: error: {error}\n"
+
+
+def test_each_worker_sees_only_its_own_slice_of_the_gpus(monkeypatch):
+    from mptui.engine.api import BadInput, pin_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3,4,5,6,7")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    pin_gpus(4)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "4,5,6,7"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3,5")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(BadInput, match="worker 1 needs GPUs 2-3 but 3 are visible"):
+        pin_gpus(2)
