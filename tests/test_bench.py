@@ -66,3 +66,5 @@ def test_fast_benchmark_compares_margins_on_the_same_steps(tiny_model_dir, calib
     assert none["flop_ratio"] >= wide["flop_ratio"] > 1  # a smaller margin rules out more
     assert none["fully_scored_per_step"] <= wide["fully_scored_per_step"]
     assert 0 <= none["equal_share"] <= 1 and wide["equal_share"] == 1.0
+    canonical, leader_first = report["early_exit"]  # each asserts it kept every choice
+    assert canonical["flop_ratio"] >= 1 and leader_first["flop_ratio"] >= 1

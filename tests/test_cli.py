@@ -149,10 +149,14 @@ def test_a_hub_id_loads_from_the_local_hub_cache(tiny_model_dir, calibration_fil
     assert "Traceback" not in missing.stderr
 
 
-def test_demo_headless_prunes_to_25_percent_across_all_dimensions(tmp_path):
-    """The shipped demo model, its calibration text and settings: the README's first run."""
+def test_demo_headless_prunes_to_25_percent_then_evaluates_offline(tmp_path):
+    """The shipped demo model, its calibration text and settings (the README's first run), then
+    the demo's own local task (word order of held-out text) through lm-eval, offline."""
+    from mptui.demo.tasks import TASK, include_path
+
+    session = tmp_path / "session"
     result = subprocess.run(
-        [str(MPTUI), "--demo", "--headless", "--out", str(tmp_path)],
+        [str(MPTUI), "--demo", "--headless", "--session", str(session), "--out", str(tmp_path)],
         capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -163,17 +167,6 @@ def test_demo_headless_prunes_to_25_percent_across_all_dimensions(tmp_path):
     lines = [line for line in result.stdout.splitlines() if line.startswith("step ")]
     assert len(lines) == len(plan["steps"])
 
-
-def test_demo_session_evaluates_offline_dense_against_pruned(tmp_path):
-    """The demo's own local task (word order of held-out text) through lm-eval, offline."""
-    from mptui.demo.tasks import TASK, include_path
-
-    session = tmp_path / "session"
-    done = subprocess.run(
-        [str(MPTUI), "--demo", "--headless", "--session", str(session)],
-        capture_output=True, text=True, cwd=tmp_path,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
     scored = subprocess.run(
         [str(MPTUI), "eval", "--session", str(session), "--tasks", TASK, "--include-path",
          str(include_path(tmp_path)), "--limit", "100"],

@@ -16,7 +16,7 @@ from conftest import MINI_TASK_ITEMS
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
-from mptui.engine.evaluate import rolling_perplexity
+from mptui.engine.evaluate import check_tasks, rolling_perplexity
 from mptui.engine.surgery import apply_plan
 
 MPTUI = Path(sys.executable).parent / "mptui"
@@ -172,3 +172,8 @@ def test_a_session_keeps_its_channel_order_and_re_applies_exactly_it(
     write_order(wrong, {0: {"mlp": torch.arange(5), "attn": torch.arange(4)}})
     with pytest.raises(BadInput, match="does not belong to this model"):
         fresh_with(wrong)
+
+
+def test_tasks_all_in_the_include_path_index_only_that_folder(local_task):
+    """lm-eval's own 15,000 task files take seconds to index: not when they are not needed."""
+    assert check_tasks(["mptui_mini"], local_task).all_tasks == ["mptui_mini"]
