@@ -2,16 +2,16 @@
 
 The exact search runs to the end (or ``--steps``); at every step each candidate's per-row NLLs
 on every calibration row are kept. The fast search of engine/fast_search.py is then replayed on
-those very numbers for each ``--margins`` value: what a fast run computes for a row is what the
-exact run computed for it (up to how rows are grouped into batches), so each margin costs no
-extra model work and every margin is compared on the same steps. The exact choice is committed,
-so each step compares the two choices from the same model. Reported per margin: the FLOPs of
-both (bench/flops.py, prefix cache on, only the rows actually scored), their ratio, the share of
-steps whose fast choice equals the exact one (and the share within :data:`TIE_TOLERANCE` of
-its perplexity), the candidates fully scored per step, and the
-relative perplexity cost of each differing choice (its exact score over the exact winner's,
-minus 1). Last, the exact early exit (a candidate stops once it can no longer win) is replayed
-on the same numbers, to see whether it would pay.
+those very numbers for each ``--margins`` and ``--tolerances`` value: what a fast run computes
+for a row is what the exact run computed for it (up to how rows are grouped into batches), so
+each setting costs no extra model work and all are compared on the same steps. The exact
+choice is committed, so each step compares the two choices from the same model. Reported per
+setting: the FLOPs of both (bench/flops.py, prefix cache on, only the rows actually scored),
+their ratio, the share of steps whose fast choice equals the exact one (and the share within
+:data:`TIE_TOLERANCE` of its perplexity), the candidates fully scored per step, and the relative
+perplexity cost of each differing choice (its exact score over the exact winner's, minus 1).
+Last, the exact early exit (a candidate stops once it can no longer win) is replayed on the
+same numbers, to see whether it would pay.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import math
 from pathlib import Path
 
 from mptui.engine.calibration import CalibrationSpec
-from mptui.engine.defaults import DEFAULT_FAST_MARGIN
+from mptui.engine.defaults import DEFAULT_FAST_MARGIN, DEFAULT_FAST_TOLERANCE
 from mptui.engine.fast_search import successive_halving
 from mptui.engine.settings import PruneSettings
 from mptui.engine.setup import RunRequest, build_session
@@ -65,7 +65,7 @@ def record_steps(args) -> list[dict]:
     return steps
 
 
-def replay(steps: list[dict], margin: float) -> dict:
+def replay(steps: list[dict], margin: float, tolerance: float) -> dict:
     """The fast search on the recorded numbers, against the exact choice of every step."""
     exact_flops = fast_flops = 0.0
     equal, fully, costs = 0, 0, []
@@ -73,7 +73,7 @@ def replay(steps: list[dict], margin: float) -> dict:
         nll, per_row = step["nll"], step["flops_per_row"]
         rows = len(next(iter(nll.values())))
         evaluations = list(successive_halving(
-            list(nll), lambda c, r, nll=nll: nll[c][r.start : r.stop], rows, margin
+            list(nll), lambda c, r, nll=nll: nll[c][r.start : r.stop], rows, margin, tolerance
         ))  # fmt: skip
         exact = {c: values.mean().item() for c, values in nll.items()}
         full = {e.candidate: exact[e.candidate] for e in evaluations if e.rows == rows}
@@ -86,7 +86,7 @@ def replay(steps: list[dict], margin: float) -> dict:
         fast_flops += sum(per_row[e.candidate] * e.new_rows for e in evaluations)
     near = sum(1 for cost in costs if cost <= TIE_TOLERANCE)
     return {
-        "margin": margin, "flop_ratio": exact_flops / fast_flops,
+        "margin": margin, "tolerance": tolerance, "flop_ratio": exact_flops / fast_flops,
         "within_tolerance_share": (equal + near) / len(steps),
         "equal_share": equal / len(steps), "equal": equal, "steps": len(steps),
         "fully_scored_per_step": fully / len(steps), "differing_ppl_costs": costs,
@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--distribution", default="40:40:20")
     parser.add_argument("--mlp-group", type=int, default=None)
     parser.add_argument("--margins", default=f"{DEFAULT_FAST_MARGIN},2,1,0.5,0")
+    parser.add_argument("--tolerances", default=f"0,{DEFAULT_FAST_TOLERANCE}")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     steps = record_steps(args)
@@ -141,12 +142,18 @@ def main(argv: list[str] | None = None) -> dict:
     candidates = sum(len(s["nll"]) for s in steps) / len(steps)
     print(f"{args.model}: {len(steps)} steps on {rows} rows x {args.seqlen} tokens, "
           f"{candidates:.1f} candidates per step")  # fmt: skip
-    print("| margin (SE) | exact/fast FLOPs | same choice | same within 1e-4 ppl | fully scored "
-          "per step | ppl cost of each differing choice |\n|---|---|---|---|---|---|")  # fmt: skip
-    results = [replay(steps, float(m)) for m in args.margins.split(",")]
+    print("| tolerance | margin (SE) | exact/fast FLOPs | same choice | same within 1e-4 ppl | "
+          "fully scored per step | ppl cost of each differing choice |\n"
+          "|---|---|---|---|---|---|---|")  # fmt: skip
+    results = [
+        replay(steps, float(m), float(t))
+        for t in args.tolerances.split(",")
+        for m in args.margins.split(",")
+    ]
     for r in results:
         print(
-            f"| {r['margin']:g} | {r['flop_ratio']:.2f}x | {r['equal']}/{r['steps']} "
+            f"| {r['tolerance']:g} | {r['margin']:g} | {r['flop_ratio']:.2f}x | "
+            f"{r['equal']}/{r['steps']} "
             f"({r['equal_share']:.1%}) | {r['within_tolerance_share']:.1%} | "
             f"{r['fully_scored_per_step']:.1f} | "
             f"{', '.join(f'{c:+.0e}' for c in r['differing_ppl_costs']) or '—'} |"

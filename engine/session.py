@@ -158,7 +158,11 @@ class PruningSession:
         total_rows = len(self.scorers[dimension].chunks)
         if self.settings.fast:
             return successive_halving(
-                candidates, self.candidate_row_nll, total_rows, self.settings.fast_margin
+                candidates,
+                self.candidate_row_nll,
+                total_rows,
+                self.settings.fast_margin,
+                self.settings.fast_tolerance,
             )
         return exhaustive(candidates, self.candidate_row_nll, total_rows)
 
@@ -285,6 +289,7 @@ class PruningSession:
                 "count_removed_norms": self.count_removed_norms,
                 "batch_size_used": self.scorers[first].batch_size,
                 "fast_margin": self.settings.fast_margin if self.settings.fast else None,
+                "fast_tolerance": self.settings.fast_tolerance if self.settings.fast else None,
             },
             dense_score=self.dense_scores[first],
             dense_scores=dict(self.dense_scores),

@@ -19,6 +19,7 @@ from .defaults import (  # noqa: F401 (every default is re-exported here)
     DEFAULT_DTYPE,
     DEFAULT_EVAL_BATCH_SIZE,
     DEFAULT_FAST_MARGIN,
+    DEFAULT_FAST_TOLERANCE,
     DEFAULT_NSAMPLES,
     DEFAULT_ORDER,
     DEFAULT_SEED,
@@ -157,6 +158,7 @@ class PruneSettings:
     compile: str = DEFAULT_COMPILE
     fast: bool = False
     fast_margin: float = DEFAULT_FAST_MARGIN
+    fast_tolerance: float = DEFAULT_FAST_TOLERANCE
     faithful: str | None = None
     guided: bool = False
 
@@ -184,6 +186,8 @@ class PruneSettings:
             )
         if not (math.isfinite(self.fast_margin) and self.fast_margin >= 0):
             raise BadInput(f"--fast-margin {self.fast_margin} must be a number of at least 0")
+        if not (0 <= self.fast_tolerance < 1):
+            raise BadInput(f"--fast-tolerance {self.fast_tolerance} must be at least 0 and below 1")
         if self.fast and self.faithful is not None:
             raise BadInput(
                 f"--fast cannot be used with --faithful {self.faithful}: the reference scores "

@@ -16,6 +16,7 @@ from .engine.defaults import (
     DEFAULT_DISTRIBUTION,
     DEFAULT_DTYPE,
     DEFAULT_FAST_MARGIN,
+    DEFAULT_FAST_TOLERANCE,
     DEFAULT_NSAMPLES,
     DEFAULT_ORDER,
     DEFAULT_SEED,
@@ -116,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="Z",
         help="with --fast: standard errors behind the leader that rule a candidate out "
         "(default: %(default)s)",
+    )
+    run.add_argument(
+        "--fast-tolerance",
+        type=float,
+        default=DEFAULT_FAST_TOLERANCE,
+        metavar="T",
+        help="with --fast: also rule out a candidate that cannot beat the leader's perplexity "
+        "by more than this share, 0 for none (default: %(default)s)",
     )
     parser.add_argument(
         "--theme",

@@ -61,6 +61,7 @@ def build_request(args: argparse.Namespace):
         compile=args.compile,
         fast=args.fast,
         fast_margin=args.fast_margin,
+        fast_tolerance=args.fast_tolerance,
         faithful=args.faithful,
         guided=args.guided,
     )

@@ -60,6 +60,7 @@ def test_fast_benchmark_compares_margins_on_the_same_steps(tiny_model_dir, calib
     report = fast([
         "--model", str(tiny_model_dir("llama")), "--calibration", str(calibration_file),
         "--seqlen", "16", "--steps", "2", "--mlp-group", "40", "--margins", "3,0",
+        "--tolerances", "0",
     ])  # fmt: skip
     wide, none = report["results"]
     assert wide["steps"] == none["steps"] == 2

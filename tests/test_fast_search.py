@@ -51,12 +51,34 @@ def test_a_zero_margin_keeps_only_the_leaders_and_non_finite_never_survives():
     assert last[3].rows == 4
 
 
+def test_a_tie_within_the_tolerance_is_ruled_out_and_without_it_goes_to_the_end():
+    """Two candidates 1e-6 apart with row noise of 2e-5: no subset of rows separates them, so
+    without a tolerance both are scored on every row; with 1e-4 the trailing one is ruled out
+    after the first round (it cannot be 1e-4 better than the leader)."""
+
+    def tied(candidate: Structure, rows: range) -> torch.Tensor:
+        noise = torch.sin(torch.arange(ROWS, dtype=torch.float64) * (candidate.layer + 1)) * 2e-5
+        offset = {0: 0.0, 1: 1e-6, 2: 0.5, 3: 1.0}[candidate.layer]
+        return (DIFFICULTY + offset + noise)[rows.start : rows.stop]
+
+    def rows_scored(tolerance: float) -> dict[int, int]:
+        runs = successive_halving(CANDIDATES, tied, ROWS, 3.0, tolerance)
+        return {e.candidate.layer: e.rows for e in runs}
+
+    assert rows_scored(0.0) == {0: ROWS, 1: ROWS, 2: 4, 3: 4}
+    leader = 0 if tied(CANDIDATES[0], range(4)).mean() < tied(CANDIDATES[1], range(4)).mean() else 1
+    assert rows_scored(1e-4) == {leader: ROWS, 1 - leader: 4, 2: 4, 3: 4}
+
+
 def test_fast_and_faithful_do_not_mix_and_the_margin_is_a_number():
     with pytest.raises(BadInput, match="--fast cannot be used with --faithful multipruner"):
         PruneSettings(0.2, fast=True, faithful="multipruner")
     for margin in (-1.0, math.inf, math.nan):
         with pytest.raises(BadInput, match=r"--fast-margin .* must be a number of at least 0"):
             PruneSettings(0.2, fast=True, fast_margin=margin)
+    for tolerance in (-1e-4, 1.0, math.nan):
+        with pytest.raises(BadInput, match=r"--fast-tolerance .* at least 0 and below 1"):
+            PruneSettings(0.2, fast=True, fast_tolerance=tolerance)
 
 
 def test_a_fast_run_records_itself_and_scores_fewer_rows(tiny_model_dir, calibration_file,
@@ -73,6 +95,7 @@ def test_a_fast_run_records_itself_and_scores_fewer_rows(tiny_model_dir, calibra
     exact = run(False, [])
     fast = run(True, [lambda e: scored.append(e) if isinstance(e, ev.CandidateScored) else None])
     assert fast["settings"]["fast"] is True and fast["settings"]["fast_margin"] == 3.0
+    assert fast["settings"]["fast_tolerance"] == 1e-4
     assert exact["settings"]["fast"] is False and exact["settings"]["fast_margin"] is None
     assert "fast search (--fast), an approximation" in markdown(summarize(fast))
     assert "fast search" not in markdown(summarize(exact))
