@@ -227,7 +227,7 @@ def test_unreachable_dataset_name_fails_fast_and_clearly(monkeypatch):
     expected = r"could not load dataset 'nobody/nothing' from the hub or .* --calibration PATH"
     with pytest.raises(CalibrationError, match=expected):
         load_documents("nobody/nothing")
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 60  # liveness, not speed: hub retries would take minutes
 
 
 def test_faithful_rows_reproduce_the_reference_draws(tmp_path):
