@@ -87,3 +87,17 @@ def local_task(tmp_path) -> Path:
         "metric_list:\n  - metric: acc\n  - metric: acc_norm\nmetadata:\n  version: 1.0\n"
     )
     return folder
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    """``mptui ARGV`` in this process: its exit status (argparse's too) and what it printed on
+    stderr. For bad-input tests, which need no process of their own (one real-process test is
+    in test_cli)."""
+    from mptui.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err

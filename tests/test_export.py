@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -286,15 +287,16 @@ def test_headless_export_and_session_export_agree_and_evaluate(
          "is not empty and holds no earlier export"),
     ],
 )  # fmt: skip
-def test_export_bad_input_is_one_line(argv, message, tiny_model_dir, calibration_file, tmp_path):
+def test_export_bad_input_is_one_line(
+    argv, message, tiny_model_dir, calibration_file, tmp_path, capsys
+):
     (tmp_path / "keep.txt").write_text("mine")
     values = {"tmp": tmp_path, "model": tiny_model_dir("llama"), "calibration": calibration_file}
-    done = subprocess.run(
-        [str(MPTUI), *(a.format(**values) for a in argv)], capture_output=True, text=True
-    )
-    assert done.returncode == 2
-    assert done.stderr.startswith("mptui: error: ") and message in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
+    code, stderr = run_cli([a.format(**values) for a in argv], capsys)
+    assert code == 2
+    assert stderr.startswith("mptui: error: ") and message in stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert (tmp_path / "keep.txt").read_text() == "mine"
 
 
 def test_a_float32_search_of_a_half_precision_model_exports_half_precision_exactly(tmp_path):

@@ -8,9 +8,9 @@ import dataclasses
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from mptui.app.state import RunState
 from mptui.engine import events as ev
@@ -28,8 +28,6 @@ from mptui.engine.plan import (
 from mptui.engine.structures import Structure
 from mptui.engine.summary import markdown, summarize
 from tests.test_control import make_engine
-
-MPTUI = Path(sys.executable).parent / "mptui"
 
 TOP_KEYS = ["format", "model", "settings", "dense_score", "dense_scores", "steps", "written"]
 STEP_KEYS = [
@@ -165,18 +163,17 @@ def test_a_file_that_is_no_json_or_no_object_fails_in_one_line(tmp_path):
         ),
     ],
 )
-def test_mptui_export_refuses_a_tampered_plan_in_one_line(real_run, tmp_path, tampered, message):
+def test_mptui_export_refuses_a_tampered_plan_in_one_line(
+    real_run, tmp_path, tampered, message, capsys
+):
     _, _, on_disk = real_run
     session = tmp_path / "session"
     session.mkdir()
     (session / "plan.json").write_text(json.dumps(on_disk | {"format": tampered}))
     out = tmp_path / "out"
-    done = subprocess.run(
-        [str(MPTUI), "export", str(session), "--out", str(out)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.splitlines() == [f"mptui: error: {session / 'plan.json'} {message}"]
+    code, stderr = run_cli(["export", str(session), "--out", str(out)], capsys)
+    assert code == 2, stderr
+    assert stderr.splitlines() == [f"mptui: error: {session / 'plan.json'} {message}"]
     assert not out.exists()
 
 

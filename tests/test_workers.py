@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from test_tmux import Tmux
 
 from mptui.cli import build_parser, demo_defaults
 from mptui.engine.api import Engine
 from mptui.runs import build_request
-from tests.test_tmux import Tmux
 
 DEMO = ["--demo", "--headless", "--target-ratio", "0.1"]
 RUN_TIMEOUT = 300
