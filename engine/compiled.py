@@ -3,11 +3,20 @@
 Compiling fuses what eager PyTorch runs as separate kernels (RMSNorm, RoPE, SwiGLU, the
 residual add). It changes no structure and no order of the search: the same modules compute the
 same function, to floating-point tolerance. The two runner functions receive the modules as
-arguments, so every layer of a model shares one compiled graph (their parameters are inputs),
-and a width change only makes the shapes dynamic. Compiling is tried on the first call; if it
-fails for any reason (no compiler, an unsupported platform or model), the runner says so once
-and runs eagerly from then on. An out-of-memory is not a compile failure: it goes to the caller,
-which lowers the batch.
+arguments, so every layer of a model shares one compiled graph (their parameters are inputs).
+
+Widths change all the time: a width trial runs a layer on narrowed views of its weights, and
+every commit leaves that layer narrower. By default dynamo treats parameter shapes as constants,
+so each new width compiled again until its recompile limit (8) was hit, after which it silently
+ran that function eagerly for the rest of the run. :data:`DYNAMIC_WIDTHS` lets parameter shapes
+be dynamic: the first width compiles a static graph, the next a graph for any width, which
+serves every later trial and commit (one more pair per device under a device map). A storm that
+still reaches the limit fails loudly into the eager fallback below instead of hiding.
+
+Compiling is tried on the first call; if it fails for any reason (no compiler, an unsupported
+platform or model), the runner says so once and runs eagerly from then on. An out-of-memory is
+not a compile failure, even inside the compiler or as a cuBLAS allocation failure: it goes to
+the caller as torch's OutOfMemoryError, and the caller lowers the batch.
 """
 
 from __future__ import annotations
@@ -17,6 +26,19 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .memory import as_out_of_memory, is_out_of_memory
+
+#: Dynamo settings for every compiled call (read when a frame compiles, so set per call): shapes
+#: of parameters may be dynamic, and reaching the recompile limit raises (the runner falls back
+#: to eager and says so) instead of silently running eagerly. The limit leaves room for a static
+#: and a dynamic graph on each of eight devices, and the last, smaller batch.
+DYNAMIC_WIDTHS = {
+    "force_parameter_static_shapes": False,
+    "force_nn_module_property_static_shapes": False,
+    "recompile_limit": 32,
+    "fail_on_recompile_limit_hit": True,
+}
 
 
 def attention_sub_block(
@@ -61,10 +83,11 @@ class SubBlockRunner:
         if self.backend is None:
             return eager(*args)
         try:
-            return compiled(*args)
-        except torch.OutOfMemoryError:
-            raise
-        except Exception as error:  # anything compile raises: run eagerly from now on
+            with torch._dynamo.config.patch(DYNAMIC_WIDTHS):
+                return compiled(*args)
+        except Exception as error:  # anything else compile raises: run eagerly from now on
+            if is_out_of_memory(error):  # also inside a compile: the caller lowers the batch
+                raise as_out_of_memory(error) from error
             self._fall_back(error)
             return eager(*args)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 
-class EngineState(str, Enum):
+class EngineState(str, Enum):  # noqa: UP042 (str() and the wire keep the value)
     """Where the engine is; docs/engine.md gives what every command does in each."""
 
     LOADING = "loading"

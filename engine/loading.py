@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from .errors import BadInput, UnsupportedModel
+from .memory import is_out_of_memory
 from .names import looks_like_path
 from .pruned_modeling import MptuiPrunedConfig, family_model_types
 
@@ -128,20 +129,20 @@ def load_model(
             model = AutoModelForCausalLM.from_pretrained(
                 path,
                 dtype=torch_dtype,
-                device_map=device_map,
+                device_map=device_map or device,  # straight onto the device, not via the CPU
                 attn_implementation="sdpa",
                 trust_remote_code=carried_code,
             )
             reads.finish()
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=carried_code)
-    except torch.OutOfMemoryError as error:
+    except OSError as error:
+        raise BadInput(f"could not load model '{name_or_path}': {_first_line(error)}") from error
+    except RuntimeError as error:
+        if not is_out_of_memory(error):
+            raise
         raise BadInput(
             "out of memory while loading the model; use --device-map auto or a smaller --dtype"
         ) from error
-    except OSError as error:
-        raise BadInput(f"could not load model '{name_or_path}': {_first_line(error)}") from error
-    if device_map is None:
-        model.to(device)
     if any(p.device.type == "meta" for p in model.parameters()):
         raise BadInput("the device map offloads weights to disk; give it enough GPU/CPU memory")
     model.eval()

@@ -9,6 +9,30 @@ import torch
 
 from .events import MemorySample
 
+#: How CUDA libraries word an allocation failure that torch does not raise as its own
+#: OutOfMemoryError: cuBLAS or cuDNN failing to get a workspace, or the CUDA runtime's
+#: ``CUDA error: out of memory`` (torch.compile's own errors carry it in their message).
+ALLOCATION_FAILURES = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` means the device ran out of memory, however it was raised: every such
+    error takes the same fallback (a smaller batch), not only torch's OutOfMemoryError."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and any(
+        failure in str(error) for failure in ALLOCATION_FAILURES
+    )
+
+
+def as_out_of_memory(error: BaseException) -> torch.OutOfMemoryError:
+    """``error`` as torch's OutOfMemoryError, which every fallback catches."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return error
+    converted = torch.OutOfMemoryError(" ".join(str(error).split())[:500])
+    converted.__cause__ = error
+    return converted
+
 
 def sample_memory() -> MemorySample:
     cuda: tuple[tuple[int, int, int], ...] = ()

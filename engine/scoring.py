@@ -25,6 +25,7 @@ from .adapters import Adapter
 from .batching import auto_batch_size
 from .compiled import SubBlockRunner
 from .errors import OutOfMemory
+from .memory import is_out_of_memory
 from .pruned_modeling import is_removed
 
 _T = TypeVar("_T")
@@ -319,7 +320,9 @@ class Scorer:
         while True:
             try:
                 return work()
-            except torch.OutOfMemoryError as error:
+            except RuntimeError as error:  # torch's OutOfMemoryError and CUDA's other wordings
+                if not is_out_of_memory(error):
+                    raise
                 self._lower_batch(error)
 
     def _fresh_origin(self, index: int) -> int:

@@ -101,10 +101,13 @@ class Team:
         )
 
     def broadcast(self, value: Any) -> Any:
-        """The leader's ``value`` on every worker (the others pass anything, usually None)."""
+        """The leader's ``value`` on every worker (the others pass anything, usually None).
+
+        Its tensors travel from host memory: a pickled CUDA tensor would be rebuilt on the
+        leader's device index, which a worker pinned to other GPUs cannot see."""
         if self.world_size == 1:
             return value
-        box = [value]
+        box = [on_host(value)]
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
@@ -162,3 +165,14 @@ def split_by_cost(costs: Sequence[int], world_size: int) -> list[list[int]]:
         shares[rank].append(index)
         heapq.heappush(loads, (load + costs[index], rank))
     return [sorted(share) for share in shares]
+
+
+def on_host(value: Any) -> Any:
+    """``value`` with every tensor inside its dicts, lists and tuples copied to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {key: on_host(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(on_host(item) for item in value)
+    return value

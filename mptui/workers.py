@@ -14,12 +14,16 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
 
 #: Options of the launching process that its workers must not see again.
 _LAUNCH_ONLY = ("--workers",)
+#: How a worker starts: ``-P`` keeps the current folder off the import path, so a worker started
+#: from inside a clone of this repository imports the installed mptui, not the clone's folder.
+WORKER_COMMAND = ("-P", "-m", "mptui")
 #: How often the app looks for the workers' socket while they start.
 ATTACH_POLL_SECONDS = 0.3
 
@@ -118,7 +122,7 @@ def launch_with_app(args: argparse.Namespace, argv: list[str]) -> int:
     session.mkdir(parents=True, exist_ok=True)
     log = session / "workers.log"
     command = [
-        sys.executable, "-m", "mptui", *worker_argv(argv, None if args.resume else session),
+        sys.executable, *WORKER_COMMAND, *worker_argv(argv, None if args.resume else session),
         "--headless", "--workers", str(args.workers),
     ]  # fmt: skip
     with log.open("a") as output:
@@ -144,34 +148,66 @@ def _tail(path: Path, lines: int = 5) -> str:
 
 
 def launch(args: argparse.Namespace, argv: list[str]) -> int:
-    """Run ``args.workers`` local workers to the end; a worker that dies is named in one line."""
+    """Run ``args.workers`` local workers to the end; a worker that dies is named in one line.
+
+    The followers' stderr goes to files (rank 0's stays on the terminal: its progress lines),
+    so that a follower that dies can be quoted."""
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     folder = session_of(args)
     session = None if args.resume else folder  # a new run's folder, named for every worker
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per worker unless told otherwise
-    config = LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
-        nproc_per_node=args.workers,
-        run_id=uuid.uuid4().hex,
-        rdzv_backend="c10d",
-        rdzv_endpoint="localhost:0",
-        max_restarts=0,
-        monitor_interval=0.5,
-    )
-    try:
-        elastic_launch(config, sys.executable)("-m", "mptui", *worker_argv(argv, session))
-    except ChildFailedError as error:
-        rank, failure = error.get_first_failure()
-        how = failure.signal_name() if failure.exitcode < 0 else f"exit status {failure.exitcode}"
-        if failure.exitcode == 2:  # bad input: the leader already said why
-            return 2
-        print(
-            f"mptui: error: worker rank {rank} died ({how}); the run stopped with its journal "
-            f"intact; continue with: mptui --resume {folder}",
-            file=sys.stderr,
+    with tempfile.TemporaryDirectory(prefix="mptui-workers-") as logs:
+        followers = {rank: Std.ERR for rank in range(1, args.workers)}
+        config = LaunchConfig(
+            min_nodes=1,
+            max_nodes=1,
+            nproc_per_node=args.workers,
+            run_id=uuid.uuid4().hex,
+            rdzv_backend="c10d",
+            rdzv_endpoint="localhost:0",
+            max_restarts=0,
+            monitor_interval=0.5,
+            logs_specs=DefaultLogsSpecs(log_dir=logs, redirects=followers),
         )
-        return 1
+        try:
+            elastic_launch(config, sys.executable)(*WORKER_COMMAND, *worker_argv(argv, session))
+        except ChildFailedError as error:
+            rank, failure = error.get_first_failure()
+            if failure.exitcode == 2 and rank == 0:  # bad input: the leader already said why
+                return 2
+            how = (
+                failure.signal_name() if failure.exitcode < 0 else f"exit status {failure.exitcode}"
+            )
+            why = last_error_line(Path(logs), rank) if failure.exitcode > 0 else None
+            print(f"mptui: error: {death_notice(rank, how, why, folder)}", file=sys.stderr)
+            return 1
     return 0
+
+
+def death_notice(rank: int, how: str, why: str | None, folder: Path) -> str:
+    """What to tell the user about worker ``rank`` that died: ``why`` (its last error line, when
+    it exited with one), and whether ``--resume`` can continue (only a run that started can)."""
+    from mptui.engine.api import SessionFolder
+
+    if not SessionFolder(folder).holds_session():
+        said = f": {why}" if why else "; its error is above"
+        return f"worker rank {rank} died before the run started ({how}){said}"
+    said = f" ({why})" if why else ""
+    return (
+        f"worker rank {rank} died ({how}){said}; the run stopped with its journal intact; "
+        f"continue with: mptui --resume {folder}"
+    )
+
+
+def last_error_line(logs: Path, rank: int) -> str | None:
+    """The last line a follower wrote on stderr (a traceback ends with the exception), without
+    our own ``mptui: error:`` prefix; None for rank 0, whose stderr is the terminal's."""
+    files = sorted(logs.glob(f"*/attempt_*/{rank}/stderr.log"))
+    if not files:
+        return None
+    lines = [line.strip() for line in files[-1].read_text(errors="replace").splitlines()]
+    lines = [line for line in lines if line]
+    return lines[-1].removeprefix("mptui: error: ") if lines else None

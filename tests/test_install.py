@@ -4,6 +4,7 @@ install runs the demo, headless and in tmux, from a folder outside the repositor
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -123,13 +124,19 @@ def run(*args, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.slow
-def test_pip_install_runs_the_demo_outside_the_repository(source: Path, tmp_path: Path):
-    venv = tmp_path / "venv"
+@pytest.fixture(scope="module")
+def installed(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A venv with mptui installed from the source copy by pip (not editable)."""
+    venv = tmp_path_factory.mktemp("installed") / "venv"
     python = make_venv(venv)
     installed = run(python, *PIP, "install", *BUILD, "--ignore-installed", ".", cwd=source)
     assert installed.returncode == 0, installed.stdout + installed.stderr
+    return venv
 
+
+@pytest.mark.slow
+def test_pip_install_runs_the_demo_outside_the_repository(installed: Path, tmp_path: Path):
+    venv, python = installed, installed / "bin" / "python"
     here = tmp_path / "elsewhere"  # not the repository: its folders must not be importable
     here.mkdir()
     # Found without importing them (the runs below import them): torch alone takes seconds.
@@ -146,7 +153,6 @@ def test_pip_install_runs_the_demo_outside_the_repository(source: Path, tmp_path
     for origin in ours:
         assert Path(origin).is_relative_to(venv), origin  # the install, not the source tree
     assert engine == themes == "None"  # no top-level `engine` or `themes`
-
     mptui = venv / "bin" / "mptui"
     # A target the demo reaches in one step: every file the run reads, a fraction of the time.
     headless = run(
@@ -176,3 +182,24 @@ def test_pip_install_runs_the_demo_outside_the_repository(source: Path, tmp_path
         tmux.quit()
     finally:
         tmux.kill()
+
+
+@pytest.mark.slow
+def test_workers_started_inside_a_clone_import_the_installed_mptui(
+    installed: Path, source: Path, tmp_path: Path
+):
+    """Run from the root of a clone, whose mptui/ folder would shadow the install for a plain
+    ``python -m mptui``: the workers start with -P and use the installed package (before, they
+    imported the clone's folder and failed in seconds). The clone's own entry point here says
+    so if it is ever run."""
+    clone = tmp_path / "clone"
+    shutil.copytree(source, clone)
+    (clone / "mptui" / "__main__.py").write_text("raise SystemExit('the clone was imported')\n")
+    session = tmp_path / "session"
+    result = run(
+        installed / "bin" / "mptui", "--demo", "--headless", "--workers", "2",
+        "--target-ratio", "0.05", "--session", session, cwd=clone,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "finished (done)" in result.stdout
+    assert json.loads((session / "plan.json").read_text())["steps"]

@@ -216,3 +216,32 @@ def test_each_worker_sees_only_its_own_slice_of_the_gpus(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     with pytest.raises(BadInput, match="worker 1 needs GPUs 2-3 but 3 are visible"):
         pin_gpus(2)
+
+
+def test_a_follower_that_dies_before_the_run_starts_says_why(tmp_path):
+    """Rank 1 fails as its interpreter starts (a sitecustomize on the path exits there with an
+    import error's line, as a broken install would): one line quotes it, and no --resume is
+    offered for a run that never started; the session folder holds no session."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    raise SystemExit('ImportError: no module named flash_attn_9 (injected)')\n"
+    )
+    env = worker_env() | {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))
+    }
+    session = tmp_path / "session"
+    result = subprocess.run(
+        [sys.executable, "-m", "mptui", *DEMO, "--workers", "2", "--session", str(session)],
+        env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT,
+    )  # fmt: skip
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("mptui: error:")]
+    assert errors == [
+        "mptui: error: worker rank 1 died before the run started (exit status 1): "
+        "SystemExit: ImportError: no module named flash_attn_9 (injected)"
+    ], result.stderr
+    assert "--resume" not in result.stderr
+    assert not (session / "settings.json").exists()

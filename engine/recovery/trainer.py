@@ -6,6 +6,10 @@ micro-batches; its loss is the mean token loss over all their label tokens, howe
 split, so lowering the micro-batch after an out-of-memory error changes nothing but speed.
 Everything a resumed run needs to continue bit for bit (adapter, optimizer, scheduler, RNG, the
 micro-batch in use) is in :meth:`Trainer.state_dict`.
+
+A float16 model (Llama-2's checkpoints, loaded with ``--dtype auto`` on a GPU) is not trained as
+it is: its gradients underflow. It trains in bfloat16 where the device supports it, else in
+float16 with a gradient scaler; peft keeps the adapters themselves in float32 either way.
 """
 
 from __future__ import annotations
@@ -18,12 +22,24 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import OutOfMemory
+from ..memory import is_out_of_memory
 from .data import IGNORE, Example
 from .lora import add_adapters
 from .settings import RecoverySettings
 
 #: Gradient norm clip, as transformers' Trainer that the reference used.
 MAX_GRAD_NORM = 1.0
+
+
+def training_dtype(model_dtype: torch.dtype, bf16_supported: bool) -> tuple[torch.dtype, bool]:
+    """The dtype the base model trains in, and whether the loss needs a gradient scaler."""
+    if model_dtype != torch.float16:
+        return model_dtype, False
+    return (torch.bfloat16, False) if bf16_supported else (torch.float16, True)
+
+
+def device_supports_bf16(device: torch.device) -> bool:
+    return device.type != "cuda" or torch.cuda.is_bf16_supported()
 
 
 @dataclass(frozen=True)
@@ -43,8 +59,10 @@ class Trainer:
         *,
         pad_id: int = 0,
         on_notice: Callable[[str], None] = lambda message: None,
+        bf16_supported: bool | None = None,
     ) -> None:
-        """Adds adapters to ``model`` in place (seeded, so two runs start alike)."""
+        """Adds adapters to ``model`` in place (seeded, so two runs start alike); a float16
+        ``model`` is first cast to bfloat16 when ``bf16_supported`` (default: asks the device)."""
         from transformers import get_linear_schedule_with_warmup
 
         self.settings = settings
@@ -52,6 +70,16 @@ class Trainer:
         self.pad_id = pad_id
         self.on_notice = on_notice
         torch.manual_seed(settings.seed)
+        self.device = next(model.parameters()).device
+        if bf16_supported is None:
+            bf16_supported = device_supports_bf16(self.device)
+        model_dtype = next(model.parameters()).dtype
+        dtype, scaled = training_dtype(model_dtype, bf16_supported)
+        if dtype != model_dtype:
+            model.to(dtype)
+            on_notice("the model is float16 (its gradients underflow): recovery trains in bfloat16")
+        #: Loss scaling for float16 training where bfloat16 is not available (None otherwise).
+        self.scaler = torch.amp.GradScaler(self.device.type) if scaled else None
         self.model = add_adapters(model, settings)
         if settings.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(
@@ -67,7 +95,6 @@ class Trainer:
         self.micro_batch = settings.batch_size
         self._order_epoch: int | None = None
         self._order_cache: list[int] = []
-        self.device = next(self.model.parameters()).device
 
     @property
     def trainable(self) -> int:
@@ -126,9 +153,15 @@ class Trainer:
         """One optimizer step; on out-of-memory, halve the micro-batch and run the step again."""
         examples = self.step_examples(self.step)
         loss = self._with_oom_fallback(lambda: self._accumulate(examples))
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients
         torch.nn.utils.clip_grad_norm_(self.params, MAX_GRAD_NORM)
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)  # skipped when a gradient overflowed
+            self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
@@ -142,7 +175,8 @@ class Trainer:
         loss_sum = 0.0
         for start in range(0, len(examples), self.micro_batch):
             nll = self._nll_sum(examples[start : start + self.micro_batch])
-            (nll / total).backward()
+            loss = nll / total
+            (loss if self.scaler is None else self.scaler.scale(loss)).backward()
             loss_sum += nll.item()
         return loss_sum / total
 
@@ -151,7 +185,9 @@ class Trainer:
         while True:
             try:
                 return work()
-            except torch.OutOfMemoryError:
+            except RuntimeError as error:  # torch's OutOfMemoryError and CUDA's other wordings
+                if not is_out_of_memory(error):
+                    raise
                 self._lower_micro_batch()
 
     def _lower_micro_batch(self) -> None:
@@ -205,6 +241,8 @@ class Trainer:
         }  # fmt: skip
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -216,5 +254,7 @@ class Trainer:
         torch.set_rng_state(state["rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         self.step = state["step"]
         self.micro_batch = state["micro_batch"]

@@ -8,17 +8,12 @@ skipped with a message for the user, never a crash.
 from __future__ import annotations
 
 import os
-import sys
+import tomllib
 from dataclasses import fields
 from importlib import resources
 from pathlib import Path
 
 from textual.theme import Theme
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 THEME_KEYS = {f.name for f in fields(Theme)} - {"variables"}
 
