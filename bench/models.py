@@ -47,3 +47,20 @@ def build_llama_in_memory(
         )
     model.eval().requires_grad_(False)
     return model, tiny_tokenizer(min(shape["vocab_size"], 32000))
+
+
+def spread_sub_blocks(model, seed: int = 0, octaves: float = 4.0) -> None:
+    """Scale each sub-block's output projection by its own factor, a seeded shuffle of factors
+    spread evenly over ``octaves`` powers of two. Random weights make every sub-block alike, so
+    all candidates tie to within rounding and "the same choice" would mean nothing; spread
+    apart, their removals cost clearly different perplexities, as in a trained model."""
+    import torch
+
+    layers = model.model.layers
+    outputs = [layer.self_attn.o_proj for layer in layers]
+    outputs += [layer.mlp.down_proj for layer in layers]
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(outputs), generator=generator).tolist()
+    for rank, projection in zip(order, outputs, strict=True):
+        factor = 2 ** (octaves * (rank / max(1, len(outputs) - 1) - 0.5))
+        projection.weight.data.mul_(factor)
