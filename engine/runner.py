@@ -40,6 +40,7 @@ from .recovery.folder import RecoveryFolder
 from .recovery.run import RecoveryRun
 from .recovery.run import prepare as prepare_recovery
 from .recovery.settings import RecoverySettings
+from .recovery.source import RecoverySource
 from .session import PruningSession, StepStats
 from .setup import RunRequest, build_session
 from .step_work import LocalScoring, Scoring, StepWork, TeamScoring
@@ -540,8 +541,9 @@ class Engine:
             self.recovery = prepare_recovery(
                 copy.deepcopy(session.model), session.tokenizer, settings,
                 RecoveryFolder(self._session_dir), self._emit,
-                {"export": self.request.model} if from_export and not session.steps
-                else {"session": str(self._session_dir)},
+                RecoverySource("export", Path(self.request.model))
+                if from_export and not session.steps
+                else RecoverySource("session", self._session_dir),
                 self.request.cache_dir,
             )  # fmt: skip
         except EngineError as error:

@@ -37,6 +37,7 @@ from .snapshot import Snapshot
 from .wire import Welcome
 
 SOCKET = "engine.sock"
+
 TOKEN = "token"
 #: Lines queued for one client before it counts as stuck and is dropped.
 BACKLOG = 10_000

@@ -25,7 +25,7 @@ from .calibration import (
 from .channel_order import apply_order, reorder_model
 from .compiled import resolve_backend
 from .errors import BadInput
-from .loading import check_supported, load_config, load_model, max_positions
+from .loading import check_seqlen, check_supported, load_config, load_model
 from .names import model_label
 from .plan import PlanStep
 from .scoring import Scorer
@@ -65,17 +65,11 @@ def preflight(request: RunRequest) -> None:
     against the model's limit, and a calibration source that exists and has text."""
     config = load_config(request.model)
     check_supported(config)
-    _check_seqlen(request.settings.calibration.seqlen, config)
+    check_seqlen(request.settings.calibration.seqlen, config)
     spec = request.settings.calibration
     if not spec.source:
         raise BadInput("no calibration text given; pass --calibration PATH")
     load_documents(spec.source, spec.text_field)  # a dataset name: reachable, or one clear line
-
-
-def _check_seqlen(seqlen: int, config) -> None:
-    limit = max_positions(config)
-    if limit is not None and seqlen > limit:
-        raise BadInput(f"--seqlen {seqlen} is above this model's limit of {limit}")
 
 
 def build_session(
@@ -112,7 +106,7 @@ def build_session(
     emit(ev.Activity(""))
     check()
     adapter = adapter_for(model)
-    _check_seqlen(settings.calibration.seqlen, model.config)
+    check_seqlen(settings.calibration.seqlen, model.config)
     chunks_by_dimension = _calibration(request, tokenizer) if leads else None
     orders = None
     if leads:

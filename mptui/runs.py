@@ -167,11 +167,11 @@ def resumed_recovery(folder: Path):
 
 def recover_now(args: argparse.Namespace):
     """``mptui EXPORT --recover``: the recovery to run straight after loading (no search)."""
-    from mptui.engine.api import BadInput, describe_source
+    from mptui.engine.api import BadInput, RecoverySource
 
     if not getattr(args, "recover", False):
         return None
-    if not args.model or "export" not in describe_source(Path(args.model)):
+    if not args.model or RecoverySource.find(Path(args.model)).is_session:
         raise BadInput("--recover works on an export folder (give its path as MODEL)")
     settings = app_recovery(args)
     if settings is None:

@@ -131,10 +131,10 @@ async def test_an_export_opened_with_recover_goes_straight_to_the_recovery(
 ):
     from test_recovery import make_session
 
-    from mptui.engine.api import export_model, load_pruned
+    from mptui.engine.api import RecoverySource, export_model
 
     session = make_session(tmp_path / "pruned", tiny_model_dir("llama"))
-    pruned, tokenizer, plan = load_pruned({"session": str(session)})
+    pruned, tokenizer, plan = RecoverySource("session", session).load()
     export_model(pruned, tokenizer, plan, tmp_path / "export")
     prune = PruneSettings.with_distribution(
         0.2, "30:40:30", calibration=CalibrationSpec(str(calibration_file), 0, 32)
@@ -149,7 +149,8 @@ async def test_an_export_opened_with_recover_goes_straight_to_the_recovery(
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_until(pilot, lambda: app.state.recovery and app.state.recovery.finished)
         assert app.state.recovery.finished == "done" and app.state.steps == []
-    assert (tmp_path / "state" / "recovery" / "checkpoint.pt").is_file()
+    saved = tmp_path / "state" / "recovery" / "checkpoint.pt"
+    assert saved.is_file()
 
 
 def test_a_recovery_that_fails_says_so_and_the_engine_keeps_answering(

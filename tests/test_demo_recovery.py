@@ -10,7 +10,7 @@ from mptui.engine.plan import Plan, PlanModel, PlanStep, write_json_atomic
 from mptui.engine.recovery import events as rev
 from mptui.engine.recovery.folder import RecoveryFolder
 from mptui.engine.recovery.run import prepare
-from mptui.engine.recovery.source import load_pruned
+from mptui.engine.recovery.source import RecoverySource
 from mptui.engine.structures import Structure
 
 #: The costliest removals of the demo's own 25% plan (its blocks and head groups).
@@ -30,8 +30,8 @@ def test_the_demo_recovery_beats_the_pruned_demo_model_on_validation_perplexity(
     model = PlanModel(str(DEMO_DIR / "model"), 0, 8, 512, 192, dtype="float32")
     write_json_atomic(session / "plan.json", Plan(model, {}, 0.0, steps).to_dict())
     write_json_atomic(session / "settings.json", {})
-    source = {"session": str(session)}
-    pruned, tokenizer, _ = load_pruned(source)
+    source = RecoverySource("session", session)
+    pruned, tokenizer, _ = source.load()
     # a fifth of the demo's 300 steps keeps the suite quick; the same recipe otherwise
     settings = dataclasses.replace(demo_recovery_settings(), steps=60, eval_every=60)
     events: list = []

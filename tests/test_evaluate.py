@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
 from mptui.engine.evaluate import check_tasks, rolling_perplexity
-from mptui.engine.surgery import apply_plan
+from mptui.engine.rebuild import apply_plan
 
 MPTUI = Path(sys.executable).parent / "mptui"
 

@@ -20,8 +20,8 @@ from mptui.engine.evaluate import rolling_perplexity
 from mptui.engine.export import export_model
 from mptui.engine.plan import Plan, PlanModel, PlanStep
 from mptui.engine.pruned_modeling import IncompleteCheckpoint
+from mptui.engine.rebuild import apply_plan
 from mptui.engine.structures import Structure
-from mptui.engine.surgery import apply_plan
 from mptui.engine.tiny import FAMILIES
 
 #: Loads each export in a fresh interpreter where importing mptui fails, as on a machine

@@ -28,7 +28,8 @@ def app_command(model: Path, calibration: Path, session: Path, *extra: str) -> s
 def owner_pid(session: Path) -> int:
     deadline = time.monotonic() + 60
     while True:
-        text = (session / "lock").read_text() if (session / "lock").exists() else ""
+        lock = session / "lock"
+        text = lock.read_text() if lock.exists() else ""
         if text.startswith("process "):
             return int(text.split()[1])
         assert time.monotonic() < deadline, "the app never took the session lock"

@@ -20,7 +20,7 @@ from mptui.engine.recovery.data import IGNORE, alpaca_prompt, instruction_exampl
 from mptui.engine.recovery.folder import RecoveryFolder
 from mptui.engine.recovery.run import prepare
 from mptui.engine.recovery.settings import RecoverySettings
-from mptui.engine.recovery.source import load_pruned
+from mptui.engine.recovery.source import RecoverySource
 from mptui.engine.structures import Structure
 from mptui.engine.tiny import tiny_text
 
@@ -60,8 +60,8 @@ def settings(data: Path, **changes) -> RecoverySettings:
 
 
 def start(session: Path, recovery: RecoverySettings, events: list | None = None):
-    source = {"session": str(session)}
-    model, tokenizer, plan = load_pruned(source)
+    source = RecoverySource("session", session)
+    model, tokenizer, plan = source.load()
     emit = events.append if events is not None else (lambda event: None)
     return prepare(model, tokenizer, recovery, RecoveryFolder(session), emit, source), plan
 
@@ -150,7 +150,7 @@ def test_a_recovered_export_is_the_merged_model_and_loads_without_mptui_or_peft(
 ):
     run, plan = start(session, settings(text_file, steps=2, eval_every=1))
     assert run.run() == "done"
-    pruned, _, _ = load_pruned({"session": str(session)})
+    pruned, _, _ = RecoverySource("session", session).load()
     ids = torch.randint(3, 500, (2, 20), generator=torch.Generator().manual_seed(1))
     merged = run.merged()
     with torch.inference_mode():
@@ -296,7 +296,7 @@ def test_an_export_recovers_in_a_session_folder_of_its_own(session, text_file, t
     from mptui.engine.export import export_model
     from mptui.recover_cli import main
 
-    pruned, tokenizer, plan = load_pruned({"session": str(session)})
+    pruned, tokenizer, plan = RecoverySource("session", session).load()
     export_model(pruned, tokenizer, plan, tmp_path / "export")
     state = tmp_path / "state"
     argv = [str(tmp_path / "export"), "--data", str(text_file), "--steps", "2", "--seqlen", "32",
@@ -305,7 +305,7 @@ def test_an_export_recovers_in_a_session_folder_of_its_own(session, text_file, t
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "exported to" in out and "recovery done: validation perplexity" in out
-    assert RecoveryFolder(state).read_settings()[1]["export"] == str(tmp_path / "export")
+    assert RecoveryFolder(state).read_settings()[1] == RecoverySource("export", tmp_path / "export")
     assert RecoveryFolder(state).saved_step() == 2
     stored = load_file(tmp_path / "recovered" / "model.safetensors")
     assert sum(t.numel() for t in stored.values()) == unique_parameters(pruned)
@@ -325,8 +325,8 @@ def test_parquet_instruction_rows_and_gradient_checkpointing(session, tmp_path):
     adapters = []
     for checkpointing, where in ((False, session), (True, tmp_path / "again")):
         if checkpointing:
-            make_session(where, Path(json.loads((session / "plan.json").read_text())["model"][
-                "name_or_path"]))  # fmt: skip
+            plan = json.loads((session / "plan.json").read_text())
+            make_session(where, Path(plan["model"]["name_or_path"]))
         recovery = settings(tmp_path / "rows.parquet", steps=1, dropout=0.0, seqlen=256,
                             gradient_checkpointing=checkpointing)  # fmt: skip
         run, _ = start(where, recovery)

@@ -58,7 +58,8 @@ def uninterrupted(tiny_model_dir, calibration_file, tmp_path_factory):
     process = start(tiny_model_dir("llama"), calibration_file, session)
     _, err = process.communicate(timeout=300)
     assert process.returncode == 0, err
-    assert (session / "summary.md").exists() and (session / "summary.json").exists()
+    assert (session / "summary.md").exists()
+    assert (session / "summary.json").exists()
     assert (session / "channel_order.safetensors").is_file()  # resume reads it back
     return plan_of(session)
 

@@ -21,10 +21,10 @@ from mptui.engine import commands as cmd
 from mptui.engine import events as ev
 from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
 from mptui.engine.plan import PlanStep
+from mptui.engine.rebuild import apply_plan
 from mptui.engine.scoring import Scorer
 from mptui.engine.session_folder import SessionFolder
 from mptui.engine.structures import DIMENSIONS, Structure
-from mptui.engine.surgery import apply_plan
 from tests.test_control import EventLog, finish
 
 TIMEOUT = 60

@@ -22,6 +22,7 @@ import torch
 from ..errors import BadInput
 from ..plan import write_json_atomic
 from .settings import RecoverySettings
+from .source import RecoverySource
 
 DIR = "recovery"
 SETTINGS = "settings.json"
@@ -43,16 +44,18 @@ class RecoveryFolder:
         return self.path / CHECKPOINT
 
     # --- settings ---------------------------------------------------------------------------
-    def write_settings(self, settings: RecoverySettings, model: dict) -> None:
-        """``model``: where the pruned model comes from (``{"session": ...}`` or
-        ``{"export": PATH}``)."""
+    def write_settings(self, settings: RecoverySettings, source: RecoverySource) -> None:
+        """``source``: where the pruned model comes from, so a resume loads it the same way."""
         self.path.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.path / SETTINGS, {"settings": settings.to_dict(), "model": model})
+        record = {"settings": settings.to_dict(), "model": source.to_dict()}
+        write_json_atomic(self.path / SETTINGS, record)
 
-    def read_settings(self) -> tuple[RecoverySettings, dict]:
+    def read_settings(self) -> tuple[RecoverySettings, RecoverySource]:
         try:
             data = json.loads((self.path / SETTINGS).read_text())
-            return RecoverySettings.from_dict(data["settings"]), data["model"]
+            return RecoverySettings.from_dict(data["settings"]), RecoverySource.from_dict(
+                data["model"]
+            )
         except FileNotFoundError:
             raise BadInput(f"'{self.session}' has no recovery to continue") from None
         except (json.JSONDecodeError, KeyError, TypeError) as error:
@@ -115,3 +118,20 @@ class RecoveryFolder:
             except json.JSONDecodeError:
                 break
         return records
+
+
+def recovered_model(pruned, session: Path):
+    """``pruned`` (rebuilt from the session) with the session's saved adapter merged into it,
+    in place; None when the session holds no recovery."""
+    from peft import set_peft_model_state_dict
+
+    from .lora import add_adapters
+
+    folder = RecoveryFolder(session)
+    state = folder.load()
+    if state is None:
+        return None
+    settings, _ = folder.read_settings()
+    wrapped = add_adapters(pruned, settings)
+    set_peft_model_state_dict(wrapped, state["adapter"])
+    return wrapped.merge_and_unload().eval()
