@@ -20,8 +20,8 @@ import torch
 
 from mptui.engine.run_request import RunRequest
 from mptui.engine.session import StepStats
+from mptui.engine.session_setup import build_session
 from mptui.engine.settings import CalibrationSpec, PruneSettings
-from mptui.engine.setup import build_session
 
 from .flops import evaluation_flops
 from .models import build_llama_in_memory

@@ -10,8 +10,8 @@ to its events and :meth:`Engine.send` it commands (docs/engine.md has the states
 protocol*).
 
 Importing this module is cheap: the plain-value parts (commands, events, errors, defaults,
-structures) load at once, everything that needs torch on first use, so ``mptui --help`` stays
-instant while it names the defaults.
+structures, settings, requests) load at once, everything that needs torch on first use, so
+``mptui --help`` stays instant while it names the defaults.
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ from .names import model_label
 from .recovery import events as recovery_events
 from .recovery.settings import RecoverySettings, parse_targets
 from .remote import RemoteEngine, attach
+from .run_request import RunRequest
 from .serve import EngineServer, parse_listen
+from .settings import FAITHFUL_CALIBRATION, CalibrationSpec, PruneSettings
 from .structures import DIMENSIONS, Structure
 
 if TYPE_CHECKING:
@@ -69,11 +71,7 @@ if TYPE_CHECKING:
 _LAZY: dict[str, str] = {
     "Engine": "runner",
     "Outcome": "runner",
-    "RunRequest": "setup",
-    "preflight": "setup",
-    "PruneSettings": "settings",
-    "FAITHFUL_CALIBRATION": "settings",
-    "CalibrationSpec": "calibration",
+    "preflight": "session_setup",
     "split_documents": "calibration",
     "tokenize_chunks": "calibration",
     "SessionFolder": "session_folder",
@@ -146,10 +144,7 @@ def prune(
     failed. ``options`` are the remaining :class:`PruneSettings` fields (``mlp_group``,
     ``attn_group``, ``block_count``, ``batch_size``, ``prefix_cache``, ``faithful``).
     """
-    from .calibration import CalibrationSpec
     from .runner import Engine
-    from .settings import PruneSettings
-    from .setup import RunRequest
 
     settings = PruneSettings.with_distribution(
         target_ratio,
@@ -192,16 +187,20 @@ __all__ = [
     "DEFAULT_TEXT_FIELD",
     "DEFAULT_THEME",
     "DIMENSIONS",
+    "FAITHFUL_CALIBRATION",
     "BadInput",
     "CalibrationError",
+    "CalibrationSpec",
     "Cancelled",
     "EngineError",
     "EngineServer",
     "EngineState",
     "EvalRequest",
     "OutOfMemory",
+    "PruneSettings",
     "RemoteEngine",
     "RecoverySettings",
+    "RunRequest",
     "Structure",
     "UnsupportedModel",
     "attach",

@@ -16,13 +16,13 @@ import random
 import re
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import CalibrationError
+from .settings import CalibrationSpec
 
 if TYPE_CHECKING:
     import datasets
@@ -37,21 +37,6 @@ _FILE_SUFFIXES = (".txt", ".jsonl", ".parquet")
 _SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 # The reference's split seed and its ``random.seed`` for the draws (docs/method.md §9).
 _FAITHFUL_SEED = 42
-
-
-@dataclass(frozen=True)
-class CalibrationSpec:
-    """Where the calibration text comes from and how it is cut (recorded in plan.json)."""
-
-    source: str
-    nsamples: int = 0
-    seqlen: int = 2048
-    seed: int = 42
-    text_field: str = "text"
-
-    def to_dict(self) -> dict:
-        """Plain values, so plan.json can record and rebuild the spec."""
-        return asdict(self)
 
 
 # --- documents ---------------------------------------------------------------------------------

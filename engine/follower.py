@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from . import directives as dv
+from .run_request import RunRequest
 from .session import PruningSession
-from .setup import RunRequest, build_session
+from .session_setup import build_session
 from .team import Team
 
 

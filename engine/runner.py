@@ -41,8 +41,9 @@ from .recovery.run import RecoveryRun
 from .recovery.run import prepare as prepare_recovery
 from .recovery.settings import RecoverySettings
 from .recovery.source import RecoverySource
+from .run_request import RunRequest
 from .session import PruningSession, StepStats
-from .setup import RunRequest, build_session
+from .session_setup import build_session
 from .step_work import LocalScoring, Scoring, StepWork, TeamScoring
 from .structures import Structure
 from .team import Team

@@ -28,12 +28,11 @@ from pathlib import Path
 
 from . import channel_order
 from . import events as ev
-from .calibration import CalibrationSpec
 from .errors import BadInput
 from .evaluate import flat_scores
 from .plan import Plan, PlanStep, read_plan_file, write_json_atomic
-from .settings import PruneSettings
-from .setup import RunRequest
+from .run_request import RunRequest
+from .settings import CalibrationSpec, PruneSettings
 from .summary import write_summary
 
 SETTINGS = "settings.json"

@@ -17,7 +17,7 @@ from mptui.engine import commands as cmd
 from mptui.engine import events as ev
 from mptui.engine import follower
 from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
-from mptui.engine.setup import build_session
+from mptui.engine.session_setup import build_session
 from mptui.engine.team import split_by_cost
 from mptui.engine.tiny import FAMILIES
 

@@ -328,7 +328,7 @@ def test_the_build_can_be_cut_at_every_piece_of_work(dense, calibration_file, tm
     """Loading, ranking, dense scoring and a resume replay all call the interrupt between
     their pieces; cutting at each of them stops the build there."""
     from mptui.engine.errors import Cancelled
-    from mptui.engine.setup import build_session
+    from mptui.engine.session_setup import build_session
 
     engine, _ = engine_for(dense, calibration_file, tmp_path)
     plan = engine.run().plan
