@@ -60,7 +60,8 @@ def run_and_report(remote, target: str, theme: str | None) -> int:
 def run_attached(remote, theme: str | None) -> None:
     from mptui.app.app import MptuiApp
 
-    from .runs import cache_dir, terminal_kept_logs_to
+    from .places import cache_dir
+    from .terminal import terminal_kept_logs_to
 
     welcome = remote.welcome
     session = Path(welcome.session)

@@ -269,7 +269,7 @@ def demo_defaults(args: argparse.Namespace) -> None:
     args.recover_data = args.recover_data or str(DEMO_DIR / "calibration.txt")
     if not args.eval_tasks:
         from .demo.tasks import TASK, include_path
-        from .runs import cache_dir
+        from .places import cache_dir
 
         args.eval_tasks = TASK
         args.eval_include_path = args.eval_include_path or str(include_path(cache_dir()))
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         from .recover_cli import resume
 
         return resume(Path(args.resume))
-    from .runs import run_from_args
+    from .run_cli import run_from_args
 
     return run_from_args(args, argv)
 

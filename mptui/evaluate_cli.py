@@ -54,7 +54,7 @@ def main(argv: list[str]) -> int:
     if not args.model and not args.session:
         parser.error("give a MODEL or --session DIR")
     from mptui.engine.api import EngineError
-    from mptui.runs import quiet_libraries
+    from mptui.terminal import quiet_libraries
 
     quiet_libraries()
     try:

@@ -24,7 +24,7 @@ def build_parser():
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from mptui.engine.api import EngineError, describe_export
-    from mptui.runs import quiet_libraries
+    from mptui.terminal import quiet_libraries
 
     quiet_libraries()
     try:

@@ -208,7 +208,8 @@ def main(argv: list[str]) -> int:
     if not args.data and not args.demo:
         parser.error("give --data FILE|DATASET (or --demo)")
     from mptui.engine.api import EngineError, RecoveryFolder, RecoverySource
-    from mptui.runs import default_session_dir, quiet_libraries
+    from mptui.places import default_session_dir
+    from mptui.terminal import quiet_libraries
 
     quiet_libraries()
     try:
@@ -230,7 +231,7 @@ def main(argv: list[str]) -> int:
 def resume(folder: Path) -> int:
     """``mptui --resume DIR`` of a session whose recovery has started (headless)."""
     from mptui.engine.api import EngineError, RecoveryFolder
-    from mptui.runs import quiet_libraries
+    from mptui.terminal import quiet_libraries
 
     quiet_libraries()
     try:
@@ -251,7 +252,7 @@ def recover(
         check_recovery,
         prepare_recovery,
     )
-    from mptui.runs import calibration_cache_dir
+    from mptui.places import calibration_cache_dir
 
     from .export_cli import writing_lines
 

@@ -16,7 +16,7 @@ from test_tmux import Tmux
 
 from mptui.cli import build_parser, demo_defaults
 from mptui.engine.api import Engine
-from mptui.runs import build_request
+from mptui.run_cli import build_request
 
 DEMO = ["--demo", "--headless", "--target-ratio", "0.1"]
 RUN_TIMEOUT = 300
