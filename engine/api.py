@@ -90,7 +90,6 @@ _LAZY: dict[str, str] = {
     "LinePrinter": "headless",
     "adapter_for": "adapters",
     "Scorer": "scoring",
-    "train_byte_level_bpe": "tiny",
     "Plan": "plan",
     "PlanStep": "plan",
     "LayerRow": "plan",

@@ -452,7 +452,7 @@ class Engine:
         except BaseException:
             self._recommit(step)  # not on disk: the undo did not happen
             raise
-        self._scoring.mirror(dv.Undo())
+        self._scoring.mirror(dv.UndoCommit())
         self._settled()
         self._save_plan()
         structure = step.structure

@@ -14,6 +14,7 @@ from conftest import run_cli
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from bench.tiny import FAMILIES
 from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
 from mptui.engine.errors import BadInput
 from mptui.engine.evaluate import rolling_perplexity
@@ -22,7 +23,6 @@ from mptui.engine.plan import Plan, PlanModel, PlanStep
 from mptui.engine.pruned_modeling import IncompleteCheckpoint
 from mptui.engine.rebuild import apply_plan
 from mptui.engine.structures import Structure
-from mptui.engine.tiny import FAMILIES
 
 #: Loads each export in a fresh interpreter where importing mptui fails, as on a machine
 #: without it, and saves its logits and a greedy continuation.

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from bench.tiny import tiny_text
 from mptui.engine.plan import Plan, PlanModel, PlanStep, write_json_atomic
 from mptui.engine.recovery import events as rev
 from mptui.engine.recovery.data import IGNORE, alpaca_prompt, instruction_example
@@ -22,7 +23,6 @@ from mptui.engine.recovery.run import prepare
 from mptui.engine.recovery.settings import RecoverySettings
 from mptui.engine.recovery.source import RecoverySource
 from mptui.engine.structures import Structure
-from mptui.engine.tiny import tiny_text
 
 PRUNED = [
     Structure("attn_block", 1),
