@@ -20,7 +20,7 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import commands, events, wire
+from . import commands, events, session_files, wire
 from .defaults import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DISTRIBUTION,
@@ -211,5 +211,6 @@ __all__ = [
     "wire",
     "parse_targets",
     "recovery_events",
+    "session_files",
     *_LAZY,
 ]

@@ -43,6 +43,7 @@ from .recovery.settings import RecoverySettings
 from .recovery.source import RecoverySource
 from .run_request import RunRequest
 from .session import PruningSession, StepStats
+from .session_files import PLAN
 from .session_setup import build_session
 from .step_work import LocalScoring, Scoring, StepWork, TeamScoring
 from .structures import Structure
@@ -508,7 +509,7 @@ class Engine:
             return
         plan = plan or self.session.plan()
         for folder in self._plan_dirs:
-            write_plan(folder / "plan.json", plan)
+            write_plan(folder / PLAN, plan)
 
     # --- recovery (docs/method.md §10) ---------------------------------------------------------
     def _on_recover(self, command: cmd.Recover) -> Outcome:

@@ -288,6 +288,13 @@ def check_listen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error(str(error))
 
 
+def recovery_started(session: Path) -> bool:
+    """``--resume`` of a session whose recovery has started continues the recovery."""
+    from .engine.api import session_files as files
+
+    return (session / files.RECOVERY / files.RECOVERY_SETTINGS).is_file()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["eval"]:
@@ -317,11 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     for option, value in (("--workers", args.workers), ("--gpus-per-worker", args.gpus_per_worker)):
         if value is not None and value < 1:
             parser.error(f"{option} {value} must be 1 or more")
-    if (
-        args.resume
-        and args.headless
-        and (Path(args.resume) / "recovery" / "settings.json").is_file()
-    ):
+    if args.resume and args.headless and recovery_started(Path(args.resume)):
         from .recover_cli import resume
 
         return resume(Path(args.resume))

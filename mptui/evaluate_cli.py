@@ -75,6 +75,7 @@ def run(args) -> dict:
         load_model,
         rebuild_pruned,
         recovered_model,
+        session_files,
         write_json_atomic,
         write_summary,
     )
@@ -113,6 +114,6 @@ def run(args) -> dict:
         progress = ProgressLines("evaluating the recovered model")
         results["recovered"] = evaluate(recovered, tokenizer, request, progress=progress)
     results["ratio"] = plan.ratio
-    write_json_atomic(folder.path / "evaluation.json", results)
+    write_json_atomic(folder.path / session_files.EVALUATION, results)
     write_summary(folder.path, plan, flat_scores(results))
     return results

@@ -84,12 +84,12 @@ class OpenedSession:
 
 def open_session(args: argparse.Namespace) -> OpenedSession:
     """A new session, or one to resume with everything the user decided in it."""
-    from mptui.engine.api import BadInput, SessionFolder, preflight
+    from mptui.engine.api import BadInput, SessionFolder, preflight, session_files
 
     export = Path(args.export) if getattr(args, "export", None) else None
     if args.resume:
         folder = SessionFolder(Path(args.resume))
-        if not (folder.path / "settings.json").is_file():
+        if not (folder.path / session_files.SETTINGS).is_file():
             raise BadInput(f"'{folder.path}' is not an mptui session (no settings.json)")
         folder.lock()
         saved = folder.read_run(cache_dir=calibration_cache_dir())
@@ -292,14 +292,14 @@ def run_app(engine, opened: OpenedSession, args: argparse.Namespace) -> int:
     engine is stopped and joined before the session is unlocked, so its summary is written and
     ``--resume`` works at once."""
     from mptui.app.app import MptuiApp
-    from mptui.engine.api import commands
+    from mptui.engine.api import commands, session_files
 
     session_dir = opened.folder.path
     eval_request = app_eval_request(args, opened.request.settings.calibration.seqlen)
-    export_dir = opened.export_dir or session_dir / "export"
+    export_dir = opened.export_dir or session_dir / session_files.EXPORT
     stop_on_signals(engine, signal.SIGHUP, signal.SIGTERM)  # until the app takes them over
     try:
-        with terminal_kept_logs_to(session_dir / "mptui.log"):
+        with terminal_kept_logs_to(session_dir / session_files.LOG):
             MptuiApp(
                 engine, theme_name=args.theme, eval_request=eval_request, export_dir=export_dir,
                 recovery=app_recovery(args),

@@ -94,13 +94,13 @@ def launch_with_app(args: argparse.Namespace, argv: list[str]) -> int:
     """The app on a run of ``args.workers`` workers: they run headless in the background, in a
     session of their own (closing the terminal leaves them going, as a detach does), and the
     app attaches to rank 0. Quitting asks whether to detach or stop the run."""
-    from mptui.engine.api import BadInput, attach
+    from mptui.engine.api import BadInput, attach, session_files
 
     from .attach_cli import run_and_report
 
     session = session_of(args)
     session.mkdir(parents=True, exist_ok=True)
-    log = session / "workers.log"
+    log = session / session_files.WORKERS_LOG
     command = [
         sys.executable, "-m", "mptui", *worker_argv(argv, None if args.resume else session),
         "--headless", "--workers", str(args.workers),

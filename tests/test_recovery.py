@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from bench.tiny import tiny_text
+from mptui.engine import session_files
 from mptui.engine.plan import Plan, PlanModel, PlanStep, write_json_atomic
 from mptui.engine.recovery import events as rev
 from mptui.engine.recovery.data import IGNORE, alpaca_prompt, instruction_example
@@ -36,8 +37,8 @@ def make_session(folder: Path, model: Path, structures=PRUNED) -> Path:
     folder.mkdir(parents=True)
     steps = [PlanStep(i, s, 0.0, 0, 0.0, "user") for i, s in enumerate(structures, start=1)]
     plan = Plan(PlanModel(str(model), 0, 4, 176, 64, dtype="float32"), {}, 0.0, steps)
-    write_json_atomic(folder / "plan.json", plan.to_dict())
-    write_json_atomic(folder / "settings.json", {"model": str(model)})
+    write_json_atomic(folder / session_files.PLAN, plan.to_dict())
+    write_json_atomic(folder / session_files.SETTINGS, {"model": str(model)})
     return folder
 
 
@@ -180,7 +181,7 @@ def folder_bytes(folder: Path) -> dict:
     return {
         p.relative_to(folder): p.read_bytes()
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != "lock"
+        if p.is_file() and p.name != session_files.LOCK
     }
 
 
@@ -277,7 +278,7 @@ def test_eval_and_export_of_a_recovered_session_use_the_recovered_model(
     results = json.loads(capsys.readouterr().out)
     dense, pruned, recovered = (results[k]["perplexity"] for k in ("dense", "pruned", "recovered"))
     assert recovered < pruned != dense  # trained on this very text
-    summary = (session / "summary.md").read_text()
+    summary = (session / session_files.SUMMARY_MD).read_text()
     assert "| metric | dense | pruned | recovered |" in summary
     assert (
         f"| perplexity | {round(dense, 4)} | {round(pruned, 4)} | {round(recovered, 4)} |"
@@ -325,7 +326,7 @@ def test_parquet_instruction_rows_and_gradient_checkpointing(session, tmp_path):
     adapters = []
     for checkpointing, where in ((False, session), (True, tmp_path / "again")):
         if checkpointing:
-            plan = json.loads((session / "plan.json").read_text())
+            plan = json.loads((session / session_files.PLAN).read_text())
             make_session(where, Path(plan["model"]["name_or_path"]))
         recovery = settings(tmp_path / "rows.parquet", steps=1, dropout=0.0, seqlen=256,
                             gradient_checkpointing=checkpointing)  # fmt: skip

@@ -14,7 +14,8 @@ from ..export import is_export
 from ..loading import load_model
 from ..plan import Plan, read_plan_file
 from ..rebuild import rebuild_pruned
-from ..session_folder import PLAN, SETTINGS, SessionFolder
+from ..session_files import PLAN, SETTINGS
+from ..session_folder import SessionFolder
 
 Progress = Callable[[int, int], None]
 Kind = Literal["session", "export"]
