@@ -57,7 +57,7 @@ def tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     """A byte-level BPE of ``vocab_size`` tokens, trained once per process.
 
     Trained rather than shipped so that no file or download is needed; a few hundred
-    paragraphs train in tens of milliseconds, and the cache makes every later call free.
+    paragraphs are enough, and the cache makes every later call free.
     """
     return train_byte_level_bpe(vocab_size, texts=_pydoc_paragraphs()[:400])
 
