@@ -33,11 +33,10 @@ from .commands import Command, Stop
 from .errors import BadInput
 from .eval_request import EvalRequest
 from .recovery import events as rev
-from .session_files import EXPORT, LOG, SOCKET
+from .session_files import EXPORT, LOG, SOCKET, TOKEN
 from .snapshot import Snapshot
 from .wire import Welcome
 
-TOKEN = "token"
 #: Lines queued for one client before it counts as stuck and is dropped.
 BACKLOG = 10_000
 #: Seconds a client has to say hello, and to take its last lines when the run ends.
@@ -395,4 +394,4 @@ class EngineServer:
         self._log_handler = handler
 
 
-__all__ = ["BACKLOG", "TOKEN", "EngineServer", "Served", "parse_listen", "unix_address"]
+__all__ = ["BACKLOG", "EngineServer", "Served", "parse_listen", "unix_address"]

@@ -22,6 +22,8 @@ LOCK = "lock"
 CHANNEL_ORDER = "channel_order.safetensors"
 #: The socket a headless run serves on, for ``mptui attach``.
 SOCKET = "engine.sock"
+#: The token a run served on TCP (``--listen``) asks its clients for.
+TOKEN = "token"
 #: The scores of ``mptui eval --session`` and of the app's evaluations.
 EVALUATION = "evaluation.json"
 #: The summary, as JSON and as Markdown.

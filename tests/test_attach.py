@@ -119,7 +119,7 @@ def test_listen_serves_tcp_behind_its_token(tmp_path):
         printed = re.search(r"attach with: mptui attach (\S+) --token (\S+)", out.read_text())
         address, token = printed.groups()
         assert [c.laddr.port for c in tcp_listeners(run.pid)] == [int(address.split(":")[1])]
-        assert stat.S_IMODE((session / "token").stat().st_mode) == 0o600
+        assert stat.S_IMODE((session / session_files.TOKEN).stat().st_mode) == 0o600
 
         wrong = subprocess.run(
             [str(MPTUI), "attach", address, "--token", "guess"], capture_output=True, text=True

@@ -211,8 +211,8 @@ def test_tcp_wants_the_token_and_logs_a_wrong_one(tmp_path):
     server.start()
     try:
         host, port = server.address
-        assert stat.S_IMODE((tmp_path / "token").stat().st_mode) == 0o600
-        assert (tmp_path / "token").read_text().strip() == server.token
+        assert stat.S_IMODE((tmp_path / session_files.TOKEN).stat().st_mode) == 0o600
+        assert (tmp_path / session_files.TOKEN).read_text().strip() == server.token
         with pytest.raises(BadInput, match="refused the connection: wrong token"):
             attach(f"{host}:{port}", "not-the-token")
         assert "refused 127.0.0.1:" in (tmp_path / session_files.LOG).read_text()
@@ -223,7 +223,7 @@ def test_tcp_wants_the_token_and_logs_a_wrong_one(tmp_path):
         remote.close()
     finally:
         server.close()
-    assert not (tmp_path / "token").exists()
+    assert not (tmp_path / session_files.TOKEN).exists()
 
 
 def test_a_lingering_run_ends_once_no_client_is_left_and_nothing_is_under_way(tmp_path):
