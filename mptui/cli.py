@@ -290,9 +290,9 @@ def check_listen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
 
 def recovery_started(session: Path) -> bool:
     """``--resume`` of a session whose recovery has started continues the recovery."""
-    from .engine.api import session_files as files
+    from .engine.api import session_files
 
-    return (session / files.RECOVERY / files.RECOVERY_SETTINGS).is_file()
+    return (session / session_files.RECOVERY / session_files.RECOVERY_SETTINGS).is_file()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import BadInput
 from ..export import is_export
@@ -16,6 +16,9 @@ from ..plan import Plan, read_plan_file
 from ..rebuild import rebuild_pruned
 from ..session_files import PLAN, SETTINGS
 from ..session_folder import SessionFolder
+
+if TYPE_CHECKING:
+    from torch import nn
 
 Progress = Callable[[int, int], None]
 Kind = Literal["session", "export"]
@@ -67,7 +70,7 @@ class RecoverySource:
             )
         return plan
 
-    def load(self, on_shard: Progress | None = None):
+    def load(self, on_shard: Progress | None = None) -> tuple[nn.Module, Any, Plan]:
         """``(model, tokenizer, plan)``: the pruned model as the search left it."""
         plan = self.read_plan()
         if self.is_session:
