@@ -13,8 +13,8 @@ of Llama-2-7B's shape is built in memory in bf16. In order, it measures
    seconds per candidate row;
 5. a short real search of the app in tmux, whose memory pane (NVML) is captured.
 
-``--dry-run`` runs the same code on the CPU with a tiny Llama in well under two minutes, so the
-script cannot rot (tests/test_gpu_check.py runs it).
+``--dry-run`` runs the same code on the CPU with a tiny Llama, quickly enough for the tests
+(tests/test_gpu_check.py runs it; bench/RESULTS.md has its time), so the script cannot rot.
 """
 
 from __future__ import annotations
