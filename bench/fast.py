@@ -21,11 +21,11 @@ import json
 import math
 from pathlib import Path
 
-from mptui.engine.calibration import CalibrationSpec
 from mptui.engine.defaults import DEFAULT_FAST_MARGIN, DEFAULT_FAST_TOLERANCE
 from mptui.engine.fast_search import successive_halving
-from mptui.engine.settings import PruneSettings
-from mptui.engine.setup import RunRequest, build_session
+from mptui.engine.run_request import RunRequest
+from mptui.engine.session_setup import build_session
+from mptui.engine.settings import CalibrationSpec, PruneSettings
 
 from .flops import candidate_flops
 

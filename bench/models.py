@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mptui.engine.tiny import build_tiny_model
+from bench.tiny import build_tiny_model
 
 
 def build_llama12(path: str) -> Path:
@@ -36,8 +36,8 @@ def build_llama_in_memory(
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
+    from bench.tiny import tiny_tokenizer
     from mptui.engine.loading import resolve_dtype
-    from mptui.engine.tiny import tiny_tokenizer
 
     torch.manual_seed(seed)
     config = LlamaConfig(**shape)

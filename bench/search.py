@@ -18,10 +18,10 @@ from pathlib import Path
 import psutil
 import torch
 
-from mptui.engine.calibration import CalibrationSpec
+from mptui.engine.run_request import RunRequest
 from mptui.engine.session import StepStats
-from mptui.engine.settings import PruneSettings
-from mptui.engine.setup import RunRequest, build_session
+from mptui.engine.session_setup import build_session
+from mptui.engine.settings import CalibrationSpec, PruneSettings
 
 from .flops import evaluation_flops
 from .models import build_llama_in_memory

@@ -21,8 +21,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mptui.engine.adapters import adapter_for
-from mptui.engine.calibration import CalibrationSpec, load_calibration
+from mptui.engine.calibration import load_calibration
 from mptui.engine.scoring import Scorer
+from mptui.engine.settings import CalibrationSpec
 
 
 def timed(scorer: Scorer) -> tuple[float, float]:

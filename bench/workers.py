@@ -10,14 +10,16 @@ a Llama-2-7B search on 8 GPUs from the balance of the cost split (docs/method.md
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 
 from mptui.engine import commands as cmd
 from mptui.engine import events as ev
 from mptui.engine.api import CalibrationSpec, PruneSettings, RunRequest
-from mptui.engine.team import split_by_cost
+from mptui.engine.team import longest_first
 
 from .world import run_world
 
@@ -25,6 +27,20 @@ from .world import run_world
 #: 25-30 min); pass the measured figure with --one-gpu-minutes once a GPU has run it.
 ESTIMATED_ONE_GPU_MINUTES = 27.5
 LLAMA2_7B_LAYERS = 32
+
+
+def split_by_cost(costs: Sequence[int], world_size: int) -> list[list[int]]:
+    """Indices of ``costs`` for each rank as equally fast workers take them from a queue in
+    :func:`longest_first` order: each next item goes to the least loaded (lowest rank on
+    ties). This is the balance a step gets (engine/step_work.py hands out the queue); the
+    projection to more GPUs is made from it."""
+    shares: list[list[int]] = [[] for _ in range(world_size)]
+    loads = [(0, rank) for rank in range(world_size)]
+    for index in longest_first(costs):
+        load, rank = heapq.heappop(loads)
+        shares[rank].append(index)
+        heapq.heappush(loads, (load + costs[index], rank))
+    return [sorted(share) for share in shares]
 
 
 class StepTimer:

@@ -10,8 +10,8 @@ to its events and :meth:`Engine.send` it commands (docs/engine.md has the states
 protocol*).
 
 Importing this module is cheap: the plain-value parts (commands, events, errors, defaults,
-structures) load at once, everything that needs torch on first use, so ``mptui --help`` stays
-instant while it names the defaults.
+structures, settings, requests) load at once, everything that needs torch on first use, so
+``mptui --help`` stays instant while it names the defaults.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import commands, events, wire
+from . import commands, events, session_files, wire
 from .defaults import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DISTRIBUTION,
@@ -59,7 +59,9 @@ from .names import model_label
 from .recovery import events as recovery_events
 from .recovery.settings import RecoverySettings, parse_targets
 from .remote import RemoteEngine, attach
+from .run_request import RunRequest
 from .serve import EngineServer, parse_listen
+from .settings import FAITHFUL_CALIBRATION, CalibrationSpec, PruneSettings
 from .structures import DIMENSIONS, Structure
 
 if TYPE_CHECKING:
@@ -69,11 +71,7 @@ if TYPE_CHECKING:
 _LAZY: dict[str, str] = {
     "Engine": "runner",
     "Outcome": "runner",
-    "RunRequest": "setup",
-    "preflight": "setup",
-    "PruneSettings": "settings",
-    "FAITHFUL_CALIBRATION": "settings",
-    "CalibrationSpec": "calibration",
+    "preflight": "session_setup",
     "split_documents": "calibration",
     "tokenize_chunks": "calibration",
     "SessionFolder": "session_folder",
@@ -81,7 +79,8 @@ _LAZY: dict[str, str] = {
     "describe_export": "export",
     "export_model": "export",
     "check_destination": "export",
-    "apply_plan": "surgery",
+    "apply_plan": "rebuild",
+    "rebuild_pruned": "rebuild",
     "check_tasks": "evaluate",
     "evaluate": "evaluate",
     "flat_scores": "evaluate",
@@ -91,7 +90,6 @@ _LAZY: dict[str, str] = {
     "LinePrinter": "headless",
     "adapter_for": "adapters",
     "Scorer": "scoring",
-    "train_byte_level_bpe": "tiny",
     "Plan": "plan",
     "PlanStep": "plan",
     "LayerRow": "plan",
@@ -103,9 +101,8 @@ _LAZY: dict[str, str] = {
     "follow": "follower",
     "on_replica_device": "follower",
     "RecoveryFolder": "recovery.folder",
-    "describe_source": "recovery.source",
-    "load_pruned": "recovery.source",
-    "recovered_model": "recovery.source",
+    "RecoverySource": "recovery.source",
+    "recovered_model": "recovery.folder",
     "check_recovery": "recovery.run",
     "prepare_recovery": "recovery.run",
 }
@@ -146,10 +143,7 @@ def prune(
     failed. ``options`` are the remaining :class:`PruneSettings` fields (``mlp_group``,
     ``attn_group``, ``block_count``, ``batch_size``, ``prefix_cache``, ``faithful``).
     """
-    from .calibration import CalibrationSpec
     from .runner import Engine
-    from .settings import PruneSettings
-    from .setup import RunRequest
 
     settings = PruneSettings.with_distribution(
         target_ratio,
@@ -192,16 +186,20 @@ __all__ = [
     "DEFAULT_TEXT_FIELD",
     "DEFAULT_THEME",
     "DIMENSIONS",
+    "FAITHFUL_CALIBRATION",
     "BadInput",
     "CalibrationError",
+    "CalibrationSpec",
     "Cancelled",
     "EngineError",
     "EngineServer",
     "EngineState",
     "EvalRequest",
     "OutOfMemory",
+    "PruneSettings",
     "RemoteEngine",
     "RecoverySettings",
+    "RunRequest",
     "Structure",
     "UnsupportedModel",
     "attach",
@@ -213,5 +211,6 @@ __all__ = [
     "wire",
     "parse_targets",
     "recovery_events",
+    "session_files",
     *_LAZY,
 ]

@@ -16,13 +16,13 @@ import random
 import re
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import CalibrationError
+from .settings import CalibrationSpec
 
 if TYPE_CHECKING:
     import datasets
@@ -37,21 +37,6 @@ _FILE_SUFFIXES = (".txt", ".jsonl", ".parquet")
 _SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 # The reference's split seed and its ``random.seed`` for the draws (docs/method.md §9).
 _FAITHFUL_SEED = 42
-
-
-@dataclass(frozen=True)
-class CalibrationSpec:
-    """Where the calibration text comes from and how it is cut (recorded in plan.json)."""
-
-    source: str
-    nsamples: int = 0
-    seqlen: int = 2048
-    seed: int = 42
-    text_field: str = "text"
-
-    def to_dict(self) -> dict:
-        """Plain values, so plan.json can record and rebuild the spec."""
-        return asdict(self)
 
 
 # --- documents ---------------------------------------------------------------------------------
@@ -123,16 +108,18 @@ def _column(table: datasets.Dataset, text_field: str, source: str) -> list[str]:
 # --- tables (datasets) -------------------------------------------------------------------------
 
 
-def _is_table(source: str) -> bool:
-    """A saved datasets folder, a parquet file, or a name that is no local path."""
+def is_table(source: str) -> bool:
+    """A saved datasets folder, a parquet file, or a name that is no local path: a source read
+    as rows of a table (calibration takes one column; recovery takes instruction rows)."""
     path = Path(source).expanduser()
     if path.exists():
         return path.is_dir() or path.suffix == ".parquet"
     return bool(_DATASET_NAME.fullmatch(source)) and path.suffix not in _FILE_SUFFIXES
 
 
-def _open_table(source: str) -> datasets.Dataset:
-    """The ``train`` table of a table source (see :func:`_is_table`)."""
+def open_table(source: str) -> datasets.Dataset:
+    """The ``train`` table of a table source (see :func:`is_table`); every problem is one
+    :class:`CalibrationError` line."""
     path = Path(source).expanduser()
     if path.is_dir():
         return _saved_table(path)
@@ -211,8 +198,8 @@ def load_documents(source: str, text_field: str = "text") -> list[str]:
     A ``.jsonl`` line or table row is one document even when its text is empty, so the
     sampler's indices are the file's rows; other files are read as text split at blank lines.
     """
-    if _is_table(source):
-        documents = _column(_open_table(source), text_field, source)
+    if is_table(source):
+        documents = _column(open_table(source), text_field, source)
     else:
         path = Path(source).expanduser()
         if not path.is_file():
@@ -270,8 +257,8 @@ def faithful_rows(source: str, text_field: str, counts: Sequence[int]) -> list[l
 
 def _rows_table(source: str, text_field: str) -> datasets.Dataset:
     """The source as a table, so the reference's ``train_test_split`` calls apply unchanged."""
-    if _is_table(source):
-        return _open_table(source)
+    if is_table(source):
+        return open_table(source)
     import datasets
 
     return datasets.Dataset.from_dict({text_field: load_documents(source, text_field)})

@@ -18,8 +18,6 @@ import torch
 from .adapters import Adapter
 from .errors import BadInput, UnsupportedModel
 
-FILE_NAME = "channel_order.safetensors"
-
 
 def reorder_model(
     adapter: Adapter,

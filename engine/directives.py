@@ -44,7 +44,7 @@ class Commit:
 
 
 @dataclass(frozen=True)
-class Undo:
+class UndoCommit:
     """Put the last committed structure back, then report the model's checksum."""
 
 
@@ -56,11 +56,11 @@ class Order:
 
 
 @dataclass(frozen=True)
-class Stop:
+class EndRun:
     """The run is over: leave."""
 
 
-Directive = Score | Hold | Commit | Undo | Order | Stop
+Directive = Score | Hold | Commit | UndoCommit | Order | EndRun
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def claim_key(gen: int) -> str:
 
 
 def left_key(rank: int) -> str:
-    """A follower read its Stop (where rank 0 hosts the store, it waits for every one)."""
+    """A follower read its EndRun (where rank 0 hosts the store, it waits for every one)."""
     return f"left/{rank}"
 
 

@@ -71,9 +71,9 @@ def check_tasks(tasks: Sequence[str], include_path: str | Path | None = None):
     """lm-eval's task index for ``tasks`` (built once per process); raises :class:`BadInput`
     for a task it does not know, before any model is loaded.
 
-    Indexing lm-eval's own tasks (some 15,000 files) takes 15-30 s, so where ``include_path``
-    defines every task asked for (the demo's task, a team's private ones) only that folder is
-    indexed, in milliseconds."""
+    Indexing lm-eval's own tasks reads thousands of files (bench/RESULTS.md has the time), so
+    where ``include_path`` defines every task asked for (the demo's task, a team's private
+    ones) only that folder is indexed."""
     path = str(include_path) if include_path else None
     if path is not None:
         local = _task_manager(path, with_lm_eval_tasks=False)

@@ -34,6 +34,7 @@ from .errors import BadInput, EngineError
 from .loading import load_config
 from .names import looks_like_path, model_source
 from .plan import Plan, as_plan
+from .session_files import PLAN
 from .summary import markdown, summarize
 
 #: Largest safetensors shard, as transformers' default.
@@ -89,7 +90,7 @@ def export_model(
             (staging / MODELING_FILE).write_text(modeling_source(model))
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        _write_json(staging / "plan.json", plan.to_dict())
+        _write_json(staging / PLAN, plan.to_dict())
         (staging / "README.md").write_text(model_card(plan, stock, dtype, recovery))
         for path in staging.iterdir():
             path.chmod(0o666 & ~_umask())  # safetensors writes 0600
@@ -405,7 +406,7 @@ def check_destination(out_dir: Path) -> None:
 
 
 def is_export(folder: Path) -> bool:
-    return (folder / "plan.json").is_file() and (folder / "config.json").is_file()
+    return (folder / PLAN).is_file() and (folder / "config.json").is_file()
 
 
 def _move_into_place(staging: Path, out_dir: Path) -> None:

@@ -8,9 +8,9 @@ far, even ``margin`` standard errors of the paired difference in its favour (row
 each row's own difficulty cancels out) would not make it better than the leader by more than
 ``tolerance`` (relative perplexity). With no tolerance that is "worse than the leader by more
 than the margin"; the tolerance also rules out the near-ties that no subset of rows can tell
-apart and that only cost rows (on the demo, 12 of 18 steps have a candidate within 4e-5 of
-the winner). Every survivor ends with its exact score; the choice is the lowest of those. The
-leader is never ruled out.
+apart and that only cost rows (how common they are: bench/RESULTS.md, ``--fast``). Every
+survivor ends with its exact score; the choice is the lowest of those. The leader is never
+ruled out.
 
 Both searches yield one :class:`Evaluation` per scoring call, so the runner can read its command
 queue between any two of them.

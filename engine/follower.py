@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from . import directives as dv
+from .run_request import RunRequest
 from .session import PruningSession
-from .setup import RunRequest, build_session
+from .session_setup import build_session
 from .team import Team
 
 
@@ -25,10 +26,10 @@ class Follower:
         self._version = 0  # changes applied
 
     def run(self) -> None:
-        """Obey directives until a Stop."""
+        """Obey directives until an EndRun."""
         while True:
             directive = self._next()
-            if isinstance(directive, dv.Stop):
+            if isinstance(directive, dv.EndRun):
                 self.team.put(dv.left_key(self.team.rank), True)
                 return
             self._obey(directive)
@@ -51,7 +52,7 @@ class Follower:
                 session.structure_from_id(directive.structure), directive.score, directive.chosen_by
             )
             self._report_checksum()
-        elif isinstance(directive, dv.Undo):
+        elif isinstance(directive, dv.UndoCommit):
             session.undo()
             self._report_checksum()
         elif isinstance(directive, dv.Order):

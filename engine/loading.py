@@ -287,6 +287,13 @@ def max_positions(config) -> int | None:
     return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
 
+def check_seqlen(seqlen: int, config) -> None:
+    """Rows longer than the model's positions would fail deep inside its forward; say so first."""
+    limit = max_positions(config)
+    if limit is not None and seqlen > limit:
+        raise BadInput(f"--seqlen {seqlen} is above this model's limit of {limit}")
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__

@@ -21,7 +21,8 @@ from . import wire
 from .commands import Command
 from .errors import BadInput
 from .events import EngineState
-from .serve import SOCKET, unix_address
+from .serve import unix_address
+from .session_files import SETTINGS, SOCKET
 from .wire import Welcome
 
 Subscriber = Callable[[ev.Event], None]
@@ -128,7 +129,7 @@ def attach(target: str, token: str | None = None) -> RemoteEngine:
 def _connect_unix(folder: Path) -> socket.socket:
     path = folder / SOCKET
     if not path.exists():
-        if not (folder / "settings.json").is_file():
+        if not (folder / SETTINGS).is_file():
             raise BadInput(f"'{folder}' is not an mptui session (no settings.json)")
         raise BadInput(
             f"no run is serving {folder}: it has ended, or it runs in an app of its own "

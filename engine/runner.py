@@ -40,8 +40,11 @@ from .recovery.folder import RecoveryFolder
 from .recovery.run import RecoveryRun
 from .recovery.run import prepare as prepare_recovery
 from .recovery.settings import RecoverySettings
+from .recovery.source import RecoverySource
+from .run_request import RunRequest
 from .session import PruningSession, StepStats
-from .setup import RunRequest, build_session
+from .session_files import PLAN
+from .session_setup import build_session
 from .step_work import LocalScoring, Scoring, StepWork, TeamScoring
 from .structures import Structure
 from .team import Team
@@ -450,7 +453,7 @@ class Engine:
         except BaseException:
             self._recommit(step)  # not on disk: the undo did not happen
             raise
-        self._scoring.mirror(dv.Undo())
+        self._scoring.mirror(dv.UndoCommit())
         self._settled()
         self._save_plan()
         structure = step.structure
@@ -506,7 +509,7 @@ class Engine:
             return
         plan = plan or self.session.plan()
         for folder in self._plan_dirs:
-            write_plan(folder / "plan.json", plan)
+            write_plan(folder / PLAN, plan)
 
     # --- recovery (docs/method.md §10) ---------------------------------------------------------
     def _on_recover(self, command: cmd.Recover) -> Outcome:
@@ -540,8 +543,9 @@ class Engine:
             self.recovery = prepare_recovery(
                 copy.deepcopy(session.model), session.tokenizer, settings,
                 RecoveryFolder(self._session_dir), self._emit,
-                {"export": self.request.model} if from_export and not session.steps
-                else {"session": str(self._session_dir)},
+                RecoverySource("export", Path(self.request.model))
+                if from_export and not session.steps
+                else RecoverySource("session", self._session_dir),
                 self.request.cache_dir,
             )  # fmt: skip
         except EngineError as error:

@@ -33,11 +33,10 @@ from .commands import Command, Stop
 from .errors import BadInput
 from .eval_request import EvalRequest
 from .recovery import events as rev
+from .session_files import EXPORT, LOG, SOCKET, TOKEN
 from .snapshot import Snapshot
 from .wire import Welcome
 
-SOCKET = "engine.sock"
-TOKEN = "token"
 #: Lines queued for one client before it counts as stuck and is dropped.
 BACKLOG = 10_000
 #: Seconds a client has to say hello, and to take its last lines when the run ends.
@@ -145,7 +144,7 @@ class EngineServer:
         self.token = secrets.token_urlsafe(24) if listen else None
         self.address: tuple[str, int] | None = None  # where TCP listens (the port resolved)
         self.unix_error: str | None = None  # why engine.sock could not be made, if it could not
-        self._export_dir = export_dir or self.session / "export"
+        self._export_dir = export_dir or self.session / EXPORT
         self._eval_request = eval_request
         self._backlog = backlog
         self._snapshot = Snapshot()
@@ -388,11 +387,11 @@ class EngineServer:
 
     def _log_to_session(self) -> None:
         """Attaches, detaches, refusals and dropped clients go to the session's log."""
-        handler = logging.FileHandler(self.session / "mptui.log")
+        handler = logging.FileHandler(self.session / LOG)
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         self._log_handler = handler
 
 
-__all__ = ["BACKLOG", "SOCKET", "TOKEN", "EngineServer", "Served", "parse_listen", "unix_address"]
+__all__ = ["BACKLOG", "EngineServer", "Served", "parse_listen", "unix_address"]

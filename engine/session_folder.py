@@ -26,22 +26,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import channel_order
 from . import events as ev
-from .calibration import CalibrationSpec
 from .errors import BadInput
 from .evaluate import flat_scores
 from .plan import Plan, PlanStep, read_plan_file, write_json_atomic
-from .settings import PruneSettings
-from .setup import RunRequest
+from .run_request import RunRequest
+from .session_files import CHANNEL_ORDER, EVALUATION, EVENTS, JOURNAL, LOCK, PLAN, SETTINGS
+from .settings import CalibrationSpec, PruneSettings
 from .summary import write_summary
-
-SETTINGS = "settings.json"
-JOURNAL = "journal.jsonl"
-PLAN = "plan.json"
-EVENTS = "events.jsonl"
-LOG = "mptui.log"
-LOCK = "lock"
 
 
 @dataclass
@@ -81,7 +73,7 @@ class SessionFolder:
 
     @property
     def order_file(self) -> Path:
-        return self.path / channel_order.FILE_NAME
+        return self.path / CHANNEL_ORDER
 
     # --- ownership -------------------------------------------------------------------------
     def lock(self) -> None:
@@ -260,7 +252,7 @@ class SessionRecorder:
         }  # fmt: skip
         if event.recovered:
             self._evaluation["recovered"] = event.recovered
-        write_json_atomic(self.folder.path / "evaluation.json", self._evaluation)
+        write_json_atomic(self.folder.path / EVALUATION, self._evaluation)
         plan = self._plan()
         if plan:
             write_summary(self.folder.path, plan, flat_scores(self._evaluation))

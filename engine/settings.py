@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, replace
 
-from .calibration import CalibrationSpec
 from .defaults import (  # noqa: F401 (every default is re-exported here)
     COMPILE_MODES,
     DEFAULT_BATCH_SIZE,
@@ -30,6 +29,22 @@ from .defaults import (  # noqa: F401 (every default is re-exported here)
 )
 from .errors import BadInput
 from .structures import DIMENSIONS, Dimension
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """Where the calibration text comes from and how it is cut (recorded in plan.json)."""
+
+    source: str
+    nsamples: int = 0
+    seqlen: int = 2048
+    seed: int = 42
+    text_field: str = "text"
+
+    def to_dict(self) -> dict:
+        """Plain values, so plan.json can record and rebuild the spec."""
+        return asdict(self)
+
 
 #: Reference group sizes (MLP channels, attention query channels) by model name (docs/method.md §3).
 REFERENCE_GROUPS: tuple[tuple[str, int, int], ...] = (

@@ -22,7 +22,7 @@ from .team import Team, longest_first
 
 #: How long the leader waits for a follower's result before looking at its commands again.
 RESULT_POLL_SECONDS = 0.005
-#: How long the leader waits, at the end, for the followers to read their Stop.
+#: How long the leader waits, at the end, for the followers to read their EndRun.
 LEAVE_SECONDS = 30.0
 
 
@@ -125,7 +125,7 @@ class TeamScoring:
     def mirror(self, directive: dv.Directive) -> None:
         """Every follower repeats a change the leader made (checked by :meth:`verify`)."""
         self.direct(directive)
-        if isinstance(directive, (dv.Commit, dv.Undo)):
+        if isinstance(directive, (dv.Commit, dv.UndoCommit)):
             self._version += 1
 
     def verify(self, step: int) -> None:
@@ -148,7 +148,7 @@ class TeamScoring:
     def close(self) -> None:
         """Tell every follower to leave. Where the store lives in this process, wait (a while)
         until they have read it, or it would go with the message."""
-        self.direct(dv.Stop())
+        self.direct(dv.EndRun())
         if not self.team.hosts_store:
             return
         deadline = time.monotonic() + LEAVE_SECONDS

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .names import model_source
 from .plan import Plan, as_plan, write_json_atomic
+from .session_files import SUMMARY_JSON, SUMMARY_MD
 
 
 def layer_table(plan: Plan | dict) -> list[dict]:
@@ -95,5 +96,5 @@ def side_by_side(evaluation: dict) -> list[str]:
 
 def write_summary(folder: Path, plan: Plan | dict, evaluation: dict | None = None) -> None:
     summary = summarize(plan, evaluation)
-    write_json_atomic(folder / "summary.json", summary)
-    (folder / "summary.md").write_text(markdown(summary))
+    write_json_atomic(folder / SUMMARY_JSON, summary)
+    (folder / SUMMARY_MD).write_text(markdown(summary))

@@ -11,12 +11,10 @@ sub-blocks live in :mod:`.pruned_modeling`, which every export carries.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from .plan import Plan, as_plan
 from .pruned_modeling import (
     RemovedAttention,
     RemovedBlock,
@@ -98,19 +96,3 @@ __all__ = [
     "segment_tails",
     "sync_shape_attributes",
 ]
-
-
-def apply_plan(model: nn.Module, plan: Plan | dict, order_file: Path | None = None) -> None:
-    """Prune a freshly loaded dense ``model`` to ``plan``: the session's L1 order (from
-    ``order_file`` when it exists, else recomputed), then every committed structure in order.
-
-    What resume, ``mptui eval --session`` and ``mptui export`` do to rebuild a pruned model.
-    """
-    # imported here: the adapters are built on this module's helpers
-    from .adapters import adapter_for
-    from .channel_order import reorder_model
-
-    adapter = adapter_for(model)
-    reorder_model(adapter, order_file)
-    for step in as_plan(plan).steps:
-        adapter.commit(step.structure)

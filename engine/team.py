@@ -14,7 +14,6 @@ point-to-point receives cannot be polled.
 
 from __future__ import annotations
 
-import heapq
 import os
 import pickle
 from collections.abc import Sequence
@@ -152,19 +151,6 @@ def longest_first(costs: Sequence[int]) -> list[int]:
     """Indices of ``costs``, costliest first (lowest index on ties): the order of a step's work
     queue. A candidate's cost is the number of sub-blocks it runs from its cached boundary."""
     return sorted(range(len(costs)), key=lambda i: (-costs[i], i))
-
-
-def split_by_cost(costs: Sequence[int], world_size: int) -> list[list[int]]:
-    """Indices of ``costs`` for each rank as equally fast workers take them from a queue in
-    :func:`longest_first` order: each next item goes to the least loaded (lowest rank on
-    ties). This is the balance a step gets; the bench projects from it."""
-    shares: list[list[int]] = [[] for _ in range(world_size)]
-    loads = [(0, rank) for rank in range(world_size)]
-    for index in longest_first(costs):
-        load, rank = heapq.heappop(loads)
-        shares[rank].append(index)
-        heapq.heappush(loads, (load + costs[index], rank))
-    return [sorted(share) for share in shares]
 
 
 def on_host(value: Any) -> Any:

@@ -59,12 +59,14 @@ def run_and_report(remote, target: str, theme: str | None) -> int:
 
 def run_attached(remote, theme: str | None) -> None:
     from mptui.app.app import MptuiApp
+    from mptui.engine.api import session_files
 
-    from .runs import cache_dir, terminal_kept_logs_to
+    from .places import cache_dir
+    from .terminal import terminal_kept_logs_to
 
     welcome = remote.welcome
     session = Path(welcome.session)
-    log = session / "mptui.log" if session.is_dir() else cache_dir() / "attach.log"
+    log = session / session_files.LOG if session.is_dir() else cache_dir() / "attach.log"
     with terminal_kept_logs_to(log):
         MptuiApp(
             remote,

@@ -269,7 +269,7 @@ def demo_defaults(args: argparse.Namespace) -> None:
     args.recover_data = args.recover_data or str(DEMO_DIR / "calibration.txt")
     if not args.eval_tasks:
         from .demo.tasks import TASK, include_path
-        from .runs import cache_dir
+        from .places import cache_dir
 
         args.eval_tasks = TASK
         args.eval_include_path = args.eval_include_path or str(include_path(cache_dir()))
@@ -286,6 +286,13 @@ def check_listen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parse_listen(args.listen)
     except BadInput as error:
         parser.error(str(error))
+
+
+def recovery_started(session: Path) -> bool:
+    """``--resume`` of a session whose recovery has started continues the recovery."""
+    from .engine.api import session_files
+
+    return (session / session_files.RECOVERY / session_files.RECOVERY_SETTINGS).is_file()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -317,15 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     for option, value in (("--workers", args.workers), ("--gpus-per-worker", args.gpus_per_worker)):
         if value is not None and value < 1:
             parser.error(f"{option} {value} must be 1 or more")
-    if (
-        args.resume
-        and args.headless
-        and (Path(args.resume) / "recovery" / "settings.json").is_file()
-    ):
+    if args.resume and args.headless and recovery_started(Path(args.resume)):
         from .recover_cli import resume
 
         return resume(Path(args.resume))
-    from .runs import run_from_args
+    from .run_cli import run_from_args
 
     return run_from_args(args, argv)
 

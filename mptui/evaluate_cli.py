@@ -54,7 +54,7 @@ def main(argv: list[str]) -> int:
     if not args.model and not args.session:
         parser.error("give a MODEL or --session DIR")
     from mptui.engine.api import EngineError
-    from mptui.runs import quiet_libraries
+    from mptui.terminal import quiet_libraries
 
     quiet_libraries()
     try:
@@ -69,12 +69,13 @@ def run(args) -> dict:
     from mptui.engine.api import (
         EvalRequest,
         SessionFolder,
-        apply_plan,
         check_tasks,
         evaluate,
         flat_scores,
         load_model,
+        rebuild_pruned,
         recovered_model,
+        session_files,
         write_json_atomic,
         write_summary,
     )
@@ -92,16 +93,20 @@ def run(args) -> dict:
         return evaluate(model, tokenizer, request, progress=ProgressLines("evaluating"))
     folder = SessionFolder(Path(args.session))
     plan = folder.read_plan()
-    base = plan.model.name_or_path
-    model, tokenizer = load_model(
-        base,
-        dtype=args.dtype if args.dtype != "auto" else plan.model.dtype,
+    results = {}
+
+    def evaluate_dense(model, tokenizer) -> None:
+        dense = ProgressLines("evaluating the dense model")
+        results["dense"] = evaluate(model, tokenizer, request, progress=dense)
+
+    model, tokenizer = rebuild_pruned(
+        plan,
+        folder.order_file,
+        dtype=args.dtype if args.dtype != "auto" else None,
         device=args.device,
-        on_shard=loading_lines(base),
+        on_shard=loading_lines(plan.model.name_or_path),
+        before_pruning=evaluate_dense,
     )
-    dense = ProgressLines("evaluating the dense model")
-    results = {"dense": evaluate(model, tokenizer, request, progress=dense)}
-    apply_plan(model, plan, folder.order_file)
     pruned = ProgressLines("evaluating the pruned model")
     results["pruned"] = evaluate(model, tokenizer, request, progress=pruned)
     recovered = recovered_model(model, folder.path)
@@ -109,6 +114,6 @@ def run(args) -> dict:
         progress = ProgressLines("evaluating the recovered model")
         results["recovered"] = evaluate(recovered, tokenizer, request, progress=progress)
     results["ratio"] = plan.ratio
-    write_json_atomic(folder.path / "evaluation.json", results)
+    write_json_atomic(folder.path / session_files.EVALUATION, results)
     write_summary(folder.path, plan, flat_scores(results))
     return results

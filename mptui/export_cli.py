@@ -24,7 +24,7 @@ def build_parser():
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from mptui.engine.api import EngineError, describe_export
-    from mptui.runs import quiet_libraries
+    from mptui.terminal import quiet_libraries
 
     quiet_libraries()
     try:
@@ -41,21 +41,22 @@ def export_session(session: Path, out: Path, dtype: str | None, device: str | No
     from mptui.engine.api import (
         RecoveryFolder,
         SessionFolder,
-        apply_plan,
         check_destination,
         export_model,
-        load_model,
+        rebuild_pruned,
         recovered_model,
     )
 
     folder = SessionFolder(session)
     plan = folder.read_plan()
     check_destination(out)
-    base = plan.model.name_or_path
-    model, tokenizer = load_model(
-        base, dtype=dtype or plan.model.dtype, device=device, on_shard=loading_lines(base)
+    model, tokenizer = rebuild_pruned(
+        plan,
+        folder.order_file,
+        dtype=dtype,
+        device=device,
+        on_shard=loading_lines(plan.model.name_or_path),
     )
-    apply_plan(model, plan, folder.order_file)
     recovered = recovered_model(model, folder.path)  # once recovered, the recovered model
     card = RecoveryFolder(folder.path).card_info() if recovered is not None else None
     return export_model(

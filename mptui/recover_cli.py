@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mptui.engine.api import (
     DEFAULT_LORA_ALPHA,
@@ -31,6 +32,9 @@ from mptui.engine.api import (
 )
 
 from .cli_common import Parser, ProgressLines, print_error
+
+if TYPE_CHECKING:
+    from mptui.engine.api import RecoverySource
 
 #: Seconds between two progress lines (validations and the last step always get one).
 LINE_INTERVAL = 10.0
@@ -203,18 +207,18 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not args.data and not args.demo:
         parser.error("give --data FILE|DATASET (or --demo)")
-    from mptui.engine.api import EngineError, RecoveryFolder, describe_source
-    from mptui.runs import default_session_dir, quiet_libraries
+    from mptui.engine.api import EngineError, RecoveryFolder, RecoverySource
+    from mptui.places import default_session_dir
+    from mptui.terminal import quiet_libraries
 
     quiet_libraries()
     try:
         settings = settings_from_args(args)
-        source = describe_source(Path(args.source))
-        if "session" in source:
-            folder = Path(source["session"])
+        source = RecoverySource.find(Path(args.source)).loaded_as(args.dtype, args.device)
+        if source.is_session:
+            folder = source.path
         else:
-            folder = Path(args.session or default_session_dir(f"{source['export']}-recovered"))
-        source |= {"dtype": args.dtype, "device": args.device}
+            folder = Path(args.session or default_session_dir(f"{source.path}-recovered"))
         recovery = RecoveryFolder(folder)
         if recovery.started:
             settings, source = recovery.read_settings()
@@ -227,7 +231,7 @@ def main(argv: list[str]) -> int:
 def resume(folder: Path) -> int:
     """``mptui --resume DIR`` of a session whose recovery has started (headless)."""
     from mptui.engine.api import EngineError, RecoveryFolder
-    from mptui.runs import quiet_libraries
+    from mptui.terminal import quiet_libraries
 
     quiet_libraries()
     try:
@@ -238,7 +242,7 @@ def resume(folder: Path) -> int:
 
 
 def recover(
-    folder: Path, source: dict, settings, export: str | None, export_adapter: str | None
+    folder: Path, source: RecoverySource, settings, export: str | None, export_adapter: str | None
 ) -> int:
     """Load, check, train (resuming from the last save), then export if asked."""
     from mptui.engine.api import (
@@ -246,10 +250,9 @@ def recover(
         SessionFolder,
         check_destination,
         check_recovery,
-        load_pruned,
         prepare_recovery,
     )
-    from mptui.runs import calibration_cache_dir
+    from mptui.places import calibration_cache_dir
 
     from .export_cli import writing_lines
 
@@ -260,11 +263,8 @@ def recover(
     session = SessionFolder(folder)
     session.lock()
     try:
-        model, tokenizer, plan = load_pruned(
-            source,
-            source.get("dtype"),
-            source.get("device"),
-            on_shard=ProgressLines("loading the pruned model", "shards"),
+        model, tokenizer, plan = source.load(
+            on_shard=ProgressLines("loading the pruned model", "shards")
         )
         printer = RecoveryLines()
         run = prepare_recovery(

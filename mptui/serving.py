@@ -3,39 +3,43 @@
 
 from __future__ import annotations
 
-import argparse
 import socket
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mptui.engine.api import EngineServer
-
-    from .runs import OpenedSession
+    from mptui.engine.api import EngineServer, EvalRequest
 
 
-def serve(engine, opened: OpenedSession, args: argparse.Namespace) -> EngineServer:
-    """Start serving ``engine`` (the caller closes the server when the run is over) and say on
-    stdout how to attach. Once its search is over the engine lingers while a client is attached,
-    so exports and evaluations from the app work as in one process. Raises BadInput, before the
-    engine starts, when ``--listen`` cannot listen."""
+def serve(
+    engine,
+    session: Path,
+    *,
+    listen: str | None,
+    export_dir: Path | None,
+    eval_request: EvalRequest,
+) -> EngineServer:
+    """Start serving ``engine`` on ``session``'s socket, and on ``listen`` (``HOST:PORT``) when
+    given (the caller closes the server when the run is over), and say on stdout how to attach.
+    Once its search is over the engine lingers while a client is attached, so exports and
+    evaluations from the app (of ``eval_request``, into ``export_dir``) work as in one process.
+    Raises BadInput, before the engine starts, when ``listen`` cannot listen."""
     from mptui.engine.api import EngineServer, parse_listen
-
-    from .runs import app_eval_request
 
     server = EngineServer(
         engine,
-        opened.folder.path,
-        listen=parse_listen(args.listen) if args.listen else None,
-        export_dir=opened.export_dir,
-        eval_request=app_eval_request(args, opened.request.settings.calibration.seqlen),
+        session,
+        listen=parse_listen(listen) if listen else None,
+        export_dir=export_dir,
+        eval_request=eval_request,
         linger=True,
     )
     server.start()
     # Reachable, the run stays after its search while someone attached looks at the result.
     engine.linger = server.unix_error is None or server.address is not None
     if server.unix_error is None:
-        print(f"attach with: mptui attach {opened.folder.path}", flush=True)
+        print(f"attach with: mptui attach {session}", flush=True)
     else:
         print(
             f"mptui: note: {server.unix_error}; mptui attach cannot reach this run", file=sys.stderr

@@ -19,6 +19,9 @@ import time
 import uuid
 from pathlib import Path
 
+from .places import default_session_dir
+from .terminal import quiet_libraries
+
 #: Options of the launching process that its workers must not see again.
 _LAUNCH_ONLY = ("--workers",)
 #: How a worker starts: ``-P`` keeps the current folder off the import path, so a worker started
@@ -26,21 +29,6 @@ _LAUNCH_ONLY = ("--workers",)
 WORKER_COMMAND = ("-P", "-m", "mptui")
 #: How often the app looks for the workers' socket while they start.
 ATTACH_POLL_SECONDS = 0.3
-
-
-def launched_by_torchrun() -> bool:
-    """True inside a worker started by torch's launcher (it sets the world's environment)."""
-    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
-
-
-def restarted() -> bool:
-    """torchrun restarted the workers (``--max-restarts``): the session continues."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-
-
-def launch_run_id() -> str | None:
-    """The launcher's run id, the same for every attempt of one run."""
-    return os.environ.get("TORCHELASTIC_RUN_ID") if launched_by_torchrun() else None
 
 
 def gpu_shortage(workers: int, gpus_per_worker: int) -> str | None:
@@ -75,8 +63,6 @@ def follow(team, args: argparse.Namespace) -> int:
     """A follower leaves the user's interrupts to the leader, which stops them all cleanly."""
     from mptui.engine.api import follow as follow_leader
 
-    from .runs import quiet_libraries
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     quiet_libraries()
@@ -103,8 +89,6 @@ def worker_argv(argv: list[str], session: Path | None) -> list[str]:
 
 
 def session_of(args: argparse.Namespace) -> Path:
-    from .runs import default_session_dir
-
     if args.resume:
         return Path(args.resume)
     return Path(args.session) if args.session else default_session_dir(args.model)
@@ -114,13 +98,13 @@ def launch_with_app(args: argparse.Namespace, argv: list[str]) -> int:
     """The app on a run of ``args.workers`` workers: they run headless in the background, in a
     session of their own (closing the terminal leaves them going, as a detach does), and the
     app attaches to rank 0. Quitting asks whether to detach or stop the run."""
-    from mptui.engine.api import BadInput, attach
+    from mptui.engine.api import BadInput, attach, session_files
 
     from .attach_cli import run_and_report
 
     session = session_of(args)
     session.mkdir(parents=True, exist_ok=True)
-    log = session / "workers.log"
+    log = session / session_files.WORKERS_LOG
     command = [
         sys.executable, *WORKER_COMMAND, *worker_argv(argv, None if args.resume else session),
         "--headless", "--workers", str(args.workers),

@@ -24,7 +24,7 @@ os.environ["XDG_CACHE_HOME"] = os.path.join(_SCRATCH, "cache")
 # Remote code of the exports under test is imported from here, not the user's HF cache.
 os.environ["HF_MODULES_CACHE"] = os.path.join(_SCRATCH, "hf-modules")
 
-from mptui.engine.tiny import FAMILIES, build_tiny_model, tiny_text  # noqa: E402
+from bench.tiny import FAMILIES, build_tiny_model, tiny_text  # noqa: E402
 
 
 @pytest.fixture(params=FAMILIES)

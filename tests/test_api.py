@@ -46,7 +46,16 @@ def test_the_scan_sees_a_forbidden_import(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "module", ["mptui.engine.commands", "mptui.engine.events", "mptui.engine.api"]
+    "module",
+    [
+        "mptui.engine.commands",
+        "mptui.engine.events",
+        "mptui.engine.api",
+        "mptui.engine.settings",
+        "mptui.engine.run_request",
+        "mptui.engine.eval_request",
+        "mptui.engine.plan",
+    ],
 )
 def test_plain_value_modules_import_no_torch(module):
     code = (

@@ -11,6 +11,7 @@ from textual.widgets import DataTable, Input
 
 from mptui.app.app import MptuiApp
 from mptui.app.screens import EvaluationScreen, ExportScreen
+from mptui.engine import session_files
 from mptui.engine.api import (
     CalibrationSpec,
     Engine,
@@ -69,7 +70,7 @@ async def test_recover_pause_evaluate_and_export_in_the_app(
         what, dense, pruned, recovered, change = table.get_row_at(0)
         assert what == "perplexity" and float(recovered) < float(pruned)
         assert float(change) == pytest.approx(float(recovered) - float(dense), rel=1e-3)
-        summary = (tmp_path / "session" / "summary.md").read_text()
+        summary = (tmp_path / "session" / session_files.SUMMARY_MD).read_text()
         assert "| metric | dense | pruned | recovered |" in summary
         await pilot.press("escape")
         await pilot.press("x")
@@ -131,10 +132,10 @@ async def test_an_export_opened_with_recover_goes_straight_to_the_recovery(
 ):
     from test_recovery import make_session
 
-    from mptui.engine.api import export_model, load_pruned
+    from mptui.engine.api import RecoverySource, export_model
 
     session = make_session(tmp_path / "pruned", tiny_model_dir("llama"))
-    pruned, tokenizer, plan = load_pruned({"session": str(session)})
+    pruned, tokenizer, plan = RecoverySource("session", session).load()
     export_model(pruned, tokenizer, plan, tmp_path / "export")
     prune = PruneSettings.with_distribution(
         0.2, "30:40:30", calibration=CalibrationSpec(str(calibration_file), 0, 32)
@@ -149,7 +150,8 @@ async def test_an_export_opened_with_recover_goes_straight_to_the_recovery(
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_until(pilot, lambda: app.state.recovery and app.state.recovery.finished)
         assert app.state.recovery.finished == "done" and app.state.steps == []
-    assert (tmp_path / "state" / "recovery" / "checkpoint.pt").is_file()
+    saved = tmp_path / "state" / session_files.RECOVERY / session_files.RECOVERY_CHECKPOINT
+    assert saved.is_file()
 
 
 def test_a_recovery_that_fails_says_so_and_the_engine_keeps_answering(

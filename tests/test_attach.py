@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 from test_tmux import MPTUI, Tmux
 
+from mptui.engine import session_files
 from mptui.engine.api import attach
 from mptui.engine.api import events as ev
 
@@ -27,7 +28,7 @@ def start_headless(session: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
         stdout=out.open("w"), stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     deadline = time.monotonic() + 60
-    while "attach with" not in out.read_text() or not (session / "engine.sock").exists():
+    while "attach with" not in out.read_text() or not (session / session_files.SOCKET).exists():
         assert process.poll() is None, out.read_text()
         assert time.monotonic() < deadline, out.read_text()
         time.sleep(0.1)
@@ -53,14 +54,14 @@ def test_attach_detach_attach_again_then_stop_the_run(tmp_path):
     tmux = Tmux(tmp_path)
     try:
         assert tcp_listeners(run.pid) == []  # no --listen: nothing but the session's socket
-        mode = (session / "engine.sock").stat().st_mode
+        mode = (session / session_files.SOCKET).stat().st_mode
         assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
 
         seconds = open_app(tmux, session)  # 1: pause the run, then ctrl+d
         print(f"attached in {seconds:.1f} s")
         assert f"attached to process {run.pid}" in tmux.screen()
         tmux.wait_for("RUNNING")
-        wait_for_file(session / "plan.json")  # a step committed: there is history to replay
+        wait_for_file(session / session_files.PLAN)  # a step committed: there is history to replay
         tmux.run("send-keys", "-t", "demo", "space")
         tmux.wait_for("PAUSED")
         tmux.run("send-keys", "-t", "demo", "C-d")
@@ -70,7 +71,7 @@ def test_attach_detach_attach_again_then_stop_the_run(tmp_path):
 
         open_app(tmux, session)  # 2: the whole picture, then the terminal goes
         screen = tmux.wait_for("PAUSED")
-        committed = len(json.loads((session / "plan.json").read_text())["steps"])
+        committed = len(json.loads((session / session_files.PLAN).read_text())["steps"])
         assert re.search(r"step (\d+)", screen).group(1) == str(committed + 1), screen
         app = next(p for p in psutil.Process(pane_pid(tmux)).children() if p.name() != "sleep")
         tmux.kill()  # SIGHUP, and no terminal: as when the SSH link drops
@@ -93,10 +94,10 @@ def test_attach_detach_attach_again_then_stop_the_run(tmp_path):
             run.kill()
     assert "finished (stopped)" in out.read_text()
     assert "Traceback" not in out.read_text()  # the server closed with a client attached
-    summary = json.loads((session / "summary.json").read_text())
-    assert summary["steps"] == len(json.loads((session / "plan.json").read_text())["steps"])
-    assert not (session / "engine.sock").exists()
-    log = (session / "mptui.log").read_text()
+    summary = json.loads((session / session_files.SUMMARY_JSON).read_text())
+    assert summary["steps"] == len(json.loads((session / session_files.PLAN).read_text())["steps"])
+    assert not (session / session_files.SOCKET).exists()
+    log = (session / session_files.LOG).read_text()
     assert log.count("a local client attached") == 3 and log.count("detached") == 3
 
 
@@ -118,14 +119,14 @@ def test_listen_serves_tcp_behind_its_token(tmp_path):
         printed = re.search(r"attach with: mptui attach (\S+) --token (\S+)", out.read_text())
         address, token = printed.groups()
         assert [c.laddr.port for c in tcp_listeners(run.pid)] == [int(address.split(":")[1])]
-        assert stat.S_IMODE((session / "token").stat().st_mode) == 0o600
+        assert stat.S_IMODE((session / session_files.TOKEN).stat().st_mode) == 0o600
 
         wrong = subprocess.run(
             [str(MPTUI), "attach", address, "--token", "guess"], capture_output=True, text=True
         )
         assert wrong.returncode == 2
         assert wrong.stderr == f"mptui: error: {address} refused the connection: wrong token\n"
-        assert "refused 127.0.0.1:" in (session / "mptui.log").read_text()
+        assert "refused 127.0.0.1:" in (session / session_files.LOG).read_text()
 
         remote = attach(address, token)
         seen: list[ev.Event] = []

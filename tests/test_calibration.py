@@ -16,6 +16,7 @@ import datasets
 import pytest
 import torch
 
+from bench.tiny import tiny_text, tiny_tokenizer
 from mptui.engine.calibration import (
     CalibrationSpec,
     faithful_rows,
@@ -26,7 +27,6 @@ from mptui.engine.calibration import (
     tokenize_chunks,
 )
 from mptui.engine.errors import CalibrationError
-from mptui.engine.tiny import tiny_text, tiny_tokenizer
 
 SEQLEN = 50
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mptui.cli import main
+from mptui.engine import session_files
 from mptui.engine.api import prune
 
 MPTUI = Path(sys.executable).parent / "mptui"
@@ -29,7 +30,7 @@ def test_headless_run_writes_the_plan_and_matches_the_library(
     model = tiny_model_dir("qwen2")
     assert main(common(model, calibration_file, tmp_path / "run")) == 0
     printed = capsys.readouterr().out.splitlines()
-    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    plan = json.loads((tmp_path / "run" / session_files.PLAN).read_text())
     steps = [line for line in printed if line.startswith("step ")]
     assert len(steps) == len(plan["steps"]) > 0
     assert plan["format"] == "mptui.plan/1"
@@ -48,7 +49,7 @@ def test_the_console_script_runs_end_to_end(tiny_model_dir, calibration_file, tm
     result = subprocess.run([str(MPTUI), *args], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
-    assert (tmp_path / "out" / "plan.json").exists()
+    assert (tmp_path / "out" / session_files.PLAN).exists()
     assert any(line.startswith("step   1 ") for line in result.stdout.splitlines())
 
 
@@ -138,7 +139,7 @@ def test_a_hub_id_loads_from_the_local_hub_cache(tiny_model_dir, calibration_fil
     env = os.environ | {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([str(MPTUI), *args], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
-    plan = json.loads((tmp_path / "out" / "plan.json").read_text())
+    plan = json.loads((tmp_path / "out" / session_files.PLAN).read_text())
     assert plan["model"]["name_or_path"] == "acme/tiny-llama"
     missing = subprocess.run(
         [str(MPTUI), *common(Path("acme/absent"), calibration_file, tmp_path / "x")],
@@ -160,7 +161,7 @@ def test_demo_headless_prunes_to_25_percent_then_evaluates_offline(tmp_path):
         capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    plan = json.loads((tmp_path / "plan.json").read_text())
+    plan = json.loads((tmp_path / session_files.PLAN).read_text())
     assert {s["dimension"] for s in plan["steps"]} == {"blocks", "mlp_channels", "attn_heads"}
     assert plan["steps"][-1]["ratio"] >= 0.25 > plan["steps"][-2]["ratio"]
     assert plan["model"]["architecture"] == "LlamaForCausalLM"
@@ -173,9 +174,9 @@ def test_demo_headless_prunes_to_25_percent_then_evaluates_offline(tmp_path):
         capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip
     assert scored.returncode == 0, scored.stderr
-    results = json.loads((session / "evaluation.json").read_text())
+    results = json.loads((session / session_files.EVALUATION).read_text())
     dense = results["dense"]["zero_shot"]["tasks"][TASK]
     pruned = results["pruned"]["zero_shot"]["tasks"][TASK]
     assert dense["metric"] == "acc_norm" and dense["value"] >= 0.8
     assert 0.25 < pruned["value"] < dense["value"]
-    assert f"| {TASK} acc_norm (dense) |" in (session / "summary.md").read_text()
+    assert f"| {TASK} acc_norm (dense) |" in (session / session_files.SUMMARY_MD).read_text()

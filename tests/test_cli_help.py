@@ -125,7 +125,7 @@ def test_cli_api_and_settings_share_their_defaults():
     from mptui.engine.api import prune
     from mptui.engine.eval_request import EvalRequest
     from mptui.engine.settings import PruneSettings
-    from mptui.runs import build_request
+    from mptui.run_cli import build_request
 
     request, _ = build_request(build_parser().parse_args(["some/model"]))
     assert request.settings == PruneSettings(defaults.DEFAULT_TARGET_RATIO)

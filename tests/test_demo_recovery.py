@@ -6,11 +6,12 @@ from __future__ import annotations
 import dataclasses
 
 from mptui.demo.recovery import DEMO_DIR, demo_recovery_settings
+from mptui.engine import session_files
 from mptui.engine.plan import Plan, PlanModel, PlanStep, write_json_atomic
 from mptui.engine.recovery import events as rev
 from mptui.engine.recovery.folder import RecoveryFolder
 from mptui.engine.recovery.run import prepare
-from mptui.engine.recovery.source import load_pruned
+from mptui.engine.recovery.source import RecoverySource
 from mptui.engine.structures import Structure
 
 #: The costliest removals of the demo's own 25% plan (its blocks and head groups).
@@ -28,10 +29,10 @@ def test_the_demo_recovery_beats_the_pruned_demo_model_on_validation_perplexity(
     session.mkdir()
     steps = [PlanStep(i, s, 0.0, 0, 0.0, "user") for i, s in enumerate(DEMO_REMOVALS, start=1)]
     model = PlanModel(str(DEMO_DIR / "model"), 0, 8, 512, 192, dtype="float32")
-    write_json_atomic(session / "plan.json", Plan(model, {}, 0.0, steps).to_dict())
-    write_json_atomic(session / "settings.json", {})
-    source = {"session": str(session)}
-    pruned, tokenizer, _ = load_pruned(source)
+    write_json_atomic(session / session_files.PLAN, Plan(model, {}, 0.0, steps).to_dict())
+    write_json_atomic(session / session_files.SETTINGS, {})
+    source = RecoverySource("session", session)
+    pruned, tokenizer, _ = source.load()
     # a fifth of the demo's 300 steps keeps the suite quick; the same recipe otherwise
     settings = dataclasses.replace(demo_recovery_settings(), steps=60, eval_every=60)
     events: list = []

@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from conftest import MINI_TASK_ITEMS
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from mptui.engine import session_files
 from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
 from mptui.engine.evaluate import check_tasks, rolling_perplexity
-from mptui.engine.surgery import apply_plan
+from mptui.engine.rebuild import apply_plan
 
 MPTUI = Path(sys.executable).parent / "mptui"
 
@@ -99,15 +100,15 @@ def test_eval_a_session_dense_and_pruned(tiny_model_dir, calibration_file, local
         capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    evaluation = json.loads((session / "evaluation.json").read_text())
+    evaluation = json.loads((session / session_files.EVALUATION).read_text())
     # the same numbers computed here: the dense model, then the session's plan on it
-    plan = json.loads((session / "plan.json").read_text())
+    plan = json.loads((session / session_files.PLAN).read_text())
     model = AutoModelForCausalLM.from_pretrained(plan["model"]["name_or_path"]).eval()
     tokenizer = AutoTokenizer.from_pretrained(plan["model"]["name_or_path"])
     text = calibration_file.read_text()
     for which in ("dense", "pruned"):
         if which == "pruned":
-            apply_plan(model, plan, session / "channel_order.safetensors")
+            apply_plan(model, plan, session / session_files.CHANNEL_ORDER)
         scores = evaluation[which]["zero_shot"]
         assert scores["tasks"]["mptui_mini"]["metric"] == "acc_norm"
         assert scores["tasks"]["mptui_mini"]["value"] == pytest.approx(
@@ -117,7 +118,7 @@ def test_eval_a_session_dense_and_pruned(tiny_model_dir, calibration_file, local
         expected = plain_rolling_perplexity(model, tokenizer, text, 32)
         assert evaluation[which]["perplexity"] == pytest.approx(expected, rel=1e-5)
     assert evaluation["pruned"]["perplexity"] != evaluation["dense"]["perplexity"]
-    summary = (session / "summary.md").read_text()
+    summary = (session / session_files.SUMMARY_MD).read_text()
     assert "| perplexity (dense) |" in summary and "| mptui_mini acc_norm (pruned) |" in summary
 
 
@@ -139,7 +140,7 @@ def test_a_session_keeps_its_channel_order_and_re_applies_exactly_it(
     from mptui.engine.errors import BadInput
 
     path = tiny_model_dir("llama")
-    order_file = tmp_path / "channel_order.safetensors"
+    order_file = tmp_path / session_files.CHANNEL_ORDER
     settings = PruneSettings.with_distribution(
         0.35, "30:40:30", calibration=CalibrationSpec(str(calibration_file), 0, 32), mlp_group=40
     )

@@ -14,15 +14,16 @@ from conftest import run_cli
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from bench.tiny import FAMILIES
+from mptui.engine import session_files
 from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
 from mptui.engine.errors import BadInput
 from mptui.engine.evaluate import rolling_perplexity
 from mptui.engine.export import export_model
 from mptui.engine.plan import Plan, PlanModel, PlanStep
 from mptui.engine.pruned_modeling import IncompleteCheckpoint
+from mptui.engine.rebuild import apply_plan
 from mptui.engine.structures import Structure
-from mptui.engine.surgery import apply_plan
-from mptui.engine.tiny import FAMILIES
 
 #: Loads each export in a fresh interpreter where importing mptui fails, as on a machine
 #: without it, and saves its logits and a greedy continuation.
@@ -257,8 +258,8 @@ def test_headless_export_and_session_export_agree_and_evaluate(
         [str(MPTUI), "export", str(session), "--out", str(later)], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
-    plan = json.loads((session / "plan.json").read_text())
-    assert json.loads((later / "plan.json").read_text())["steps"] == plan["steps"]
+    plan = json.loads((session / session_files.PLAN).read_text())
+    assert json.loads((later / session_files.PLAN).read_text())["steps"] == plan["steps"]
     assert "| layer | attention | MLP |" in (later / "README.md").read_text()
     models = [
         AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)

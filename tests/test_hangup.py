@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from test_tmux import MPTUI, Tmux
 
+from mptui.engine import session_files
+
 EXIT_WITHIN = 20  # seconds
 
 
@@ -28,7 +30,8 @@ def app_command(model: Path, calibration: Path, session: Path, *extra: str) -> s
 def owner_pid(session: Path) -> int:
     deadline = time.monotonic() + 60
     while True:
-        text = (session / "lock").read_text() if (session / "lock").exists() else ""
+        lock = session / session_files.LOCK
+        text = lock.read_text() if lock.exists() else ""
         if text.startswith("process "):
             return int(text.split()[1])
         assert time.monotonic() < deadline, "the app never took the session lock"
@@ -63,7 +66,8 @@ def uninterrupted(tiny_model_dir, calibration_file, tmp_path_factory) -> list[di
     result = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     return [
-        s["structure"] for s in json.loads((out / "session" / "plan.json").read_text())["steps"]
+        s["structure"]
+        for s in json.loads((out / "session" / session_files.PLAN).read_text())["steps"]
     ]
 
 
@@ -92,11 +96,11 @@ def test_the_app_exits_when_its_terminal_goes(
     finally:
         tmux.kill()  # what an SSH drop does to the app: SIGHUP, then no terminal
     wait_exit(pid)
-    assert (session / "summary.md").is_file()  # the engine was stopped and joined
+    assert (session / session_files.SUMMARY_MD).is_file()  # the engine was stopped and joined
     result = resume(session)
     assert result.returncode == 0, result.stderr
     assert "finished (done)" in result.stdout
-    plan = json.loads((session / "plan.json").read_text())
+    plan = json.loads((session / session_files.PLAN).read_text())
     assert [s["structure"] for s in plan["steps"]] == uninterrupted
 
 
@@ -112,5 +116,5 @@ def test_quit_stops_the_engine_and_writes_the_summary(tiny_model_dir, calibratio
         wait_exit(pid)
     finally:
         tmux.kill()
-    summary = json.loads((session / "summary.json").read_text())
-    assert summary["steps"] == len(json.loads((session / "plan.json").read_text())["steps"])
+    summary = json.loads((session / session_files.SUMMARY_JSON).read_text())
+    assert summary["steps"] == len(json.loads((session / session_files.PLAN).read_text())["steps"])

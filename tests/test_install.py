@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from test_tmux import Tmux
 
+from mptui.engine import session_files
+
 ROOT = Path(__file__).resolve().parents[1]
 # Repository folder -> where it lands in site-packages (pyproject.toml's package-dir).
 INSTALLED_AS = {"mptui": "mptui", "engine": "mptui/engine", "themes": "mptui/themes"}
@@ -167,7 +169,7 @@ def test_pip_install_runs_the_demo_outside_the_repository(installed: Path, tmp_p
     )
     assert headless.returncode == 0, headless.stdout + headless.stderr
     assert "finished (done)" in headless.stdout
-    assert (tmp_path / "headless" / "plan.json").exists()
+    assert (tmp_path / "headless" / session_files.PLAN).exists()
 
     tmux = Tmux(tmp_path)
     command = (

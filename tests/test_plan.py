@@ -14,6 +14,7 @@ from conftest import run_cli
 
 from mptui.app.state import RunState
 from mptui.engine import events as ev
+from mptui.engine import session_files
 from mptui.engine.api import Engine
 from mptui.engine.errors import BadInput
 from mptui.engine.plan import (
@@ -44,7 +45,7 @@ def real_run(tiny_model_dir, calibration_file, tmp_path_factory):
     engine = Engine(made.request, [log], plan_dirs=[folder])
     finished = engine.run()
     assert finished.reason == "done", log.summary()
-    return engine.plan(), finished.plan, json.loads((folder / "plan.json").read_text())
+    return engine.plan(), finished.plan, json.loads((folder / session_files.PLAN).read_text())
 
 
 def test_a_real_plan_round_trips_exactly(real_run):
@@ -131,7 +132,7 @@ def test_another_format_or_a_newer_version_fails_in_one_line(tmp_path, change, e
     } | change  # fmt: skip
     if data["format"] is None:
         del data["format"]
-    path = tmp_path / "plan.json"
+    path = tmp_path / session_files.PLAN
     path.write_text(json.dumps(data))
     with pytest.raises(BadInput) as raised:
         read_plan_file(path)
@@ -141,7 +142,7 @@ def test_another_format_or_a_newer_version_fails_in_one_line(tmp_path, change, e
 
 
 def test_a_file_that_is_no_json_or_no_object_fails_in_one_line(tmp_path):
-    path = tmp_path / "plan.json"
+    path = tmp_path / session_files.PLAN
     path.write_text('{"format": "mptui.plan/1", "steps": [')
     with pytest.raises(BadInput, match=r"plan\.json is damaged \(Expecting value") as raised:
         read_plan_file(path)
@@ -169,7 +170,7 @@ def test_mptui_export_refuses_a_tampered_plan_in_one_line(
     _, _, on_disk = real_run
     session = tmp_path / "session"
     session.mkdir()
-    (session / "plan.json").write_text(json.dumps(on_disk | {"format": tampered}))
+    (session / session_files.PLAN).write_text(json.dumps(on_disk | {"format": tampered}))
     out = tmp_path / "out"
     code, stderr = run_cli(["export", str(session), "--out", str(out)], capsys)
     assert code == 2, stderr

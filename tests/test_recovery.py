@@ -14,15 +14,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from bench.tiny import tiny_text
+from mptui.engine import session_files
 from mptui.engine.plan import Plan, PlanModel, PlanStep, write_json_atomic
 from mptui.engine.recovery import events as rev
 from mptui.engine.recovery.data import IGNORE, alpaca_prompt, instruction_example
 from mptui.engine.recovery.folder import RecoveryFolder
 from mptui.engine.recovery.run import prepare
 from mptui.engine.recovery.settings import RecoverySettings
-from mptui.engine.recovery.source import load_pruned
+from mptui.engine.recovery.source import RecoverySource
 from mptui.engine.structures import Structure
-from mptui.engine.tiny import tiny_text
 
 PRUNED = [
     Structure("attn_block", 1),
@@ -36,8 +37,8 @@ def make_session(folder: Path, model: Path, structures=PRUNED) -> Path:
     folder.mkdir(parents=True)
     steps = [PlanStep(i, s, 0.0, 0, 0.0, "user") for i, s in enumerate(structures, start=1)]
     plan = Plan(PlanModel(str(model), 0, 4, 176, 64, dtype="float32"), {}, 0.0, steps)
-    write_json_atomic(folder / "plan.json", plan.to_dict())
-    write_json_atomic(folder / "settings.json", {"model": str(model)})
+    write_json_atomic(folder / session_files.PLAN, plan.to_dict())
+    write_json_atomic(folder / session_files.SETTINGS, {"model": str(model)})
     return folder
 
 
@@ -60,8 +61,8 @@ def settings(data: Path, **changes) -> RecoverySettings:
 
 
 def start(session: Path, recovery: RecoverySettings, events: list | None = None):
-    source = {"session": str(session)}
-    model, tokenizer, plan = load_pruned(source)
+    source = RecoverySource("session", session)
+    model, tokenizer, plan = source.load()
     emit = events.append if events is not None else (lambda event: None)
     return prepare(model, tokenizer, recovery, RecoveryFolder(session), emit, source), plan
 
@@ -150,7 +151,7 @@ def test_a_recovered_export_is_the_merged_model_and_loads_without_mptui_or_peft(
 ):
     run, plan = start(session, settings(text_file, steps=2, eval_every=1))
     assert run.run() == "done"
-    pruned, _, _ = load_pruned({"session": str(session)})
+    pruned, _, _ = RecoverySource("session", session).load()
     ids = torch.randint(3, 500, (2, 20), generator=torch.Generator().manual_seed(1))
     merged = run.merged()
     with torch.inference_mode():
@@ -180,7 +181,7 @@ def folder_bytes(folder: Path) -> dict:
     return {
         p.relative_to(folder): p.read_bytes()
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != "lock"
+        if p.is_file() and p.name != session_files.LOCK
     }
 
 
@@ -277,7 +278,7 @@ def test_eval_and_export_of_a_recovered_session_use_the_recovered_model(
     results = json.loads(capsys.readouterr().out)
     dense, pruned, recovered = (results[k]["perplexity"] for k in ("dense", "pruned", "recovered"))
     assert recovered < pruned != dense  # trained on this very text
-    summary = (session / "summary.md").read_text()
+    summary = (session / session_files.SUMMARY_MD).read_text()
     assert "| metric | dense | pruned | recovered |" in summary
     assert (
         f"| perplexity | {round(dense, 4)} | {round(pruned, 4)} | {round(recovered, 4)} |"
@@ -296,7 +297,7 @@ def test_an_export_recovers_in_a_session_folder_of_its_own(session, text_file, t
     from mptui.engine.export import export_model
     from mptui.recover_cli import main
 
-    pruned, tokenizer, plan = load_pruned({"session": str(session)})
+    pruned, tokenizer, plan = RecoverySource("session", session).load()
     export_model(pruned, tokenizer, plan, tmp_path / "export")
     state = tmp_path / "state"
     argv = [str(tmp_path / "export"), "--data", str(text_file), "--steps", "2", "--seqlen", "32",
@@ -305,7 +306,7 @@ def test_an_export_recovers_in_a_session_folder_of_its_own(session, text_file, t
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "exported to" in out and "recovery done: validation perplexity" in out
-    assert RecoveryFolder(state).read_settings()[1]["export"] == str(tmp_path / "export")
+    assert RecoveryFolder(state).read_settings()[1] == RecoverySource("export", tmp_path / "export")
     assert RecoveryFolder(state).saved_step() == 2
     stored = load_file(tmp_path / "recovered" / "model.safetensors")
     assert sum(t.numel() for t in stored.values()) == unique_parameters(pruned)
@@ -325,8 +326,8 @@ def test_parquet_instruction_rows_and_gradient_checkpointing(session, tmp_path):
     adapters = []
     for checkpointing, where in ((False, session), (True, tmp_path / "again")):
         if checkpointing:
-            make_session(where, Path(json.loads((session / "plan.json").read_text())["model"][
-                "name_or_path"]))  # fmt: skip
+            plan = json.loads((session / session_files.PLAN).read_text())
+            make_session(where, Path(plan["model"]["name_or_path"]))
         recovery = settings(tmp_path / "rows.parquet", steps=1, dropout=0.0, seqlen=256,
                             gradient_checkpointing=checkpointing)  # fmt: skip
         run, _ = start(where, recovery)

@@ -10,10 +10,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mptui.engine.adapters import adapter_for
 from mptui.engine.api import prune
-from mptui.engine.calibration import CalibrationSpec, load_calibration
+from mptui.engine.calibration import load_calibration
 from mptui.engine.errors import OutOfMemory
 from mptui.engine.scoring import Scorer
-from mptui.engine.setup import faithful_label_mask
+from mptui.engine.session_setup import faithful_label_mask
+from mptui.engine.settings import CalibrationSpec
 from mptui.engine.structures import Structure
 
 

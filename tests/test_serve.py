@@ -13,6 +13,7 @@ import pytest
 from app_replay import fixed_run_events
 
 from mptui.app.state import RunState
+from mptui.engine import session_files
 from mptui.engine.api import BadInput, EngineServer, EngineState, attach, wire
 from mptui.engine.api import commands as cmd
 from mptui.engine.api import events as ev
@@ -133,7 +134,7 @@ def test_a_client_that_stops_reading_is_dropped_and_never_blocks_the_engine(tmp_
                 time.sleep(0.01)
         wait_until(lambda: len(seen) == total, timeout=30)
         assert [e.message for e in seen] == ["x" * 200 + str(k) for k in range(total)]
-        log = (tmp_path / "mptui.log").read_text()
+        log = (tmp_path / session_files.LOG).read_text()
         assert log.count("dropped a local client: it fell 1001 events behind") == 1
         reader.send(cmd.Pause())
         assert engine.got_command.wait(5) and engine.received == [cmd.Pause()]
@@ -141,13 +142,13 @@ def test_a_client_that_stops_reading_is_dropped_and_never_blocks_the_engine(tmp_
         stuck.close()
     finally:
         server.close()
-    assert not (tmp_path / "engine.sock").exists()
+    assert not (tmp_path / session_files.SOCKET).exists()
 
 
 def test_the_socket_is_the_owners_only_and_a_stale_one_is_replaced(tmp_path):
-    (tmp_path / "settings.json").write_text("{}")
+    (tmp_path / session_files.SETTINGS).write_text("{}")
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    stale.bind(str(tmp_path / "engine.sock"))  # what a killed run leaves: nobody listens
+    stale.bind(str(tmp_path / session_files.SOCKET))  # what a killed run leaves: nobody listens
     stale.close()
     with pytest.raises(BadInput, match="was left by a run that was killed"):
         attach(str(tmp_path))
@@ -155,7 +156,7 @@ def test_the_socket_is_the_owners_only_and_a_stale_one_is_replaced(tmp_path):
     server = EngineServer(engine, tmp_path)
     server.start()
     try:
-        mode = (tmp_path / "engine.sock").stat().st_mode
+        mode = (tmp_path / session_files.SOCKET).stat().st_mode
         assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
         assert not list(tmp_path.glob(".sock-*"))  # the private folder it was made in is gone
         remote = attach(str(tmp_path))
@@ -163,7 +164,7 @@ def test_the_socket_is_the_owners_only_and_a_stale_one_is_replaced(tmp_path):
         remote.close()
     finally:
         server.close()
-    assert not (tmp_path / "engine.sock").exists()
+    assert not (tmp_path / session_files.SOCKET).exists()
     with pytest.raises(BadInput, match="no run is serving"):
         attach(str(tmp_path))
 
@@ -187,7 +188,7 @@ def test_a_client_that_does_not_speak_the_protocol_is_refused(tmp_path, hello, r
         sock.close()
     finally:
         server.close()
-    assert f"refused a local client: {reason}" in (tmp_path / "mptui.log").read_text()
+    assert f"refused a local client: {reason}" in (tmp_path / session_files.LOG).read_text()
 
 
 def test_a_session_deeper_than_a_unix_address_is_served(tmp_path):
@@ -196,7 +197,7 @@ def test_a_session_deeper_than_a_unix_address_is_served(tmp_path):
     server = EngineServer(Publisher(), deep)
     server.start()
     try:
-        assert len(str(deep / "engine.sock")) > 108
+        assert len(str(deep / session_files.SOCKET)) > 108
         remote = attach(str(deep))
         assert remote.welcome.session == str(deep)
         remote.close()
@@ -210,11 +211,11 @@ def test_tcp_wants_the_token_and_logs_a_wrong_one(tmp_path):
     server.start()
     try:
         host, port = server.address
-        assert stat.S_IMODE((tmp_path / "token").stat().st_mode) == 0o600
-        assert (tmp_path / "token").read_text().strip() == server.token
+        assert stat.S_IMODE((tmp_path / session_files.TOKEN).stat().st_mode) == 0o600
+        assert (tmp_path / session_files.TOKEN).read_text().strip() == server.token
         with pytest.raises(BadInput, match="refused the connection: wrong token"):
             attach(f"{host}:{port}", "not-the-token")
-        assert "refused 127.0.0.1:" in (tmp_path / "mptui.log").read_text()
+        assert "refused 127.0.0.1:" in (tmp_path / session_files.LOG).read_text()
         remote = attach(f"{host}:{port}", server.token)
         remote.start()
         remote.send(cmd.Stop())
@@ -222,7 +223,7 @@ def test_tcp_wants_the_token_and_logs_a_wrong_one(tmp_path):
         remote.close()
     finally:
         server.close()
-    assert not (tmp_path / "token").exists()
+    assert not (tmp_path / session_files.TOKEN).exists()
 
 
 def test_a_lingering_run_ends_once_no_client_is_left_and_nothing_is_under_way(tmp_path):

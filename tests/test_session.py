@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from mptui.engine import session_files
 from mptui.engine.plan import PlanStep
 from mptui.engine.session_folder import SessionFolder
 from mptui.engine.structures import Structure
@@ -35,7 +36,7 @@ def resume(session: Path) -> subprocess.CompletedProcess:
 
 
 def journal_lines(session: Path) -> int:
-    path = session / "journal.jsonl"
+    path = session / session_files.JOURNAL
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
@@ -48,7 +49,7 @@ def wait_for_lines(session: Path, count: int, process: subprocess.Popen) -> None
 
 
 def plan_of(session: Path) -> list[tuple]:
-    plan = json.loads((session / "plan.json").read_text())
+    plan = json.loads((session / session_files.PLAN).read_text())
     return [(s["structure"], s["chosen_by"], round(s["score"], 6)) for s in plan["steps"]]
 
 
@@ -58,8 +59,9 @@ def uninterrupted(tiny_model_dir, calibration_file, tmp_path_factory):
     process = start(tiny_model_dir("llama"), calibration_file, session)
     _, err = process.communicate(timeout=300)
     assert process.returncode == 0, err
-    assert (session / "summary.md").exists() and (session / "summary.json").exists()
-    assert (session / "channel_order.safetensors").is_file()  # resume reads it back
+    assert (session / session_files.SUMMARY_MD).exists()
+    assert (session / session_files.SUMMARY_JSON).exists()
+    assert (session / session_files.CHANNEL_ORDER).is_file()  # resume reads it back
     return plan_of(session)
 
 
@@ -73,7 +75,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_plan(
         wait_for_lines(session, after_steps, process)
     else:
         deadline = time.monotonic() + 60
-        while not (session / "settings.json").exists():
+        while not (session / session_files.SETTINGS).exists():
             assert time.monotonic() < deadline
             time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
@@ -98,7 +100,7 @@ def test_a_signal_saves_and_stops_cleanly(
     out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     assert "finished (stopped)" in out
-    assert (session / "summary.md").is_file()
+    assert (session / session_files.SUMMARY_MD).is_file()
     steps = plan_of(session)
     assert 2 <= len(steps) < len(uninterrupted)
     assert steps == uninterrupted[: len(steps)]
@@ -109,7 +111,7 @@ def test_a_signal_saves_and_stops_cleanly(
 def test_a_second_process_on_the_same_session_is_refused(tmp_path, tiny_model_dir):
     folder = SessionFolder(tmp_path / "session")
     folder.lock()
-    (folder.path / "settings.json").write_text("{}")
+    (folder.path / session_files.SETTINGS).write_text("{}")
     result = resume(folder.path)
     assert result.returncode == 2
     assert result.stderr.strip() == (
@@ -123,7 +125,7 @@ def test_journal_replays_undos_and_ignores_a_torn_line(tmp_path):
     for index in (1, 2, 3):
         folder.record_commit(PlanStep(index, Structure("mlp_block", index), 9.0, 100, 0.1, "user"))
     folder.record_undo(3)
-    with (tmp_path / "journal.jsonl").open("a") as handle:
+    with (tmp_path / session_files.JOURNAL).open("a") as handle:
         handle.write('{"commit": {"index": 3, "struc')  # the process died mid-write
     assert [step.index for step in folder.read_journal().steps] == [1, 2]
 
@@ -138,7 +140,7 @@ def test_resume_of_something_that_is_not_a_session(tmp_path):
 DRIVER = """
 import sys, time
 from pathlib import Path
-from mptui.engine import commands as cmd, events as ev
+from mptui.engine import commands as cmd, events as ev, session_files
 from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
 from mptui.engine.session_folder import SessionFolder
 
@@ -160,7 +162,7 @@ commands = {"override": cmd.Override("L2.mlp"), "undo": cmd.Undo(),
 for decision in decisions:
     engine.send(commands[decision])
 engine.start()
-journal = folder.path / "journal.jsonl"  # one line per decision, written as it is made
+journal = folder.path / session_files.JOURNAL  # one line per decision, written as it is made
 while not journal.exists() or len(journal.read_text().splitlines()) < len(decisions):
     time.sleep(0.01)
 print("decided", flush=True)
@@ -195,7 +197,7 @@ def test_decisions_survive_a_kill(
     decide_then_kill(tiny_model_dir("llama"), calibration_file, session, *decisions)
     result = resume(session)
     assert result.returncode == 0, result.stderr
-    plan = json.loads((session / "plan.json").read_text())
+    plan = json.loads((session / session_files.PLAN).read_text())
     steps = plan["steps"]
     if first == "uninterrupted":  # the override was undone: the engine's own plan
         assert plan_of(session) == uninterrupted
@@ -225,8 +227,8 @@ def test_resume_writes_out_and_export_again(tiny_model_dir, calibration_file, tm
     result = resume(session)
     assert result.returncode == 0, result.stderr
     assert (
-        json.loads((out / "plan.json").read_text())["steps"]
-        == json.loads((session / "plan.json").read_text())["steps"]
+        json.loads((out / session_files.PLAN).read_text())["steps"]
+        == json.loads((session / session_files.PLAN).read_text())["steps"]
     )
     assert (export / "model.safetensors").is_file()
 
@@ -253,7 +255,7 @@ def test_a_torn_line_is_cut_before_the_next_append(uninterrupted, tiny_model_dir
     wait_for_lines(session, 3, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    journal = session / "journal.jsonl"
+    journal = session / session_files.JOURNAL
     lines = journal.read_text().splitlines()[:3]
     journal.write_text("\n".join(lines[:2]) + "\n" + lines[2][: len(lines[2]) // 2])  # torn
     for _ in range(2):  # the first resume appends after the torn line; the second reads it all

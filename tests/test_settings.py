@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mptui.engine.calibration import CalibrationSpec
 from mptui.engine.errors import BadInput
 from mptui.engine.settings import (
+    CalibrationSpec,
     PruneSettings,
     parse_distribution,
     parse_order,

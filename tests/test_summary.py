@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from mptui.engine import session_files
 from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
 from mptui.engine.summary import markdown, summarize, write_summary
 
@@ -34,10 +35,10 @@ def test_summary_matches_the_pruned_model(tiny_model_dir, calibration_file, tmp_
     assert sum(d["steps"] for d in summary["per_dimension"].values()) == len(plan["steps"])
     assert set(summary["per_dimension"]) == {"blocks", "mlp_channels", "attn_heads"}
     write_summary(tmp_path, plan, {"piqa": 0.61})
-    text = (tmp_path / "summary.md").read_text()
+    text = (tmp_path / session_files.SUMMARY_MD).read_text()
     assert text == markdown(summarize(plan, {"piqa": 0.61}))
     assert "| piqa | 0.61 |" in text and f"{summary['final_score']:.4f} pruned" in text
-    assert (tmp_path / "summary.json").exists()
+    assert (tmp_path / session_files.SUMMARY_JSON).exists()
 
 
 def test_an_evaluation_lands_in_the_session_folder_and_its_summary(
@@ -63,7 +64,7 @@ def test_an_evaluation_lands_in_the_session_folder_and_its_summary(
         time.sleep(0.05)
     engine.send(cmd.Stop())  # the engine lingers after the search until told to stop
     assert engine.join(60)
-    evaluation = json.loads((tmp_path / "evaluation.json").read_text())
+    evaluation = json.loads((tmp_path / session_files.EVALUATION).read_text())
     assert evaluation["dense"] == done[0].dense and evaluation["pruned"] == done[0].pruned
-    text = (tmp_path / "summary.md").read_text()
+    text = (tmp_path / session_files.SUMMARY_MD).read_text()
     assert f"| perplexity (dense) | {round(done[0].dense['perplexity'], 4)} |" in text

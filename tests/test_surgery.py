@@ -6,10 +6,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from bench.tiny import FAMILIES
 from mptui.engine.adapters import adapter_for
 from mptui.engine.errors import UnsupportedModel
 from mptui.engine.structures import Structure
-from mptui.engine.tiny import FAMILIES
 
 
 def load(path):

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mptui.engine.tiny import FAMILIES, build_tiny_model, tiny_text, tiny_tokenizer
+from bench.tiny import FAMILIES, build_tiny_model, tiny_text, tiny_tokenizer
 
 GQA_FAMILIES = [name for name in FAMILIES if name != "gpt2"]
 

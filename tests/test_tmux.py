@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from mptui.engine import session_files
+
 MPTUI = Path(sys.executable).parent / "mptui"
 TMUX = shutil.which("tmux") or "tmux"
 
@@ -92,8 +94,8 @@ def test_demo_in_tmux(tmp_path):
         tmux.run("send-keys", "-t", "demo", "Escape")
         wait_gone(tmux, "pause / resume")  # a key right after Escape would read as alt+key
         tmux.quit()
-        assert (out / "plan.json").exists()
-        assert (session / "mptui.log").exists()
-        assert (session / "settings.json").exists()
+        assert (out / session_files.PLAN).exists()
+        assert (session / session_files.LOG).exists()
+        assert (session / session_files.SETTINGS).exists()
     finally:
         tmux.kill()

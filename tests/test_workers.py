@@ -15,8 +15,9 @@ import pytest
 from test_tmux import Tmux
 
 from mptui.cli import build_parser, demo_defaults
+from mptui.engine import session_files
 from mptui.engine.api import Engine
-from mptui.runs import build_request
+from mptui.run_cli import build_request
 
 DEMO = ["--demo", "--headless", "--target-ratio", "0.1"]
 RUN_TIMEOUT = 300
@@ -41,12 +42,12 @@ def steps_of(plan: dict) -> list[tuple[dict, float]]:
 
 
 def plan_in(session: Path) -> list[tuple[dict, float]]:
-    return steps_of(json.loads((session / "plan.json").read_text()))
+    return steps_of(json.loads((session / session_files.PLAN).read_text()))
 
 
 def kill_rank_after_first_commit(process: subprocess.Popen, session: Path, rank: int) -> None:
     """SIGKILL worker ``rank`` while the step after the first commit is being scored."""
-    journal = session / "journal.jsonl"
+    journal = session / session_files.JOURNAL
     deadline = time.monotonic() + RUN_TIMEOUT
     while not (journal.is_file() and journal.read_text().count("\n") >= 1):
         assert process.poll() is None, "the run ended before its first commit"
@@ -146,9 +147,9 @@ def test_the_app_runs_on_two_workers_and_steers_them(tmp_path, uninterrupted):
         tmux.wait_for(f"the run has ended (done); session {session}")
         assert "starting 2 workers in the background" in tmux.screen()
         assert plan_in(session) == uninterrupted
-        assert (session / "export" / "model.safetensors").is_file()
-        wait_for_text(session / "workers.log", "plan written to")  # the workers ended
-        assert "finished (done)" in (session / "workers.log").read_text()
+        assert (session / session_files.EXPORT / "model.safetensors").is_file()
+        wait_for_text(session / session_files.WORKERS_LOG, "plan written to")  # the workers ended
+        assert "finished (done)" in (session / session_files.WORKERS_LOG).read_text()
     finally:
         tmux.kill()
 

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..calibration import _is_table, _open_table, load_documents, tokenize_chunks
+from ..calibration import is_table, load_documents, open_table, tokenize_chunks
 from ..errors import BadInput, CalibrationError
 
 #: Label of a token that carries no loss (the prompt, padding): PyTorch's ignore_index.
@@ -53,13 +53,13 @@ def alpaca_prompt(row: dict) -> str:
 
 
 def _is_rows(source: str, path: Path) -> bool:
-    return path.suffix == ".jsonl" or _is_table(source)
+    return path.suffix == ".jsonl" or is_table(source)
 
 
 def check_data(source: str) -> None:
     """Without a tokenizer: the source exists, and instruction rows have their fields."""
     path = Path(source).expanduser()
-    if not _is_table(source) and not path.is_file():
+    if not is_table(source) and not path.is_file():
         raise BadInput(f"recovery data '{source}' does not exist; check --data")
     if _is_rows(source, path):
         _rows(source, path)
@@ -89,7 +89,7 @@ def _rows(source: str, path: Path) -> list[dict]:
         rows = _jsonl_rows(path)
     else:
         try:
-            rows = list(_open_table(source))
+            rows = list(open_table(source))
         except CalibrationError as error:
             raise BadInput(f"recovery data: {str(error).partition('; pass')[0]}") from None
     if not rows:

@@ -21,42 +21,41 @@ import torch
 
 from ..errors import BadInput
 from ..plan import write_json_atomic
+from ..session_files import RECOVERY, RECOVERY_CHECKPOINT, RECOVERY_LOG, RECOVERY_SETTINGS
 from .settings import RecoverySettings
-
-DIR = "recovery"
-SETTINGS = "settings.json"
-CHECKPOINT = "checkpoint.pt"
-LOG = "recovery.jsonl"
+from .source import RecoverySource
 
 
 class RecoveryFolder:
     def __init__(self, session: Path) -> None:
         self.session = Path(session)
-        self.path = self.session / DIR
+        self.path = self.session / RECOVERY
 
     @property
     def started(self) -> bool:
-        return (self.path / SETTINGS).is_file()
+        return (self.path / RECOVERY_SETTINGS).is_file()
 
     @property
     def checkpoint(self) -> Path:
-        return self.path / CHECKPOINT
+        return self.path / RECOVERY_CHECKPOINT
 
     # --- settings ---------------------------------------------------------------------------
-    def write_settings(self, settings: RecoverySettings, model: dict) -> None:
-        """``model``: where the pruned model comes from (``{"session": ...}`` or
-        ``{"export": PATH}``)."""
+    def write_settings(self, settings: RecoverySettings, source: RecoverySource) -> None:
+        """``source``: where the pruned model comes from, so a resume loads it the same way."""
         self.path.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.path / SETTINGS, {"settings": settings.to_dict(), "model": model})
+        record = {"settings": settings.to_dict(), "model": source.to_dict()}
+        write_json_atomic(self.path / RECOVERY_SETTINGS, record)
 
-    def read_settings(self) -> tuple[RecoverySettings, dict]:
+    def read_settings(self) -> tuple[RecoverySettings, RecoverySource]:
         try:
-            data = json.loads((self.path / SETTINGS).read_text())
-            return RecoverySettings.from_dict(data["settings"]), data["model"]
+            data = json.loads((self.path / RECOVERY_SETTINGS).read_text())
+            return RecoverySettings.from_dict(data["settings"]), RecoverySource.from_dict(
+                data["model"]
+            )
         except FileNotFoundError:
             raise BadInput(f"'{self.session}' has no recovery to continue") from None
         except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise BadInput(f"{self.path / SETTINGS} is damaged ({error!r})") from None
+            raise BadInput(f"{self.path / RECOVERY_SETTINGS} is damaged ({error!r})") from None
 
     # --- checkpoint -------------------------------------------------------------------------
     def save(self, state: dict) -> None:
@@ -101,11 +100,11 @@ class RecoveryFolder:
 
     # --- log --------------------------------------------------------------------------------
     def log(self, record: dict) -> None:
-        with (self.session / LOG).open("a") as handle:
+        with (self.session / RECOVERY_LOG).open("a") as handle:
             handle.write(json.dumps(record) + "\n")
 
     def read_log(self) -> list[dict]:
-        path = self.session / LOG
+        path = self.session / RECOVERY_LOG
         if not path.is_file():
             return []
         records = []
@@ -115,3 +114,20 @@ class RecoveryFolder:
             except json.JSONDecodeError:
                 break
         return records
+
+
+def recovered_model(pruned, session: Path):
+    """``pruned`` (rebuilt from the session) with the session's saved adapter merged into it,
+    in place; None when the session holds no recovery."""
+    from peft import set_peft_model_state_dict
+
+    from .lora import add_adapters
+
+    folder = RecoveryFolder(session)
+    state = folder.load()
+    if state is None:
+        return None
+    settings, _ = folder.read_settings()
+    wrapped = add_adapters(pruned, settings)
+    set_peft_model_state_dict(wrapped, state["adapter"])
+    return wrapped.merge_and_unload().eval()

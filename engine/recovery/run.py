@@ -16,15 +16,14 @@ from pathlib import Path
 from torch import nn
 
 from .. import events as ev
-from ..errors import BadInput
 from ..export import export_model
-from ..loading import load_config, max_positions
+from ..loading import check_seqlen, load_config
 from . import events as rev
 from .data import check_data, load_examples, split_validation
 from .folder import RecoveryFolder
 from .lora import merged_copy
 from .settings import RecoverySettings
-from .source import read_source_plan
+from .source import RecoverySource
 from .trainer import Trainer
 
 log = logging.getLogger("mptui.engine")
@@ -32,20 +31,14 @@ log = logging.getLogger("mptui.engine")
 Emit = Callable[[ev.Event], None]
 
 
-def check(settings: RecoverySettings, source: dict) -> None:
+def check(settings: RecoverySettings, source: RecoverySource) -> None:
     """The cheap checks, before a model loads: something to recover, data that exists and has
     the needed fields, and a seqlen the model can take. Targets are checked once it is loaded."""
-    plan = read_source_plan(source)
-    name = source.get("export") or plan.model.name_or_path
-    check_seqlen(settings, load_config(name))
+    plan = source.read_plan()
+    name = plan.model.name_or_path if source.is_session else str(source.path)
+    check_seqlen(settings.seqlen, load_config(name))
     for data in filter(None, (settings.data, settings.val_data)):
         check_data(data)
-
-
-def check_seqlen(settings: RecoverySettings, config) -> None:
-    limit = max_positions(config)
-    if limit is not None and settings.seqlen > limit:
-        raise BadInput(f"--seqlen {settings.seqlen} is above this model's limit of {limit}")
 
 
 def prepare(
@@ -54,7 +47,7 @@ def prepare(
     settings: RecoverySettings,
     folder: RecoveryFolder,
     emit: Emit,
-    source: dict,
+    source: RecoverySource,
     cache_dir: Path | None = None,
 ) -> RecoveryRun:
     """Every check on the user's input, then the trainer, restored from the last save if any.
@@ -62,7 +55,7 @@ def prepare(
     Nothing is written to the folder until all checks passed; then ``settings`` and ``source``
     (where the pruned model comes from) are saved for a resume.
     """
-    check_seqlen(settings, model.config)
+    check_seqlen(settings.seqlen, model.config)
     examples = load_examples(settings.data, tokenizer, settings.seqlen, cache_dir)
     if settings.val_data:
         train = examples

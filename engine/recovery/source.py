@@ -3,73 +3,80 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import BadInput
 from ..export import is_export
 from ..loading import load_model
 from ..plan import Plan, read_plan_file
+from ..rebuild import rebuild_pruned
+from ..session_files import PLAN, SETTINGS
 from ..session_folder import SessionFolder
-from ..surgery import apply_plan
+
+if TYPE_CHECKING:
+    from torch import nn
 
 Progress = Callable[[int, int], None]
+Kind = Literal["session", "export"]
 
 
-def describe_source(path: Path) -> dict:
-    """``{"session": PATH}`` or ``{"export": PATH}``; anything else is one clear line."""
-    path = Path(path).expanduser()
-    if (path / "settings.json").is_file() and (path / "plan.json").is_file():
-        return {"session": str(path)}
-    if is_export(path):
-        return {"export": str(path)}
-    raise BadInput(f"'{path}' is neither an mptui session nor an mptui export (no plan.json)")
+@dataclass(frozen=True)
+class RecoverySource:
+    """A session or an export folder, and how to load it (``None``: the default for each; a
+    session's default precision is the one its search ran in)."""
 
+    kind: Kind
+    path: Path
+    dtype: str | None = None
+    device: str | None = None
 
-def read_source_plan(source: dict) -> Plan:
-    """The plan of ``source``; a plan that removed nothing has nothing to recover."""
-    path = Path(source.get("session") or source["export"])
-    plan = read_plan_file(path / "plan.json")
-    if not plan.steps:
-        raise BadInput(f"'{path}' removed nothing (its plan has no steps): nothing to recover")
-    return plan
+    @classmethod
+    def find(cls, path: Path) -> RecoverySource:
+        """What ``path`` is; anything else is one clear line."""
+        path = Path(path).expanduser()
+        if (path / SETTINGS).is_file() and (path / PLAN).is_file():
+            return cls("session", path)
+        if is_export(path):
+            return cls("export", path)
+        raise BadInput(f"'{path}' is neither an mptui session nor an mptui export (no plan.json)")
 
+    @property
+    def is_session(self) -> bool:
+        return self.kind == "session"
 
-def load_pruned(
-    source: dict,
-    dtype: str | None = None,
-    device: str | None = None,
-    on_shard: Progress | None = None,
-):
-    """``(model, tokenizer, plan)``: the pruned model as the search left it."""
-    plan = read_source_plan(source)
-    if "session" in source:
-        folder = SessionFolder(Path(source["session"]))
-        base = plan.model.name_or_path
-        model, tokenizer = load_model(
-            base, dtype=dtype or plan.model.dtype, device=device, on_shard=on_shard
-        )
-        apply_plan(model, plan, folder.order_file)
-    else:
-        model, tokenizer = load_model(
-            source["export"], dtype=dtype, device=device, on_shard=on_shard
-        )
-    return model, tokenizer, plan
+    def loaded_as(self, dtype: str | None, device: str | None) -> RecoverySource:
+        return replace(self, dtype=dtype, device=device)
 
+    def to_dict(self) -> dict:
+        """As the recovery's settings file keeps it: ``{"session"|"export": PATH, "dtype": ...,
+        "device": ...}``."""
+        return {self.kind: str(self.path), "dtype": self.dtype, "device": self.device}
 
-def recovered_model(pruned, session: Path):
-    """``pruned`` (rebuilt from the session) with the session's saved adapter merged into it,
-    in place; None when the session holds no recovery."""
-    from peft import set_peft_model_state_dict
+    @classmethod
+    def from_dict(cls, data: dict) -> RecoverySource:
+        kind: Kind = "session" if "session" in data else "export"
+        return cls(kind, Path(data[kind]), data.get("dtype"), data.get("device"))
 
-    from .folder import RecoveryFolder
-    from .lora import add_adapters
+    def read_plan(self) -> Plan:
+        """The plan of the source; a plan that removed nothing has nothing to recover."""
+        plan = read_plan_file(self.path / PLAN)
+        if not plan.steps:
+            raise BadInput(
+                f"'{self.path}' removed nothing (its plan has no steps): nothing to recover"
+            )
+        return plan
 
-    folder = RecoveryFolder(session)
-    state = folder.load()
-    if state is None:
-        return None
-    settings, _ = folder.read_settings()
-    wrapped = add_adapters(pruned, settings)
-    set_peft_model_state_dict(wrapped, state["adapter"])
-    return wrapped.merge_and_unload().eval()
+    def load(self, on_shard: Progress | None = None) -> tuple[nn.Module, Any, Plan]:
+        """``(model, tokenizer, plan)``: the pruned model as the search left it."""
+        plan = self.read_plan()
+        if self.is_session:
+            order_file = SessionFolder(self.path).order_file
+            load = functools.partial(rebuild_pruned, plan, order_file)
+        else:
+            load = functools.partial(load_model, str(self.path))
+        model, tokenizer = load(dtype=self.dtype, device=self.device, on_shard=on_shard)
+        return model, tokenizer, plan

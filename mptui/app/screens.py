@@ -11,7 +11,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from mptui.engine.api import DIMENSIONS
+from mptui.engine.api import DIMENSIONS, session_files
 
 HELP = """\
 [b]Panes[/b]
@@ -133,7 +133,10 @@ class EvaluationScreen(ModalScreen[None]):
             table.add_columns("", "dense", "pruned", *recovered, "change")
             table.add_rows(self.rows)
             yield table
-            yield Label("evaluation.json and summary.md in the session folder  [b]esc[/b] close")
+            yield Label(
+                f"{session_files.EVALUATION} and {session_files.SUMMARY_MD} in the session folder"
+                "  [b]esc[/b] close"
+            )
 
 
 class QuitScreen(ModalScreen[bool]):

@@ -34,7 +34,6 @@ LEARNING_RATE = 4e-3
 WARMUP = 50
 VALIDATION_SHARE = 0.05
 MAX_TEXT_CHARS = 2_400_000
-SPECIAL = "<|endoftext|>"
 
 #: Modules with side effects on import (a browser, a window, printing) or none worth reading.
 SKIP_MODULES = {
@@ -164,7 +163,7 @@ def write_text(docs: list[str]) -> tuple[Path, Path]:
 
 # --- tokenizer and model --------------------------------------------------------------------
 def train_tokenizer(text_path: Path):
-    from mptui.engine.api import train_byte_level_bpe
+    from .tokenizer import train_byte_level_bpe
 
     return train_byte_level_bpe(VOCAB, files=[str(text_path)])
 

@@ -1,5 +1,5 @@
 """The demo's recovery: a short LoRA fine-tuning on the demo's own calibration text, validated
-on its validation text, sized to take about a minute on a CPU (README gives its numbers)."""
+on its validation text, sized for a CPU (README gives its time and its numbers)."""
 
 from __future__ import annotations
 

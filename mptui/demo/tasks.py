@@ -2,7 +2,7 @@
 
 ``mptui_demo_order``: a sentence of the held-out demo text is cut in half; the model picks its
 true next six words among four orderings of the same words, which any language model should get
-mostly right and a damaged one less often. Chance is 25%; the dense demo model scores 0.87.
+mostly right and a damaged one less often (chance is 25%; README.md has the demo's scores).
 The items are built once, deterministically, by ``python -m mptui.demo.tasks``.
 """
 

@@ -1,4 +1,5 @@
-"""Tiny seeded models with real tokenizers, on disk, for tests and benchmarks.
+"""Tiny seeded models with real tokenizers, on disk, for tests and benchmarks (kept out of the
+installed package: no user of mptui needs them).
 
 Every supported family gets a model small enough to build in a fraction of a second, with
 grouped-query attention where the family has it, an MLP width that no usual group size divides,
@@ -12,11 +13,12 @@ from __future__ import annotations
 import functools
 import os
 import random
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from mptui.demo.tokenizer import train_byte_level_bpe
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedTokenizerFast
@@ -27,7 +29,6 @@ HIDDEN = 64
 INTERMEDIATE = 176
 HEADS = 8
 KV_HEADS = 4
-SPECIAL = "<|endoftext|>"
 
 
 @functools.cache
@@ -51,38 +52,12 @@ def tiny_text(n_docs: int = 200, seed: int = 0) -> list[str]:
     return paragraphs[:n_docs]
 
 
-def train_byte_level_bpe(
-    vocab_size: int, *, texts: Iterable[str] = (), files: Sequence[str] = ()
-) -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained here on ``texts`` or ``files``, wrapped for transformers, with
-    ``<|endoftext|>`` as its BOS, EOS and unknown token (the demo model uses it too)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[SPECIAL],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    if files:
-        tokenizer.train(list(files), trainer=trainer)
-    else:
-        tokenizer.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token=SPECIAL, eos_token=SPECIAL, unk_token=SPECIAL
-    )
-
-
 @functools.cache
 def tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     """A byte-level BPE of ``vocab_size`` tokens, trained once per process.
 
     Trained rather than shipped so that no file or download is needed; a few hundred
-    paragraphs train in tens of milliseconds, and the cache makes every later call free.
+    paragraphs are enough, and the cache makes every later call free.
     """
     return train_byte_level_bpe(vocab_size, texts=_pydoc_paragraphs()[:400])
 

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from . import events as ev
 from .adapters import Adapter, adapter_for
 from .calibration import (
-    CalibrationSpec,
     faithful_rows,
     load_calibration,
     load_documents,
@@ -25,12 +22,12 @@ from .calibration import (
 from .channel_order import apply_order, reorder_model
 from .compiled import resolve_backend
 from .errors import BadInput
-from .loading import check_supported, load_config, load_model, max_positions
+from .loading import check_seqlen, check_supported, load_config, load_model
 from .names import model_label
-from .plan import PlanStep
+from .run_request import RunRequest
 from .scoring import Scorer
 from .session import PruningSession
-from .settings import PruneSettings, resolve_group_sizes
+from .settings import CalibrationSpec, resolve_group_sizes
 from .team import Team
 
 log = logging.getLogger("mptui.engine")
@@ -38,21 +35,6 @@ log = logging.getLogger("mptui.engine")
 #: Rows the reference draws in faithful mode (docs/method.md §9): width rows first, then block rows.
 FAITHFUL_WIDTH_ROWS = 128
 FAITHFUL_BLOCK_ROWS = 256
-
-
-@dataclass(frozen=True)
-class RunRequest:
-    """What to prune and how; plain values, so it can be saved with a session."""
-
-    model: str
-    settings: PruneSettings
-    dtype: str | None = None
-    device: str | None = None
-    device_map: str | None = None
-    cache_dir: Path | None = None
-    cache_budget_bytes: int | None = None
-    resume_steps: tuple[PlanStep, ...] = field(default_factory=tuple)
-    order_file: Path | None = None  # the session's L1 channel order (read, or written once)
 
 
 def faithful_dtype(faithful: str | None, dtype: str | None) -> str | None:
@@ -65,17 +47,11 @@ def preflight(request: RunRequest) -> None:
     against the model's limit, and a calibration source that exists and has text."""
     config = load_config(request.model)
     check_supported(config)
-    _check_seqlen(request.settings.calibration.seqlen, config)
+    check_seqlen(request.settings.calibration.seqlen, config)
     spec = request.settings.calibration
     if not spec.source:
         raise BadInput("no calibration text given; pass --calibration PATH")
     load_documents(spec.source, spec.text_field)  # a dataset name: reachable, or one clear line
-
-
-def _check_seqlen(seqlen: int, config) -> None:
-    limit = max_positions(config)
-    if limit is not None and seqlen > limit:
-        raise BadInput(f"--seqlen {seqlen} is above this model's limit of {limit}")
 
 
 def build_session(
@@ -112,7 +88,7 @@ def build_session(
     emit(ev.Activity(""))
     check()
     adapter = adapter_for(model)
-    _check_seqlen(settings.calibration.seqlen, model.config)
+    check_seqlen(settings.calibration.seqlen, model.config)
     chunks_by_dimension = _calibration(request, tokenizer) if leads else None
     orders = None
     if leads:

@@ -1,6 +1,9 @@
-"""From parsed arguments to a run: the headless printer or the app, over the same request.
+"""``mptui MODEL``: from parsed arguments to a run, headless or in the app, over the same
+request (alone, as the leader of workers, or launching them).
 
-Bad input is one line on stderr and exit status 2, before anything long starts.
+Bad input is one line on stderr and exit status 2, before anything long starts. What the other
+commands share with this one lives in :mod:`.places` and :mod:`.terminal`, so none of them
+imports this module.
 """
 
 from __future__ import annotations
@@ -8,26 +11,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import logging
 import os
 import signal
 import sys
-import time
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .places import calibration_cache_dir, default_session_dir
+from .terminal import quiet_libraries, terminal_kept_logs_to
+from .torchrun_env import launched_by_torchrun, restarted
+
 if TYPE_CHECKING:  # the engine itself is imported when a run starts, so --help stays instant
     from mptui.engine.api import RunRequest, SessionFolder
-
-
-def quiet_libraries() -> None:
-    """Progress bars and library chatter would interleave with our output or the screen."""
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
 
 
 def build_request(args: argparse.Namespace):
@@ -77,32 +72,6 @@ def build_request(args: argparse.Namespace):
     return request, out_dir
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mptui"
-
-
-def calibration_cache_dir() -> Path:
-    return cache_dir() / "calibration"
-
-
-def default_session_dir(model: str) -> Path:
-    """A new folder per run; under torchrun, one per launcher run id, which every worker and
-    every restart of the run agree on."""
-    from .workers import launch_run_id
-
-    data = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    name = Path(model.rstrip("/")).name or "model"
-    run_id = launch_run_id()
-    if run_id:
-        return data / "mptui" / "sessions" / f"torchrun-{run_id}-{name}"
-    base = data / "mptui" / "sessions" / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
-    candidate, n = base, 1
-    while candidate.exists():  # two runs started in the same second get folders of their own
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
-    return candidate
-
-
 @dataclasses.dataclass
 class OpenedSession:
     """A run about to start: its request, its locked folder and where its outputs go."""
@@ -115,12 +84,12 @@ class OpenedSession:
 
 def open_session(args: argparse.Namespace) -> OpenedSession:
     """A new session, or one to resume with everything the user decided in it."""
-    from mptui.engine.api import BadInput, SessionFolder, preflight
+    from mptui.engine.api import BadInput, SessionFolder, preflight, session_files
 
     export = Path(args.export) if getattr(args, "export", None) else None
     if args.resume:
         folder = SessionFolder(Path(args.resume))
-        if not (folder.path / "settings.json").is_file():
+        if not (folder.path / session_files.SETTINGS).is_file():
             raise BadInput(f"'{folder.path}' is not an mptui session (no settings.json)")
         folder.lock()
         saved = folder.read_run(cache_dir=calibration_cache_dir())
@@ -167,11 +136,11 @@ def resumed_recovery(folder: Path):
 
 def recover_now(args: argparse.Namespace):
     """``mptui EXPORT --recover``: the recovery to run straight after loading (no search)."""
-    from mptui.engine.api import BadInput, describe_source
+    from mptui.engine.api import BadInput, RecoverySource
 
     if not getattr(args, "recover", False):
         return None
-    if not args.model or "export" not in describe_source(Path(args.model)):
+    if not args.model or RecoverySource.find(Path(args.model)).is_session:
         raise BadInput("--recover works on an export folder (give its path as MODEL)")
     settings = app_recovery(args)
     if settings is None:
@@ -199,14 +168,14 @@ def run_from_args(args: argparse.Namespace, argv: list[str]) -> int:
 
     from . import workers
 
-    if args.fast and (args.workers or workers.launched_by_torchrun()):
+    if args.fast and (args.workers or launched_by_torchrun()):
         if os.environ.get("RANK", "0") == "0":
             print(
                 "mptui: error: --fast runs on one process for now; drop --fast or --workers",
                 file=sys.stderr,
             )
         return 2
-    if args.workers and not workers.launched_by_torchrun():
+    if args.workers and not launched_by_torchrun():
         shortage = workers.gpu_shortage(args.workers, args.gpus_per_worker)
         if shortage is not None:
             print(f"mptui: error: {shortage}", file=sys.stderr)
@@ -215,7 +184,7 @@ def run_from_args(args: argparse.Namespace, argv: list[str]) -> int:
             return workers.launch_with_app(args, argv)
         return workers.launch(args, argv)
     team = None
-    if workers.launched_by_torchrun():
+    if launched_by_torchrun():
         if not args.headless:
             if os.environ.get("RANK") == "0":
                 print(
@@ -231,7 +200,7 @@ def run_from_args(args: argparse.Namespace, argv: list[str]) -> int:
             return 2
         if not team.is_leader:
             return workers.follow(team, args)
-        if workers.restarted() and args.session and not args.resume:
+        if restarted() and args.session and not args.resume:
             args.resume = args.session  # the launcher restarted us: continue the session
     return lead(args, team)
 
@@ -297,7 +266,13 @@ def run_headless(engine, opened: OpenedSession, args: argparse.Namespace) -> int
     stop_on_signals(engine, signal.SIGHUP, signal.SIGTERM)
     print(f"session {opened.folder.path}", flush=True)
     try:
-        server = serve(engine, opened, args)
+        server = serve(
+            engine,
+            opened.folder.path,
+            listen=args.listen,
+            export_dir=opened.export_dir,
+            eval_request=app_eval_request(args, opened.request.settings.calibration.seqlen),
+        )
     except api.BadInput as error:  # --listen could not listen; the engine never started
         print(f"mptui: error: {error}", file=sys.stderr)
         return 2
@@ -312,53 +287,19 @@ def run_headless(engine, opened: OpenedSession, args: argparse.Namespace) -> int
     return status
 
 
-@contextlib.contextmanager
-def terminal_kept_logs_to(path: Path) -> Iterator[None]:
-    """While the app owns the terminal, send everything else to ``path``.
-
-    File descriptor 2 (C++ warnings from torch, stray prints of native code) and Python's
-    logging and warnings go to the log file, so nothing draws over the screen. Textual draws
-    on ``sys.__stderr__``, so that becomes a fresh handle on the terminal first.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    saved_fd = os.dup(2)
-    original = sys.__stderr__
-    terminal = os.fdopen(os.dup(2), "w", encoding="utf-8")
-    root = logging.getLogger()
-    with path.open("a") as log_file:
-        handler = logging.StreamHandler(log_file)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
-        logging.captureWarnings(True)
-        sys.__stderr__ = terminal
-        os.dup2(log_file.fileno(), 2)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("default")
-                yield
-        finally:
-            os.dup2(saved_fd, 2)
-            os.close(saved_fd)
-            sys.__stderr__ = original
-            terminal.close()
-            root.removeHandler(handler)
-            logging.captureWarnings(False)
-
-
 def run_app(engine, opened: OpenedSession, args: argparse.Namespace) -> int:
     """The app over the engine. However the app ends (quit, the terminal gone, a crash), the
     engine is stopped and joined before the session is unlocked, so its summary is written and
     ``--resume`` works at once."""
     from mptui.app.app import MptuiApp
-    from mptui.engine.api import commands
+    from mptui.engine.api import commands, session_files
 
     session_dir = opened.folder.path
     eval_request = app_eval_request(args, opened.request.settings.calibration.seqlen)
-    export_dir = opened.export_dir or session_dir / "export"
+    export_dir = opened.export_dir or session_dir / session_files.EXPORT
     stop_on_signals(engine, signal.SIGHUP, signal.SIGTERM)  # until the app takes them over
     try:
-        with terminal_kept_logs_to(session_dir / "mptui.log"):
+        with terminal_kept_logs_to(session_dir / session_files.LOG):
             MptuiApp(
                 engine, theme_name=args.theme, eval_request=eval_request, export_dir=export_dir,
                 recovery=app_recovery(args),
