@@ -54,11 +54,12 @@ from .errors import (
     UnsupportedModel,
 )
 from .eval_request import EvalRequest
-from .events import EngineState
+from .events import ActivityKind, EngineState
 from .names import model_label
 from .recovery import events as recovery_events
 from .recovery.settings import RecoverySettings, parse_targets
 from .remote import RemoteEngine, attach
+from .run_view import MEMORY_HISTORY, CandidateRow, CurvePoint, RecoveryView, RunView
 from .serve import EngineServer, parse_listen
 from .structures import DIMENSIONS, Structure
 
@@ -192,7 +193,11 @@ __all__ = [
     "DEFAULT_TEXT_FIELD",
     "DEFAULT_THEME",
     "DIMENSIONS",
+    "MEMORY_HISTORY",
+    "ActivityKind",
     "BadInput",
+    "CandidateRow",
+    "CurvePoint",
     "CalibrationError",
     "Cancelled",
     "EngineError",
@@ -202,6 +207,8 @@ __all__ = [
     "OutOfMemory",
     "RemoteEngine",
     "RecoverySettings",
+    "RecoveryView",
+    "RunView",
     "Structure",
     "UnsupportedModel",
     "attach",

@@ -1,7 +1,7 @@
 """The client side of a served run: an engine-like object over a socket.
 
 :class:`RemoteEngine` has the interface the app drives an :class:`~.runner.Engine` with
-(``start``, ``send``, ``subscribe``, ``join``, ``state``, ``guided``), so the app runs on a
+(``start``, ``send``, ``subscribe``, ``join``, ``state``), so the app runs on a
 headless run as it runs in one process. Its events come from the server's snapshot, then live;
 ``join`` returns once the run has closed the connection. Torch-free.
 """
@@ -54,10 +54,6 @@ class RemoteEngine:
     def state(self) -> EngineState:
         return self._state
 
-    @property
-    def guided(self) -> bool:
-        return self.welcome.guided
-
     def subscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.append(subscriber)
 
@@ -95,7 +91,7 @@ class RemoteEngine:
                 if kind != "event":
                     continue
                 if isinstance(event, ev.StateChanged):
-                    self._state = EngineState(event.state)
+                    self._state = event.state
                 elif isinstance(event, ev.Finished):
                     self.finished = event
                 for subscriber in list(self._subscribers):

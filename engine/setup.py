@@ -100,7 +100,7 @@ def build_session(
 
     def on_shard(done: int, total: int) -> None:
         check()
-        emit(ev.Activity(label, done, total))
+        emit(ev.Activity(ev.ActivityKind.LOADING, label, done, total))
 
     model, tokenizer = loaded or load_model(
         request.model,
@@ -109,7 +109,7 @@ def build_session(
         device_map=request.device_map,
         on_shard=on_shard,
     )
-    emit(ev.Activity(""))
+    emit(ev.Activity(None))
     check()
     adapter = adapter_for(model)
     _check_seqlen(settings.calibration.seqlen, model.config)
