@@ -21,6 +21,7 @@ from . import wire
 from .commands import Command
 from .errors import BadInput
 from .events import EngineState
+from .run_view import RunView
 from .serve import SOCKET, unix_address
 from .wire import Welcome
 
@@ -41,9 +42,8 @@ class RemoteEngine:
         self._reader = sock.makefile("rb")
         self._send_lock = threading.Lock()
         self._subscribers: list[Subscriber] = []
-        self._state = EngineState.LOADING
+        self._view = RunView()  # what this side knows of the run: its state, its end
         self._thread: threading.Thread | None = None
-        self.finished: ev.Finished | None = None
 
     @property
     def peer(self) -> str:
@@ -52,7 +52,12 @@ class RemoteEngine:
 
     @property
     def state(self) -> EngineState:
-        return self._state
+        return self._view.state
+
+    @property
+    def finished(self) -> ev.Finished | None:
+        """The run's ``Finished`` event, once it has come."""
+        return self._view.ended
 
     def subscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.append(subscriber)
@@ -90,10 +95,7 @@ class RemoteEngine:
                     continue  # a newer server's line this version does not know
                 if kind != "event":
                     continue
-                if isinstance(event, ev.StateChanged):
-                    self._state = event.state
-                elif isinstance(event, ev.Finished):
-                    self.finished = event
+                self._view.apply(event)
                 for subscriber in list(self._subscribers):
                     try:
                         subscriber(event)
