@@ -137,6 +137,7 @@ async def test_guided_mode_waits_for_the_user(llama, calibration_file, tmp_path)
     app = make_app(llama, calibration_file, tmp_path)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("g")
+        await wait_until(pilot, lambda: app.state.guided)  # the engine's GuidedChanged
         await wait_until(pilot, lambda: app.state.proposal is not None)
         committed = len(steps(app))
         assert app.state.state_label == "WAITING FOR YOU"

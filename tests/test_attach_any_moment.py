@@ -4,6 +4,7 @@ shows, and keeps showing it as the run goes on."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import pytest
@@ -14,6 +15,7 @@ from test_serve import Publisher
 from mptui.app.app import MptuiApp
 from mptui.app.state import RunState
 from mptui.engine.api import ActivityKind, EngineServer, EngineState, attach
+from mptui.engine.api import commands as cmd
 from mptui.engine.api import events as ev
 from mptui.engine.api import recovery_events as rev
 
@@ -130,6 +132,26 @@ async def test_an_app_attaching_at_any_moment_shows_what_a_witness_shows(moment,
                 if events is before:
                     for event in after:
                         engine.emit(event)
+    finally:
+        server.close()
+        remote.close()
+
+
+async def test_an_attached_app_toggles_guided_mode_from_what_the_run_said(tmp_path):
+    """The g key turns off what the engine last said was on; the app keeps no flag of its own."""
+    engine = Publisher()
+    server = EngineServer(engine, tmp_path)
+    server.start()
+    for event in searching():  # guided
+        engine.emit(event)
+    remote = attach(str(tmp_path))
+    app = MptuiApp(remote, gpu_reader=NoGpu(), attached_to=remote.peer)
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot, lambda: app.state.guided)
+            await pilot.press("g")
+            await asyncio.get_running_loop().run_in_executor(None, engine.got_command.wait, 5)
+            assert engine.received == [cmd.SetGuided(False)]
     finally:
         server.close()
         remote.close()
