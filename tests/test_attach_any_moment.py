@@ -14,7 +14,17 @@ from test_serve import Publisher
 
 from mptui.app.app import MptuiApp
 from mptui.app.state import RunState
-from mptui.engine.api import ActivityKind, EngineServer, EngineState, attach
+from mptui.engine.api import (
+    ActivityKind,
+    CalibrationSpec,
+    Engine,
+    EngineServer,
+    EngineState,
+    PruneSettings,
+    RecoverySettings,
+    RunRequest,
+    attach,
+)
 from mptui.engine.api import commands as cmd
 from mptui.engine.api import events as ev
 from mptui.engine.api import recovery_events as rev
@@ -155,3 +165,68 @@ async def test_an_attached_app_toggles_guided_mode_from_what_the_run_said(tmp_pa
     finally:
         server.close()
         remote.close()
+
+
+async def test_an_app_attaching_to_a_real_run_mid_recovery_shows_what_a_witness_shows(
+    tiny_model_dir, calibration_file, tmp_path
+):
+    """End to end on a real engine: the search, then a recovery paused mid-way; an app attached
+    then shows what a subscriber that saw every event folds, and goes on doing so on Resume."""
+    settings = PruneSettings.with_distribution(
+        0.2, "30:40:30", calibration=CalibrationSpec(str(calibration_file), 0, 32), mlp_group=40
+    )
+    request = RunRequest(str(tiny_model_dir("llama")), settings, cache_dir=tmp_path)
+    seen: list[ev.Event] = []
+    engine = Engine(request, [seen.append], linger=True, session_dir=tmp_path)
+    server = EngineServer(engine, tmp_path, linger=True)
+    server.start()
+    watcher = attach(str(tmp_path))  # a client from the start keeps the run after its search
+    watcher.start()
+    engine.start()
+    recovery = RecoverySettings(
+        data=str(calibration_file), steps=6, batch_size=2, grad_accum=1, seqlen=32,
+        eval_every=3, save_every=100, val_examples=4,
+    )  # fmt: skip
+    remote = None
+    try:
+        await wait_for(lambda: engine.result is not None)
+        engine.send(cmd.Recover(recovery))
+        await wait_for(lambda: any(isinstance(e, rev.RecoveryStep) for e in seen))
+        engine.send(cmd.Pause())
+        await wait_for(lambda: engine.state is EngineState.RECOVERY_PAUSED)
+        remote = attach(str(tmp_path))
+        app = MptuiApp(remote, gpu_reader=NoGpu(), attached_to=remote.peer)
+        async with app.run_test(size=(120, 40)) as pilot:
+            for moment in ("paused mid-recovery", "recovered"):
+                witness = shown(seen_all(list(seen)))
+                try:
+                    await settle(pilot, lambda w=witness: shown(app.state) == w, timeout=10)
+                except AssertionError:
+                    assert shown(app.state) == witness, moment
+                if moment == "paused mid-recovery":
+                    assert "PAUSED recovery step" in app.state.state_label
+                    await pilot.press("space")
+                    await settle(pilot, lambda: engine.state is EngineState.DONE, timeout=120)
+            assert app.state.recovery.finished == "done"
+            await pilot.press("q")  # the search is over: leave, and the run ends
+            await settle(pilot, lambda: not app.is_running)
+        remote.close()
+        watcher.close()
+        assert engine.join(timeout=30)
+    finally:
+        watcher.close()
+        if remote is not None:
+            remote.close()
+        engine.send(cmd.Stop())
+        engine.join(timeout=30)
+        server.close()
+
+
+async def wait_for(condition, timeout: float = 120) -> None:
+    """Wait on ``condition`` without blocking the event loop; fail (never hang) after
+    ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
