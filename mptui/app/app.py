@@ -278,9 +278,8 @@ class MptuiApp(App):
         self.notify("guided mode on: each commit waits for you" if guided else "guided off")
 
     def action_accept(self) -> None:
-        """Accept the engine's proposal (guided mode)."""
-        if self.state.proposal:
-            self.send(cmd.Accept())
+        """Accept the engine's proposal (guided mode); the engine says when none waits."""
+        self.send(cmd.Accept())
 
     def action_undo(self) -> None:
         """Undo the last commit."""
