@@ -62,11 +62,9 @@ def test_the_table_decisions():
     assert rule(recover, EngineState.DONE).acts
     assert not rule(recover, EngineState.ERROR).acts
     assert not rule(recover, EngineState.STOPPED).acts
-    for state in (EngineState.RECOVERING, EngineState.RECOVERY_PAUSED):
-        acting = {type(c).__name__ for c in SAMPLES if rule(c, state).acts}
-        assert acting == {"Pause", "Resume", "Stop", "Export", "Evaluate"} - {
-            "Pause" if state is EngineState.RECOVERY_PAUSED else "Resume"
-        }
+    acting = lambda state: {type(c).__name__ for c in SAMPLES if rule(c, state).acts}  # noqa: E731
+    assert acting(EngineState.RECOVERING) == {"Pause", "Stop", "Export", "Evaluate"}
+    assert acting(EngineState.RECOVERY_PAUSED) == {"Resume", "Stop", "Export", "Evaluate"}
 
 
 @pytest.fixture
