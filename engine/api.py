@@ -54,12 +54,13 @@ from .errors import (
     UnsupportedModel,
 )
 from .eval_request import EvalRequest
-from .events import EngineState
+from .events import ActivityKind, EngineState
 from .names import model_label
 from .recovery import events as recovery_events
 from .recovery.settings import RecoverySettings, parse_targets
 from .remote import RemoteEngine, attach
 from .run_request import RunRequest
+from .run_view import MEMORY_HISTORY, CandidateRow, CurvePoint, RecoveryView, RunView
 from .serve import EngineServer, parse_listen
 from .settings import FAITHFUL_CALIBRATION, CalibrationSpec, PruneSettings
 from .structures import DIMENSIONS, Structure
@@ -187,7 +188,11 @@ __all__ = [
     "DEFAULT_THEME",
     "DIMENSIONS",
     "FAITHFUL_CALIBRATION",
+    "MEMORY_HISTORY",
+    "ActivityKind",
     "BadInput",
+    "CandidateRow",
+    "CurvePoint",
     "CalibrationError",
     "CalibrationSpec",
     "Cancelled",
@@ -200,6 +205,8 @@ __all__ = [
     "RemoteEngine",
     "RecoverySettings",
     "RunRequest",
+    "RecoveryView",
+    "RunView",
     "Structure",
     "UnsupportedModel",
     "attach",

@@ -7,16 +7,19 @@ thread; they must not block it for long.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class EngineState(str, Enum):  # noqa: UP042 (str() and the wire keep the value)
-    """Where the engine is; docs/engine.md gives what every command does in each."""
+class EngineState(StrEnum):
+    """Where the engine is: the one mode every reader (the app, the server, a late attacher)
+    takes from ``StateChanged``; engine/command_table.py says what every command does in each."""
 
     LOADING = "loading"
     RUNNING = "running"
-    PAUSED = "paused"
+    PAUSED = "paused"  # the search, paused
     WAITING = "waiting"  # guided mode: a proposal waits for the user
+    RECOVERING = "recovering"  # LoRA fine-tuning after the search (docs/method.md §10)
+    RECOVERY_PAUSED = "recovery_paused"  # the recovery, paused: only its commands apply
     DONE = "done"
     STOPPED = "stopped"
     ERROR = "error"
@@ -24,6 +27,20 @@ class EngineState(str, Enum):  # noqa: UP042 (str() and the wire keep the value)
     @property
     def is_final(self) -> bool:
         return self in (EngineState.DONE, EngineState.STOPPED, EngineState.ERROR)
+
+    @property
+    def is_paused(self) -> bool:
+        """Paused, the search or the recovery: the engine waits for a command."""
+        return self in (EngineState.PAUSED, EngineState.RECOVERY_PAUSED)
+
+
+class ActivityKind(StrEnum):
+    """What a long task besides the search is, so readers never parse its label (a quit waits
+    for an export, not for an evaluation)."""
+
+    LOADING = "loading"
+    EXPORT = "export"
+    EVALUATION = "evaluation"
 
 
 @dataclass(frozen=True)
@@ -130,9 +147,17 @@ class DimensionChanged(Event):
 
 @dataclass(frozen=True)
 class StateChanged(Event):
-    """The engine entered ``state`` (an :class:`EngineState` value, as plain text)."""
+    """The engine entered ``state`` (on the wire, its value as text)."""
 
-    state: str
+    state: EngineState
+
+
+@dataclass(frozen=True)
+class GuidedChanged(Event):
+    """Guided mode is now on (each commit waits for the user) or off; sent at the start of a
+    run and after every SetGuided, so every app shows the engine's own flag."""
+
+    guided: bool
 
 
 @dataclass(frozen=True)
@@ -155,12 +180,14 @@ class Error(Event):
 
 @dataclass(frozen=True)
 class Activity(Event):
-    """Something long besides the search (an export, an evaluation); ``label`` "" when over.
+    """Something long besides the search (a load, an export, an evaluation): its ``kind``, and
+    ``label`` to show; ``kind`` None (and ``label`` "") when it is over.
 
     ``done``/``total`` count bytes or items where known, else both are 0.
     """
 
-    label: str
+    kind: ActivityKind | None
+    label: str = ""
     done: int = 0
     total: int = 0
 

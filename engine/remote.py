@@ -1,7 +1,7 @@
 """The client side of a served run: an engine-like object over a socket.
 
 :class:`RemoteEngine` has the interface the app drives an :class:`~.runner.Engine` with
-(``start``, ``send``, ``subscribe``, ``join``, ``state``, ``guided``), so the app runs on a
+(``start``, ``send``, ``subscribe``, ``join``, ``state``), so the app runs on a
 headless run as it runs in one process. Its events come from the server's snapshot, then live;
 ``join`` returns once the run has closed the connection. Torch-free.
 """
@@ -21,6 +21,7 @@ from . import wire
 from .commands import Command
 from .errors import BadInput
 from .events import EngineState
+from .run_view import RunView
 from .serve import unix_address
 from .session_files import SETTINGS, SOCKET
 from .wire import Welcome
@@ -42,9 +43,8 @@ class RemoteEngine:
         self._reader = sock.makefile("rb")
         self._send_lock = threading.Lock()
         self._subscribers: list[Subscriber] = []
-        self._state = EngineState.LOADING
+        self._view = RunView()  # what this side knows of the run: its state, its end
         self._thread: threading.Thread | None = None
-        self.finished: ev.Finished | None = None
 
     @property
     def peer(self) -> str:
@@ -53,11 +53,12 @@ class RemoteEngine:
 
     @property
     def state(self) -> EngineState:
-        return self._state
+        return self._view.state
 
     @property
-    def guided(self) -> bool:
-        return self.welcome.guided
+    def finished(self) -> ev.Finished | None:
+        """The run's ``Finished`` event, once it has come."""
+        return self._view.ended
 
     def subscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.append(subscriber)
@@ -95,10 +96,7 @@ class RemoteEngine:
                     continue  # a newer server's line this version does not know
                 if kind != "event":
                     continue
-                if isinstance(event, ev.StateChanged):
-                    self._state = EngineState(event.state)
-                elif isinstance(event, ev.Finished):
-                    self.finished = event
+                self._view.apply(event)
                 for subscriber in list(self._subscribers):
                     try:
                         subscriber(event)

@@ -1,9 +1,11 @@
 """The engine thread: loads, then runs the greedy search as an explicit state machine.
 
 The state is one :class:`~.events.EngineState`. Commands arrive on a thread-safe queue and go
-through one dispatcher, :meth:`Engine._dispatch`, which acts on them in the current state and
-returns an :class:`Outcome`; the search loop reads the queue between candidate evaluations, and
-blocks on it while paused or waiting for the user. docs/engine.md has the full table.
+through one dispatcher, :meth:`Engine._dispatch`, which looks the command up in the current
+state in :mod:`.command_table` (the table docs/engine.md prints) and returns an
+:class:`Outcome`; the search loop reads the queue between candidate evaluations, and blocks on
+it while paused or waiting for the user. The recovery after the search is a phase of its own
+(:class:`~.recovery.phase.RecoveryPhase`) that reads the same queue between optimizer steps.
 
 Every change of the model (a commit or an undo) is made whole before anyone hears of it: the
 weights, the counts, the journal line and plan.json, then the event. Any exception becomes an
@@ -12,7 +14,6 @@ weights, the counts, the journal line and plan.json, then the event. Any excepti
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import queue
@@ -24,23 +25,21 @@ from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
+from . import command_table
 from . import commands as cmd
 from . import directives as dv
 from . import events as ev
 from .errors import BadInput, Cancelled, EngineError
 from .eval_request import EvalRequest
 from .evaluate import evaluate
-from .events import EngineState
-from .export import export_model, is_export
+from .events import ActivityKind, EngineState
+from .export import export_model
 from .fast_search import Evaluation
 from .memory import sample_memory
 from .plan import Plan, PlanStep, write_plan
-from .recovery.events import RecoveryFinished
-from .recovery.folder import RecoveryFolder
+from .recovery.phase import RecoveryPhase
 from .recovery.run import RecoveryRun
-from .recovery.run import prepare as prepare_recovery
 from .recovery.settings import RecoverySettings
-from .recovery.source import RecoverySource
 from .run_request import RunRequest
 from .session import PruningSession, StepStats
 from .session_files import PLAN
@@ -130,9 +129,10 @@ class Engine:
         self.session: PruningSession | None = None
         self.result: ev.Finished | None = None
         self.failure: BaseException | None = None  # what ended the run in error, if anything
-        self._session_dir = session_dir
         self._recover_at_start = recover
-        self.recovery: RecoveryRun | None = None
+        self._recovery = RecoveryPhase(
+            request.model, request.cache_dir, session_dir, self._emit, self._set_state
+        )
 
     # --- caller side --------------------------------------------------------------------------
     @property
@@ -140,9 +140,9 @@ class Engine:
         return self._state
 
     @property
-    def guided(self) -> bool:
-        """Whether commits wait for the user now (SetGuided changes it while running)."""
-        return self._guided
+    def recovery(self) -> RecoveryRun | None:
+        """The recovery, once one has started."""
+        return self._recovery.current
 
     def plan(self) -> Plan | None:
         """The plan so far (call from a subscriber, which runs on the engine thread)."""
@@ -173,6 +173,7 @@ class Engine:
         reason = EngineState.DONE
         try:
             self._set_state(EngineState.LOADING)
+            self._emit(ev.GuidedChanged(self._guided))
             self.session = build_session(
                 self.request,
                 self._emit,
@@ -182,8 +183,8 @@ class Engine:
             )
             self._scoring = self._new_scoring(self.session)
             self._emit_memory(force=True)
-            if self._recover_at_start is not None:
-                reason = self._recover_after_load(self._recover_at_start)
+            if self._recover_at_start is not None:  # a resumed recovery: no further search
+                reason = self._recover(self._recover_at_start) or EngineState.STOPPED
             else:
                 reason = self._search()
         except Cancelled:
@@ -339,7 +340,7 @@ class Engine:
         result = Outcome.NOTHING
         while True:
             try:
-                command = self._commands.get(block=self._state is EngineState.PAUSED)
+                command = self._commands.get(block=self._state.is_paused)
             except queue.Empty:
                 return result
             outcome = self._dispatch(command)
@@ -349,25 +350,16 @@ class Engine:
                 result = outcome
 
     def _dispatch(self, command: cmd.Command) -> Outcome:
-        """The one place a command is acted on; the table in docs/engine.md says what each does
-        in each state."""
+        """The one place a command is acted on, as :mod:`.command_table` says for the state."""
+        rule = command_table.rule(command, self._state)
+        if not rule.acts:
+            if rule.notice is not None:
+                self._emit(ev.Notice(rule.notice))
+            return Outcome.NOTHING
         if isinstance(command, cmd.Stop):
             return Outcome.STOP
         if self.session is None:  # lingering after a failed load
             self._emit(ev.Notice("the model did not load; there is nothing to work on"))
-            return Outcome.NOTHING
-        if isinstance(command, cmd.Export):
-            self._export(Path(command.path))
-            return Outcome.NOTHING
-        if isinstance(command, cmd.Evaluate):
-            return self._evaluate(command.request)
-        if isinstance(command, cmd.Recover):
-            return self._on_recover(command)
-        if self._state.is_final:
-            self._emit(ev.Notice("the run is finished; export (x) and evaluate (e) remain"))
-            return Outcome.NOTHING
-        if self.recovery is not None and not isinstance(command, (cmd.Pause, cmd.Resume)):
-            self._emit(ev.Notice("recovering: pause, resume, stop, export and evaluate remain"))
             return Outcome.NOTHING
         handler = {
             cmd.Pause: self._on_pause,
@@ -377,19 +369,26 @@ class Engine:
             cmd.SetOrder: self._on_set_order,
             cmd.SetGuided: self._on_set_guided,
             cmd.Undo: self._on_undo,
+            cmd.Export: self._on_export,
+            cmd.Evaluate: self._on_evaluate,
+            cmd.Recover: self._on_recover,
         }[type(command)]
         return handler(command)
 
     def _on_pause(self, _command: cmd.Pause) -> Outcome:
-        if self._state is not EngineState.PAUSED:
-            self._paused_from = self._state
-            self._set_state(EngineState.PAUSED)
-            if self._work is not None:
-                self._work.hold()  # followers stop after the candidate in hand
+        if self._state is EngineState.RECOVERING:
+            self._set_state(EngineState.RECOVERY_PAUSED)
+            return Outcome.NOTHING
+        self._paused_from = self._state
+        self._set_state(EngineState.PAUSED)
+        if self._work is not None:
+            self._work.hold()  # followers stop after the candidate in hand
         return Outcome.NOTHING
 
     def _on_resume(self, _command: cmd.Resume) -> Outcome:
-        if self._state is EngineState.PAUSED:
+        if self._state is EngineState.RECOVERY_PAUSED:
+            self._set_state(EngineState.RECOVERING)
+        else:
             self._set_state(self._paused_from)
         return Outcome.NOTHING
 
@@ -439,6 +438,7 @@ class Engine:
         if self._journal is not None:
             self._journal.record_guided(command.guided)
         self._guided = command.guided
+        self._emit(ev.GuidedChanged(command.guided))
         return Outcome.NOTHING
 
     def _on_undo(self, _command: cmd.Undo) -> Outcome:
@@ -513,63 +513,22 @@ class Engine:
 
     # --- recovery (docs/method.md §10) ---------------------------------------------------------
     def _on_recover(self, command: cmd.Recover) -> Outcome:
-        """Fine-tune a copy of the pruned model (the session keeps the pruned one, for dense
-        and pruned evaluations); runs here, on the engine thread, until done or stopped."""
-        if self.recovery is not None:
-            self._emit(ev.Notice("a recovery has already run in this session"))
-            return Outcome.NOTHING
-        if not self._state.is_final:
-            self._emit(ev.Notice("recovery starts after the search; stop it or let it finish"))
-            return Outcome.NOTHING
-        return self._recover(command.settings)
+        """Runs here, on the engine thread, until done or stopped; a stop ends the run."""
+        end = self._recover(command.settings)
+        return Outcome.STOP if end is EngineState.STOPPED else Outcome.NOTHING
 
-    def _recover_after_load(self, settings: RecoverySettings) -> EngineState:
-        """A resumed session whose recovery had started: continue it, search no further."""
-        outcome = self._recover(settings)
-        if outcome is Outcome.STOP or self.recovery is None:  # stopped, or it could not start
-            return EngineState.STOPPED
-        return self._state
-
-    def _recover(self, settings: RecoverySettings) -> Outcome:
-        session = self.session
-        from_export = is_export(Path(self.request.model).expanduser())
-        if not session.steps and not from_export:
-            self._emit(ev.Notice("nothing was removed, so there is nothing to recover"))
-            return Outcome.NOTHING
-        if self._session_dir is None:
-            self._emit(ev.Notice("recovery needs a session folder for its state"))
-            return Outcome.NOTHING
-        try:
-            self.recovery = prepare_recovery(
-                copy.deepcopy(session.model), session.tokenizer, settings,
-                RecoveryFolder(self._session_dir), self._emit,
-                RecoverySource("export", Path(self.request.model))
-                if from_export and not session.steps
-                else RecoverySource("session", self._session_dir),
-                self.request.cache_dir,
-            )  # fmt: skip
-        except EngineError as error:
-            self._emit(ev.Notice(f"recovery not started: {error}"))
-            return Outcome.NOTHING
-        self._set_state(EngineState.RUNNING)
-        try:
-            reason = self.recovery.run(poll=lambda: self._poll() is Outcome.STOP)
-        except Exception as error:  # out of memory at one example, a full disk: say so, stay
-            if not isinstance(error, EngineError):
-                log.exception("recovery failed")
-            self._emit(ev.Error(f"recovery failed: {error}"))
-            self._emit(RecoveryFinished("error", self.recovery.step, settings.steps))
-            self._set_state(EngineState.ERROR)
-            return Outcome.NOTHING
-        self._set_state(EngineState.DONE if reason == "done" else EngineState.STOPPED)
-        return Outcome.STOP if reason == "stopped" else Outcome.NOTHING
+    def _recover(self, settings: RecoverySettings) -> EngineState | None:
+        """The state the recovery left the run in, or None when it did not start."""
+        return self._recovery.run(self.session, settings, poll=lambda: self._poll() is Outcome.STOP)
 
     # --- long side work -------------------------------------------------------------------------
-    def _export(self, path: Path) -> None:
-        session = self.session
-        label = f"exporting to {path}"  # the app reads "exporting" to hold a quit
-        self._emit(ev.Activity(label))
-        progress = lambda done, total: self._emit(ev.Activity(label, done, total))  # noqa: E731
+    def _on_export(self, command: cmd.Export) -> Outcome:
+        session, path = self.session, Path(command.path)
+        label = f"exporting to {path}"
+        self._emit(ev.Activity(ActivityKind.EXPORT, label))
+        progress = lambda done, total: self._emit(  # noqa: E731
+            ev.Activity(ActivityKind.EXPORT, label, done, total)
+        )
         try:
             if self.recovery is not None:  # merged on a copy: training goes on untouched
                 result = self.recovery.export(session.plan(), path, progress)
@@ -579,16 +538,17 @@ class Engine:
                 )
         except (EngineError, OSError) as error:
             self._emit(ev.Notice(f"export failed: {error}"))
-            return
+            return Outcome.NOTHING
         finally:
-            self._emit(ev.Activity(""))
+            self._emit(ev.Activity(None))
         self._emit(
             ev.Exported(str(result.path), result.params, result.bytes, result.stock, result.seconds)
         )
+        return Outcome.NOTHING
 
-    def _evaluate(self, request: EvalRequest) -> Outcome:
+    def _on_evaluate(self, command: cmd.Evaluate) -> Outcome:
         """Dense (once per request: undo all, score, redo) and pruned, side by side."""
-        session = self.session
+        session, request = self.session, command.request
         try:
             request.check()
             dense = self._dense_results.get(request)
@@ -609,7 +569,7 @@ class Engine:
             self._emit(ev.Notice(f"evaluation failed: {error}"))
             return Outcome.NOTHING
         finally:
-            self._emit(ev.Activity(""))
+            self._emit(ev.Activity(None))
         self._emit(ev.Evaluated(dense, pruned, len(session.steps), session.ratio(), recovered))
         return Outcome.NOTHING
 
@@ -617,7 +577,7 @@ class Engine:
         """One model through lm-eval, its requests done out of total on the status line (a few
         times a second at most, and always the last)."""
         label = f"evaluating {what}"
-        self._emit(ev.Activity(label))
+        self._emit(ev.Activity(ActivityKind.EVALUATION, label))
         last = 0.0
 
         def progress(done: int, total: int) -> None:
@@ -625,7 +585,7 @@ class Engine:
             now = time.monotonic()
             if done == total or now - last >= ACTIVITY_INTERVAL:
                 last = now
-                self._emit(ev.Activity(label, done, total))
+                self._emit(ev.Activity(ActivityKind.EVALUATION, label, done, total))
 
         return evaluate(
             model, self.session.tokenizer, request, self._stop_requested.is_set, progress
@@ -634,7 +594,7 @@ class Engine:
     # --- events -----------------------------------------------------------------------------------
     def _set_state(self, state: EngineState) -> None:
         self._state = state
-        self._emit(ev.StateChanged(state.value))
+        self._emit(ev.StateChanged(state))
 
     def _emit(self, event: ev.Event) -> None:
         event = replace(event, time=time.monotonic())

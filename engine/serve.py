@@ -32,7 +32,7 @@ from . import wire
 from .commands import Command, Stop
 from .errors import BadInput
 from .eval_request import EvalRequest
-from .recovery import events as rev
+from .run_view import RunView
 from .session_files import EXPORT, LOG, SOCKET, TOKEN
 from .snapshot import Snapshot
 from .wire import Welcome
@@ -51,8 +51,6 @@ log = logging.getLogger("mptui.serve")
 class Served(Protocol):
     """What the server needs of an engine; :class:`~.runner.Engine` is one."""
 
-    @property
-    def guided(self) -> bool: ...
     def subscribe(self, subscriber: Callable[[ev.Event], None]) -> None: ...
     def send(self, command: Command) -> None: ...
 
@@ -134,9 +132,7 @@ class EngineServer:
     ) -> None:
         self.engine = engine
         self.linger = linger
-        self._search_over = False
-        self._activity = ""  # an export or an evaluation under way
-        self._recovering = False
+        self.view = RunView()  # the run as the events tell it, for the snapshot and the end
         self.session = Path(session)
         self.socket_path = self.session / SOCKET
         self.token_path = self.session / TOKEN
@@ -147,7 +143,7 @@ class EngineServer:
         self._export_dir = export_dir or self.session / EXPORT
         self._eval_request = eval_request
         self._backlog = backlog
-        self._snapshot = Snapshot()
+        self._snapshot = Snapshot(self.view)
         self._clients: set[_Client] = set()
         self._tasks: set[asyncio.Task] = set()
         self._servers: list[asyncio.AbstractServer] = []
@@ -196,8 +192,10 @@ class EngineServer:
     # --- server thread --------------------------------------------------------------------------
     def _publish(self, event: ev.Event) -> None:
         line = wire.encode_event(event)
-        self._snapshot.apply(event, line)
-        if self._track(event):
+        could_end = self._may_end()
+        self.view.apply(event)
+        self._snapshot.record(event, line)
+        if self._may_end() and not could_end:
             self._end_if_unwatched()
         for client in list(self._clients):
             if not client.put(line):
@@ -320,7 +318,7 @@ class EngineServer:
     def _welcome(self) -> Welcome:
         return Welcome(
             pid=os.getpid(), host=socket.gethostname(), session=str(self.session),
-            guided=bool(self.engine.guided), export_dir=str(self._export_dir),
+            guided=self.view.guided, export_dir=str(self._export_dir),
             eval_request=self._eval_request,
         )  # fmt: skip
 
@@ -342,23 +340,14 @@ class EngineServer:
         client.writer.transport.abort()
         self._end_if_unwatched()
 
-    def _track(self, event: ev.Event) -> bool:
-        """Follow what decides whether a lingering engine may end; True when it changed."""
-        if isinstance(event, ev.Finished):
-            self._search_over = True
-        elif isinstance(event, ev.Activity):
-            self._activity = event.label
-        elif isinstance(event, (rev.RecoveryStarted, rev.RecoveryFinished)):
-            self._recovering = isinstance(event, rev.RecoveryStarted)
-        else:
-            return False
-        return True
+    def _may_end(self) -> bool:
+        """A lingering engine may end once its search is over and what a client started (an
+        export, an evaluation, a recovery) is done."""
+        return self.linger and self.view.search_over and not self.view.busy
 
     def _end_if_unwatched(self) -> None:
-        """A lingering engine whose search is over ends when no client is left to use it, once
-        what a client started (an export, an evaluation, a recovery) is done."""
-        busy = self._activity or self._recovering
-        if self.linger and self._search_over and not busy and not self._clients:
+        """... and no client is left to use it."""
+        if self._may_end() and not self._clients:
             self.engine.send(Stop())
 
     async def _shutdown(self) -> None:

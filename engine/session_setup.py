@@ -76,7 +76,7 @@ def build_session(
 
     def on_shard(done: int, total: int) -> None:
         check()
-        emit(ev.Activity(label, done, total))
+        emit(ev.Activity(ev.ActivityKind.LOADING, label, done, total))
 
     model, tokenizer = loaded or load_model(
         request.model,
@@ -85,7 +85,7 @@ def build_session(
         device_map=request.device_map,
         on_shard=on_shard,
     )
-    emit(ev.Activity(""))
+    emit(ev.Activity(None))
     check()
     adapter = adapter_for(model)
     check_seqlen(settings.calibration.seqlen, model.config)

@@ -3,14 +3,16 @@ protocol*). Torch-free, so ``mptui attach`` starts without loading a model stack
 
 Every line is one JSON object: an event is ``{"event": CLASS, "time": ..., FIELDS}`` (the shape
 of ``events.jsonl``), a command ``{"command": CLASS, FIELDS}``. The field types of the dataclass
-say how to read a value back (tuples stay tuples, a nested :class:`EvalRequest` is rebuilt), so
-the round trip is exact; a ``dict`` field is a JSON object as it stands. A class is known by
-its name in :mod:`.events` or :mod:`.commands`: a new event or command needs no change here.
+say how to read a value back (tuples stay tuples, an enum is its value, a nested
+:class:`EvalRequest` is rebuilt), so the round trip is exact; a ``dict`` field is a JSON object
+as it stands. A class is known by its name in :mod:`.events` or :mod:`.commands`: a new event
+or command needs no change here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import json
 import types
@@ -123,6 +125,8 @@ def _plain(value: Any) -> Any:
         return _fields(value)
     if isinstance(value, (tuple, list)):
         return [_plain(item) for item in value]
+    if isinstance(value, enum.Enum):
+        return value.value
     return value
 
 
@@ -163,6 +167,11 @@ def _convert(hint: Any, value: Any) -> Any:
         if not isinstance(value, dict):
             raise BadInput(f"expected an object for {hint.__name__}, got {value!r}")
         return _build(hint, value)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        try:
+            return hint(value)
+        except ValueError:
+            raise BadInput(f"unknown {hint.__name__} {value!r}") from None
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value

@@ -78,7 +78,7 @@ async def test_override_from_the_candidates_table(llama, calibration_file, tmp_p
         table.move_cursor(row=0)
         await pilot.press("down")  # the second best: not the engine's choice
         chosen = table.selected_structure()
-        assert chosen == app.state.ranked()[1].structure != app.state.proposal
+        assert chosen == app.state.ranked()[1].structure != app.state.proposal.structure
         await pilot.press("enter")
         await wait_until(pilot, lambda: shown_commits(app) == 1)
         (step,) = steps(app)
@@ -137,6 +137,7 @@ async def test_guided_mode_waits_for_the_user(llama, calibration_file, tmp_path)
     app = make_app(llama, calibration_file, tmp_path)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("g")
+        await wait_until(pilot, lambda: app.state.guided)  # the engine's GuidedChanged
         await wait_until(pilot, lambda: app.state.proposal is not None)
         committed = len(steps(app))
         assert app.state.state_label == "WAITING FOR YOU"
@@ -187,7 +188,7 @@ async def test_evaluate_and_export_from_the_app(llama, calibration_file, tmp_pat
         await wait_until(pilot, lambda: app.state.exported is not None)
         assert app.state.exported.params == app.engine.session.params
         assert (tmp_path / "export" / "model.safetensors").is_file()
-        assert app.state.activity == ""
+        assert app.state.activity is None
         await pilot.press("space")
         await wait_until(pilot, lambda: app.state.finished is not None)
         first = app.state.exported

@@ -57,7 +57,7 @@ async def test_recover_pause_evaluate_and_export_in_the_app(
         await pilot.press("r")
         await wait_until(pilot, lambda: "RECOVERING step" in status())
         await pilot.press("space")
-        await wait_until(pilot, lambda: app.state.state == "paused")
+        await wait_until(pilot, lambda: app.state.state == "recovery_paused")
         step = engine.recovery.step
         assert 0 < step < 80 and app.query_one("#recovery").display
         await pilot.pause(0.5)
@@ -81,7 +81,7 @@ async def test_recover_pause_evaluate_and_export_in_the_app(
         await wait_until(pilot, lambda: app.state.exported is not None)
         assert app.state.exported.params == engine.session.params
         assert "recovered by LoRA" in (tmp_path / "export" / "README.md").read_text()
-        assert engine.recovery.step == step and app.state.state == "paused"
+        assert engine.recovery.step == step and app.state.state == "recovery_paused"
         await pilot.press("space")
         await wait_until(pilot, lambda: app.state.recovery.finished == "done")
         assert engine.recovery.step == 80

@@ -14,9 +14,10 @@ from app_replay import fixed_run_events
 
 from mptui.app.state import RunState
 from mptui.engine import session_files
-from mptui.engine.api import BadInput, EngineServer, EngineState, attach, wire
+from mptui.engine.api import BadInput, EngineServer, EngineState, RunView, attach, wire
 from mptui.engine.api import commands as cmd
 from mptui.engine.api import events as ev
+from mptui.engine.api import recovery_events as rev
 from mptui.engine.snapshot import Snapshot
 
 
@@ -43,9 +44,11 @@ class Publisher:
 
 
 def steered_run_events() -> list[ev.Event]:
-    """The fixed short run, then what steering adds: a proposal, a pause, an undo, a restart."""
+    """The fixed short run, then what steering adds: a proposal, a pause, an undo, a restart,
+    guided mode; after the search a recovery, paused and resumed."""
     events = fixed_run_events()
     events += [
+        ev.GuidedChanged(True),
         ev.Proposal(4, "L1.mlp-46", 46.0),
         ev.StateChanged("waiting"),
         ev.StateChanged("paused"),
@@ -55,12 +58,23 @@ def steered_run_events() -> list[ev.Event]:
         ev.StepStarted(3, "mlp_channels", ("L0.mlp-46", "L1.mlp-46"), 44.8),
         ev.CandidateScored(3, "mlp_channels", "L0.mlp-46", 45.0, 0.2, 23_552, 1, 2),
         ev.Progress(3, 1, 2, 900.0, 1.0),
-        ev.Activity("exporting to /tmp/x", 5, 10),
-        ev.Activity(""),
+        ev.Activity(ev.ActivityKind.EXPORT, "exporting to /tmp/x", 5, 10),
+        ev.Activity(None),
         ev.MemorySample(rss_bytes=2**30),
         ev.DimensionChanged(None, None, ("blocks", "mlp_channels", "attn_heads")),
         ev.StateChanged("done"),
         ev.Finished("done", {}),
+        ev.StateChanged(EngineState.RECOVERING),
+        rev.RecoveryStarted(0, 40, 1024, 3_000_000, 64, 4, {"steps": 40}),
+        rev.RecoveryValidated(0, 52.0),
+        rev.RecoveryStep(1, 40, 3.9, 1e-4, 900.0, 39.0, 2, 1),
+        ev.StateChanged(EngineState.RECOVERY_PAUSED),
+        ev.Activity(ev.ActivityKind.EVALUATION, "evaluating the recovered model", 1, 4),
+        ev.Activity(None),
+        ev.StateChanged(EngineState.RECOVERING),
+        rev.RecoveryStep(2, 40, 3.7, 2e-4, 910.0, 38.0, 2, 1),
+        rev.RecoveryFinished("done", 2, 40),
+        ev.StateChanged(EngineState.DONE),
     ]
     return events
 
@@ -68,7 +82,6 @@ def steered_run_events() -> list[ev.Event]:
 def shown(state: RunState) -> dict:
     """What the screen is drawn from (the notices history aside: a client gets the latest)."""
     fields = dataclasses.asdict(state)
-    fields.pop("messages")
     fields.pop("candidates_step")  # bookkeeping: which step the table belongs to
     fields["memory"] = list(state.memory)
     return fields
@@ -76,9 +89,11 @@ def shown(state: RunState) -> dict:
 
 def test_a_client_attaching_at_any_moment_rebuilds_what_the_screen_shows():
     events = steered_run_events()
-    snapshot, live = Snapshot(), RunState()
+    view, live = RunView(), RunState()
+    snapshot = Snapshot(view)
     for count, event in enumerate(events, start=1):
-        snapshot.apply(event, wire.encode_event(event))
+        view.apply(event)
+        snapshot.record(event, wire.encode_event(event))
         live.apply(event)
         rebuilt = RunState()
         for line in snapshot.lines():
@@ -132,10 +147,12 @@ def test_a_client_that_stops_reading_is_dropped_and_never_blocks_the_engine(tmp_
             engine.emit(message(k))
             if k % 20 == 0:
                 time.sleep(0.01)
-        wait_until(lambda: len(seen) == total, timeout=30)
-        assert [e.message for e in seen] == ["x" * 200 + str(k) for k in range(total)]
+        notices = lambda: [e.message for e in seen if isinstance(e, ev.Notice)]  # noqa: E731
+        wait_until(lambda: len(notices()) == total, timeout=30)
+        assert notices() == ["x" * 200 + str(k) for k in range(total)]
         log = (tmp_path / session_files.LOG).read_text()
-        assert log.count("dropped a local client: it fell 1001 events behind") == 1
+        # the backlog, one more, and the snapshot it was sent first (guided mode, the state)
+        assert log.count("dropped a local client: it fell 1003 events behind") == 1
         reader.send(cmd.Pause())
         assert engine.got_command.wait(5) and engine.received == [cmd.Pause()]
         reader.close()
@@ -237,14 +254,14 @@ def test_a_lingering_run_ends_once_no_client_is_left_and_nothing_is_under_way(tm
         client.start()
         wait_until(lambda: len(server._clients) == 1)
         engine.emit(ev.Finished("done", {}))
-        engine.emit(ev.Activity("exporting to /tmp/x"))
+        engine.emit(ev.Activity(ev.ActivityKind.EXPORT, "exporting to /tmp/x"))
         time.sleep(0.2)
         assert engine.received == []  # watched
         client.close()
         wait_until(lambda: not server._clients)
         time.sleep(0.2)
         assert engine.received == []  # the export goes on
-        engine.emit(ev.Activity(""))
+        engine.emit(ev.Activity(None))
         assert engine.got_command.wait(5) and engine.received == [cmd.Stop()]
     finally:
         server.close()

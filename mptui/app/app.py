@@ -96,7 +96,6 @@ class MptuiApp(App):
         self._inbox: deque[ev.Event] = deque(replay)
         self._engine_started = False
         self._tty: int | None = None  # the terminal's descriptor, watched while mounted
-        self._guided = bool(engine and engine.guided)
         self.attached_to = attached_to
         self._run_ended = False  # attached: the run closed the connection
         if attached_to:
@@ -240,7 +239,7 @@ class MptuiApp(App):
 
     def action_toggle_pause(self) -> None:
         """Pause the engine, or resume it (within one candidate)."""
-        if self.state.state == "paused":
+        if self.state.paused:
             self.send(cmd.Resume())
         else:
             self.send(cmd.Pause())
@@ -274,14 +273,13 @@ class MptuiApp(App):
 
     def action_guided(self) -> None:
         """Toggle guided mode: each commit waits for you."""
-        self._guided = not self._guided
-        self.send(cmd.SetGuided(self._guided))
-        self.notify("guided mode on: each commit waits for you" if self._guided else "guided off")
+        guided = not self.state.guided  # the engine's flag, as its last GuidedChanged said
+        self.send(cmd.SetGuided(guided))
+        self.notify("guided mode on: each commit waits for you" if guided else "guided off")
 
     def action_accept(self) -> None:
-        """Accept the engine's proposal (guided mode)."""
-        if self.state.proposal:
-            self.send(cmd.Accept())
+        """Accept the engine's proposal (guided mode); the engine says when none waits."""
+        self.send(cmd.Accept())
 
     def action_undo(self) -> None:
         """Undo the last commit."""
@@ -306,7 +304,7 @@ class MptuiApp(App):
             self.notify("nothing to evaluate: start mptui with --eval-tasks or --eval-text")
             return
         if self.state.activity:
-            self.notify(f"busy: {self.state.activity}", severity="warning")
+            self.notify(f"busy: {self.state.activity.label}", severity="warning")
             return
         self.send(cmd.Evaluate(self._eval_request))
         self.notify("evaluating dense and pruned; the search waits until it is done")
@@ -316,11 +314,8 @@ class MptuiApp(App):
         if self.engine is None or self._recovery is None:
             self.notify("nothing to recover with: start mptui with --recover-data FILE")
             return
-        if self.state.finished is None:
-            self.notify("recovery starts after the search (stop it or let it finish)")
-            return
-        self.send(cmd.Recover(self._recovery))
-        self.notify(f"recovering: {self._recovery.steps} steps on {Path(self._recovery.data).name}")
+        self.send(cmd.Recover(self._recovery))  # the engine says when it cannot start now
+        self.notify(f"recover: {self._recovery.steps} steps on {Path(self._recovery.data).name}")
 
     def action_log_scale(self) -> None:
         """Toggle a log scale on the perplexity curve."""
@@ -336,7 +331,7 @@ class MptuiApp(App):
         if self.attached_to:
             self._ask_detach()
             return
-        if self.state.activity.startswith("exporting"):
+        if self.state.exporting:
             self.notify("an export is being written; quit when it is done", severity="warning")
             return
 

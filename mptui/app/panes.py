@@ -10,7 +10,7 @@ from textual.widgets import DataTable, Static
 from textual_plotext import PlotextPlot
 
 from .gpu import GpuMemory, NvmlReader
-from .state import MEMORY_HISTORY, RunState
+from .state import MEMORY_HISTORY, RunState, display_name
 
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -65,7 +65,7 @@ class StatusLine(Static):
             progress += f", ETA {eta_text(state.eta_s)}"
         text = Text.assemble(
             (f" {state.state_label} ", "reverse bold"),
-            f" {state.model or 'loading…'}  ",
+            f" {display_name(state.model) if state.model else 'loading…'}  ",
             ("dimension ", "dim"), f"{state.dimension or '—'}  ",
             ("step ", "dim"), f"{state.step}",
             ("  ⇄ " + state.link if state.link else "", "italic"), "\n",
@@ -74,11 +74,11 @@ class StatusLine(Static):
             ("candidate ", "dim"), progress,
         )  # fmt: skip
         if state.proposal:
-            text.append(f"  ▶ {state.proposal}: a accept, o override", "bold")
+            text.append(f"  ▶ {state.proposal.structure}: a accept, o override", "bold")
         if state.activity:
-            done, total = state.activity_progress
+            done, total = state.activity.done, state.activity.total
             share = f" {done / total:.0%}" if total else "…"
-            text.append(f"  ⧗ {state.activity}{share}", "bold")
+            text.append(f"  ⧗ {state.activity.label}{share}", "bold")
         if state.error:
             text.append(f"  {state.error}", "bold red")
         self.update(text)
@@ -96,8 +96,9 @@ class CandidatesPane(DataTable):
     def show(self, state: RunState) -> None:
         selected = self.selected_structure()
         self.clear()
+        proposed = state.proposal.structure if state.proposal else None
         for row in state.ranked():
-            marker = "▶ " if row.structure == state.proposal else ""
+            marker = "▶ " if row.structure == proposed else ""
             # --fast: "~" marks a score on only some of the rows (the candidate was ruled out)
             partial = "" if row.fully_scored else "~"
             self.add_row(

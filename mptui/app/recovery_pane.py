@@ -9,10 +9,10 @@ from __future__ import annotations
 from textual_plotext import PlotextPlot
 
 from .panes import eta_text
-from .state import RecoveryState
+from .state import RecoveryView
 
 
-def recovery_subtitle(recovery: RecoveryState) -> str:
+def recovery_subtitle(recovery: RecoveryView) -> str:
     """``step 120/300 · lr 8.2e-04 · 1,234 tok/s · ETA 1m05s`` (``done`` at the end)."""
     parts = [f"step {recovery.step}/{recovery.steps}", f"lr {recovery.lr:.1e}"]
     parts.append(f"{recovery.tokens_per_s:,.0f} tok/s")
@@ -29,7 +29,7 @@ def recovery_subtitle(recovery: RecoveryState) -> str:
 class RecoveryPane(PlotextPlot):
     """Loss per step (left axis) and validation perplexity (right axis, markers)."""
 
-    def show(self, recovery: RecoveryState | None) -> None:
+    def show(self, recovery: RecoveryView | None) -> None:
         if recovery is None:
             return
         plt = self.plt

@@ -1,0 +1,103 @@
+"""The recovery as a phase of the engine's run (docs/method.md §10): after the search, or at
+once for a resumed session whose recovery had started.
+
+The engine thread drives it and keeps reading its command queue between optimizer steps
+(``poll``); this class owns everything else: whether a recovery can start, the copy of the
+pruned model it trains, the RECOVERING state and the state the run is left in.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from .. import events as ev
+from ..errors import EngineError
+from ..events import EngineState
+from ..export import is_export
+from ..session import PruningSession
+from .events import RecoveryFinished
+from .folder import RecoveryFolder
+from .run import RecoveryRun, prepare
+from .settings import RecoverySettings
+from .source import RecoverySource
+
+log = logging.getLogger("mptui.engine")
+
+
+class RecoveryPhase:
+    """At most one recovery per engine; :attr:`current` is it once it has started."""
+
+    def __init__(
+        self,
+        model_source: str,
+        cache_dir: Path | None,
+        session_dir: Path | None,
+        emit: Callable[[ev.Event], None],
+        set_state: Callable[[EngineState], None],
+    ) -> None:
+        """``model_source``: what the run loaded (a hub id, a folder, or an export, which
+        a recovery may take as it is); ``session_dir``: where the recovery keeps its state."""
+        self._model_source = model_source
+        self._cache_dir = cache_dir
+        self._session_dir = session_dir
+        self._emit = emit
+        self._set_state = set_state
+        self.current: RecoveryRun | None = None
+
+    def run(
+        self, session: PruningSession, settings: RecoverySettings, poll: Callable[[], bool]
+    ) -> EngineState | None:
+        """Fine-tune a copy of ``session``'s pruned model (the session keeps the pruned one,
+        for dense and pruned evaluations) until done, or until ``poll`` (called after every
+        optimizer step, blocking while paused) returns True.
+
+        Returns the state the run is left in (DONE, STOPPED or ERROR), or None when the
+        recovery could not start (a Notice says why; nothing changed).
+        """
+        if self.current is not None:
+            self._emit(ev.Notice("a recovery has already run in this session"))
+            return None
+        self.current = self._prepare(session, settings)
+        if self.current is None:
+            return None
+        self._set_state(EngineState.RECOVERING)
+        try:
+            reason = self.current.run(poll=poll)
+        except Exception as error:  # out of memory at one example, a full disk: say so, stay
+            if not isinstance(error, EngineError):
+                log.exception("recovery failed")
+            self._emit(ev.Error(f"recovery failed: {error}"))
+            self._emit(RecoveryFinished("error", self.current.step, settings.steps))
+            end = EngineState.ERROR
+        else:
+            end = EngineState.DONE if reason == "done" else EngineState.STOPPED
+        self._set_state(end)
+        return end
+
+    def _prepare(self, session: PruningSession, settings: RecoverySettings) -> RecoveryRun | None:
+        from_export = is_export(Path(self._model_source).expanduser())
+        if not session.steps and not from_export:
+            self._emit(ev.Notice("nothing was removed, so there is nothing to recover"))
+            return None
+        if self._session_dir is None:
+            self._emit(ev.Notice("recovery needs a session folder for its state"))
+            return None
+        source = (
+            RecoverySource("export", Path(self._model_source))
+            if from_export and not session.steps
+            else RecoverySource("session", self._session_dir)
+        )
+        try:
+            return prepare(
+                copy.deepcopy(session.model), session.tokenizer, settings,
+                RecoveryFolder(self._session_dir), self._emit, source, self._cache_dir,
+            )  # fmt: skip
+        except EngineError as error:
+            self._emit(ev.Notice(f"recovery not started: {error}"))
+            return None
+
+
+__all__ = ["RecoveryPhase"]
