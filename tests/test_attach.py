@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import psutil
-from test_tmux import MPTUI, Tmux
+from tmux_session import MPTUI, Tmux
 
 from mptui.engine.api import attach
 from mptui.engine.api import events as ev

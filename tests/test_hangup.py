@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_tmux import MPTUI, Tmux
+from tmux_session import MPTUI, Tmux
 
 EXIT_WITHIN = 20  # seconds
 

@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from test_tmux import Tmux
+from tmux_session import Tmux
 
 ROOT = Path(__file__).resolve().parents[1]
 # Repository folder -> where it lands in site-packages (pyproject.toml's package-dir).

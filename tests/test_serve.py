@@ -10,35 +10,13 @@ import threading
 import time
 
 import pytest
-from app_replay import fixed_run_events
+from app_replay import Publisher, fixed_run_events
 
 from mptui.app.state import RunState
-from mptui.engine.api import BadInput, EngineServer, EngineState, attach, wire
+from mptui.engine.api import BadInput, EngineServer, attach, wire
 from mptui.engine.api import commands as cmd
 from mptui.engine.api import events as ev
 from mptui.engine.snapshot import Snapshot
-
-
-class Publisher:
-    """The engine-like object the server wraps: subscribers, a command inbox, a state."""
-
-    def __init__(self) -> None:
-        self.subscribers: list = []
-        self.received: list[cmd.Command] = []
-        self.got_command = threading.Event()
-        self.state = EngineState.RUNNING
-        self.guided = False
-
-    def subscribe(self, subscriber) -> None:
-        self.subscribers.append(subscriber)
-
-    def send(self, command: cmd.Command) -> None:
-        self.received.append(command)
-        self.got_command.set()
-
-    def emit(self, event: ev.Event) -> None:
-        for subscriber in self.subscribers:
-            subscriber(event)
 
 
 def steered_run_events() -> list[ev.Event]:

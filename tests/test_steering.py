@@ -15,6 +15,7 @@ import time
 
 import pytest
 import torch
+from test_control import EventLog, finish
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mptui.engine import commands as cmd
@@ -25,7 +26,6 @@ from mptui.engine.scoring import Scorer
 from mptui.engine.session_folder import SessionFolder
 from mptui.engine.structures import DIMENSIONS, Structure
 from mptui.engine.surgery import apply_plan
-from tests.test_control import EventLog, finish
 
 TIMEOUT = 60
 

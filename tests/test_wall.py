@@ -1,4 +1,5 @@
-"""The wall between engine and app, and a CLI that starts without torch."""
+"""The wall between engine and app, and a CLI that starts without torch: each checked in a fresh
+interpreter, since this one has imported everything already."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import mptui
 
@@ -55,3 +58,22 @@ def test_help_and_version_answer_without_importing_torch(tmp_path):
         assert "textual" not in imported
     assert mptui.__version__ in run_cli("--version", tmp_path=tmp_path).stdout
     assert "--target-ratio" in run_cli("--help", tmp_path=tmp_path).stdout
+
+
+@pytest.mark.parametrize(
+    "module", ["mptui.engine.commands", "mptui.engine.events", "mptui.engine.api"]
+)
+def test_plain_value_modules_import_no_torch(module):
+    code = (
+        f"import sys, {module}\n"
+        "heavy = sorted({'torch', 'transformers', 'textual'} & set(sys.modules))\n"
+        "print(','.join(heavy))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
+
+
+def test_the_plan_module_does_not_import_torch():
+    code = "import sys, mptui.engine.plan, mptui.app.state; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
