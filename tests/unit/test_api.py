@@ -10,7 +10,7 @@ import pytest
 
 from mptui.engine import api
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def engine_imports(path: Path) -> list[str]:

@@ -12,7 +12,7 @@ import pytest
 
 import mptui
 
-ENGINE_DIR = Path(__file__).resolve().parents[1] / "engine"
+ENGINE_DIR = Path(__file__).resolve().parents[2] / "engine"
 MPTUI_SCRIPT = Path(sys.executable).parent / "mptui"
 
 

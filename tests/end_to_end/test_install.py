@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from tmux_session import Tmux
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Repository folder -> where it lands in site-packages (pyproject.toml's package-dir).
 INSTALLED_AS = {"mptui": "mptui", "engine": "mptui/engine", "themes": "mptui/themes"}
 PIP = ("-m", "pip", "--disable-pip-version-check", "--no-input")
