@@ -14,7 +14,7 @@ of Llama-2-7B's shape is built in memory in bf16. In order, it measures
 5. a short real search of the app in tmux, whose memory pane (NVML) is captured.
 
 ``--dry-run`` runs the same code on the CPU with a tiny Llama in well under two minutes, so the
-script cannot rot (tests/test_gpu_check.py runs it).
+script cannot rot (tests/engine/test_gpu_check.py runs it).
 """
 
 from __future__ import annotations
