@@ -129,9 +129,8 @@ def test_a_stopped_recovery_continues_when_the_session_is_resumed(
 async def test_an_export_opened_with_recover_goes_straight_to_the_recovery(
     tiny_model_dir, calibration_file, tmp_path
 ):
-    from test_recovery import make_session
-
     from mptui.engine.api import export_model, load_pruned
+    from tests.engine.test_recovery import make_session
 
     session = make_session(tmp_path / "pruned", tiny_model_dir("llama"))
     pruned, tokenizer, plan = load_pruned({"session": str(session)})
