@@ -40,9 +40,9 @@ GROUPS = ("unit", "engine", "app", "end_to_end")
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test with its folder's group (``-m unit``, ``-m "not end_to_end"``, ...)."""
     for item in items:
-        folder = Path(item.path).resolve().relative_to(TESTS).parts[0]
-        if folder in GROUPS:
-            item.add_marker(getattr(pytest.mark, folder))
+        path = Path(item.path).resolve()
+        if path.is_relative_to(TESTS) and path.relative_to(TESTS).parts[0] in GROUPS:
+            item.add_marker(getattr(pytest.mark, path.relative_to(TESTS).parts[0]))
 
 
 @pytest.fixture(params=FAMILIES)
