@@ -21,7 +21,7 @@ Each row is printed (flushed) and written to ``--json`` the moment it is measure
 short by its time limit keeps everything it measured. The model's sub-blocks are scaled by a
 seeded spread of factors so that candidates really differ and "same choice" means something;
 the best/runner-up gap is printed beside it. ``--dry-run`` runs the same code on the CPU with a
-tiny Llama (tests/test_gpu_check.py runs it, and CI runs it on a copy of the GPU image's
+tiny Llama (tests/engine/test_gpu_check.py runs it, and CI runs it on a copy of the GPU image's
 packages), so the script cannot rot.
 """
 
@@ -367,7 +367,7 @@ FULL_PASSES = {"cached": 5, "cached, eager": 2, "naive": 1}
 def planned_flops(profile: Profile) -> float:
     """The scoring work of one check, counted on a model of the profile's shape built on the
     meta device (no memory): per mode its full passes and its steps (two width steps in the
-    default mode). What the 5-minute budget is held to (tests/test_gpu_check.py)."""
+    default mode). What the 5-minute budget is held to (tests/engine/test_gpu_check.py)."""
     model, _ = build_llama_in_memory("meta", profile.dtype, profile.shape)
     adapter = adapter_for(model)
     batch, seqlen, layers = profile.rows, profile.seqlen, range(adapter.num_layers)

@@ -1,5 +1,5 @@
 """What every command does in every engine state: the one table :meth:`Engine._dispatch` reads,
-and the one docs/engine.md prints (tests/test_command_table.py checks the two agree).
+and the one docs/engine.md prints (tests/unit/test_command_table.py checks the two agree).
 
 A cell either acts (the engine's handler for the command runs), or does nothing, with a
 ``Notice`` saying why when the user should hear it. Its ``doc`` is the documentation's cell.

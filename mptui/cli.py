@@ -31,7 +31,7 @@ DEMO_DIR = Path(__file__).parent / "demo"
 
 def build_parser() -> argparse.ArgumentParser:
     """Every option's help ends with its default, ``(default: X)``, as README's table shows it
-    (tests/test_cli_help.py compares the two)."""
+    (tests/end_to_end/test_cli_help.py compares the two)."""
     parser = Parser(
         prog="mptui",
         description="Prune a causal LM with MultiPruner (blocks, MLP channels, attention heads), "

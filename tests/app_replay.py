@@ -1,8 +1,13 @@
-"""A fixed engine state for the app's snapshots: the events of a short run, made by hand."""
+"""A fixed engine state for the app's snapshots (the events of a short run, made by hand), and
+the stand-ins the app and the server are tested with: no GPU, an engine that only publishes."""
 
 from __future__ import annotations
 
+import threading
+
+from mptui.engine import commands as cmd
 from mptui.engine import events as ev
+from mptui.engine.api import EngineState
 
 
 class NoGpu:
@@ -10,6 +15,28 @@ class NoGpu:
 
     def read(self) -> list:
         return []
+
+
+class Publisher:
+    """The engine-like object the server wraps: subscribers, a command inbox, a state."""
+
+    def __init__(self) -> None:
+        self.subscribers: list = []
+        self.received: list[cmd.Command] = []
+        self.got_command = threading.Event()
+        self.state = EngineState.RUNNING
+        self.guided = False
+
+    def subscribe(self, subscriber) -> None:
+        self.subscribers.append(subscriber)
+
+    def send(self, command: cmd.Command) -> None:
+        self.received.append(command)
+        self.got_command.set()
+
+    def emit(self, event: ev.Event) -> None:
+        for subscriber in self.subscribers:
+            subscriber(event)
 
 
 def fixed_run_events() -> list[ev.Event]:

@@ -1,4 +1,11 @@
-"""Shared fixtures: tiny models on disk (built once per session) and calibration text."""
+"""Shared fixtures (tiny models on disk, built once per session; calibration text) and the test
+groups: each test is marked by the folder it lives in, so ``pytest -m unit`` runs the fast part.
+
+- ``tests/unit``: pure functions and small objects, no model run of note, no process, no app;
+- ``tests/engine``: the engine on tiny models (search, steering, export, evaluation, recovery);
+- ``tests/app``: the Textual app, through its pilot or in a real terminal (tmux);
+- ``tests/end_to_end``: ``mptui`` in processes of its own: CLI runs, install, workers, sessions.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +32,17 @@ os.environ["XDG_CACHE_HOME"] = os.path.join(_SCRATCH, "cache")
 os.environ["HF_MODULES_CACHE"] = os.path.join(_SCRATCH, "hf-modules")
 
 from bench.tiny import FAMILIES, build_tiny_model, tiny_text  # noqa: E402
+
+TESTS = Path(__file__).resolve().parent
+GROUPS = ("unit", "engine", "app", "end_to_end")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test with its folder's group (``-m unit``, ``-m "not end_to_end"``, ...)."""
+    for item in items:
+        path = Path(item.path).resolve()
+        if path.is_relative_to(TESTS) and path.relative_to(TESTS).parts[0] in GROUPS:
+            item.add_marker(getattr(pytest.mark, path.relative_to(TESTS).parts[0]))
 
 
 @pytest.fixture(params=FAMILIES)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Each source folder and the name its modules import under (pyproject's package-dir).
 PACKAGES = {"mptui": ROOT / "mptui", "mptui.engine": ROOT / "engine"}
 

@@ -14,7 +14,7 @@ import pytest
 
 from mptui.engine import defaults
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 MPTUI = Path(sys.executable).parent / "mptui"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 import torch
@@ -66,6 +65,25 @@ def llama(tiny_model_dir):
     return tiny_model_dir("llama")
 
 
+def idle_since(engine: Engine, log: EventLog, since: int) -> list[ev.Event]:
+    """Proof, without a clock, that the engine does no work while it holds (paused, waiting):
+    two commands that it only answers with a notice (an override of no structure), the second
+    sent once the first is answered. An engine that went back to work after the first would
+    score a candidate before it reads the second. Returns the events from ``since`` on."""
+    for answered in (1, 2):
+        engine.send(cmd.Override("no-such-structure"))
+        log.wait_for(lambda log, n=answered: len(ignored_overrides(log.events[since:])) == n)
+    return log.events[since:]
+
+
+def ignored_overrides(events: list[ev.Event]) -> list[ev.Notice]:
+    return [e for e in events if isinstance(e, ev.Notice) and "override ignored" in e.message]
+
+
+def worked(events: list[ev.Event]) -> list[ev.Event]:
+    return [e for e in events if isinstance(e, (ev.CandidateScored, ev.StepCommitted))]
+
+
 def finish(engine: Engine, log: EventLog) -> ev.Finished:
     log.wait_count(ev.Finished, 1)
     assert engine.join(TIMEOUT)
@@ -80,10 +98,10 @@ def test_pause_stops_commits_within_one_candidate(llama, calibration_file, tmp_p
     engine.send(cmd.Pause())
     log.wait_for(lambda log: log.state() == "paused")
     assert len(log.of(ev.CandidateScored)) - scored_before <= 1
-    commits, scored = len(log.of(ev.StepCommitted)), len(log.of(ev.CandidateScored))
-    time.sleep(0.5)
-    assert len(log.of(ev.StepCommitted)) == commits
-    assert len(log.of(ev.CandidateScored)) == scored
+    commits = len(log.of(ev.StepCommitted))
+    paused_at = len(log.events)
+    assert worked(idle_since(engine, log, paused_at)) == []
+    assert log.state() == "paused"
     engine.send(cmd.Resume())
     assert finish(engine, log).reason == "done"
     assert len(log.of(ev.StepCommitted)) > commits
@@ -127,8 +145,9 @@ def test_guided_mode_waits_and_undo_restores_the_model(llama, calibration_file, 
     engine.start()
     log.wait_count(ev.Proposal, 1)
     assert log.state() == "waiting"
-    time.sleep(0.3)
-    assert not log.of(ev.StepCommitted)  # nothing is committed while the engine waits
+    waiting_at = len(log.events)
+    assert worked(idle_since(engine, log, waiting_at)) == []  # nothing while the engine waits
+    assert not log.of(ev.StepCommitted) and log.state() == "waiting"
     ids = torch.randint(0, 500, (1, 16), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         before = engine.session.model(ids).logits.clone()

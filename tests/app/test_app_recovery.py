@@ -21,7 +21,9 @@ from mptui.engine.api import (
     RunRequest,
     SessionFolder,
     SessionRecorder,
+    commands,
 )
+from mptui.engine.api import events as ev
 
 
 def wait_for(predicate, timeout: float = 120) -> None:
@@ -30,6 +32,11 @@ def wait_for(predicate, timeout: float = 120) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+def refused(events: list) -> list:
+    """The engine's answers to a command that recovery does not take."""
+    return [e for e in events if isinstance(e, ev.Notice) and e.message.startswith("recovering:")]
 
 
 async def test_recover_pause_evaluate_and_export_in_the_app(
@@ -52,6 +59,8 @@ async def test_recover_pause_evaluate_and_export_in_the_app(
         export_dir=tmp_path / "export",
     )  # fmt: skip
     status = lambda: str(app.query_one("#status").render())  # noqa: E731
+    seen: list = []
+    engine.subscribe(seen.append)
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_until(pilot, lambda: app.state.finished == "done")
         await pilot.press("r")
@@ -60,8 +69,13 @@ async def test_recover_pause_evaluate_and_export_in_the_app(
         await wait_until(pilot, lambda: app.state.state == "recovery_paused")
         step = engine.recovery.step
         assert 0 < step < 80 and app.query_one("#recovery").display
-        await pilot.pause(0.5)
-        assert engine.recovery.step == step  # paused within one optimizer step
+        # paused within one optimizer step, and held: two commands that paused training only
+        # answers with a notice, the second sent once the first is answered (training that went
+        # on after the first would take a step before it reads the second)
+        for answered in (1, 2):
+            engine.send(commands.Override("no-such-structure"))
+            await wait_until(pilot, lambda n=answered: len(refused(seen)) == n)
+        assert engine.recovery.step == step
         await pilot.press("e")
         await wait_until(
             pilot, lambda: isinstance(app.screen, EvaluationScreen) and app.screen.query(DataTable)
@@ -130,9 +144,8 @@ def test_a_stopped_recovery_continues_when_the_session_is_resumed(
 async def test_an_export_opened_with_recover_goes_straight_to_the_recovery(
     tiny_model_dir, calibration_file, tmp_path
 ):
-    from test_recovery import make_session
-
     from mptui.engine.api import RecoverySource, export_model
+    from tests.engine.test_recovery import make_session
 
     session = make_session(tmp_path / "pruned", tiny_model_dir("llama"))
     pruned, tokenizer, plan = RecoverySource("session", session).load()

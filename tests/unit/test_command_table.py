@@ -22,7 +22,7 @@ from mptui.engine.api import (
     RunRequest,
 )
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "engine.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "engine.md"
 
 #: One of each command.
 SAMPLES = [

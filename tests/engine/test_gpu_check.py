@@ -17,7 +17,7 @@ import torch
 from bench.app_capture import AppStopped, _Tmux, capture_memory_pane
 from bench.gpu_check import GPU, Report, StepTiming, main, planned_seconds, project
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: The GPU image's packages and nothing else (bench/gpu-image.txt), built by `.ci/dev test`.
 BARE_PYTHON = ROOT / ".venv-bare" / "bin" / "python"
 #: What the app capture may take at most on the GPU, beside the planned scoring and compiling.

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_tmux import Tmux
+from tmux_session import Tmux
 
 from mptui.cli import build_parser, demo_defaults
 from mptui.engine import session_files

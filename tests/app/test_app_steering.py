@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from test_app import make_app, wait_until
+from test_app import engine_idle, make_app, wait_until
 
 from mptui.app.app import MptuiApp
+from mptui.engine.api import events as ev
 
 
 def commits(app: MptuiApp) -> int:
@@ -19,6 +20,8 @@ def llama(tiny_model_dir):
 
 async def test_pause_then_accept_commits_and_space_resumes(llama, calibration_file, tmp_path):
     app = make_app(llama, calibration_file, tmp_path, guided=True)
+    seen: list = []
+    app.engine.subscribe(seen.append)
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_until(pilot, lambda: app.state.proposal is not None)
         await pilot.press("space")
@@ -26,8 +29,10 @@ async def test_pause_then_accept_commits_and_space_resumes(llama, calibration_fi
         assert app.state.proposal is not None  # still shown while paused
         await pilot.press("a")
         await wait_until(pilot, lambda: commits(app) == 1)
-        await pilot.pause(0.3)
-        assert app.state.state_label == "PAUSED"  # accepted, and still paused
+        since_paused = await engine_idle(pilot, app, seen)  # accepted, and still paused
+        assert [e.state for e in since_paused if isinstance(e, ev.StateChanged)] == ["paused"]
+        await wait_until(pilot, lambda: len(app.state.curve) == 2)  # the app shows the commit
+        assert app.state.state_label == "PAUSED"
         await pilot.press("space")  # resumes (it used to send Pause again)
         await wait_until(pilot, lambda: app.state.state == "waiting" and app.state.proposal)
         assert commits(app) == 1

@@ -2,7 +2,7 @@
 scores, bit for bit, whatever the number of workers, steering included.
 
 Each world is a real one of forked workers (bench/world.py). The launcher itself (``--workers``,
-torchrun) is tested in tests/test_workers.py.
+torchrun) is tested in tests/end_to_end/test_workers.py.
 """
 
 from __future__ import annotations

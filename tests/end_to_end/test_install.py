@@ -14,11 +14,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from test_tmux import Tmux
+from tmux_session import Tmux
 
 from mptui.engine import session_files
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Repository folder -> where it lands in site-packages (pyproject.toml's package-dir).
 INSTALLED_AS = {"mptui": "mptui", "engine": "mptui/engine", "themes": "mptui/themes"}
 PIP = ("-m", "pip", "--disable-pip-version-check", "--no-input")

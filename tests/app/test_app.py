@@ -13,6 +13,7 @@ from mptui.app.screens import EvaluationScreen, ExportScreen
 from mptui.app.state import RunState, display_name
 from mptui.app.themes import load_themes
 from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest, commands
+from mptui.engine.api import events as ev
 from mptui.engine.evaluate import EvalRequest
 from mptui.engine.plan import PlanStep
 
@@ -38,6 +39,27 @@ async def wait_until(pilot, predicate, timeout: float = TIMEOUT) -> None:
         await pilot.pause(0.05)
 
 
+async def engine_idle(pilot, app: MptuiApp, seen: list) -> list:
+    """Proof, without a clock, that the engine holds (paused, or waiting for the user): two
+    commands it only answers with a notice (an override of no structure), the second sent once
+    the first is answered; an engine that went on working would score a candidate between the
+    two. ``seen`` is a subscriber's list of the engine's events; returns those after the latest
+    state change, up to the second answer."""
+    since = max(i for i, e in enumerate(seen) if isinstance(e, ev.StateChanged))
+    for answered in (1, 2):
+        app.engine.send(commands.Override("no-such-structure"))
+        await wait_until(pilot, lambda n=answered: len(ignored_overrides(seen[since:])) == n)
+    return seen[since:]
+
+
+def ignored_overrides(events: list) -> list:
+    return [e for e in events if isinstance(e, ev.Notice) and "override ignored" in e.message]
+
+
+def worked(events: list) -> list:
+    return [e for e in events if isinstance(e, (ev.CandidateScored, ev.StepCommitted))]
+
+
 def steps(app: MptuiApp) -> list[PlanStep]:
     return list(app.engine.session.steps) if app.engine.session else []
 
@@ -53,12 +75,14 @@ def llama(tiny_model_dir):
 
 async def test_pause_stops_commits_and_resume_finishes(llama, calibration_file, tmp_path):
     app = make_app(llama, calibration_file, tmp_path)
+    seen: list = []
+    app.engine.subscribe(seen.append)
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_until(pilot, lambda: len(steps(app)) >= 1)
         await pilot.press("space")
         await wait_until(pilot, lambda: app.state.state == "paused")
         count = len(steps(app))
-        await pilot.pause(0.6)
+        assert worked(await engine_idle(pilot, app, seen)) == []
         assert len(steps(app)) == count
         assert "PAUSED" in str(app.query_one("#status").render())
         await pilot.press("space")
@@ -135,13 +159,15 @@ async def test_undo_restores_the_previous_state(llama, calibration_file, tmp_pat
 
 async def test_guided_mode_waits_for_the_user(llama, calibration_file, tmp_path):
     app = make_app(llama, calibration_file, tmp_path)
+    seen: list = []
+    app.engine.subscribe(seen.append)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("g")
         await wait_until(pilot, lambda: app.state.guided)  # the engine's GuidedChanged
         await wait_until(pilot, lambda: app.state.proposal is not None)
         committed = len(steps(app))
         assert app.state.state_label == "WAITING FOR YOU"
-        await pilot.pause(0.6)
+        assert worked(await engine_idle(pilot, app, seen)) == []
         assert len(steps(app)) == committed
         await pilot.press("a")
         await wait_until(pilot, lambda: len(steps(app)) == committed + 1)
@@ -250,8 +276,6 @@ def test_snapshot_160x48(snap_compare):
 
 
 async def test_repaints_are_bounded_however_fast_events_arrive():
-    from mptui.engine import events as ev
-
     app = MptuiApp(replay=fixed_run_events(), gpu_reader=NoGpu())
     async with app.run_test(size=(100, 30)) as pilot:
         repaints = []
@@ -261,8 +285,12 @@ async def test_repaints_are_bounded_however_fast_events_arrive():
             app._inbox.append(
                 ev.CandidateScored(9, "attn_heads", f"L{k % 8}.heads-96", 50.0 + k, k, 1, k, 5000)
             )
-        await pilot.pause(0.6)
-        assert 1 <= len(repaints) <= 4
+        # the next drain takes the whole burst in one repaint; drains with nothing new repaint
+        # nothing (the timer's drains, and two more here, which need no waiting)
+        await wait_until(pilot, lambda: not app._inbox and repaints)
+        app.drain()
+        app.drain()
+        assert len(repaints) == 1
         assert len(app.state.candidates) == 8  # every event was folded in, once
 
 

@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from app_replay import fixed_run_events
+from app_replay import Publisher, fixed_run_events
 
 from mptui.app.state import RunState
 from mptui.engine import session_files
@@ -19,28 +19,6 @@ from mptui.engine.api import commands as cmd
 from mptui.engine.api import events as ev
 from mptui.engine.api import recovery_events as rev
 from mptui.engine.snapshot import Snapshot
-
-
-class Publisher:
-    """The engine-like object the server wraps: subscribers, a command inbox, a state."""
-
-    def __init__(self) -> None:
-        self.subscribers: list = []
-        self.received: list[cmd.Command] = []
-        self.got_command = threading.Event()
-        self.state = EngineState.RUNNING
-        self.guided = False
-
-    def subscribe(self, subscriber) -> None:
-        self.subscribers.append(subscriber)
-
-    def send(self, command: cmd.Command) -> None:
-        self.received.append(command)
-        self.got_command.set()
-
-    def emit(self, event: ev.Event) -> None:
-        for subscriber in self.subscribers:
-            subscriber(event)
 
 
 def steered_run_events() -> list[ev.Event]:
@@ -115,6 +93,14 @@ def wait_until(condition, timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
+def settled(server: EngineServer) -> None:
+    """Everything handed to the server's thread so far has been handled there: its loop runs
+    callbacks in order, so one queued now runs after them."""
+    done = threading.Event()
+    server._loop.call_soon_threadsafe(done.set)
+    assert done.wait(10)
+
+
 def test_a_client_that_stops_reading_is_dropped_and_never_blocks_the_engine(tmp_path):
     """No timing: the engine's emits complete while the server's thread is frozen."""
     engine = Publisher()
@@ -143,10 +129,10 @@ def test_a_client_that_stops_reading_is_dropped_and_never_blocks_the_engine(tmp_
         thawed.set()
 
         total = 4000
-        for k in range(first, total):  # bursts a reading client keeps up with
-            engine.emit(message(k))
-            if k % 20 == 0:
-                time.sleep(0.01)
+        for k in range(first, total):  # bursts a reading client keeps up with: never more
+            engine.emit(message(k))  # than 500 events ahead of it, half the backlog
+            if k % 100 == 0:
+                wait_until(lambda k=k: len(seen) >= k - 400, timeout=30)
         notices = lambda: [e.message for e in seen if isinstance(e, ev.Notice)]  # noqa: E731
         wait_until(lambda: len(notices()) == total, timeout=30)
         assert notices() == ["x" * 200 + str(k) for k in range(total)]
@@ -255,11 +241,11 @@ def test_a_lingering_run_ends_once_no_client_is_left_and_nothing_is_under_way(tm
         wait_until(lambda: len(server._clients) == 1)
         engine.emit(ev.Finished("done", {}))
         engine.emit(ev.Activity(ev.ActivityKind.EXPORT, "exporting to /tmp/x"))
-        time.sleep(0.2)
+        settled(server)
         assert engine.received == []  # watched
         client.close()
         wait_until(lambda: not server._clients)
-        time.sleep(0.2)
+        settled(server)
         assert engine.received == []  # the export goes on
         engine.emit(ev.Activity(None))
         assert engine.got_command.wait(5) and engine.received == [cmd.Stop()]

@@ -3,7 +3,7 @@ that the engine's adapters must cope with (GQA, Qwen3's own head_dim, biases, ti
 
 from __future__ import annotations
 
-import time
+import re
 
 import pytest
 import torch
@@ -13,6 +13,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from bench.tiny import FAMILIES, build_tiny_model, tiny_text, tiny_tokenizer
 
 GQA_FAMILIES = [name for name in FAMILIES if name != "gpt2"]
+NORM_BIAS_FAMILIES = ["gpt2"]  # LayerNorm with a bias; the others use RMSNorm
+
+
+def layers(state: dict[str, torch.Tensor]) -> int:
+    return 1 + max(
+        int(n.split(".")[2]) for n in state if n.startswith(("model.layers.", "transformer.h."))
+    )
 
 
 def weights(folder) -> dict[str, torch.Tensor]:
@@ -37,17 +44,16 @@ def test_loads_offline_and_gives_finite_logits(tiny_model_dir, family):
     assert torch.isfinite(logits).all()
 
 
-def test_seed_decides_the_weights_and_a_build_is_fast(family, tmp_path):
-    build_tiny_model(family, tmp_path / "warm-up")  # first build imports the modelling code
-    started = time.perf_counter()
+def test_seed_decides_the_weights_and_the_model_is_tiny(family, tmp_path):
     first = build_tiny_model(family, tmp_path / "a", seed=3)
-    seconds = time.perf_counter() - started
-    print(f"build_tiny_model({family!r}): {seconds * 1000:.0f} ms")
     same, other = weights(first), weights(build_tiny_model(family, tmp_path / "b", seed=3))
     assert same.keys() == other.keys()
     assert all(torch.equal(same[name], other[name]) for name in same)
     different = weights(build_tiny_model(family, tmp_path / "c", seed=4))
     assert not any(torch.equal(same[name], different[name]) for name in same)
+    # what keeps every build (and every test that runs one) quick: a few hundred thousand
+    # parameters, never a real model's millions
+    assert sum(t.numel() for t in same.values()) < 500_000
 
 
 def test_weights_are_perturbed_so_blocks_differ(tiny_model_dir, family):
@@ -55,7 +61,11 @@ def test_weights_are_perturbed_so_blocks_differ(tiny_model_dir, family):
     scales = torch.cat([t for n, t in state.items() if is_norm(n) and n.endswith(".weight")])
     assert 0.8 < scales.mean() < 1.2 and scales.std() > 0.1
     shifts = [t for n, t in state.items() if is_norm(n) and n.endswith(".bias")]
-    assert all(t.abs().mean() < 0.2 for t in shifts)  # biases stay near zero, unlike scales
+    if family in NORM_BIAS_FAMILIES:  # LayerNorm: perturbed shifts that stay near zero
+        assert len(shifts) == 2 * layers(state) + 1  # ln_1, ln_2 per layer, ln_f
+        assert all(0 < t.abs().mean() < 0.2 for t in shifts)
+    else:  # RMSNorm has a scale and no shift
+        assert shifts == []
     matrices = [t for t in state.values() if t.dim() == 2]
     assert all(0.02 <= t.std() <= 0.2 for t in matrices)
     layer = "transformer.h" if family == "gpt2" else "model.layers"
@@ -99,6 +109,32 @@ def test_qwen2_has_attention_biases(tiny_model_dir):
     for projection in ("q_proj", "k_proj", "v_proj"):
         assert getattr(attention.self_attn, projection).bias is not None
     assert attention.self_attn.o_proj.bias is None
+
+
+#: Per family, every bias its checkpoint holds (per-layer names without the layer prefix).
+BIASES = {
+    "llama": set(),
+    "mistral": set(),
+    "qwen2": {"self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"},
+    "qwen3": set(),
+    "phi3": set(),
+    "gpt2": {
+        "ln_1.bias", "attn.c_attn.bias", "attn.c_proj.bias", "ln_2.bias", "mlp.c_fc.bias",
+        "mlp.c_proj.bias", "transformer.ln_f.bias",
+    },
+}  # fmt: skip
+
+
+def test_each_family_has_exactly_its_own_biases(tiny_model_dir, family):
+    """The adapters slice biases with their weights: each family must bring the ones its real
+    checkpoints have (Qwen2's q/k/v, every GPT-2 linear and LayerNorm) and no others, in every
+    layer."""
+    state = weights(tiny_model_dir(family))
+    biases = [re.sub(r"^(model\.layers|transformer\.h)\.\d+\.", "", n) for n in state]
+    biases = [n for n in biases if n.endswith(".bias")]
+    assert set(biases) == BIASES[family]
+    for name in BIASES[family] - {"transformer.ln_f.bias"}:
+        assert biases.count(name) == layers(state), name
 
 
 def test_intermediate_size_fits_no_usual_group(tiny_model_dir, family):

@@ -7,7 +7,8 @@ import subprocess
 import sys
 import threading
 
-from test_serve import Publisher, wait_until
+from app_replay import Publisher
+from test_serve import wait_until
 
 from mptui.engine.api import ActivityKind, EngineServer, EngineState, RunView, attach
 from mptui.engine.api import commands as cmd

@@ -1,4 +1,7 @@
-"""The real ``mptui --demo`` in tmux: keys in, screen out, as a user over SSH sees it."""
+"""Driving a real terminal: the app in a tmux session of its own, keys in, screen out.
+
+Shared by the tests that run ``mptui`` as a user over SSH would (tests/app, tests/end_to_end).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-from mptui.engine import session_files
 
 MPTUI = Path(sys.executable).parent / "mptui"
 TMUX = shutil.which("tmux") or "tmux"
@@ -74,28 +75,3 @@ def wait_gone(tmux: Tmux, text: str, timeout: float = 30) -> None:
     while text in tmux.screen():
         assert time.monotonic() < deadline, f"{text!r} stayed on screen"
         time.sleep(0.2)
-
-
-def test_demo_in_tmux(tmp_path):
-    tmux = Tmux(tmp_path)
-    out, session = tmp_path / "out", tmp_path / "session"
-    command = f"cd {tmp_path} && TERM=xterm-256color {MPTUI} --demo --out {out} --session {session}"
-    tmux.open(command, 100, 30)
-    try:
-        screen = tmux.wait_for("Removed per layer")
-        assert "Candidates" in screen and "Perplexity" in screen and "Memory" in screen
-        tmux.wait_for("RUNNING")
-        tmux.wait_for("ppl")
-        tmux.run("send-keys", "-t", "demo", "space")
-        tmux.wait_for("PAUSED")
-        tmux.wait_for("no GPU")  # the memory pane, once the start-up notices have faded
-        tmux.run("send-keys", "-t", "demo", "?")
-        tmux.wait_for("pause / resume")
-        tmux.run("send-keys", "-t", "demo", "Escape")
-        wait_gone(tmux, "pause / resume")  # a key right after Escape would read as alt+key
-        tmux.quit()
-        assert (out / session_files.PLAN).exists()
-        assert (session / session_files.LOG).exists()
-        assert (session / session_files.SETTINGS).exists()
-    finally:
-        tmux.kill()

@@ -9,12 +9,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import queue
 import random
-import threading
-import time
 
 import pytest
 import torch
+from test_control import EventLog, finish
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mptui.engine import commands as cmd
@@ -25,7 +25,6 @@ from mptui.engine.rebuild import apply_plan
 from mptui.engine.scoring import Scorer
 from mptui.engine.session_folder import SessionFolder
 from mptui.engine.structures import DIMENSIONS, Structure
-from tests.test_control import EventLog, finish
 
 TIMEOUT = 60
 
@@ -361,6 +360,7 @@ def test_stop_before_the_model_is_loaded_stops_cleanly(dense, calibration_file, 
 
 # --- the random driver -------------------------------------------------------------------------
 SEQUENCES = 200
+DETERMINISM_SEED = 21  # 21 commands of every kind, lingering after the search
 
 
 def random_command(rng: random.Random, engine: Engine) -> cmd.Command:
@@ -387,56 +387,103 @@ def random_command(rng: random.Random, engine: Engine) -> cmd.Command:
 
 
 class RandomDriver:
-    """Sends random commands from the engine's own thread at chosen events (mid-step, at a
-    commit, on a proposal, after the search), as well as from the test's thread."""
+    """Throws seeded random commands at the engine, every one from the engine's own thread, so
+    that the seed alone decides the run (no clock, no second thread): at chosen events (mid-step,
+    at a commit, on a proposal, at a change of state, after the search), and whenever the engine
+    is about to wait for a command (paused, waiting for the user, lingering after the search),
+    as a user acts when the engine waits. Once its budget is spent it only ends the run: guided
+    mode off and resume when the engine waits, and after the search, one last command and Stop.
+    """
 
     def __init__(self, rng: random.Random, engine: Engine, budget: int) -> None:
         self.rng, self.engine, self.budget = rng, engine, budget
-        self.lock = threading.Lock()
+        self.sent: list[cmd.Command] = []
+        engine._commands = DrivenQueue(self.idle)  # the engine's inbox (no public hook for this)
+        engine.subscribe(self)
+
+    def send(self, command: cmd.Command) -> None:
+        self.sent.append(command)
+        self.engine.send(command)
 
     def take(self) -> bool:
-        with self.lock:
-            if self.budget <= 0:
-                return False
-            self.budget -= 1
-            return True
+        if self.budget <= 0:
+            return False
+        self.budget -= 1
+        return True
 
     def __call__(self, event: ev.Event) -> None:
         moments = (ev.CandidateScored, ev.StepCommitted, ev.Proposal, ev.StateChanged, ev.Finished)
         if isinstance(event, moments) and self.rng.random() < 0.15 and self.take():
-            self.engine.send(random_command(self.rng, self.engine))
+            self.send(random_command(self.rng, self.engine))
+
+    def idle(self) -> None:
+        """The engine is about to wait for a command and none is queued."""
+        if self.engine.result is not None:  # lingering after the search
+            self.send(random_command(self.rng, self.engine))
+            self.send(cmd.Stop())
+        elif self.take():
+            self.send(random_command(self.rng, self.engine))
+        else:
+            self.send(cmd.SetGuided(False))
+            self.send(cmd.Resume())
+
+
+class DrivenQueue(queue.Queue):
+    """A command queue that tells ``idle`` when its reader is about to block on it empty."""
+
+    def __init__(self, idle) -> None:
+        super().__init__()
+        self.idle = idle
+
+    def get(self, block: bool = True, timeout: float | None = None):
+        if block and self.empty():
+            self.idle()
+        return super().get(block, timeout)
+
+
+def driven_run(seed: int, dense, calibration_file, tmp_path) -> tuple[Engine, EventLog, list]:
+    """One seeded sequence to its end: a few commands queued before the start, the rest sent
+    by the driver. Returns the engine, its events and every command sent, in order."""
+    rng = random.Random(seed)
+    linger = rng.random() < 0.3
+    engine, log = engine_for(
+        dense, calibration_file, tmp_path, linger=linger, guided=rng.random() < 0.3,
+        target_ratio=rng.choice([0.2, 0.35]),
+    )  # fmt: skip
+    driver = RandomDriver(rng, engine, budget=rng.randrange(4, 20))
+    for _ in range(rng.randrange(0, 6)):
+        if driver.take():
+            driver.send(random_command(rng, engine))
+    engine.start()
+    assert engine.join(TIMEOUT), f"seed {seed}: {log.summary()}"
+    assert log.of(ev.Finished)[0].reason == "done", f"seed {seed}: {log.summary()}"
+    return engine, log, driver.sent
 
 
 @pytest.mark.parametrize("block", range(4))
 def test_random_command_sequences_never_break_the_run(block, dense, calibration_file, tmp_path):
     """50 seeded sequences per block, 200 in all, on every kind of moment."""
     for seed in range(block * SEQUENCES // 4, (block + 1) * SEQUENCES // 4):
-        rng = random.Random(seed)
-        linger = rng.random() < 0.3
-        engine, log = engine_for(
-            dense, calibration_file, tmp_path, linger=linger, guided=rng.random() < 0.3,
-            target_ratio=rng.choice([0.2, 0.35]),
-        )  # fmt: skip
-        driver = RandomDriver(rng, engine, budget=rng.randrange(4, 20))
-        engine.subscribe(driver)
-        engine.start()
-        for _ in range(rng.randrange(0, 6)):
-            time.sleep(rng.random() * 0.03)
-            if driver.take():
-                engine.send(random_command(rng, engine))
-        driver.budget = 0  # from here on, only what ends the run
-        deadline = time.monotonic() + TIMEOUT
-        while not log.of(ev.Finished):
-            assert time.monotonic() < deadline, f"seed {seed}: {log.summary()}"
-            engine.send(cmd.SetGuided(False))
-            engine.send(cmd.Resume())
-            time.sleep(0.02)
-        if linger:
-            engine.send(random_command(rng, engine))
-            engine.send(cmd.Stop())
-        assert engine.join(TIMEOUT), f"seed {seed}: {log.summary()}"
-        assert log.of(ev.Finished)[0].reason == "done", f"seed {seed}: {log.summary()}"
+        engine, log, _ = driven_run(seed, dense, calibration_file, tmp_path)
         assert_consistent(engine, log, dense)
+
+
+def test_a_seed_decides_the_whole_driven_run(dense, calibration_file, tmp_path):
+    """The driver has no clock in it: the same seed sends the same commands at the same
+    moments, so a failing seed fails again, the same way."""
+
+    def record(folder):
+        engine, log, sent = driven_run(DETERMINISM_SEED, dense, calibration_file, folder)
+        moments = [type(e).__name__ for e in log.events if not isinstance(e, ev.MemorySample)]
+        steps = [(s["structure"], s["chosen_by"], s["score"]) for s in engine.result.plan["steps"]]
+        return sent, moments, steps
+
+    first = record(tmp_path / "first")
+    sent, _, steps = first
+    assert len(sent) >= 10 and steps  # a run with something to repeat
+    kinds = {cmd.Pause, cmd.Resume, cmd.Override, cmd.Undo, cmd.SetOrder, cmd.SetGuided, cmd.Stop}
+    assert {type(c) for c in sent} >= kinds
+    assert record(tmp_path / "second") == first
 
 
 def test_a_failed_journal_write_undoes_the_commit(dense, calibration_file, tmp_path):

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_tmux import MPTUI, Tmux
+from tmux_session import MPTUI, Tmux
 
 from mptui.engine import session_files
 
@@ -76,7 +76,9 @@ def test_the_app_exits_when_its_terminal_goes(
     state, uninterrupted, tiny_model_dir, calibration_file, tmp_path
 ):
     session = tmp_path / "session"
-    extra = ("--guided",) if state == "waiting" else ()
+    # paused: from waiting for the user, so that the run cannot end before the key arrives
+    # (a tiny run pressed while RUNNING may already be DONE)
+    extra = ("--guided",) if state in ("paused", "waiting") else ()
     tmux = Tmux(tmp_path)
     command = app_command(tiny_model_dir("llama"), calibration_file, session, *extra)
     tmux.open(command, 120, 40)
@@ -86,7 +88,7 @@ def test_the_app_exits_when_its_terminal_goes(
             tmux.wait_for("RUNNING")
             tmux.wait_for("ppl")
         elif state == "paused":
-            tmux.wait_for("RUNNING")
+            tmux.wait_for("WAITING FOR YOU")
             tmux.run("send-keys", "-t", "demo", "space")
             tmux.wait_for("PAUSED")
         elif state == "waiting":

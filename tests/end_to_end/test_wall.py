@@ -1,4 +1,5 @@
-"""The wall between engine and app, and a CLI that starts without torch."""
+"""The wall between engine and app, and a CLI that starts without torch: each checked in a fresh
+interpreter, since this one has imported everything already."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import mptui
 
-ENGINE_DIR = Path(__file__).resolve().parents[1] / "engine"
+ENGINE_DIR = Path(__file__).resolve().parents[2] / "engine"
 MPTUI_SCRIPT = Path(sys.executable).parent / "mptui"
 
 
@@ -55,3 +58,32 @@ def test_help_and_version_answer_without_importing_torch(tmp_path):
         assert "textual" not in imported
     assert mptui.__version__ in run_cli("--version", tmp_path=tmp_path).stdout
     assert "--target-ratio" in run_cli("--help", tmp_path=tmp_path).stdout
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "mptui.engine.commands",
+        "mptui.engine.events",
+        "mptui.engine.api",
+        "mptui.engine.settings",
+        "mptui.engine.run_request",
+        "mptui.engine.eval_request",
+        "mptui.engine.plan",
+        "mptui.engine.run_view",
+    ],
+)
+def test_plain_value_modules_import_no_torch(module):
+    code = (
+        f"import sys, {module}\n"
+        "heavy = sorted({'torch', 'transformers', 'textual'} & set(sys.modules))\n"
+        "print(','.join(heavy))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
+
+
+def test_the_plan_module_does_not_import_torch():
+    code = "import sys, mptui.engine.plan, mptui.app.state; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

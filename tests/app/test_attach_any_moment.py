@@ -8,9 +8,8 @@ import asyncio
 import dataclasses
 
 import pytest
-from app_replay import NoGpu, fixed_run_events
+from app_replay import NoGpu, Publisher, fixed_run_events
 from test_attached_app import settle
-from test_serve import Publisher
 
 from mptui.app.app import MptuiApp
 from mptui.app.state import RunState

@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from app_replay import NoGpu, fixed_run_events
-from test_serve import Publisher
+from app_replay import NoGpu, Publisher, fixed_run_events
 
 from mptui.app.app import MptuiApp
 from mptui.app.screens import ExportScreen
