@@ -10,7 +10,7 @@ import torch
 from torch._dynamo.testing import CompileCounter
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bench.gpu_check import DRY_RUN, build_session
+from bench.gpu_check import DRY_RUN, MODES, build_model, build_session
 from mptui.engine import loading
 from mptui.engine.adapters import adapter_for
 from mptui.engine.calibration import CalibrationSpec, load_calibration
@@ -33,7 +33,8 @@ def test_width_changes_do_not_recompile_the_sub_blocks():
     every width compiled again until dynamo's limit of 8 and then ran eagerly, silently)."""
     counter = CompileCounter()
     warnings: list[str] = []
-    session = build_session(replace(EIGHT_LAYERS, compile_backend=counter), True, True)
+    profile = replace(EIGHT_LAYERS, compile_backend=counter)
+    session = build_session(profile, MODES[0], build_model(profile))  # cached and compiled
     session.scorers["mlp_channels"]._on_warning = warnings.append
     compiles = []
     for step in range(12):
