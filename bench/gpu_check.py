@@ -40,8 +40,8 @@ from pathlib import Path
 import torch
 
 from mptui.engine.adapters import adapter_for
+from mptui.engine.pruning_session import PruningSession
 from mptui.engine.scoring import Scorer
-from mptui.engine.session import PruningSession
 from mptui.engine.settings import GroupSizes, PruneSettings
 from mptui.engine.structures import Structure
 

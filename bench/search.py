@@ -18,8 +18,8 @@ from pathlib import Path
 import psutil
 import torch
 
+from mptui.engine.pruning_session import StepStats
 from mptui.engine.run_request import RunRequest
-from mptui.engine.session import StepStats
 from mptui.engine.session_setup import build_session
 from mptui.engine.settings import CalibrationSpec, PruneSettings
 

@@ -61,7 +61,7 @@ from .recovery.settings import RecoverySettings, parse_targets
 from .remote import RemoteEngine, attach
 from .run_request import RunRequest
 from .run_view import MEMORY_HISTORY, CandidateRow, CurvePoint, RecoveryView, RunView
-from .serve import EngineServer, parse_listen
+from .server import EngineServer, parse_listen
 from .settings import FAITHFUL_CALIBRATION, CalibrationSpec, PruneSettings
 from .structures import DIMENSIONS, Structure
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from . import directives as dv
+from .pruning_session import PruningSession
 from .run_request import RunRequest
-from .session import PruningSession
 from .session_setup import build_session
 from .team import Team
 

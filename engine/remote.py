@@ -22,7 +22,7 @@ from .commands import Command
 from .errors import BadInput
 from .events import EngineState
 from .run_view import RunView
-from .serve import unix_address
+from .server import unix_address
 from .session_files import SETTINGS, SOCKET
 from .wire import Welcome
 

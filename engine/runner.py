@@ -37,11 +37,11 @@ from .export import export_model
 from .fast_search import Evaluation
 from .memory import sample_memory
 from .plan import Plan, PlanStep, write_plan
+from .pruning_session import PruningSession, StepStats
 from .recovery.phase import RecoveryPhase
 from .recovery.run import RecoveryRun
 from .recovery.settings import RecoverySettings
 from .run_request import RunRequest
-from .session import PruningSession, StepStats
 from .session_files import PLAN
 from .session_setup import build_session
 from .step_work import LocalScoring, Scoring, StepWork, TeamScoring

@@ -24,9 +24,9 @@ from .compiled import resolve_backend
 from .errors import BadInput
 from .loading import check_seqlen, check_supported, load_config, load_model
 from .names import model_label
+from .pruning_session import PruningSession
 from .run_request import RunRequest
 from .scoring import Scorer
-from .session import PruningSession
 from .settings import CalibrationSpec, resolve_group_sizes
 from .team import Team
 

@@ -15,7 +15,7 @@ class Snapshot:
     commits, undos and the recovery's events, with the latest ``StepStarted`` and ``Progress``
     in their places), then what the server's own view holds now
     (:meth:`RunView.replay_tail`). Exports and evaluations are not replayed (their results are
-    in the session folder). tests/engine/test_serve.py checks the rebuilt view after every event.
+    in the session folder). tests/engine/test_server.py checks the rebuilt view after every event.
     """
 
     def __init__(self, view: RunView) -> None:

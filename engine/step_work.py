@@ -16,7 +16,7 @@ from typing import Protocol
 from . import directives as dv
 from .errors import EngineError
 from .fast_search import Evaluation
-from .session import PruningSession
+from .pruning_session import PruningSession
 from .structures import Structure
 from .team import Team, longest_first
 

@@ -258,15 +258,15 @@ def stop_on_signals(engine, *signals: signal.Signals) -> None:
 
 
 def run_headless(engine, opened: OpenedSession, args: argparse.Namespace) -> int:
-    """Served on the session's socket while it runs (see :mod:`.serving`)."""
+    """Served on the session's socket while it runs (see :mod:`.attachable`)."""
     from mptui.engine import api
 
-    from .serving import serve
+    from .attachable import serve_run
 
     stop_on_signals(engine, signal.SIGHUP, signal.SIGTERM)
     print(f"session {opened.folder.path}", flush=True)
     try:
-        server = serve(
+        server = serve_run(
             engine,
             opened.folder.path,
             listen=args.listen,

@@ -17,7 +17,7 @@ from .. import events as ev
 from ..errors import EngineError
 from ..events import EngineState
 from ..export import is_export
-from ..session import PruningSession
+from ..pruning_session import PruningSession
 from .events import RecoveryFinished
 from .folder import RecoveryFolder
 from .run import RecoveryRun, prepare

@@ -8,7 +8,7 @@ import sys
 import threading
 
 from app_replay import Publisher
-from test_serve import wait_until
+from test_server import wait_until
 
 from mptui.engine.api import ActivityKind, EngineServer, EngineState, RunView, attach
 from mptui.engine.api import commands as cmd
@@ -24,7 +24,7 @@ def folded(*events: ev.Event) -> RunView:
 
 
 def test_importing_the_reducer_and_the_served_side_loads_no_torch(tmp_path):
-    modules = ["run_view", "snapshot", "command_table", "serve", "remote", "wire"]
+    modules = ["run_view", "snapshot", "command_table", "server", "remote", "wire"]
     code = (
         "import importlib, sys\n"
         f"for name in {modules!r}: importlib.import_module('mptui.engine.' + name)\n"

@@ -1,5 +1,5 @@
-"""A headless run serves itself on its session folder's socket (and on TCP when asked), so
-``mptui attach`` can open the app on it later."""
+"""A headless run made attachable: it serves itself on its session folder's socket (and on TCP
+when asked), so ``mptui attach`` can open the app on it later."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from mptui.engine.api import EngineServer, EvalRequest
 
 
-def serve(
+def serve_run(
     engine,
     session: Path,
     *,
