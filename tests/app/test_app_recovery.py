@@ -3,10 +3,11 @@ export and evaluate while paused, which merge on a copy and leave training where
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
-from test_app import NoGpu, wait_until
+from test_app import TIMEOUT, NoGpu, wait_until
 from textual.widgets import DataTable, Input
 
 from mptui.app.app import MptuiApp
@@ -22,6 +23,7 @@ from mptui.engine.api import (
     SessionFolder,
     SessionRecorder,
     commands,
+    recovery_events,
 )
 from mptui.engine.api import events as ev
 
@@ -32,6 +34,38 @@ def wait_for(predicate, timeout: float = 120) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+class HoldAtStep:
+    """A subscriber (it runs on the engine thread) that holds training once the recovery has
+    taken ``step`` optimizer steps, until :meth:`release`. A key pressed meanwhile reaches the
+    engine while training is under way, however slowly the app answers: on a busy machine the
+    pilot's ``press`` alone takes seconds (it waits for the process to go idle, which it never
+    does while training), and a tiny recovery could end before a key pressed after it arrives."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self._released = threading.Event()
+
+    def __call__(self, event) -> None:
+        if isinstance(event, recovery_events.RecoveryStep) and event.step == self.step:
+            self._released.wait(TIMEOUT)  # never for good: a failed test lets the engine go
+
+    def release(self) -> None:
+        self._released.set()
+
+
+def recording_sends(engine: Engine) -> list:
+    """Every command sent to ``engine`` from now on, in order (the app's keys included)."""
+    sent: list = []
+    send = engine.send
+
+    def record(command) -> None:
+        sent.append(command)
+        send(command)
+
+    engine.send = record
+    return sent
 
 
 def refused(events: list) -> list:
@@ -61,14 +95,19 @@ async def test_recover_pause_evaluate_and_export_in_the_app(
     status = lambda: str(app.query_one("#status").render())  # noqa: E731
     seen: list = []
     engine.subscribe(seen.append)
+    hold = HoldAtStep(20)
+    engine.subscribe(hold)
+    sent = recording_sends(engine)
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_until(pilot, lambda: app.state.finished == "done")
         await pilot.press("r")
-        await wait_until(pilot, lambda: "RECOVERING step" in status())
+        await wait_until(pilot, lambda: "RECOVERING step" in status())  # held at step 20
         await pilot.press("space")
+        await wait_until(pilot, lambda: any(isinstance(c, commands.Pause) for c in sent))
+        hold.release()  # the Pause waits in the queue: training stops before step 21
         await wait_until(pilot, lambda: app.state.state == "recovery_paused")
         step = engine.recovery.step
-        assert 0 < step < 80 and app.query_one("#recovery").display
+        assert step == 20 and app.query_one("#recovery").display
         # paused within one optimizer step, and held: two commands that paused training only
         # answers with a notice, the second sent once the first is answered (training that went
         # on after the first would take a step before it reads the second)

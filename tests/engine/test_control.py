@@ -305,3 +305,60 @@ def test_stop_cuts_a_long_evaluation_short(llama, calibration_file, tmp_path, lo
     assert not log.of(ev.Evaluated)
     assert any("evaluation cancelled" in w.message for w in log.of(ev.Notice))
     assert [a.label for a in log.of(ev.Activity)][-1] == ""
+
+
+def test_a_pause_sent_with_recover_holds_the_recovery_before_its_first_step(
+    llama, calibration_file, tmp_path
+):
+    """r then space at once in the app: both commands reach an engine that lingers after its
+    search (DONE). The Pause waits behind the Recover, whose handler runs the whole recovery,
+    and is read by the recovery's first poll: training pauses before its first optimizer step,
+    never refused as if the run were over. Once the recovery is over, a Pause is refused."""
+    from mptui.engine.api import RecoverySettings, recovery_events
+
+    settings = PruneSettings.with_distribution(
+        0.2, "30:40:30", calibration=CalibrationSpec(str(calibration_file), 0, 32), mlp_group=40
+    )
+    log = EventLog()
+    request = RunRequest(str(llama), settings, cache_dir=tmp_path)
+    engine = Engine(request, [log], linger=True, session_dir=tmp_path / "session")
+    recovery = RecoverySettings(
+        data=str(calibration_file), steps=4, batch_size=2, grad_accum=1, seqlen=32,
+        eval_every=4, save_every=4, val_examples=4,
+    )  # fmt: skip
+    engine.start()
+    try:
+        log.wait_count(ev.Finished, 1)
+        engine.send(cmd.Recover(recovery))
+        engine.send(cmd.Pause())
+        log.wait_for(lambda log: log.state() == "recovery_paused")
+        assert log.of(recovery_events.RecoveryStarted) and not log.of(recovery_events.RecoveryStep)
+        paused_at = len(log.events)
+        assert not any(
+            isinstance(e, recovery_events.RecoveryStep)
+            for e in recovery_idle_since(engine, log, paused_at)
+        )
+        engine.send(cmd.Resume())
+        log.wait_count(recovery_events.RecoveryFinished, 1)
+        assert log.of(recovery_events.RecoveryFinished)[0].reason == "done"
+        log.wait_for(lambda log: log.state() == "done")
+        engine.send(cmd.Pause())  # too late: nothing is left to pause
+        log.wait_for(lambda log: log.of(ev.Notice) and "finished" in log.of(ev.Notice)[-1].message)
+        assert engine.recovery.step == 4
+    finally:
+        engine.send(cmd.Stop())
+        assert engine.join(TIMEOUT)
+
+
+def recovery_idle_since(engine: Engine, log: EventLog, since: int) -> list[ev.Event]:
+    """Proof, without a clock, that a paused recovery holds: two commands it only answers with a
+    notice, the second sent once the first is answered (training that went on would take a step
+    between the two). Returns the events from ``since`` on."""
+    for answered in (1, 2):
+        engine.send(cmd.Override("no-such-structure"))
+        log.wait_for(lambda log, n=answered: len(recovery_refusals(log.events[since:])) == n)
+    return log.events[since:]
+
+
+def recovery_refusals(events: list[ev.Event]) -> list[ev.Notice]:
+    return [e for e in events if isinstance(e, ev.Notice) and e.message.startswith("recovering:")]
