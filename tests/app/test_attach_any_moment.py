@@ -9,6 +9,7 @@ import dataclasses
 
 import pytest
 from app_replay import NoGpu, Publisher, fixed_run_events
+from test_app_recovery import HoldAtStep
 from test_attached_app import settle
 
 from mptui.app.app import MptuiApp
@@ -176,7 +177,8 @@ async def test_an_app_attaching_to_a_real_run_mid_recovery_shows_what_a_witness_
     )
     request = RunRequest(str(tiny_model_dir("llama")), settings, cache_dir=tmp_path)
     seen: list[ev.Event] = []
-    engine = Engine(request, [seen.append], linger=True, session_dir=tmp_path)
+    hold = HoldAtStep(2)  # the Pause below lands mid-recovery, however slow this machine is
+    engine = Engine(request, [seen.append, hold], linger=True, session_dir=tmp_path)
     server = EngineServer(engine, tmp_path, linger=True)
     server.start()
     watcher = attach(str(tmp_path))  # a client from the start keeps the run after its search
@@ -192,7 +194,9 @@ async def test_an_app_attaching_to_a_real_run_mid_recovery_shows_what_a_witness_
         engine.send(cmd.Recover(recovery))
         await wait_for(lambda: any(isinstance(e, rev.RecoveryStep) for e in seen))
         engine.send(cmd.Pause())
+        hold.release()
         await wait_for(lambda: engine.state is EngineState.RECOVERY_PAUSED)
+        assert [e.step for e in seen if isinstance(e, rev.RecoveryStep)] == [1, 2]
         remote = attach(str(tmp_path))
         app = MptuiApp(remote, gpu_reader=NoGpu(), attached_to=remote.peer)
         async with app.run_test(size=(120, 40)) as pilot:
