@@ -86,6 +86,8 @@ class PruningSession:
         settings = self.settings
         if settings.shares.get(dimension, 0.0) <= 0.0 or not self.eligible(dimension):
             return True
+        if dimension == "blocks" and self._half_layer() is not None:
+            return False  # a layer method never stops between a layer's two sub-blocks
         if dimension == "blocks" and settings.block_count is not None:
             return self.blocks_removed >= settings.block_count
         return self.ratio() >= settings.targets()[dimension]
@@ -118,23 +120,37 @@ class PruningSession:
         """SLEB's candidates are the layers still whole, ShortGPT's the one of them with the
         lowest Block Influence. A layer left half removed (a run stopped between its two
         commits, or a user's override of one sub-block) is finished first."""
-        whole = []
-        for layer in range(self.adapter.num_layers):
-            present = [
-                Structure(kind, layer)
-                for kind in ("attn_block", "mlp_block")
-                if self.adapter.has_block(layer, kind.removesuffix("_block"))
-            ]
-            if len(present) == 1:
-                return present
-            if present:
-                whole.append(Structure("layer", layer))
+        half = self._half_layer()
+        if half is not None:
+            return [half]
+        whole = [
+            Structure("layer", layer)
+            for layer in range(self.adapter.num_layers)
+            if self._present_parts(Structure("layer", layer))
+        ]
         if self.block_influence is None:
             return whole
         layers = {candidate.layer for candidate in whole}
         return [
             Structure("layer", i) for i in influence_order(self.block_influence) if i in layers
         ][:1]
+
+    def _present_parts(self, structure: Structure) -> list[Structure]:
+        return [
+            part
+            for part in structure.parts
+            if self.adapter.has_block(part.layer, part.kind.removesuffix("_block"))
+        ]
+
+    def _half_layer(self) -> Structure | None:
+        """Under a layer method, the sub-block left of a layer whose other one is gone."""
+        if self.settings.method not in LAYER_METHODS:
+            return None
+        for layer in range(self.adapter.num_layers):
+            present = self._present_parts(Structure("layer", layer))
+            if len(present) == 1:
+                return present[0]
+        return None
 
     def last_removal(self) -> int:
         """How many steps the last removal took: a layer method's layer is two steps (both of
@@ -167,10 +183,14 @@ class PruningSession:
             raise BadInput(
                 f"layer {layer} does not exist (the model has {self.adapter.num_layers})"
             )
+        if kind == "layer" and self.settings.method not in LAYER_METHODS:
+            raise BadInput(
+                f"L{layer} names a whole layer, a candidate of --method "
+                f"{' and '.join(LAYER_METHODS)} only"
+            )
         if kind in ("attn_block", "mlp_block", "layer"):
             structure = Structure(kind, layer)
-            if not all(self.adapter.has_block(layer, part.kind.removesuffix("_block"))
-                       for part in structure.parts):  # fmt: skip
+            if len(self._present_parts(structure)) < len(structure.parts):
                 raise BadInput(f"{structure.id} is already removed, in part or whole")
             return structure
         candidate = self.width_structure(kind, layer)

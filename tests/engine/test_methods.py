@@ -23,9 +23,11 @@ from mptui.engine import commands as cmd
 from mptui.engine import events as ev
 from mptui.engine.api import CalibrationSpec, PruneSettings, RunRequest
 from mptui.engine.calibration import load_calibration
+from mptui.engine.errors import BadInput
 from mptui.engine.export import export_model
 from mptui.engine.runner import Engine
 from mptui.engine.session_folder import SessionFolder
+from mptui.engine.structures import Structure
 from tests.conftest import run_cli
 
 TARGET = 0.3
@@ -34,9 +36,9 @@ SEQLEN = 32
 OUTPUT_PROJECTIONS = {"self_attn.o_proj", "mlp.down_proj", "attn.c_proj", "mlp.c_proj"}
 
 
-def request_for(path, calibration, method: str, **kw) -> RunRequest:
+def request_for(path, calibration, method: str, target: float = TARGET, **kw) -> RunRequest:
     settings = PruneSettings.with_distribution(
-        TARGET, None, calibration=CalibrationSpec(str(calibration), 0, SEQLEN), method=method, **kw
+        target, None, calibration=CalibrationSpec(str(calibration), 0, SEQLEN), method=method, **kw
     )
     return RunRequest(str(path), settings)
 
@@ -185,10 +187,14 @@ def test_a_stopped_session_resumes_to_the_same_plan(
     assert [s.score for s in resumed] == pytest.approx([s.score for s in whole], rel=1e-5)
 
 
+@pytest.mark.parametrize("target", [TARGET, 0.04])  # 0.04: the attention half alone reaches it
 @pytest.mark.parametrize("method", ["sleb", "shortgpt"])
-def test_a_layer_left_half_removed_is_finished_first(method, tiny_model_dir, calibration_file):
-    request = request_for(tiny_model_dir("qwen2"), calibration_file, method)
+def test_a_layer_left_half_removed_is_finished_first(
+    method, target, tiny_model_dir, calibration_file
+):
+    request = request_for(tiny_model_dir("qwen2"), calibration_file, method, target)
     whole = run(request).session.steps
+    assert whole[0].ratio >= target or target == TARGET
     half = dataclasses.replace(request, resume_steps=tuple(whole[:1]))
     assert structures(run(half).session.steps) == structures(whole)
 
@@ -266,3 +272,15 @@ def test_blockpruner_is_the_blocks_only_search(tiny_model_dir, calibration_file)
     assert settings.shares == {"blocks": 1.0, "mlp_channels": 0.0, "attn_heads": 0.0}
     faithful = PruneSettings.with_distribution(TARGET, None, faithful="blockpruner", block_count=3)
     assert faithful.method == "blockpruner"
+
+
+def test_only_a_layer_method_takes_a_whole_layer_override(tiny_model_dir, calibration_file):
+    path = tiny_model_dir("mistral")
+    blocks = run(request_for(path, calibration_file, "blockpruner")).session
+    with pytest.raises(BadInput, match="names a whole layer"):
+        blocks.structure_from_id("L1")
+    layers = run(request_for(path, calibration_file, "sleb")).session
+    kept = next(i for i in range(4) if i not in removed_layers(layers.steps))
+    assert layers.structure_from_id(f"L{kept}") == Structure("layer", kept)
+    with pytest.raises(BadInput, match="already removed"):
+        layers.structure_from_id(f"L{layers.steps[-1].structure.layer}")
