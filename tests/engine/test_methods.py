@@ -284,3 +284,14 @@ def test_only_a_layer_method_takes_a_whole_layer_override(tiny_model_dir, calibr
     assert layers.structure_from_id(f"L{kept}") == Structure("layer", kept)
     with pytest.raises(BadInput, match="already removed"):
         layers.structure_from_id(f"L{layers.steps[-1].structure.layer}")
+
+
+def test_sleb_takes_the_fast_search(tiny_model_dir, calibration_file):
+    """With a margin nothing is ruled out by, successive halving ends in the exact choice."""
+    path = tiny_model_dir("phi3")
+    exact = run(request_for(path, calibration_file, "sleb")).session.steps
+    fast = run(
+        request_for(path, calibration_file, "sleb", fast=True, fast_margin=1e9, fast_tolerance=0)
+    ).session
+    assert fast.plan().settings["fast"] is True
+    assert structures(fast.steps) == structures(exact)
