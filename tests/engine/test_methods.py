@@ -25,9 +25,11 @@ from mptui.engine.api import CalibrationSpec, PruneSettings, RunRequest
 from mptui.engine.calibration import load_calibration
 from mptui.engine.errors import BadInput
 from mptui.engine.export import export_model
+from mptui.engine.rebuild import apply_plan
 from mptui.engine.runner import Engine
 from mptui.engine.session_folder import SessionFolder
 from mptui.engine.structures import Structure
+from mptui.engine.summary import markdown, summarize
 from tests.conftest import run_cli
 
 TARGET = 0.3
@@ -295,3 +297,22 @@ def test_sleb_takes_the_fast_search(tiny_model_dir, calibration_file):
     ).session
     assert fast.plan().settings["fast"] is True
     assert structures(fast.steps) == structures(exact)
+
+
+def test_the_summary_names_the_method_and_a_rebuild_gives_the_live_model(
+    tiny_model_dir, calibration_file
+):
+    """Evaluating or exporting a session later rebuilds the model from the plan alone."""
+    path = tiny_model_dir("qwen3")
+    session = run(request_for(path, calibration_file, "shortgpt")).session
+    plan = session.plan().to_dict()
+    summary = summarize(plan)
+    assert summary["method"] == "shortgpt" and "steps of shortgpt" in markdown(summary)
+    rebuilt, _tokenizer = plain_model(path)
+    apply_plan(rebuilt, plan)
+    ids = torch.randint(3, 500, (2, 24), generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            rebuilt(ids).logits, session.model(ids).logits, rtol=0, atol=1e-5
+        )
+    assert rebuilt.num_parameters() == session.params
