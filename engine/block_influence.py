@@ -23,7 +23,10 @@ def block_influence(
     batch_size: int,
     interrupt: Callable[[], None] | None = None,
 ) -> list[float]:
-    """BI of each layer over every token of ``chunks`` (``[rows, seqlen]`` token ids)."""
+    """BI of each layer over every token of ``chunks`` (``[rows, seqlen]`` token ids).
+
+    Only the base model runs: the LM head's logits, the largest activation of a forward, are
+    never needed here, so the scorer's batch size is safe to reuse."""
     totals = torch.zeros(len(layers), dtype=torch.float64)
     inputs: dict[int, torch.Tensor] = {}
 
@@ -53,7 +56,8 @@ def block_influence(
             for start in range(0, len(chunks), batch_size):
                 if interrupt is not None:
                     interrupt()
-                model(input_ids=chunks[start : start + batch_size].to(device), use_cache=False)
+                ids = chunks[start : start + batch_size].to(device)
+                model.base_model(input_ids=ids, use_cache=False)  # no LM head: no logits
     finally:
         for handle in handles:
             handle.remove()
