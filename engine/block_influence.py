@@ -10,8 +10,6 @@ reports in its place.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
@@ -21,7 +19,6 @@ def block_influence(
     layers: nn.ModuleList,
     chunks: torch.Tensor,
     batch_size: int,
-    interrupt: Callable[[], None] | None = None,
 ) -> list[float]:
     """BI of each layer over every token of ``chunks`` (``[rows, seqlen]`` token ids).
 
@@ -54,8 +51,6 @@ def block_influence(
     try:
         with torch.inference_mode():
             for start in range(0, len(chunks), batch_size):
-                if interrupt is not None:
-                    interrupt()
                 ids = chunks[start : start + batch_size].to(device)
                 model.base_model(input_ids=ids, use_cache=False)  # no LM head: no logits
     finally:
