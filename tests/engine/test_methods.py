@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -24,6 +25,8 @@ from mptui.engine import events as ev
 from mptui.engine.api import CalibrationSpec, PruneSettings, RunRequest
 from mptui.engine.calibration import load_calibration
 from mptui.engine.errors import BadInput
+from mptui.engine.eval_request import EvalRequest
+from mptui.engine.evaluate import rolling_perplexity
 from mptui.engine.export import export_model
 from mptui.engine.rebuild import apply_plan
 from mptui.engine.runner import Engine
@@ -316,3 +319,34 @@ def test_the_summary_names_the_method_and_a_rebuild_gives_the_live_model(
             rebuilt(ids).logits, session.model(ids).logits, rtol=0, atol=1e-5
         )
     assert rebuilt.num_parameters() == session.params
+
+
+def wait_for(events: list, kind: type, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while not any(isinstance(e, kind) for e in events):
+        assert time.monotonic() < deadline, f"no {kind.__name__}"
+        time.sleep(0.01)
+    return next(e for e in events if isinstance(e, kind))
+
+
+def test_the_evaluation_after_a_sleb_search_scores_dense_and_pruned(
+    tiny_model_dir, calibration_file
+):
+    path = tiny_model_dir("llama")
+    events: list = []
+    engine = Engine(request_for(path, calibration_file, "sleb"), [events.append], linger=True)
+    engine.start()
+    wait_for(events, ev.Finished)
+    engine.send(cmd.Evaluate(EvalRequest(text=str(calibration_file), seqlen=SEQLEN)))
+    evaluated = wait_for(events, ev.Evaluated)
+    engine.send(cmd.Stop())
+    assert engine.join(60)
+    model, tokenizer = plain_model(path)
+    text = calibration_file.read_text()
+    want_dense = rolling_perplexity(model, tokenizer, text, SEQLEN)
+    for layer in removed_layers(engine.session.steps):
+        zero_layer(model, layer)
+    want_pruned = rolling_perplexity(model, tokenizer, text, SEQLEN)
+    assert evaluated.dense["perplexity"] == pytest.approx(want_dense, rel=1e-5)
+    assert evaluated.pruned["perplexity"] == pytest.approx(want_pruned, rel=1e-5)
+    assert want_pruned != pytest.approx(want_dense, rel=1e-3)
