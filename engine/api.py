@@ -138,11 +138,12 @@ def prune(
     cache_dir: Path | None = None,
     **options,
 ) -> dict:
-    """Run MultiPruner to the end and return the plan.
+    """Run the search to the end and return the plan: MultiPruner, or the ``method`` option's
+    (docs/method.md §11).
 
     Raises the engine's own error (:class:`OutOfMemory`, :class:`BadInput`, …) when the run
     failed. ``options`` are the remaining :class:`PruneSettings` fields (``mlp_group``,
-    ``attn_group``, ``block_count``, ``batch_size``, ``prefix_cache``, ``faithful``).
+    ``attn_group``, ``block_count``, ``batch_size``, ``prefix_cache``, ``faithful``, ``method``).
     """
     from .runner import Engine
 

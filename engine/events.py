@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from .methods import DEFAULT_METHOD
+
 
 class EngineState(StrEnum):
     """Where the engine is: the one mode every reader (the app, the server, a late attacher)
@@ -70,6 +72,7 @@ class Loaded(Event):
     tokens: int
     notes: tuple[str, ...] = ()
     steps: tuple[dict, ...] = ()  # a resumed session's replayed plan steps, as in plan.json
+    method: str = DEFAULT_METHOD  # the search (docs/method.md §11)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ class LinePrinter:
                 f"loaded {event.model} ({event.architecture}, {event.num_layers} layers, "
                 f"{event.params_dense:,} params, {event.tokens:,} calibration tokens); "
                 f"dense ppl {event.dense_score:.4f}; groups mlp {event.mlp_group} / "
-                f"attn {event.attn_group}"
+                f"attn {event.attn_group}; method {event.method}"
             )
         elif isinstance(event, ev.StepCommitted):
             step = PlanStep.from_dict(event.step)

@@ -2,7 +2,8 @@
 
 This is the part of MultiPruner that does not care who drives it: the runner (greedy, guided,
 or a user's override) decides *which* structure; the session knows which ones are eligible,
-what each would cost and free, and how to commit and undo exactly.
+what each would cost and free, and how to commit and undo exactly. The search method
+(:mod:`.methods`) decides what a block candidate is: a sub-block, or a whole layer.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import torch
 from torch import nn
 
 from .adapters import Adapter, CommitRecord
+from .block_influence import block_influence, influence_order
 from .errors import BadInput
 from .fast_search import Evaluation, exhaustive, perplexity, successive_halving
+from .methods import LAYER_METHODS
 from .plan import Plan, PlanModel, PlanStep
 from .scoring import Scorer
 from .settings import GroupSizes, PruneSettings
@@ -54,6 +57,12 @@ class PruningSession:
         self.params_layers_dense = sum(p.numel() for p in self.adapter.layers.parameters())
         self.params_removed = 0
         self.dense_scores = {dim: s.current_score() for dim, s in self.scorers.items()}
+        self.block_influence: list[float] | None = None
+        if self.settings.method == "shortgpt":  # on the dense model, before any replay
+            scorer = self.scorers["blocks"]
+            self.block_influence = block_influence(
+                self.model, self.adapter.layers, scorer.chunks, scorer.batch_size
+            )
         self._check_groups()
 
     # --- budget ---------------------------------------------------------------------------------
@@ -77,6 +86,8 @@ class PruningSession:
         settings = self.settings
         if settings.shares.get(dimension, 0.0) <= 0.0 or not self.eligible(dimension):
             return True
+        if dimension == "blocks" and self._half_layer() is not None:
+            return False  # a layer method never stops between a layer's two sub-blocks
         if dimension == "blocks" and settings.block_count is not None:
             return self.blocks_removed >= settings.block_count
         return self.ratio() >= settings.targets()[dimension]
@@ -92,6 +103,8 @@ class PruningSession:
     def eligible(self, dimension: str) -> list[Structure]:
         """Candidates of ``dimension`` in canonical order (docs/method.md §3)."""
         adapter, layers = self.adapter, range(self.adapter.num_layers)
+        if dimension == "blocks" and self.settings.method in LAYER_METHODS:
+            return self._layer_candidates()
         if dimension == "blocks":
             attn = [Structure("attn_block", i) for i in layers if adapter.has_block(i, "attn")]
             mlp = [Structure("mlp_block", i) for i in layers if adapter.has_block(i, "mlp")]
@@ -102,6 +115,52 @@ class PruningSession:
             if candidate is not None:
                 out.append(candidate)
         return out
+
+    def _layer_candidates(self) -> list[Structure]:
+        """SLEB's candidates are the layers still whole, ShortGPT's the one of them with the
+        lowest Block Influence. A layer left half removed (a run stopped between its two
+        commits, or a user's override of one sub-block) is finished first."""
+        half = self._half_layer()
+        if half is not None:
+            return [half]
+        whole = [
+            Structure("layer", layer)
+            for layer in range(self.adapter.num_layers)
+            if self._present_parts(Structure("layer", layer))
+        ]
+        if self.block_influence is None:
+            return whole
+        layers = {candidate.layer for candidate in whole}
+        return [
+            Structure("layer", i) for i in influence_order(self.block_influence) if i in layers
+        ][:1]
+
+    def _present_parts(self, structure: Structure) -> list[Structure]:
+        return [
+            part
+            for part in structure.parts
+            if self.adapter.has_block(part.layer, part.kind.removesuffix("_block"))
+        ]
+
+    def _half_layer(self) -> Structure | None:
+        """Under a layer method, the sub-block left of a layer whose other one is gone."""
+        if self.settings.method not in LAYER_METHODS:
+            return None
+        for layer in range(self.adapter.num_layers):
+            present = self._present_parts(Structure("layer", layer))
+            if len(present) == 1:
+                return present[0]
+        return None
+
+    def last_removal(self) -> int:
+        """How many steps the last removal took: a layer method's layer is two steps (both of
+        its sub-blocks, in that order), everything else one."""
+        steps = self.steps
+        if self.settings.method in LAYER_METHODS and len(steps) >= 2:
+            before, last = steps[-2].structure, steps[-1].structure
+            if Structure("layer", last.layer).parts == (before, last):
+                return 2
+        return 1
 
     def width_structure(self, dimension: str, layer: int) -> Structure | None:
         """The next width step of ``layer``, or None when the layer is not eligible."""
@@ -124,10 +183,15 @@ class PruningSession:
             raise BadInput(
                 f"layer {layer} does not exist (the model has {self.adapter.num_layers})"
             )
-        if kind in ("attn_block", "mlp_block"):
+        if kind == "layer" and self.settings.method not in LAYER_METHODS:
+            raise BadInput(
+                f"L{layer} names a whole layer, a candidate of --method "
+                f"{' and '.join(LAYER_METHODS)} only"
+            )
+        if kind in ("attn_block", "mlp_block", "layer"):
             structure = Structure(kind, layer)
-            if structure not in self.eligible("blocks"):
-                raise BadInput(f"{structure.id} is already removed")
+            if len(self._present_parts(structure)) < len(structure.parts):
+                raise BadInput(f"{structure.id} is already removed, in part or whole")
             return structure
         candidate = self.width_structure(kind, layer)
         if candidate is None:
@@ -135,7 +199,10 @@ class PruningSession:
         return candidate
 
     def params_freed(self, structure: Structure) -> int:
-        return self.adapter.params_freed(structure, count_removed_norms=self.count_removed_norms)
+        return sum(
+            self.adapter.params_freed(part, count_removed_norms=self.count_removed_norms)
+            for part in structure.parts
+        )
 
     # --- scoring, commit, undo -----------------------------------------------------------------
     def scorer_for(self, structure: Structure) -> Scorer:
@@ -149,7 +216,9 @@ class PruningSession:
         """Per-row NLLs (:meth:`Scorer.row_nll`) of the model with ``structure`` removed."""
         scorer = self.scorer_for(structure)
         scorer.catch_up()  # before the trial: the boundaries must describe the model as it is
-        with self.adapter.trial(structure):
+        with contextlib.ExitStack() as trials:
+            for part in structure.parts:
+                trials.enter_context(self.adapter.trial(part))
             return scorer.row_nll(structure.sub_block, rows)
 
     def evaluations(self, dimension: str, candidates: Sequence[Structure]) -> Iterator[Evaluation]:
@@ -172,7 +241,7 @@ class PruningSession:
     def commit(
         self, structure: Structure, score: float, chosen_by: str, stats: StepStats | None = None
     ) -> PlanStep:
-        """Remove ``structure`` for good and return its plan entry.
+        """Remove ``structure`` (one sub-block or width step) for good and return its plan entry.
 
         Atomic: if following the change fails (out of memory refreshing the prefix cache), the
         structure is put back and the error raised, so model, count and plan still agree.
@@ -290,6 +359,7 @@ class PruningSession:
                 "batch_size_used": self.scorers[first].batch_size,
                 "fast_margin": self.settings.fast_margin if self.settings.fast else None,
                 "fast_tolerance": self.settings.fast_tolerance if self.settings.fast else None,
+                "block_influence": self.block_influence,
             },
             dense_score=self.dense_scores[first],
             dense_scores=dict(self.dense_scores),

@@ -65,6 +65,7 @@ class RunView:
 
     model: str = ""
     architecture: str = ""
+    method: str = ""
     state: EngineState = EngineState.LOADING
     guided: bool = False
     dimension: str | None = None
@@ -169,7 +170,7 @@ class RunView:
 
     # --- handlers, one per event type -------------------------------------------------------
     def _on_Loaded(self, event: ev.Loaded) -> None:
-        self.model, self.architecture = event.model, event.architecture
+        self.model, self.architecture, self.method = event.model, event.architecture, event.method
         self.dense_score = self.score = event.dense_score
         self.params_dense = event.params_dense
         self.order, self.targets = event.order, dict(event.targets)

@@ -442,10 +442,17 @@ class Engine:
         return Outcome.NOTHING
 
     def _on_undo(self, _command: cmd.Undo) -> Outcome:
+        """Undo the last removal: one step, or both sub-blocks of a layer method's layer."""
         session = self.session
         if not session.steps:
             self._emit(ev.Notice("nothing to undo"))
             return Outcome.NOTHING
+        for _ in range(session.last_removal()):
+            self._undo_step()
+        return Outcome.CHANGED
+
+    def _undo_step(self) -> None:
+        session = self.session
         step = session.undo()
         try:
             if self._journal is not None:
@@ -464,10 +471,25 @@ class Engine:
             )
         )  # fmt: skip
         self._scoring.verify(step.index)
-        return Outcome.CHANGED
 
     # --- changes to the model -------------------------------------------------------------------
     def _commit(self, structure: Structure, score: float, chosen_by: str, stats: StepStats) -> None:
+        """Commit ``structure`` as its parts, each a step of its own (a layer is its attention,
+        then its MLP sub-block). ``score`` belongs to the last part; an earlier part is scored
+        on its own first, so every step's score is the perplexity after that step."""
+        *earlier, last = structure.parts
+        for part in earlier:
+            started = time.monotonic()
+            part_score = self.session.score_candidate(part)
+            tokens = self.session.scorer_for(part).tokens
+            self._commit_step(
+                part, part_score, chosen_by, StepStats(time.monotonic() - started, 1, tokens)
+            )
+        self._commit_step(last, score, chosen_by, stats)
+
+    def _commit_step(
+        self, structure: Structure, score: float, chosen_by: str, stats: StepStats
+    ) -> None:
         """Weights, counts, journal, plan.json, then the event: all of it or none of it."""
         session = self.session
         assert session is not None

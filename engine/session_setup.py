@@ -141,6 +141,7 @@ def build_session(
             tokens=next(iter(scorers.values())).tokens,
             notes=tuple(notes),
             steps=tuple(step.to_dict() for step in session.steps),
+            method=settings.method,
         )
     )
     return session

@@ -28,6 +28,7 @@ from .defaults import (  # noqa: F401 (every default is re-exported here)
     DEFAULT_THEME,
 )
 from .errors import BadInput
+from .methods import DEFAULT_METHOD, check_method, searches_widths
 from .structures import DIMENSIONS, Dimension
 
 
@@ -176,6 +177,7 @@ class PruneSettings:
     fast_tolerance: float = DEFAULT_FAST_TOLERANCE
     faithful: str | None = None
     guided: bool = False
+    method: str = DEFAULT_METHOD
 
     def __post_init__(self) -> None:
         if not (0.0 < self.target_ratio < 1.0):
@@ -208,6 +210,9 @@ class PruneSettings:
                 f"--fast cannot be used with --faithful {self.faithful}: the reference scores "
                 "every candidate on every row"
             )
+        check_method(
+            self.method, faithful=self.faithful, fast=self.fast, block_count=self.block_count
+        )
         if self.faithful == "blockpruner" and self.block_count is None:
             raise BadInput(
                 "--faithful blockpruner needs --block-count (17 gave 21.99% on Llama-2-7B)"
@@ -221,10 +226,19 @@ class PruneSettings:
         order: str | tuple = DEFAULT_ORDER,
         **kw,
     ) -> PruneSettings:
-        """Build from CLI-style text: the distribution lists shares in the order of ``order``."""
+        """Build from CLI-style text: the distribution lists shares in the order of ``order``.
+
+        Every method but MultiPruner prunes blocks only, so its distribution is ``blocks`` alone
+        whatever was given (docs/method.md §11); ``--faithful blockpruner`` means the same.
+        """
         dims = parse_order(order)
-        if kw.get("faithful") == "blockpruner":
-            distribution = "1:0:0" if dims[0] == "blocks" else _only_blocks(dims)
+        if (
+            kw.get("faithful") == "blockpruner"
+            and kw.get("method", DEFAULT_METHOD) == DEFAULT_METHOD
+        ):
+            kw["method"] = "blockpruner"
+        if not searches_widths(kw.get("method", DEFAULT_METHOD)):
+            distribution = _only_blocks(dims)
         shares = parse_distribution(distribution)
         return cls(target_ratio, dims, dict(zip(dims, shares, strict=True)), **kw)
 

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-Kind = Literal["attn_block", "mlp_block", "mlp_channels", "attn_heads"]
+Kind = Literal["attn_block", "mlp_block", "mlp_channels", "attn_heads", "layer"]
 Dimension = Literal["blocks", "mlp_channels", "attn_heads"]
 
 DIMENSIONS: tuple[Dimension, ...] = ("blocks", "mlp_channels", "attn_heads")
@@ -21,6 +21,7 @@ _DIMENSION_OF_KIND: dict[str, Dimension] = {
     "mlp_block": "blocks",
     "mlp_channels": "mlp_channels",
     "attn_heads": "attn_heads",
+    "layer": "blocks",
 }
 
 
@@ -45,12 +46,23 @@ class Structure:
         return self.kind in ("attn_block", "mlp_block")
 
     @property
+    def parts(self) -> tuple[Structure, ...]:
+        """What committing it commits, in order: a ``layer`` is a candidate of the layer methods
+        only; the plan records its two sub-blocks (docs/method.md §11)."""
+        if self.kind == "layer":
+            return (Structure("attn_block", self.layer), Structure("mlp_block", self.layer))
+        return (self,)
+
+    @property
     def sub_block(self) -> int:
-        """Index of the residual sub-block it touches: ``2*layer`` (attention) or ``2*layer+1``."""
-        return 2 * self.layer + (0 if self.kind in ("attn_block", "attn_heads") else 1)
+        """Index of the first residual sub-block it touches: ``2*layer`` (attention, or the whole
+        layer) or ``2*layer+1``."""
+        return 2 * self.layer + (0 if self.kind in ("attn_block", "attn_heads", "layer") else 1)
 
     @property
     def id(self) -> str:
+        if self.kind == "layer":
+            return f"L{self.layer}"
         if self.kind == "attn_block":
             return f"L{self.layer}.attn"
         if self.kind == "mlp_block":
@@ -79,11 +91,12 @@ class Structure:
         return self.id
 
 
-_ID_PATTERN = re.compile(r"^L(\d+)\.(attn|mlp|heads)(?:-(\d+))?$")
+_ID_PATTERN = re.compile(r"^L(\d+)(?:\.(attn|mlp|heads)(?:-(\d+))?)?$")
 
 
 def parse_structure_id(text: str) -> tuple[Kind, int]:
-    """Read ``L12.attn`` / ``L7.mlp`` / ``L7.mlp-1024`` / ``L3.heads[-128]`` into (kind, layer).
+    """Read ``L12.attn`` / ``L7.mlp`` / ``L7.mlp-1024`` / ``L3.heads[-128]`` / ``L5`` (a whole
+    layer) into (kind, layer).
 
     The channel count is not part of the identity: the engine decides how much one step removes.
     """
@@ -91,9 +104,11 @@ def parse_structure_id(text: str) -> tuple[Kind, int]:
     if not match:
         raise ValueError(
             f"'{text}' is not a structure id; use L<layer>.attn, L<layer>.mlp, "
-            "L<layer>.mlp-<channels> or L<layer>.heads-<channels>"
+            "L<layer>.mlp-<channels>, L<layer>.heads-<channels> or L<layer>"
         )
     layer, what, channels = int(match.group(1)), match.group(2), match.group(3)
+    if what is None:
+        return "layer", layer
     if what == "heads":
         return "attn_heads", layer
     if what == "mlp":

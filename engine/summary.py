@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from .methods import DEFAULT_METHOD
 from .names import model_source
 from .plan import Plan, as_plan, write_json_atomic
 from .session_files import SUMMARY_JSON, SUMMARY_MD
@@ -40,6 +41,7 @@ def summarize(plan: Plan | dict, evaluation: dict | None = None) -> dict:
         "evaluation": evaluation or {},
         "faithful": plan.settings.get("faithful"),
         "fast": bool(plan.settings.get("fast")),
+        "method": plan.settings.get("method", DEFAULT_METHOD),  # older plans: MultiPruner's
     }
 
 
@@ -51,7 +53,8 @@ def markdown(summary: dict) -> str:
         f"decoder-layer parameters); {summary['params']:,} of {summary['params_dense']:,} kept",
         f"- calibration perplexity {summary['dense_score']:.4f} dense -> "
         f"{summary['final_score']:.4f} pruned",
-        f"- {summary['steps']} steps, {summary['chosen_by_user']} chosen by the user"
+        f"- {summary['steps']} steps of {summary['method']}, {summary['chosen_by_user']} chosen "
+        "by the user"
         + (f"; faithful mode: {summary['faithful']}" if summary["faithful"] else "")
         + ("; fast search (--fast), an approximation" if summary["fast"] else ""),
         "",

@@ -25,6 +25,7 @@ from .engine.defaults import (
     DEFAULT_TEXT_FIELD,
     DEFAULT_THEME,
 )
+from .engine.methods import DEFAULT_METHOD, METHODS
 
 DEMO_DIR = Path(__file__).parent / "demo"
 
@@ -55,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the session folder's socket only)",
     )
     run = parser.add_argument_group("search")
+    run.add_argument(
+        "--method",
+        default=DEFAULT_METHOD,
+        metavar="NAME",
+        help=f"the search, one of {', '.join(METHODS)}; docs/method.md §11 (default: %(default)s)",
+    )
     run.add_argument(
         "--target-ratio",
         type=float,

@@ -59,6 +59,7 @@ def build_request(args: argparse.Namespace):
         fast_tolerance=args.fast_tolerance,
         faithful=args.faithful,
         guided=args.guided,
+        method=args.method,
     )
     out_dir = Path(args.out) if args.out else None
     request = RunRequest(

@@ -54,7 +54,9 @@ def sparkline(values: list[float], top: float) -> str:
 
 
 class StatusLine(Static):
-    """Model, dimension, step, ratio, perplexity, state and the current step's progress."""
+    """Model, method and its dimension (``sleb › blocks``), step, ratio, perplexity, state and
+    the current step's progress. The method's name takes the place of the label "dimension"
+    (shown until the model is loaded), so the line still fits 80 columns when attached."""
 
     def show(self, state: RunState) -> None:
         k, n = state.progress
@@ -66,7 +68,8 @@ class StatusLine(Static):
         text = Text.assemble(
             (f" {state.state_label} ", "reverse bold"),
             f" {display_name(state.model) if state.model else 'loading…'}  ",
-            ("dimension ", "dim"), f"{state.dimension or '—'}  ",
+            (f"{state.method} › " if state.method else "dimension ", "dim"),
+            f"{state.dimension or '—'}  ",
             ("step ", "dim"), f"{state.step}",
             ("  ⇄ " + state.link if state.link else "", "italic"), "\n",
             ("ratio ", "dim"), f"{state.ratio:.2%} of {state.target:.2%}  ",

@@ -308,3 +308,11 @@ async def test_no_color_is_respected(monkeypatch):
 )  # fmt: skip
 def test_the_status_line_names_a_local_model_by_its_folder(given, shown):
     assert display_name(given) == shown
+
+
+async def test_the_status_line_shows_the_method(llama, calibration_file, tmp_path):
+    app = make_app(llama, calibration_file, tmp_path, method="sleb")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_until(pilot, lambda: app.state.finished is not None)
+        assert "sleb › —" in str(app.query_one("#status").render())  # done: no dimension left
+        assert {step.structure.kind for step in steps(app)} == {"attn_block", "mlp_block"}

@@ -96,6 +96,18 @@ def test_every_family_gives_the_same_plan_and_scores_on_2_and_3_workers(
         assert run_team(world_size, request) == alone  # scores equal with ==, not approx
 
 
+@pytest.mark.parametrize("method", ["sleb", "shortgpt"])
+def test_the_layer_methods_give_the_same_plan_and_scores_on_2_workers(
+    method, tiny_model_dir, calibration_file, tmp_path
+):
+    """A layer is scored whole by one worker and committed as two sub-blocks on every replica
+    (docs/method.md §11)."""
+    request = request_for(tiny_model_dir("llama"), calibration_file, tmp_path, method=method)
+    alone = run_alone(request)
+    assert alone[2] == "done" and len(alone[1]) >= 4
+    assert run_team(2, request) == alone
+
+
 class Steer:
     """Pause in the middle of step 2 (once); while paused undo, override and switch the order;
     then resume. In guided mode, accept every proposal but the fourth, which is overridden."""
