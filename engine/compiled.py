@@ -67,6 +67,8 @@ class SubBlockRunner:
         self._on_warning = on_warning
         self._attention: Callable[..., torch.Tensor] = attention_sub_block
         self._mlp: Callable[..., torch.Tensor] = mlp_sub_block
+        #: DYNAMIC_WIDTHS as one reusable context: building it costs several times entering it.
+        self._dynamo_settings = torch._dynamo.config.patch(DYNAMIC_WIDTHS)
         if backend is not None:
             self._attention = torch.compile(attention_sub_block, backend=backend)
             self._mlp = torch.compile(mlp_sub_block, backend=backend)
@@ -83,7 +85,7 @@ class SubBlockRunner:
         if self.backend is None:
             return eager(*args)
         try:
-            with torch._dynamo.config.patch(DYNAMIC_WIDTHS):
+            with self._dynamo_settings:
                 return compiled(*args)
         except Exception as error:  # anything else compile raises: run eagerly from now on
             if is_out_of_memory(error):  # also inside a compile: the caller lowers the batch
