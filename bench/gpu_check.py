@@ -33,7 +33,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -390,9 +389,9 @@ def planned_seconds(profile: Profile) -> float:
     return planned_flops(profile) / (PLANNED_MFU * SPEC_PEAK_FLOPS) + PLANNED_COMPILE_SECONDS
 
 
-def measure_modes(profile: Profile, report: Report, table: Table) -> Iterator[None]:
+def measure_modes(profile: Profile, report: Report, table: Table) -> None:
     """Each mode in turn on one model, its session freed before the next (so each peak is its
-    own); yields after each mode so the caller can keep its rows flowing."""
+    own); the model is freed on return."""
     model = build_model(profile)
     params = sum(p.numel() for p in model.parameters())
     where = torch.cuda.get_device_name() if profile.device.startswith("cuda") else "the CPU"
@@ -425,8 +424,6 @@ def measure_modes(profile: Profile, report: Report, table: Table) -> Iterator[No
         report.peak_bytes[mode.name] = peak = peak_bytes(profile.device)
         table.add(f"peak memory, {mode.name}", f"{peak / 2**30:.2f} GiB", bytes=peak)
         del session
-        yield
-    del model
 
 
 def measure_after_commit(
@@ -469,8 +466,7 @@ def run(profile: Profile, app: bool, json_path: Path | None = None) -> Report:
     table.add("matmul peak (measured)", f"{report.matmul_peak / 1e12:.3g} TFLOP/s "
               f"({profile.matmul_n}^3, best of {profile.matmul_reps}); spec "
               f"{SPEC_PEAK_FLOPS / 1e12:.0f}", flops_per_s=report.matmul_peak)  # fmt: skip
-    for _ in measure_modes(profile, report, table):
-        pass
+    measure_modes(profile, report, table)
     by_name = {step.name: step for step in report.steps}
     for name in ("block", "MLP-width"):
         compiled, eager = by_name[f"{name} step, cached"], by_name[f"{name} step, cached, eager"]
