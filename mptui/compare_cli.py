@@ -12,10 +12,14 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mptui.engine.api import DEFAULT_EVAL_BATCH_SIZE, DEFAULT_SEQLEN
 
 from .cli_common import Parser, ProgressLines, print_error
+
+if TYPE_CHECKING:
+    from mptui.engine.comparison import Comparison
 
 __all__ = ["add_comparison_arguments", "build_parser", "comparison_from_args", "main", "table"]
 
@@ -59,7 +63,9 @@ def add_comparison_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def comparison_from_args(args: argparse.Namespace, progress: Callable[[str], None] | None = None):
+def comparison_from_args(
+    args: argparse.Namespace, progress: Callable[[str], None] | None = None
+) -> Comparison:
     """The :class:`~mptui.engine.comparison.Comparison` the arguments ask for; progress of
     anything long as lines on stderr (``progress`` gets the line of each part, by default
     stderr too). Raises the engine's one-line errors."""
