@@ -119,3 +119,18 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
     except SystemExit as exit_:
         code = exit_.code
     return code, capsys.readouterr().err
+
+
+def headless_session(model: Path, calibration: Path, folder: Path, *extra: str) -> Path:
+    """A real session, ended, made in this process in well under a second on a tiny model: a
+    headless run of ``mptui`` on two calibration documents of 32-token rows (``extra`` adds
+    options, e.g. ``--method sleb``)."""
+    from mptui.cli import main
+
+    args = [
+        str(model), "--headless", "--calibration", str(calibration), "--seqlen", "32",
+        "--nsamples", "2", "--target-ratio", "0.3", "--mlp-group", "40", "--session",
+        str(folder), *extra,
+    ]  # fmt: skip
+    assert main(args) == 0
+    return folder
