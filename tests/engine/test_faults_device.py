@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 from test_recovery import Killed, adapter, make_session, settings, start
-from test_recovery import text_file as recovery_text_fixture  # noqa: F401 (its fixture)
 
+from bench.tiny import tiny_text
 from mptui.cli import main as cli_main
 from mptui.engine import export, session_files
 from mptui.engine.device_failure import is_device_failure
@@ -94,6 +94,13 @@ def resume_line(session: Path) -> str:
 
 
 @pytest.fixture(scope="module")
+def recovery_text(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("recovery") / "text.txt"
+    path.write_text("\n\n".join(tiny_text(12)) + "\n")  # as test_recovery trains on
+    return path
+
+
+@pytest.fixture(scope="module")
 def uninterrupted(tiny_model_dir, calibration_file, tmp_path_factory) -> list[tuple]:
     session = tmp_path_factory.mktemp("whole") / "session"
     assert run(session, tiny_model_dir("llama"), calibration_file) == 0
@@ -166,11 +173,11 @@ def test_a_lost_device_while_exporting_is_one_line_and_resume_exports(
 
 
 def test_a_lost_device_while_recovering_keeps_the_saved_state_and_resume_finishes(
-    tiny_model_dir, text_file, tmp_path, capsys
+    tiny_model_dir, recovery_text, tmp_path, capsys
 ):
     model = tiny_model_dir("llama")
     whole = make_session(tmp_path / "whole", model)
-    start(whole, settings(text_file))[0].run()
+    start(whole, settings(recovery_text))[0].run()
     session = make_session(tmp_path / "session", model)
     polls = iter(range(100))
 
@@ -180,7 +187,7 @@ def test_a_lost_device_while_recovering_keeps_the_saved_state_and_resume_finishe
         return False
 
     with pytest.raises(Killed):
-        start(session, settings(text_file))[0].run(poll=kill_after_three_steps)
+        start(session, settings(recovery_text))[0].run(poll=kill_after_three_steps)
     assert RecoveryFolder(session).saved_step() == 2
 
     fault = DeviceFault(lambda: RuntimeError(f"{LOST} (injected)"))
