@@ -27,3 +27,8 @@ class Cancelled(EngineError):
 
 class OutOfMemory(EngineError):
     """The device ran out of memory; the message says what to lower."""
+
+
+class DeviceFailed(EngineError):
+    """The device failed mid-run (not out of memory): the step in progress is lost, every
+    committed step is kept, and the message says how to resume."""

@@ -252,6 +252,7 @@ def recover(
         check_recovery,
         prepare_recovery,
     )
+    from mptui.engine.device_failure import device_failed, is_device_failure
     from mptui.places import calibration_cache_dir
 
     from .export_cli import writing_lines
@@ -273,7 +274,13 @@ def recover(
         )  # fmt: skip
         print(f"session {folder}", flush=True)
         with stop_on_signals() as stop:
-            reason = run.run(poll=lambda: stop["asked"])
+            try:
+                reason = run.run(poll=lambda: stop["asked"])
+            except RuntimeError as error:  # the state saved last is kept: --resume goes on
+                if not is_device_failure(error):
+                    raise
+                during = f"recovering (optimizer step {run.step + 1})"
+                return print_error(device_failed(error, during, folder), 1)
         if reason == "stopped":
             print(
                 f"stopped at step {run.step} of {settings.steps} (saved); continue with "

@@ -95,6 +95,8 @@ def open_session(args: argparse.Namespace) -> OpenedSession:
         folder.lock()
         saved = folder.read_run(cache_dir=calibration_cache_dir())
         request = saved.request
+        if args.device or args.device_map:  # on another device (the first one failed, say)
+            request = dataclasses.replace(request, device=args.device, device_map=args.device_map)
         out_dir = Path(args.out) if args.out else saved.out
         export = export or saved.export
     else:
@@ -284,7 +286,7 @@ def run_headless(engine, opened: OpenedSession, args: argparse.Namespace) -> int
     if opened.export_dir is not None and status == 0 and engine.result.reason == "done":
         from .export_cli import export_live
 
-        status = export_live(engine.session, opened.export_dir)
+        status = export_live(engine.session, opened.export_dir, opened.folder.path)
     return status
 
 
