@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Prune a causal LM with MultiPruner (blocks, MLP channels, attention heads), "
         "watch it happen and steer it. See also `mptui eval --help` (lm-eval scores), "
         "`mptui export --help` (a smaller checkpoint), `mptui compare --help` (sessions side by "
-        "side) and `mptui attach --help` (the app on a headless run).",
+        "side), `mptui report --help` (the comparison as an HTML page and figures) and "
+        "`mptui attach --help` (the app on a headless run).",
     )
     parser.add_argument("model", nargs="?", metavar="MODEL", help="hub id or local model folder")
     parser.add_argument("--version", action="version", version=f"mptui {__version__}")
@@ -316,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
         from .compare_cli import main as compare
 
         return compare(argv[1:])
+    if argv[:1] == ["report"]:
+        from .report_cli import main as report
+
+        return report(argv[1:])
     if argv[:1] == ["attach"]:
         from .attach_cli import main as attach
 

@@ -21,7 +21,14 @@ from .cli_common import Parser, ProgressLines, print_error
 if TYPE_CHECKING:
     from mptui.engine.comparison import Comparison
 
-__all__ = ["add_comparison_arguments", "build_parser", "comparison_from_args", "main", "table"]
+__all__ = [
+    "add_comparison_arguments",
+    "build_parser",
+    "check_output_file",
+    "comparison_from_args",
+    "main",
+    "table",
+]
 
 
 def add_comparison_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,6 +99,14 @@ def comparison_from_args(
     )
 
 
+def check_output_file(option: str, path: Path) -> None:
+    """Refused before any work: a folder, or a file in a folder that does not exist."""
+    from mptui.engine.api import BadInput
+
+    if path.is_dir() or not path.parent.is_dir():
+        raise BadInput(f"{option} {path} must be a file in a folder that exists")
+
+
 def _stderr_line(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -121,11 +136,11 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from mptui.engine.api import BadInput, EngineError, write_json_atomic
+    from mptui.engine.api import EngineError, write_json_atomic
 
     try:
-        if args.json and (Path(args.json).is_dir() or not Path(args.json).parent.is_dir()):
-            raise BadInput(f"--json {args.json} must be a file in a folder that exists")
+        if args.json:
+            check_output_file("--json", Path(args.json))
         comparison = comparison_from_args(args)
     except EngineError as error:
         return print_error(error)

@@ -141,7 +141,7 @@ def test_cli_api_and_settings_share_their_defaults():
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["eval"], ["export"], ["attach"], ["recover"], ["compare"]]
+    "command", [[], ["eval"], ["export"], ["attach"], ["recover"], ["compare"], ["report"]]
 )
 def test_help_does_not_import_torch(command):
     code = (
@@ -151,7 +151,7 @@ def test_help_does_not_import_torch(command):
         f"    main({[*command, '--help']!r})\n"
         "except SystemExit:\n"
         "    pass\n"
-        "heavy = sorted({'torch', 'transformers', 'textual'} & set(sys.modules))\n"
+        "heavy = sorted({'torch', 'transformers', 'textual', 'matplotlib'} & set(sys.modules))\n"
         "assert not heavy, heavy\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -161,7 +161,7 @@ def test_help_does_not_import_torch(command):
 
 def test_the_three_commands_share_one_module_and_import_none_of_each_other():
     """``mptui`` dispatches to ``eval``, ``export``, ``attach`` and ``compare``; they import only
-    the shared module."""
+    the shared module. (``report`` is ``compare`` drawn, and takes its arguments from it.)"""
     for name in ("evaluate_cli", "export_cli", "attach_cli", "compare_cli"):
         source = (ROOT / "mptui" / f"{name}.py").read_text(encoding="utf-8")
         imported = re.findall(r"^\s*from (?:mptui|)\.(\w+) import", source, re.MULTILINE)

@@ -23,6 +23,7 @@ from mptui.demo.tasks import TASK, include_path
 from mptui.engine import session_files
 from mptui.engine.plan import read_plan_file
 from mptui.engine.session_folder import SessionFolder
+from mptui.report.page import perplexity_text
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +223,36 @@ def test_bad_input_is_one_line_and_changes_no_file(case, sessions, calibration_f
     assert code == 2
     assert err.count("\n") == 1 and err.startswith(f"mptui: error: {message}"), err
     assert not (root / "comparison.json").exists()
+
+
+def test_report_writes_the_page_and_its_figures_beside_it(sessions, tmp_path, capsys):
+    """``mptui report`` takes compare's arguments and writes the page and four figures, named
+    after ``--out``; what it prints is the list of files written."""
+    out = tmp_path / "methods.html"
+    capsys.readouterr()
+    code = main(["report", str(sessions["mp"]), str(sessions["sleb"]), "--out", str(out)])
+    printed = capsys.readouterr().out.split()
+    names = ["methods-perplexity.png", "methods-perplexity.pdf"]
+    names += ["methods-layers.png", "methods-layers.pdf"]
+    assert code == 0
+    assert printed == [str(out), *(str(tmp_path / name) for name in names)]
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["methods.html", *names])
+    page = out.read_text()
+    for name in ("mp", "sleb"):
+        plan = read_plan_file(sessions[name] / session_files.PLAN)
+        assert f">{name}<" in page and perplexity_text(plan.last.score) in page
+
+
+@pytest.mark.parametrize("case", ["missing session", "no folder for --out", "--out a folder"])
+def test_report_bad_input_is_one_line_and_writes_nothing(case, sessions, tmp_path, capsys):
+    mp, sleb = str(sessions["mp"]), str(sessions["sleb"])
+    argv, message = {
+        "missing session": ([mp, str(tmp_path / "nope")], "session '"),
+        "no folder for --out": ([mp, sleb], "--out /no/such/folder/r.html must be a file"),
+        "--out a folder": ([mp, sleb], f"--out {tmp_path} must be a file"),
+    }[case]
+    out = {"no folder for --out": "/no/such/folder/r.html", "--out a folder": str(tmp_path)}
+    code, err = run_cli(["report", *argv, "--out", out.get(case, str(tmp_path / "r.html"))], capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith(f"mptui: error: {message}"), err
+    assert list(tmp_path.iterdir()) == []
