@@ -19,7 +19,7 @@ from mptui.engine.api import DEFAULT_EVAL_BATCH_SIZE, DEFAULT_SEQLEN
 from .cli_common import Parser, ProgressLines, print_error
 
 if TYPE_CHECKING:
-    from mptui.engine.comparison import Comparison
+    from mptui.engine.api import Comparison
 
 __all__ = [
     "add_comparison_arguments",
@@ -76,8 +76,7 @@ def comparison_from_args(
     """The :class:`~mptui.engine.comparison.Comparison` the arguments ask for; progress of
     anything long as lines on stderr (``progress`` gets the line of each part, by default
     stderr too). Raises the engine's one-line errors."""
-    from mptui.engine.api import EvalRequest
-    from mptui.engine.comparison import compare_sessions
+    from mptui.engine.api import EvalRequest, compare_sessions
 
     evaluation = None
     if args.eval_text or args.tasks:

@@ -67,8 +67,13 @@ def export_session(session: Path, out: Path, dtype: str | None, device: str | No
 def export_live(session, out: Path, session_dir: Path) -> int:
     """Export the model a headless run just pruned (it is still in memory); a lost device
     says that ``--resume`` exports again."""
-    from mptui.engine.api import EngineError, describe_export, export_model
-    from mptui.engine.device_failure import device_failed, is_device_failure
+    from mptui.engine.api import (
+        EngineError,
+        describe_export,
+        device_failed,
+        export_model,
+        is_device_failure,
+    )
 
     if session is None or not session.steps:
         print("mptui: nothing was removed, so nothing is exported", file=sys.stderr)

@@ -250,9 +250,10 @@ def recover(
         SessionFolder,
         check_destination,
         check_recovery,
+        device_failed,
+        is_device_failure,
         prepare_recovery,
     )
-    from mptui.engine.device_failure import device_failed, is_device_failure
     from mptui.places import calibration_cache_dir
 
     from .export_cli import writing_lines

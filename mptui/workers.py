@@ -69,7 +69,7 @@ def follow(team, args: argparse.Namespace) -> int:
     try:
         return follow_leader(team, args.gpus_per_worker)
     except RuntimeError as error:  # its GPU is lost: one line naming it, which the launcher quotes
-        from mptui.engine.device_failure import device_failed, is_device_failure
+        from mptui.engine.api import device_failed, is_device_failure
 
         if not is_device_failure(error):
             raise

@@ -16,8 +16,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from mptui.engine.comparison import Comparison
-from mptui.engine.plan import Plan
+from mptui.engine.api import Comparison, Plan
 
 PERPLEXITY = "perplexity"
 LAYERS = "layers"

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mptui import __version__
-from mptui.engine.comparison import Comparison, Scores
-from mptui.engine.plan import write_bytes_atomic
+from mptui.engine.api import Comparison, Scores, write_bytes_atomic
 
 from .figures import DrawnFigure, draw_figures, perplexity_text, session_style
 
