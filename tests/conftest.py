@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,17 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
     except SystemExit as exit_:
         code = exit_.code
     return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+    """A 64 KiB tmpfs: a real full disk, for writers that write by themselves (safetensors).
+    Skipped where this user may not mount one (mounting needs root)."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)]
+    result = subprocess.run(mount, capture_output=True, text=True)
+    if result.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()})")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
