@@ -25,9 +25,10 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from . import events as ev
-from .disk import append_line, write_json_atomic
+from .disk import append_line, write_json_atomic, writing
 from .errors import BadInput, DiskFull, ResultNotSaved
 from .evaluate import flat_scores
 from .plan import Plan, PlanStep, read_plan_file
@@ -35,6 +36,8 @@ from .run_request import RunRequest
 from .session_files import CHANNEL_ORDER, EVALUATION, EVENTS, JOURNAL, LOCK, PLAN, SETTINGS
 from .settings import CalibrationSpec, PruneSettings
 from .summary import write_summary
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -98,10 +101,11 @@ class SessionFolder:
     def claim(self) -> None:
         """Write this process's id into the held lock, for the line another process gets."""
         handle = self._lock_file
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()}")
-        handle.flush()
+        with writing(self.path / LOCK):
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"process {os.getpid()}")
+            handle.flush()
 
     def unlock(self) -> None:
         if self._lock_file is not None:
@@ -126,8 +130,7 @@ class SessionFolder:
     def read_run(self, cache_dir: Path | None = None) -> SavedRun:
         """The saved request with the journal's decisions applied: its steps to replay, and the
         order and guided mode the user last chose."""
-        data = self._settings(lambda data: self._request(data, cache_dir))
-        request = self._request(data, cache_dir)
+        data, request = self._settings(lambda data: (data, self._request(data, cache_dir)))
         replay = self.read_journal()
         settings = request.settings
         if replay.order is not None:
@@ -138,20 +141,18 @@ class SessionFolder:
         out, export = data.get("out"), data.get("export")
         return SavedRun(request, Path(out) if out else None, Path(export) if export else None)
 
-    def _settings(self, check: Callable[[dict], object]) -> dict:
-        """settings.json's data, passed through ``check`` (which raises on a missing key or a
-        value of the wrong kind): one line naming the file and the problem."""
+    def _settings(self, parse: Callable[[dict], T]) -> T:
+        """``parse`` of settings.json's data; a missing key or a value of the wrong kind there
+        is one line naming the file and the problem."""
         try:
-            data = json.loads((self.path / SETTINGS).read_text())
-            check(data)
+            return parse(json.loads((self.path / SETTINGS).read_text()))
         except FileNotFoundError:
             raise BadInput(f"'{self.path}' is not an mptui session (no {SETTINGS})") from None
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
             problem = f"no key {error}" if isinstance(error, KeyError) else str(error)
             raise BadInput(
                 f"{self.path / SETTINGS} is damaged ({' '.join(problem.split())})"
             ) from None
-        return data
 
     def _request(self, data: dict, cache_dir: Path | None) -> RunRequest:
         settings = dict(data["settings"])
@@ -177,8 +178,8 @@ class SessionFolder:
             raise BadInput(f"'{self.path}' is not an mptui session with a plan")
         plan = read_plan_file(self.path / PLAN)
         if (self.path / SETTINGS).is_file():  # a session of the app or a run (not a bare plan)
-            model = self._settings(lambda data: str(data["model"]))["model"]
-            if plan.model.name_or_path != model:
+            model = self._settings(lambda data: data.get("model"))
+            if model is not None and plan.model.name_or_path != model:
                 raise BadInput(
                     f"{self.path / PLAN} is the plan of another model (its model.name_or_path "
                     f"is {plan.model.name_or_path!r}; this session prunes {model!r})"

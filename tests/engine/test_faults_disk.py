@@ -56,9 +56,10 @@ def written_path(fd: int) -> Path:
 
 @pytest.fixture
 def disk_full(monkeypatch) -> Callable[..., list[int]]:
-    """``disk_full(name, after, folder=None)``: writes to files called ``name`` (in ``folder``
-    only, when given) fail with ENOSPC once ``after`` of them went through. Returns a list
-    that grows by one for each write refused."""
+    """``disk_full(name, after, folder=None)``: once ``after`` writes to files called ``name``
+    (in ``folder`` only, when given) went through, the disk fills as a real one does: the next
+    write takes half its bytes, every later one fails with ENOSPC. Returns a list that grows by
+    one for each write refused."""
     real_write = os.write
 
     def arm(name: str, after: int, folder: Path | None = None) -> list[int]:
@@ -68,6 +69,8 @@ def disk_full(monkeypatch) -> Callable[..., list[int]]:
             path = written_path(fd)
             if path.name == name and folder in (None, path.parent):
                 seen[0] += 1
+                if seen[0] == after + 1 and len(data) > 1:
+                    return real_write(fd, data[: len(data) // 2])
                 if seen[0] > after:
                     refused.append(fd)
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
