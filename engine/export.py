@@ -30,6 +30,7 @@ from torch import nn
 
 from . import pruned_modeling
 from .adapters import Adapter, adapter_for
+from .disk import writing
 from .errors import BadInput, EngineError
 from .loading import load_config
 from .names import looks_like_path, model_source
@@ -82,19 +83,20 @@ def export_model(
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     staging.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would hide the export from others
     try:
-        size = _write_safetensors(tensors, dtype, staging, max_shard_bytes, progress)
-        if stock:
-            _write_stock_config(model, adapter, dropped, dtype, staging)
-        else:
-            _write_pruned_config(model, layout, dtype, staging)
-            (staging / MODELING_FILE).write_text(modeling_source(model))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
-        _write_json(staging / PLAN, plan.to_dict())
-        (staging / "README.md").write_text(model_card(plan, stock, dtype, recovery))
-        for path in staging.iterdir():
-            path.chmod(0o666 & ~_umask())  # safetensors writes 0600
-        _move_into_place(staging, out_dir)
+        with writing(out_dir, f"the export {out_dir.name!r} (none of it was kept)"):
+            size = _write_safetensors(tensors, dtype, staging, max_shard_bytes, progress)
+            if stock:
+                _write_stock_config(model, adapter, dropped, dtype, staging)
+            else:
+                _write_pruned_config(model, layout, dtype, staging)
+                (staging / MODELING_FILE).write_text(modeling_source(model))
+            if tokenizer is not None:
+                tokenizer.save_pretrained(staging)
+            _write_json(staging / PLAN, plan.to_dict())
+            (staging / "README.md").write_text(model_card(plan, stock, dtype, recovery))
+            for path in staging.iterdir():
+                path.chmod(0o666 & ~_umask())  # safetensors writes 0600
+            _move_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -31,7 +31,7 @@ from . import commands as cmd
 from . import directives as dv
 from . import events as ev
 from .device_failure import device_failed, is_device_failure
-from .errors import BadInput, Cancelled, DeviceFailed, EngineError
+from .errors import BadInput, Cancelled, DeviceFailed, DiskFull, EngineError, ResultNotSaved
 from .eval_request import EvalRequest
 from .evaluate import evaluate
 from .events import ActivityKind, EngineState
@@ -132,6 +132,8 @@ class Engine:
         self.session: PruningSession | None = None
         self.result: ev.Finished | None = None
         self.failure: BaseException | None = None  # what ended the run in error, if anything
+        self._write_failure: EngineError | None = None  # a subscriber's, ending the run
+        self._session_dir = session_dir
         self._recover_at_start = recover
         self._recovery = RecoveryPhase(
             request.model, request.cache_dir, session_dir, self._emit, self._set_state
@@ -196,9 +198,18 @@ class Engine:
         except Exception as error:  # the thread must never die silently
             reason = EngineState.ERROR
             self._fail(error)
+        if self._write_failure is not None and reason is not EngineState.ERROR:
+            reason = EngineState.ERROR  # a subscriber could not keep the session: say so last
+            self.failure = self._write_failure
+            self._emit(ev.Error(self._with_resume_hint(self._write_failure)))
         plan = self.session.plan() if self.session else None
         if plan is not None:
-            self._save_plan(plan)
+            try:
+                self._save_plan(plan)
+            except DiskFull as error:  # the journal has every step: a resume rebuilds the plan
+                if reason is not EngineState.ERROR:
+                    reason, self.failure = EngineState.ERROR, error
+                    self._emit(ev.Error(self._with_resume_hint(error)))
         self._set_state(reason)
         self.result = ev.Finished(reason=reason.value, plan=plan.to_dict() if plan else {})
         self._emit(self.result)
@@ -219,7 +230,7 @@ class Engine:
             error = device_failed(error, "running", self._session_dir)
         self.failure = error
         if isinstance(error, EngineError):
-            self._emit(ev.Error(str(error)))
+            self._emit(ev.Error(self._with_resume_hint(error)))
         else:
             log.exception("engine failed")
             self._emit(ev.Error(f"{type(error).__name__}: {error}"))
@@ -234,6 +245,12 @@ class Engine:
             if not is_device_failure(error):
                 raise
             raise device_failed(error, what, self._session_dir) from error
+
+    def _with_resume_hint(self, error: EngineError) -> str:
+        """A full disk's line ends with what to do once space is freed."""
+        if isinstance(error, DiskFull) and self._session_dir is not None:
+            return f"{error}: free space, then continue with mptui --resume {self._session_dir}"
+        return str(error)
 
     def _new_scoring(self, session: PruningSession) -> Scoring:
         if self._team is None:
@@ -669,6 +686,12 @@ class Engine:
         for subscriber in list(self._subscribers):
             try:
                 subscriber(event)
+            except ResultNotSaved as error:  # the run goes on; the user is told
+                self._emit(ev.Notice(str(error)))
+            except EngineError as error:  # the session cannot be kept (a full disk): end the run
+                if self._write_failure is None:
+                    self._write_failure = error
+                    self.send(cmd.Stop())
             except Exception:
                 log.exception("event subscriber failed on %s", type(event).__name__)
 

@@ -259,6 +259,7 @@ def recover(
     from .export_cli import writing_lines
 
     check_recovery(settings, source)
+    RecoveryFolder(folder).load()  # a damaged checkpoint is one line, before anything is written
     for destination in (export, export_adapter):
         if destination:
             check_destination(Path(destination))

@@ -85,15 +85,21 @@ class OpenedSession:
 
 def open_session(args: argparse.Namespace) -> OpenedSession:
     """A new session, or one to resume with everything the user decided in it."""
-    from mptui.engine.api import BadInput, SessionFolder, preflight, session_files
+    from mptui.engine.api import BadInput, SessionFolder, check_session, preflight, session_files
 
     export = Path(args.export) if getattr(args, "export", None) else None
     if args.resume:
         folder = SessionFolder(Path(args.resume))
         if not (folder.path / session_files.SETTINGS).is_file():
             raise BadInput(f"'{folder.path}' is not an mptui session (no settings.json)")
-        folder.lock()
-        saved = folder.read_run(cache_dir=calibration_cache_dir())
+        folder.lock(claim=False)
+        try:
+            saved = folder.read_run(cache_dir=calibration_cache_dir())
+            check_session(folder, saved)  # a damaged session: one line, and no file changed
+        except BaseException:
+            folder.unlock()
+            raise
+        folder.claim()
         request = saved.request
         if args.device or args.device_map:  # on another device (the first one failed, say)
             request = dataclasses.replace(request, device=args.device, device_map=args.device_map)

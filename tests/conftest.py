@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,17 @@ def headless_session(model: Path, calibration: Path, folder: Path, *extra: str) 
     ]  # fmt: skip
     assert main(args) == 0
     return folder
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+    """A 64 KiB tmpfs: a real full disk, for writers that write by themselves (safetensors).
+    Skipped where this user may not mount one (mounting needs root)."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)]
+    result = subprocess.run(mount, capture_output=True, text=True)
+    if result.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()})")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mptui.engine.comparison import ComparedSession, Comparison, Scores
-from mptui.engine.plan import Plan, PlanModel, PlanStep, write_bytes_atomic
+from mptui.engine.plan import Plan, PlanModel, PlanStep
 from mptui.engine.structures import Structure
 from mptui.report.figures import curves, inline_svg, layer_shares, uses_log_scale
 from mptui.report.page import (
@@ -127,14 +127,6 @@ def test_an_svg_is_made_fit_to_share_a_page():
         '<path id="fig-m1" d="M0 0"/></defs><g clip-path="url(#fig-p2)">'
         '<use xlink:href="#fig-m1"/></g><clipPath id="fig-p2"/></svg>'
     )
-
-
-def test_a_file_is_replaced_whole(tmp_path):
-    path = tmp_path / "sub" / "report.html"
-    write_bytes_atomic(path, b"first")
-    write_bytes_atomic(path, b"second")
-    assert path.read_bytes() == b"second"
-    assert [p.name for p in path.parent.iterdir()] == ["report.html"]
 
 
 @pytest.mark.parametrize("count", [0, 1])
