@@ -5,10 +5,8 @@ and ``--resume`` (on another device) finishes to the plan of an uninterrupted ru
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,44 +21,7 @@ from mptui.engine.pruning_session import PruningSession
 from mptui.engine.recovery.folder import RecoveryFolder
 from mptui.engine.session_folder import SessionFolder
 from mptui.engine.structures import Structure
-
-LOST = "CUDA error: an illegal memory access was encountered"
-
-
-class DeviceFault:
-    """A forward pre-hook on every module that raises a lost device's error once armed."""
-
-    def __init__(self, error: Callable[[], Exception] = lambda: torch.AcceleratorError(LOST)):
-        self.error = error
-        self.armed = False
-        self.fired = 0
-
-    def __call__(self, module, args) -> None:
-        if self.armed:
-            self.armed = False
-            self.fired += 1
-            raise self.error()
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[DeviceFault]:
-        handle = torch.nn.modules.module.register_module_forward_pre_hook(self)
-        try:
-            yield self
-        finally:
-            handle.remove()
-
-
-def arm_on_call(monkeypatch, fault: DeviceFault, owner, name: str, call: int) -> None:
-    """Arm ``fault`` as the ``call``-th call of ``owner.name`` starts: its next forward fails."""
-    original, calls = getattr(owner, name), []
-
-    def wrapped(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == call:
-            fault.armed = True
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(owner, name, wrapped)
+from tests.conftest import LOST, DeviceFault, arm_on_call
 
 
 def run(session: Path, model: Path, calibration: Path, *extra: str) -> int:
