@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and args.headless and recovery_started(Path(args.resume)):
         from .recover_cli import resume
 
-        return resume(Path(args.resume))
+        return resume(Path(args.resume), args.device, args.device_map)
     from .run_cli import run_from_args
 
     return run_from_args(args, argv)

@@ -221,22 +221,24 @@ def main(argv: list[str]) -> int:
             folder = Path(args.session or default_session_dir(f"{source.path}-recovered"))
         recovery = RecoveryFolder(folder)
         if recovery.started:
-            settings, source = recovery.read_settings()
+            settings, saved = recovery.read_settings()
+            source = saved.on_device(args.device, None)
             print(f"continuing the recovery saved in {folder} (with its settings)", flush=True)
         return recover(folder, source, settings, args.export, args.export_adapter)
     except EngineError as error:
         return print_error(error)
 
 
-def resume(folder: Path) -> int:
-    """``mptui --resume DIR`` of a session whose recovery has started (headless)."""
+def resume(folder: Path, device: str | None = None, device_map: str | None = None) -> int:
+    """``mptui --resume DIR`` of a session whose recovery has started (headless); ``device`` or
+    ``device_map``: load there instead of where the recovery started (its GPU failed, say)."""
     from mptui.engine.api import EngineError, RecoveryFolder
     from mptui.terminal import quiet_libraries
 
     quiet_libraries()
     try:
         settings, source = RecoveryFolder(folder).read_settings()
-        return recover(folder, source, settings, None, None)
+        return recover(folder, source.on_device(device, device_map), settings, None, None)
     except EngineError as error:
         return print_error(error)
 

@@ -5,14 +5,13 @@ and ``--resume`` (on another device) finishes to the plan of an uninterrupted ru
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from test_recovery import Killed, adapter, make_session, settings, start
 
 from bench.tiny import tiny_text
@@ -21,46 +20,11 @@ from mptui.engine import export, session_files
 from mptui.engine.device_failure import is_device_failure
 from mptui.engine.pruning_session import PruningSession
 from mptui.engine.recovery.folder import RecoveryFolder
+from mptui.engine.recovery.run import prepare
+from mptui.engine.recovery.source import RecoverySource
 from mptui.engine.session_folder import SessionFolder
 from mptui.engine.structures import Structure
-
-LOST = "CUDA error: an illegal memory access was encountered"
-
-
-class DeviceFault:
-    """A forward pre-hook on every module that raises a lost device's error once armed."""
-
-    def __init__(self, error: Callable[[], Exception] = lambda: torch.AcceleratorError(LOST)):
-        self.error = error
-        self.armed = False
-        self.fired = 0
-
-    def __call__(self, module, args) -> None:
-        if self.armed:
-            self.armed = False
-            self.fired += 1
-            raise self.error()
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[DeviceFault]:
-        handle = torch.nn.modules.module.register_module_forward_pre_hook(self)
-        try:
-            yield self
-        finally:
-            handle.remove()
-
-
-def arm_on_call(monkeypatch, fault: DeviceFault, owner, name: str, call: int) -> None:
-    """Arm ``fault`` as the ``call``-th call of ``owner.name`` starts: its next forward fails."""
-    original, calls = getattr(owner, name), []
-
-    def wrapped(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == call:
-            fault.armed = True
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(owner, name, wrapped)
+from tests.conftest import LOST, DeviceFault, arm_on_call
 
 
 def run(session: Path, model: Path, calibration: Path, *extra: str) -> int:
@@ -205,3 +169,44 @@ def test_a_lost_device_while_recovering_keeps_the_saved_state_and_resume_finishe
     assert want.keys() == got.keys() and len(want) > 0
     for name in want:
         assert torch.equal(want[name], got[name]), name
+
+
+def recovery_started_on(device: str, session: Path, data: Path) -> None:
+    """A session whose recovery started on ``device`` (the model is loaded here on the CPU:
+    only the recovery's saved settings name ``device``)."""
+    source = RecoverySource("session", session)
+    model, tokenizer, _ = source.load()
+    recovery = settings(data, steps=2, eval_every=2, save_every=2, warmup=1)
+    prepare(model, tokenizer, recovery, RecoveryFolder(session), lambda e: None,
+            source.loaded_as(None, device))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("option", "loaded_by"),
+    [([], None), (["--device", "cpu"], "cpu"), (["--device-map", "auto"], "auto")],
+    ids=["where-it-started", "device", "device-map"],
+)
+def test_resume_of_a_recovery_loads_on_the_device_given(
+    option, loaded_by, tiny_model_dir, recovery_text, tmp_path, capsys, monkeypatch
+):
+    session = make_session(tmp_path / "session", tiny_model_dir("llama"))
+    recovery_started_on("cuda:3", session, recovery_text)  # the GPU that failed
+    device_maps = []
+    load = transformers.AutoModelForCausalLM.from_pretrained
+
+    def recorded(*args, **kwargs):
+        device_maps.append(kwargs["device_map"])
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", recorded)
+    status = cli_main(["--resume", str(session), "--headless", *option])
+    err = capsys.readouterr().err
+    if loaded_by is None:  # by default, where it started: that GPU is gone
+        assert status == 2 and device_maps == []
+        assert (
+            one_error_line(err)
+            == "mptui: error: --device cuda:3 asked for a GPU but torch sees none"
+        )
+        return
+    assert status == 0, err
+    assert device_maps == [loaded_by] and RecoveryFolder(session).saved_step() == 2

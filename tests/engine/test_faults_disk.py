@@ -3,17 +3,16 @@ run ends (export and evaluation: the run goes on and says so), nothing half-writ
 where a reader would take it for whole, and once space is freed ``--resume`` finishes to the
 plan of an uninterrupted run.
 
-The disk fills at the OS's write: ``os.write`` fails with ENOSPC from the Nth write to a file
-of a given name on (a temporary file written to be renamed over that name counts as it).
+The disk fills at the OS's write (``disk_full``, tests/conftest.py): ``os.write`` fails with
+ENOSPC from the Nth write to a file of a given name on (a temporary file written to be renamed
+over that name counts as it).
 Libraries that write by themselves (safetensors' export shards) meet a real full disk: a small
 tmpfs (``small_disk``; the app's export to it is in tests/app/test_app_faults.py).
 """
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,43 +42,6 @@ from tests.engine.test_recovery import make_session
 
 RUN = ["--headless", "--seqlen", "32", "--nsamples", "2", "--target-ratio", "0.3",
        "--distribution", "30:40:30", "--mlp-group", "40"]  # fmt: skip
-
-
-def written_path(fd: int) -> Path:
-    """The file a write to ``fd`` is for: its own, or the one a temporary file replaces."""
-    path = Path(os.readlink(f"/proc/self/fd/{fd}"))
-    for target in vars(session_files).values():
-        if isinstance(target, str) and path.name.startswith(f".{target}."):
-            return path.with_name(target)
-    return path
-
-
-@pytest.fixture
-def disk_full(monkeypatch) -> Callable[..., list[int]]:
-    """``disk_full(name, after, folder=None)``: once ``after`` writes to files called ``name``
-    (in ``folder`` only, when given) went through, the disk fills as a real one does: the next
-    write takes half its bytes, every later one fails with ENOSPC. Returns a list that grows by
-    one for each write refused."""
-    real_write = os.write
-
-    def arm(name: str, after: int, folder: Path | None = None) -> list[int]:
-        seen, refused = [0], []
-
-        def write(fd: int, data) -> int:
-            path = written_path(fd)
-            if path.name == name and folder in (None, path.parent):
-                seen[0] += 1
-                if seen[0] == after + 1 and len(data) > 1:
-                    return real_write(fd, data[: len(data) // 2])
-                if seen[0] > after:
-                    refused.append(fd)
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            return real_write(fd, data)
-
-        monkeypatch.setattr(os, "write", write)
-        return refused
-
-    return arm
 
 
 def start_args(model: Path, calibration: Path, session: Path, *extra: str) -> list[str]:

@@ -1,6 +1,8 @@
 """Hostile clients on the attach socket (issue 23): garbage, a 10 MB line, a client that never
 reads, a flood of connections, wrong TCP tokens, and a second user. The engine's emits never
-wait on any of them, each refusal is logged once, and a good client is served throughout."""
+wait on any of them, each refusal is logged once, and a good client is served throughout: with
+a stand-in engine at full pressure, and during a real search on a tiny model, which ends with
+the plan of an unattacked run."""
 
 from __future__ import annotations
 
@@ -21,9 +23,19 @@ from test_server import raw_client, wait_until
 
 from mptui.engine import server as served
 from mptui.engine import session_files
-from mptui.engine.api import EngineServer, attach, wire
+from mptui.engine.api import (
+    CalibrationSpec,
+    Engine,
+    EngineServer,
+    EngineState,
+    PruneSettings,
+    RunRequest,
+    attach,
+    wire,
+)
 from mptui.engine.api import commands as cmd
 from mptui.engine.api import events as ev
+from mptui.engine.structures import Structure
 
 NOBODY = 65534
 
@@ -185,3 +197,118 @@ def test_a_second_user_cannot_connect_to_the_socket(shared_folder):
         remote.close()
     finally:
         server.close()
+
+
+def search_engine(model: Path, calibration: Path, cache: Path) -> Engine:
+    """A real headless engine on the tiny model (the search of a few seconds at most)."""
+    settings = PruneSettings.with_distribution(
+        0.35, "30:40:30", calibration=CalibrationSpec(str(calibration), 0, 32), mlp_group=40
+    )
+    return Engine(RunRequest(str(model), settings, cache_dir=cache))
+
+
+def committed(events: list[ev.Event]) -> list[tuple[str, int]]:
+    """Each StepCommitted's structure and the candidates its step scored."""
+    return [
+        (Structure.from_dict(e.step["structure"]).id, e.candidates)
+        for e in events
+        if isinstance(e, ev.StepCommitted)
+    ]
+
+
+def decisions(plan: dict) -> list[tuple]:
+    """A plan's steps without their timings."""
+    return [(s["structure"], s["chosen_by"], s["score"], s["candidates"]) for s in plan["steps"]]
+
+
+def attack(path: Path) -> list[socket.socket]:
+    """Every attack of the test above on ``path``, once; the sockets left open, to close after
+    the run (the stuck client among them)."""
+    garbage = unix(path)
+    garbage.sendall(b"\x00\xff{not json\n")
+    assert refused(garbage) == "not an mptui client"
+    long_hello = unix(path)
+    with contextlib.suppress(OSError):  # the server closes it mid-line
+        long_hello.sendall(b"x" * 10_000_000 + b"\n")
+    assert refused(long_hello) == "not an mptui client"
+    long_line = raw_client(path)
+    with contextlib.suppress(OSError):
+        long_line.sendall(b'{"command": "Pause", "x": "' + b"y" * 10_000_000 + b'"}\n')
+    attached_garbage = raw_client(path)
+    attached_garbage.sendall(b"\xfe garbage after a good hello\n")
+    for _ in range(50):  # a modest burst of connections that say nothing and leave
+        unix(path).close()
+    stuck = raw_client(path)  # says hello, then never reads
+    return [garbage, long_hello, long_line, attached_garbage, stuck]
+
+
+def test_hostile_clients_during_a_real_search_change_nothing_of_it(
+    tiny_model_dir, calibration_file, tmp_path
+):
+    model = tiny_model_dir("llama")
+    alone = search_engine(model, calibration_file, tmp_path)
+    witness: list[ev.Event] = []
+    alone.subscribe(witness.append)
+    alone.run()
+
+    last_step = max(e.step for e in witness if isinstance(e, ev.StepStarted))
+    engine = search_engine(model, calibration_file, tmp_path)
+    mine: list[ev.Event] = []
+    engine.subscribe(mine.append)
+    handed: list[float] = []  # the engine thread's time in the server, per event
+    attacks_done = threading.Event()
+
+    def hold_the_last_step(event: ev.Event) -> None:
+        """The search does not end before the attacks do (on the engine thread, outside any
+        step's timing: a step's seconds start after its StepStarted)."""
+        if isinstance(event, ev.StepStarted) and event.step == last_step:
+            attacks_done.wait(60)
+
+    engine.subscribe(hold_the_last_step)
+    server = EngineServer(engine, tmp_path)
+    hand_over = server._on_event
+
+    def timed(event: ev.Event) -> None:
+        started = time.perf_counter()
+        hand_over(event)
+        handed.append(time.perf_counter() - started)
+
+    server._on_event = timed
+    server.start()
+    engine.send(cmd.Pause())  # paused once loaded: the good client is in before step 1
+    engine.start()
+    open_sockets: list[socket.socket] = []
+    try:
+        good = attach(str(tmp_path))
+        seen: list[ev.Event] = []
+        good.subscribe(seen.append)
+        good.start()
+        wait_until(lambda: engine.state is EngineState.PAUSED, timeout=60)
+        good.send(cmd.Resume())
+        wait_until(lambda: any(isinstance(e, ev.StepCommitted) for e in seen), timeout=60)
+        open_sockets = attack(server.socket_path)
+        attacks_done.set()
+        assert engine.join(60)
+        wait_until(lambda: any(isinstance(e, ev.Finished) for e in seen), timeout=60)
+        good.close()
+    finally:
+        attacks_done.set()
+        for sock in open_sockets:
+            sock.close()
+        server.close()
+    assert engine.result.reason == "done" and engine.failure is None
+    assert decisions(engine.result.plan) == decisions(alone.result.plan)
+    # the good client got every step, and each step scored the candidates of the unattacked run
+    assert committed(seen) == committed(mine) == committed(witness)
+    # The engine never waited on a client: each event was only handed over (measured: a few
+    # ms at most). Its step times are not compared: the attacks run in this process, and on
+    # two busy cores their share of the interpreter slows a step by more than a candidate.
+    assert max(handed) < 0.25, max(handed)
+    log = (tmp_path / session_files.LOG).read_text()
+    for line in [
+        "refused a local client: not an mptui client",
+        "dropped a local client: it sent a line over 64 KiB",
+        "dropped a local client: it sent a bad line (not a protocol line",
+        "refused a local client: too many connections",
+    ]:
+        assert log.count(line) == 1, (line, log)
