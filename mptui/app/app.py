@@ -23,7 +23,7 @@ from textual.containers import Container, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer
 
-from mptui.engine.api import DEFAULT_THEME, EvalRequest, RecoverySettings
+from mptui.engine.api import DEFAULT_THEME, EngineState, EvalRequest, RecoverySettings
 from mptui.engine.api import commands as cmd
 from mptui.engine.api import events as ev
 
@@ -241,8 +241,14 @@ class MptuiApp(App):
 
     # --- actions ----------------------------------------------------------------------------
     def send(self, command: cmd.Command) -> None:
-        if self.engine is not None:
-            self.engine.send(command)
+        if self.engine is None:
+            return
+        ended = self.engine.state in (EngineState.ERROR, EngineState.STOPPED)
+        if ended and not isinstance(command, cmd.Stop):
+            # The engine's thread has ended: a command would wait in its queue for ever.
+            self.notify(f"the run has ended ({self.engine.state}); q leaves", severity="warning")
+            return
+        self.engine.send(command)
 
     def action_toggle_pause(self) -> None:
         """Pause the engine, or resume it (within one candidate)."""

@@ -41,7 +41,7 @@ async def test_an_export_to_a_full_disk_is_a_notice_and_the_run_goes_on(
             f"export failed: no space left on device in {small_disk} while writing the export "
             "'export' (none of it was kept)"
         )
-        await wait_until(pilot, lambda: wanted in [n.message for n in app._notifications])
+        await wait_until(pilot, lambda: wanted in notices(app))
         paused_at = len(steps(app))
         await pilot.press("space")  # the run goes on
         await wait_until(pilot, lambda: app.state.finished is not None)
@@ -66,6 +66,10 @@ async def ended_in_error(pilot, app: MptuiApp) -> str:
     assert [n.message for n in errors] == [line]
     assert "ERROR" in str(app.query_one("#status").render())
     return line
+
+
+def notices(app: MptuiApp) -> list[str]:
+    return [notification.message for notification in app._notifications]
 
 
 def journal_of(session: Path) -> list[str]:
@@ -153,5 +157,7 @@ async def test_a_lost_device_after_the_search_ends_the_run_with_one_line_in_the_
             assert app.engine.join(30)  # the device is gone: nothing more is served
             assert app.state.activity is None and not target.exists()
             assert journal_of(session) == committed and len(committed) >= 2
+            await pilot.press("u")  # a command now would wait for ever: the app says so
+            await wait_until(pilot, lambda: "the run has ended (error); q leaves" in notices(app))
             await pilot.press("q", "y")
     assert app.return_code in (None, 0)
