@@ -12,13 +12,17 @@ import errno
 import json
 import os
 import secrets
-from collections.abc import Iterator
+import shutil
+import stat
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from .errors import DiskFull
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+T = TypeVar("T")
 
 
 def is_no_space(error: BaseException) -> bool:
@@ -52,16 +56,55 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _create_beside(path: Path) -> tuple[int, Path]:
-    """A new, hidden file beside ``path``, created as ``open`` creates files (0666 less the
-    umask): a plan, a report or a summary is for others on the box to read too, which
-    ``tempfile.mkstemp``'s 0600 would forbid."""
+def _hidden_beside(path: Path, create: Callable[[Path], T]) -> tuple[T, Path]:
+    """``create`` a new, hidden name beside ``path`` (it raises FileExistsError on a taken
+    one). Created as ``open`` and ``mkdir`` create (0666 or 0777 less the umask): a plan, a
+    report or an export is for others on the box to read too, which the 0600 and 0700 of
+    ``tempfile`` would forbid."""
     while True:
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+        hidden = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
         try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+            return create(hidden), hidden
         except FileExistsError:
             continue
+
+
+def _create_beside(path: Path) -> tuple[int, Path]:
+    return _hidden_beside(
+        path, lambda new: os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    )
+
+
+@contextmanager
+def staged_folder(out_dir: Path, what: str) -> Iterator[Path]:
+    """A folder written whole or not at all: the block writes into a hidden folder beside
+    ``out_dir``, which replaces it only once the block is done. On any failure the hidden
+    folder is removed; a full disk is one :class:`DiskFull` naming ``what``. Files get the
+    umask's modes, whatever their writer chose (safetensors and peft create 0600 files)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _, staging = _hidden_beside(out_dir, lambda new: os.mkdir(new, 0o777))
+    try:
+        with writing(out_dir, what):
+            yield staging
+            file_mode = stat.S_IMODE(staging.stat().st_mode) & 0o666
+            for path in staging.rglob("*"):
+                if path.is_file():
+                    path.chmod(file_mode)
+            _replace_folder(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _replace_folder(staging: Path, out_dir: Path) -> None:
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.replaced")
+        shutil.rmtree(old, ignore_errors=True)
+        out_dir.rename(old)
+    staging.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_bytes_atomic(path: Path, data: bytes | memoryview) -> None:
