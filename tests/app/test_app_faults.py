@@ -62,6 +62,7 @@ async def ended_in_error(pilot, app: MptuiApp) -> str:
     await wait_until(pilot, lambda: app.state.state == "error" and app.state.error)
     line = app.state.error
     await wait_until(pilot, lambda: line in str(app.query_one("#status").render()))
+    await wait_until(pilot, lambda: line in notices(app))  # the notice comes in its own message
     errors = [n for n in app._notifications if n.title == "engine error"]
     assert [n.message for n in errors] == [line]
     assert "ERROR" in str(app.query_one("#status").render())
