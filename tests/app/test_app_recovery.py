@@ -45,10 +45,12 @@ class HoldAtStep:
 
     def __init__(self, step: int) -> None:
         self.step = step
+        self.reached = threading.Event()  # set once training is held: a key sent now lands there
         self._released = threading.Event()
 
     def __call__(self, event) -> None:
         if isinstance(event, recovery_events.RecoveryStep) and event.step == self.step:
+            self.reached.set()
             self._released.wait(TIMEOUT)  # never for good: a failed test lets the engine go
 
     def release(self) -> None:
@@ -101,7 +103,7 @@ async def test_recover_pause_evaluate_and_export_in_the_app(
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_until(pilot, lambda: app.state.finished == "done")
         await pilot.press("r")
-        await wait_until(pilot, lambda: "RECOVERING step" in status())  # held at step 20
+        await wait_until(pilot, lambda: hold.reached.is_set() and "RECOVERING step" in status())
         await pilot.press("space")
         await wait_until(pilot, lambda: any(isinstance(c, commands.Pause) for c in sent))
         hold.release()  # the Pause waits in the queue: training stops before step 21

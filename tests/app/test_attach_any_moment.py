@@ -192,7 +192,7 @@ async def test_an_app_attaching_to_a_real_run_mid_recovery_shows_what_a_witness_
     try:
         await wait_for(lambda: engine.result is not None)
         engine.send(cmd.Recover(recovery))
-        await wait_for(lambda: any(isinstance(e, rev.RecoveryStep) for e in seen))
+        await wait_for(hold.reached.is_set)
         engine.send(cmd.Pause())
         hold.release()
         await wait_for(lambda: engine.state is EngineState.RECOVERY_PAUSED)
