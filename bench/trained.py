@@ -45,8 +45,8 @@ from .tiny import family_config
 REPORT = "build_report.json"
 
 
-#: About 2 minutes on one idle thread of this machine's CPU (half an hour at 2 cores shared
-#: by five: too long for a benchmark's set-up, hence a narrow model and small batches).
+#: 486 s on one thread of 2 cores shared by five engineers (2026-12-03); twice the width and
+#: the batch would have taken half an hour there, too long for a benchmark's set-up.
 QWEN12_TRAINING = Training(steps=400, batch=8, seqlen=128, learning_rate=4e-3, warmup=30)
 
 
