@@ -9,20 +9,23 @@ by a hash of everything that decides them, so a resumed or repeated run does not
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
+import logging
 import pickle
 import random
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from .errors import CalibrationError
+from .disk import write_bytes_atomic
+from .errors import CalibrationError, DiskFull
 from .settings import CalibrationSpec
+
+log = logging.getLogger("mptui.engine")
 
 if TYPE_CHECKING:
     import datasets
@@ -346,16 +349,14 @@ def _read_cached(path: Path, seqlen: int) -> torch.Tensor | None:
 
 
 def _save_atomic(tensor: torch.Tensor, path: Path) -> None:
-    """Temp file then ``os.replace``: a crash or a parallel run never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
+    """Temp file then rename (a crash or a parallel run never leaves half a file). It is only a
+    cache: on a full disk the run goes on without it."""
+    buffer = io.BytesIO()
+    torch.save(tensor, buffer)
     try:
-        torch.save(tensor, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        write_bytes_atomic(path, buffer.getbuffer())
+    except DiskFull as error:
+        log.warning("calibration tokens not cached: %s", error)
 
 
 def load_calibration(

@@ -9,14 +9,14 @@ start of a session is saved, and everything that re-applies the session's plan r
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from .adapters import Adapter
-from .errors import BadInput, UnsupportedModel
+from .disk import write_bytes_atomic
+from .errors import BadInput
 
 
 def reorder_model(
@@ -32,10 +32,8 @@ def reorder_model(
     check = interrupt or (lambda: None)
     if stored is not None and stored.is_file():
         orders = read_order(stored)
-        try:
-            apply_order(adapter, orders, interrupt=check)
-        except UnsupportedModel as error:
-            raise BadInput(f"{stored} does not belong to this model: {error}") from None
+        check_order(adapter, orders, stored)
+        apply_order(adapter, orders, interrupt=check)
         return orders
     orders = {}
     for layer in range(adapter.num_layers):
@@ -44,6 +42,27 @@ def reorder_model(
     if save_to is not None:
         write_order(save_to, orders)
     return orders
+
+
+def check_order(adapter: Adapter, orders: dict[int, dict[str, torch.Tensor]], path: Path) -> None:
+    """One line naming the key of ``path`` that is not a permutation of the channels (MLP) or
+    KV groups (attention) of ``adapter``'s model as it is now; works on a meta-device model."""
+    for layer in range(adapter.num_layers):
+        sizes = {"mlp": adapter.mlp_width(layer), "attn": adapter.attn_groups(layer)}
+        for name, size in sizes.items():
+            given = orders.get(layer, {}).get(name)
+            if not size:
+                continue
+            if given is None:
+                raise BadInput(f"{path} has no key '{layer}.{name}' (the model has {size})")
+            if tuple(given.shape) != (size,) or sorted(given.tolist()) != list(range(size)):
+                raise BadInput(
+                    f"{path} key '{layer}.{name}' is not an order of this model's {size} "
+                    f"{'channels' if name == 'mlp' else 'KV groups'} (shape {tuple(given.shape)})"
+                )
+    extra = sorted(set(orders) - set(range(adapter.num_layers)))
+    if extra:
+        raise BadInput(f"{path} has layer {extra[0]}; the model has {adapter.num_layers}")
 
 
 def apply_order(
@@ -60,16 +79,14 @@ def apply_order(
 
 
 def write_order(path: Path, orders: dict[int, dict[str, torch.Tensor]]) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tensors = {
         f"{layer}.{name}": order.to("cpu", torch.int64).contiguous()
         for layer, by_name in orders.items()
         for name, order in by_name.items()
     }
-    temporary = path.with_name(f".{path.name}.partial")
-    save_file(tensors, str(temporary))
-    os.replace(temporary, path)
+    write_bytes_atomic(path, save(tensors))
 
 
 def read_order(path: Path) -> dict[int, dict[str, torch.Tensor]]:

@@ -27,3 +27,17 @@ class Cancelled(EngineError):
 
 class OutOfMemory(EngineError):
     """The device ran out of memory; the message says what to lower."""
+
+
+class DeviceFailed(EngineError):
+    """The device failed mid-run (not out of memory): the step in progress is lost, every
+    committed step is kept, and the message says how to resume."""
+
+
+class DiskFull(EngineError):
+    """A write found no space left (ENOSPC, EDQUOT); the message names the folder and the file.
+    Nothing half-written is left behind: every writer writes whole or cuts back."""
+
+
+class ResultNotSaved(EngineError):
+    """A side result (an evaluation's scores) could not be saved; the run goes on."""

@@ -181,7 +181,8 @@ class _BatchWatch:
             start = self.done
             self.total += len(requests)
             self.check()
-            answers = method(requests, *args, **kwargs)
+            # Our progress replaces lm-eval's own bars, which would draw over ours (or the app).
+            answers = method(requests, *args, **{"disable_tqdm": True, **kwargs})
             self.done = start + len(requests)  # exact, whatever the hook saw
             self.check()
             return answers

@@ -16,10 +16,7 @@ interrupted export never leaves a half checkpoint where a good one is expected.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +27,7 @@ from torch import nn
 
 from . import pruned_modeling
 from .adapters import Adapter, adapter_for
+from .disk import staged_folder
 from .errors import BadInput, EngineError
 from .loading import load_config
 from .names import looks_like_path, model_source
@@ -78,10 +76,7 @@ def export_model(
     stock = dropped is not None
     dtype = storage_dtype(model, plan.model.name_or_path)
     tensors = _kept_tensors(model, adapter, dropped if stock else [])
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    staging.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would hide the export from others
-    try:
+    with staged_folder(out_dir, f"the export {out_dir.name!r} (none of it was kept)") as staging:
         size = _write_safetensors(tensors, dtype, staging, max_shard_bytes, progress)
         if stock:
             _write_stock_config(model, adapter, dropped, dtype, staging)
@@ -92,12 +87,6 @@ def export_model(
             tokenizer.save_pretrained(staging)
         _write_json(staging / PLAN, plan.to_dict())
         (staging / "README.md").write_text(model_card(plan, stock, dtype, recovery))
-        for path in staging.iterdir():
-            path.chmod(0o666 & ~_umask())  # safetensors writes 0600
-        _move_into_place(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     params = sum(t.numel() for t in tensors.values())
     return ExportResult(out_dir, params, size, stock, time.monotonic() - started)
 
@@ -388,12 +377,6 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def check_destination(out_dir: Path) -> None:
     """Never write over a folder that is not a previous export."""
     if out_dir.is_file():
@@ -407,17 +390,6 @@ def check_destination(out_dir: Path) -> None:
 
 def is_export(folder: Path) -> bool:
     return (folder / PLAN).is_file() and (folder / "config.json").is_file()
-
-
-def _move_into_place(staging: Path, out_dir: Path) -> None:
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.replaced")
-        shutil.rmtree(old, ignore_errors=True)
-        out_dir.rename(old)
-    staging.rename(out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 __all__ = [

@@ -10,14 +10,13 @@ never these objects. Torch-free, so the app and tools can read plans cheaply.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .disk import write_json_atomic
 from .errors import BadInput
 from .structures import Dimension, Structure
 
@@ -293,22 +292,6 @@ def layer_rows(
         else:
             row.attn_width = structure.width_after
     return rows
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_plan(path: Path, plan: Plan) -> None:

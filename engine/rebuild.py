@@ -34,6 +34,7 @@ def rebuild_pruned(
     *,
     dtype: str | None = None,
     device: str | None = None,
+    device_map: str | None = None,
     on_shard: Callable[[int, int], None] | None = None,
     before_pruning: Callable[[nn.Module, object], None] | None = None,
 ) -> tuple[nn.Module, object]:
@@ -44,8 +45,9 @@ def rebuild_pruned(
     ``before_pruning(model, tokenizer)`` sees the dense model first (``mptui eval`` scores it).
     """
     model, tokenizer = load_model(
-        plan.model.name_or_path, dtype=dtype or plan.model.dtype, device=device, on_shard=on_shard
-    )
+        plan.model.name_or_path, dtype=dtype or plan.model.dtype, device=device,
+        device_map=device_map, on_shard=on_shard,
+    )  # fmt: skip
     if before_pruning is not None:
         before_pruning(model, tokenizer)
     apply_plan(model, plan, order_file)

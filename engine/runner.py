@@ -14,12 +14,13 @@ weights, the counts, the journal line and plan.json, then the event. Any excepti
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
@@ -29,7 +30,8 @@ from . import command_table
 from . import commands as cmd
 from . import directives as dv
 from . import events as ev
-from .errors import BadInput, Cancelled, EngineError
+from .device_failure import device_failed, is_device_failure
+from .errors import BadInput, Cancelled, DeviceFailed, DiskFull, EngineError, ResultNotSaved
 from .eval_request import EvalRequest
 from .evaluate import evaluate
 from .events import ActivityKind, EngineState
@@ -109,6 +111,7 @@ class Engine:
         recovery once loaded, without searching further (a resumed recovery)."""
         self.request = request
         self.linger = linger
+        self._session_dir = session_dir
         self._journal = journal
         self._plan_dirs = tuple(Path(d) for d in plan_dirs)
         self._loaded = loaded
@@ -129,6 +132,8 @@ class Engine:
         self.session: PruningSession | None = None
         self.result: ev.Finished | None = None
         self.failure: BaseException | None = None  # what ended the run in error, if anything
+        self._write_failure: EngineError | None = None  # a subscriber's, ending the run
+        self._session_dir = session_dir
         self._recover_at_start = recover
         self._recovery = RecoveryPhase(
             request.model, request.cache_dir, session_dir, self._emit, self._set_state
@@ -174,13 +179,14 @@ class Engine:
         try:
             self._set_state(EngineState.LOADING)
             self._emit(ev.GuidedChanged(self._guided))
-            self.session = build_session(
-                self.request,
-                self._emit,
-                self._loaded,
-                interrupt=self._interrupt_if_stopped,
-                team=self._team,
-            )
+            with self._failing_as("loading the model"):
+                self.session = build_session(
+                    self.request,
+                    self._emit,
+                    self._loaded,
+                    interrupt=self._interrupt_if_stopped,
+                    team=self._team,
+                )
             self._scoring = self._new_scoring(self.session)
             self._emit_memory(force=True)
             if self._recover_at_start is not None:  # a resumed recovery: no further search
@@ -189,26 +195,62 @@ class Engine:
                 reason = self._search()
         except Cancelled:
             reason = EngineState.STOPPED
-        except EngineError as error:
-            reason = EngineState.ERROR
-            self.failure = error
-            self._emit(ev.Error(str(error)))
         except Exception as error:  # the thread must never die silently
             reason = EngineState.ERROR
-            self.failure = error
-            log.exception("engine failed")
-            self._emit(ev.Error(f"{type(error).__name__}: {error}"))
+            self._fail(error)
+        if self._write_failure is not None and reason is not EngineState.ERROR:
+            reason = EngineState.ERROR  # a subscriber could not keep the session: say so last
+            self.failure = self._write_failure
+            self._emit(ev.Error(self._with_resume_hint(self._write_failure)))
         plan = self.session.plan() if self.session else None
         if plan is not None:
-            self._save_plan(plan)
+            try:
+                self._save_plan(plan)
+            except DiskFull as error:  # the journal has every step: a resume rebuilds the plan
+                if reason is not EngineState.ERROR:
+                    reason, self.failure = EngineState.ERROR, error
+                    self._emit(ev.Error(self._with_resume_hint(error)))
         self._set_state(reason)
         self.result = ev.Finished(reason=reason.value, plan=plan.to_dict() if plan else {})
         self._emit(self.result)
         if self.linger and reason is not EngineState.STOPPED:
-            self._serve_after_search()
+            try:
+                self._serve_after_search()
+            except Exception as error:  # a lost device while exporting, say: end, and say so
+                self._fail(error)
+                self._set_state(EngineState.ERROR)
         if self._scoring is not None:
             self._scoring.close()
         return self.result
+
+    def _fail(self, error: Exception) -> None:
+        """Record what ended the run and tell the subscribers in one line (called from an
+        ``except`` block, whose traceback goes to the log when the error is not the engine's)."""
+        if not isinstance(error, EngineError) and is_device_failure(error):
+            error = device_failed(error, "running", self._session_dir)
+        self.failure = error
+        if isinstance(error, EngineError):
+            self._emit(ev.Error(self._with_resume_hint(error)))
+        else:
+            log.exception("engine failed")
+            self._emit(ev.Error(f"{type(error).__name__}: {error}"))
+
+    @contextlib.contextmanager
+    def _failing_as(self, what: str) -> Iterator[None]:
+        """A lost device inside the block becomes :class:`DeviceFailed`, saying ``what`` the
+        engine was doing; an out-of-memory or any other error passes through as it is."""
+        try:
+            yield
+        except RuntimeError as error:
+            if not is_device_failure(error):
+                raise
+            raise device_failed(error, what, self._session_dir) from error
+
+    def _with_resume_hint(self, error: EngineError) -> str:
+        """A full disk's line ends with what to do once space is freed."""
+        if isinstance(error, DiskFull) and self._session_dir is not None:
+            return f"{error}: free space, then continue with mptui --resume {self._session_dir}"
+        return str(error)
 
     def _new_scoring(self, session: PruningSession) -> Scoring:
         if self._team is None:
@@ -247,7 +289,8 @@ class Engine:
         assert session is not None
         candidates = session.eligible(dimension)
         step = len(session.steps) + 1
-        current = session.current_score(dimension)
+        with self._failing_as(f"scoring the model before step {step}"):
+            current = session.current_score(dimension)
         self._emit(ev.StepStarted(step, dimension, tuple(c.id for c in candidates), current))
         self._step_scores = scores = {}  # fully scored candidates only (all of them when exact)
         stats, started = StepStats(), time.monotonic()
@@ -259,7 +302,11 @@ class Engine:
                 if outcome is not Outcome.NOTHING:
                     work.abandon()
                     return outcome
-                for result in work.advance():
+                with self._failing_as(
+                    f"scoring candidate {stats.candidates + 1} of {len(candidates)} in step {step}"
+                ):
+                    results = work.advance()
+                for result in results:
                     if result.fully_scored:
                         scores[result.candidate] = result.score
                     stats.candidates += int(result.round == 1)
@@ -402,7 +449,8 @@ class Engine:
         started = time.monotonic()
         score = self._step_scores.get(structure)
         if score is None:
-            score = self.session.score_candidate(structure)
+            with self._failing_as(f"scoring {structure.id} (an override)"):
+                score = self.session.score_candidate(structure)
         tokens = self.session.scorer_for(structure).tokens
         self._commit(structure, score, "user", StepStats(time.monotonic() - started, 1, tokens))
         return Outcome.CHANGED
@@ -453,7 +501,8 @@ class Engine:
 
     def _undo_step(self) -> None:
         session = self.session
-        step = session.undo()
+        with self._failing_as(f"undoing step {len(session.steps)}"):
+            step = session.undo()
         try:
             if self._journal is not None:
                 self._journal.record_undo(step.index)
@@ -480,7 +529,8 @@ class Engine:
         *earlier, last = structure.parts
         for part in earlier:
             started = time.monotonic()
-            part_score = self.session.score_candidate(part)
+            with self._failing_as(f"scoring {part.id}, the first part of {structure.id}"):
+                part_score = self.session.score_candidate(part)
             tokens = self.session.scorer_for(part).tokens
             self._commit_step(
                 part, part_score, chosen_by, StepStats(time.monotonic() - started, 1, tokens)
@@ -493,7 +543,8 @@ class Engine:
         """Weights, counts, journal, plan.json, then the event: all of it or none of it."""
         session = self.session
         assert session is not None
-        step = session.commit(structure, score, chosen_by, stats)
+        with self._failing_as(f"committing {structure.id} as step {len(session.steps) + 1}"):
+            step = session.commit(structure, score, chosen_by, stats)
         try:
             if self._journal is not None:
                 self._journal.record_commit(step)
@@ -552,12 +603,15 @@ class Engine:
             ev.Activity(ActivityKind.EXPORT, label, done, total)
         )
         try:
-            if self.recovery is not None:  # merged on a copy: training goes on untouched
-                result = self.recovery.export(session.plan(), path, progress)
-            else:
-                result = export_model(
-                    session.model, session.tokenizer, session.plan(), path, progress=progress
-                )
+            with self._failing_as(label):
+                if self.recovery is not None:  # merged on a copy: training goes on untouched
+                    result = self.recovery.export(session.plan(), path, progress)
+                else:
+                    result = export_model(
+                        session.model, session.tokenizer, session.plan(), path, progress=progress
+                    )
+        except DeviceFailed:
+            raise  # the device is gone: the run ends
         except (EngineError, OSError) as error:
             self._emit(ev.Notice(f"export failed: {error}"))
             return Outcome.NOTHING
@@ -572,21 +626,13 @@ class Engine:
         """Dense (once per request: undo all, score, redo) and pruned, side by side."""
         session, request = self.session, command.request
         try:
-            request.check()
-            dense = self._dense_results.get(request)
-            if dense is None:
-                with session.dense_model() as model:
-                    dense = self._evaluate_one("the dense model", model, request)
-                self._dense_results[request] = dense
-            pruned = self._evaluate_one("the pruned model", session.model, request)
-            recovered = {}
-            if self.recovery is not None:
-                model = self.recovery.merged()
-                recovered = self._evaluate_one("the recovered model", model, request)
-                del model
+            with self._failing_as("evaluating"):
+                dense, pruned, recovered = self._evaluations(request)
         except Cancelled:
             self._emit(ev.Notice("evaluation cancelled: the run was told to stop"))
             return Outcome.STOP
+        except DeviceFailed:
+            raise  # the device is gone: the run ends
         except EngineError as error:
             self._emit(ev.Notice(f"evaluation failed: {error}"))
             return Outcome.NOTHING
@@ -594,6 +640,23 @@ class Engine:
             self._emit(ev.Activity(None))
         self._emit(ev.Evaluated(dense, pruned, len(session.steps), session.ratio(), recovered))
         return Outcome.NOTHING
+
+    def _evaluations(self, request: EvalRequest) -> tuple[dict, dict, dict]:
+        """The dense, pruned and (once recovered) recovered model's results."""
+        session = self.session
+        request.check()
+        dense = self._dense_results.get(request)
+        if dense is None:
+            with session.dense_model() as model:
+                dense = self._evaluate_one("the dense model", model, request)
+            self._dense_results[request] = dense
+        pruned = self._evaluate_one("the pruned model", session.model, request)
+        recovered = {}
+        if self.recovery is not None:
+            model = self.recovery.merged()
+            recovered = self._evaluate_one("the recovered model", model, request)
+            del model
+        return dense, pruned, recovered
 
     def _evaluate_one(self, what: str, model, request: EvalRequest) -> dict:
         """One model through lm-eval, its requests done out of total on the status line (a few
@@ -623,6 +686,12 @@ class Engine:
         for subscriber in list(self._subscribers):
             try:
                 subscriber(event)
+            except ResultNotSaved as error:  # the run goes on; the user is told
+                self._emit(ev.Notice(str(error)))
+            except EngineError as error:  # the session cannot be kept (a full disk): end the run
+                if self._write_failure is None:
+                    self._write_failure = error
+                    self.send(cmd.Stop())
             except Exception:
                 log.exception("event subscriber failed on %s", type(event).__name__)
 

@@ -9,6 +9,12 @@ to rebuild the picture, then the live events.
 The engine thread never waits on a client: its subscriber only hands the event to the server's
 own thread (an asyncio loop), which encodes it and queues it per client. A client whose queue
 passes ``backlog`` lines (it stopped reading) is dropped, and the session log says so.
+
+A hostile or broken client costs the server's thread little and the engine nothing: a line
+longer than :data:`LINE_LIMIT` or one that is not a command closes its connection, at most
+:data:`MAX_HANDSHAKES` connections may be saying hello (for :data:`HANDSHAKE_S` at most) and
+:data:`MAX_CLIENTS` be attached, and each kind of refusal is logged once per peer (repeats are
+counted, and summed up in the log when the run ends).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import secrets
 import socket
 import tempfile
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
@@ -44,6 +50,10 @@ HANDSHAKE_S = 5.0
 FLUSH_S = 2.0
 #: The longest line a client may send (a command is a few hundred bytes).
 LINE_LIMIT = 1 << 16
+#: Connections that may be saying hello at once, and clients attached at once; more are
+#: refused unread, so a flood of connections never grows the server's work.
+MAX_HANDSHAKES = 16
+MAX_CLIENTS = 16
 
 log = logging.getLogger("mptui.serve")
 
@@ -108,6 +118,26 @@ class _Client:
             await self.writer.drain()
 
 
+class _Refusals:
+    """Each kind of refusal (or drop) logged once per peer; the repeats are counted, so a client
+    retrying in a loop cannot fill the session log, and summed up by :meth:`log_repeats`."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[tuple[str, str]] = Counter()
+
+    def note(self, peer: str, name: str, what: str, done: str = "refused") -> None:
+        """``name`` (a connection of ``peer``) was ``done`` (refused, dropped) for ``what``."""
+        key = (peer, what)
+        self._counts[key] += 1
+        if self._counts[key] == 1:
+            log.warning("%s %s: %s", done, name, what)
+
+    def log_repeats(self) -> None:
+        for (peer, what), count in self._counts.items():
+            if count > 1:
+                log.warning("%d more connections (%s) ended so: %s", count - 1, peer, what)
+
+
 class EngineServer:
     """Serves ``engine`` on ``SESSION/engine.sock`` (and on TCP with a token when ``listen``).
 
@@ -145,6 +175,8 @@ class EngineServer:
         self._backlog = backlog
         self._snapshot = Snapshot(self.view)
         self._clients: set[_Client] = set()
+        self._handshaking = 0  # connections that have not said hello yet
+        self._refusals = _Refusals()
         self._tasks: set[asyncio.Task] = set()
         self._servers: list[asyncio.AbstractServer] = []
         self._loop = asyncio.new_event_loop()
@@ -177,6 +209,7 @@ class EngineServer:
             self._thread.join(timeout=5)
             if not self._thread.is_alive():
                 self._loop.close()
+        self._refusals.log_repeats()
         self._remove_files()
         if self._log_handler is not None:
             log.removeHandler(self._log_handler)
@@ -254,19 +287,32 @@ class EngineServer:
             handle.write(f"{self.token}\n")
 
     async def _serve_unix(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        await self._serve(reader, writer, "a local client", need_token=False)
+        await self._serve(reader, writer, "a local client", "local", need_token=False)
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         host, port = writer.get_extra_info("peername")[:2]
-        await self._serve(reader, writer, f"{host}:{port}", need_token=True)
+        await self._serve(reader, writer, f"{host}:{port}", host, need_token=True)
 
-    async def _serve(self, reader, writer, name: str, *, need_token: bool) -> None:
+    async def _serve(self, reader, writer, name: str, peer: str, *, need_token: bool) -> None:
+        """One connection, from its hello to its end. ``peer``: whom its refusals are logged
+        under (the host, or ``local``)."""
+        if self._handshaking >= MAX_HANDSHAKES or len(self._clients) >= MAX_CLIENTS:
+            self._refuse(writer, peer, name, "too many connections")
+            writer.close()
+            return
         task = asyncio.current_task()
         self._tasks.add(task)
         client: _Client | None = None
         try:
-            hello = await self._hello(reader, writer, name, need_token)
+            self._handshaking += 1
+            try:
+                hello = await self._hello(reader, writer, name, peer, need_token)
+            finally:
+                self._handshaking -= 1
             if hello is None:
+                return
+            if len(self._clients) >= MAX_CLIENTS:
+                self._refuse(writer, peer, name, "too many clients attached")
                 return
             client = _Client(name, writer, self._backlog)
             writer.write(wire.encode_message("welcome", self._welcome().to_dict()))
@@ -278,9 +324,11 @@ class EngineServer:
             log.info("%s attached", name)
             writing = asyncio.create_task(client.write_forever())
             try:
-                await self._read_commands(reader, client)
+                problem = await self._read_commands(reader, client)
             finally:
                 writing.cancel()
+            if problem is not None:
+                self._refusals.note(peer, name, f"it sent {problem}", "dropped")
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         except asyncio.CancelledError:
@@ -293,12 +341,12 @@ class EngineServer:
             writer.close()
             self._tasks.discard(task)
 
-    async def _hello(self, reader, writer, name: str, need_token: bool) -> dict | None:
+    async def _hello(self, reader, writer, name: str, peer: str, need_token: bool) -> dict | None:
         """The client's first line; None (and the client told why) when it is refused."""
         try:
             line = await asyncio.wait_for(reader.readline(), HANDSHAKE_S)
             kind, body = wire.decode(line)
-        except (TimeoutError, BadInput, ValueError):
+        except (TimeoutError, BadInput, ValueError):  # silent, garbage, or a line over the limit
             kind, body = "", None
         problem = None
         if kind != "hello" or not isinstance(body, dict):
@@ -309,11 +357,15 @@ class EngineServer:
             problem = "wrong token"
         if problem is None:
             return body
-        log.warning("refused %s: %s", name, problem)
-        writer.write(wire.encode_message("refused", {"reason": problem}))
+        self._refuse(writer, peer, name, problem)
         with contextlib.suppress(ConnectionError):
-            await writer.drain()
+            await asyncio.wait_for(writer.drain(), HANDSHAKE_S)  # a client that never reads
         return None
+
+    def _refuse(self, writer, peer: str, name: str, problem: str) -> None:
+        """Tell the client why (if it reads), and log it once per peer and kind."""
+        self._refusals.note(peer, name, problem)
+        writer.write(wire.encode_message("refused", {"reason": problem}))
 
     def _welcome(self) -> Welcome:
         return Welcome(
@@ -322,17 +374,23 @@ class EngineServer:
             eval_request=self._eval_request,
         )  # fmt: skip
 
-    async def _read_commands(self, reader: asyncio.StreamReader, client: _Client) -> None:
-        while line := await reader.readline():
+    async def _read_commands(self, reader: asyncio.StreamReader, client: _Client) -> str | None:
+        """Hand each command to the engine until the client leaves (None), or until it sends
+        a line that is not a command (what was wrong with it): that ends the connection."""
+        while True:
+            try:
+                line = await reader.readline()
+            except ValueError:  # asyncio's word for a line over the limit
+                return f"a line over {LINE_LIMIT // 1024} KiB"
+            if not line:
+                return None
             try:
                 kind, command = wire.decode(line)
             except BadInput as error:
-                log.warning("%s sent a bad line: %s", client.name, error)
-                continue
-            if kind == "command":
-                self.engine.send(command)
-            else:
-                log.warning("%s sent a %s line, not a command", client.name, kind)
+                return f"a bad line ({' '.join(str(error).split())[:120]})"
+            if kind != "command":
+                return f"a {kind[:40]} line, not a command"
+            self.engine.send(command)
 
     def _drop(self, client: _Client) -> None:
         self._clients.discard(client)

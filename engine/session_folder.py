@@ -5,7 +5,7 @@
 ``journal.jsonl``   one line per decision (commit, undo, order switch, guided mode), appended
                     and fsynced before the decision is announced
 ``plan.json``       a snapshot of the plan, replaced by atomic rename after every change
-``events.jsonl``    the event log (flushed, not fsynced: it is for reading, not resuming)
+``events.jsonl``    the event log, a whole line at a time (not fsynced: it is for reading)
 ``mptui.log``       the log file
 ``lock``            held (flock) by the one process that owns the session
 ``channel_order.safetensors``  the L1 channel order taken at the start, so that resume, eval
@@ -25,15 +25,19 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from . import events as ev
-from .errors import BadInput
+from .disk import append_line, write_json_atomic, writing
+from .errors import BadInput, DiskFull, ResultNotSaved
 from .evaluate import flat_scores
-from .plan import Plan, PlanStep, read_plan_file, write_json_atomic
+from .plan import Plan, PlanStep, read_plan_file
 from .run_request import RunRequest
 from .session_files import CHANNEL_ORDER, EVALUATION, EVENTS, JOURNAL, LOCK, PLAN, SETTINGS
 from .settings import CalibrationSpec, PruneSettings
 from .summary import write_summary
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -42,6 +46,7 @@ class Replay:
     mode set while running (None where never changed)."""
 
     steps: list[PlanStep] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)  # the journal line of each step
     order: tuple[str, ...] | None = None
     guided: bool | None = None
 
@@ -76,8 +81,10 @@ class SessionFolder:
         return self.path / CHANNEL_ORDER
 
     # --- ownership -------------------------------------------------------------------------
-    def lock(self) -> None:
-        """Own the session, or fail clearly when another process does."""
+    def lock(self, *, claim: bool = True) -> None:
+        """Own the session, or fail clearly when another process does. ``claim=False`` holds
+        the lock without writing this process's id into it yet (see :meth:`claim`): a resume
+        checks the session's files first, and changes none when they are damaged."""
         self.path.mkdir(parents=True, exist_ok=True)
         handle = (self.path / LOCK).open("a+")
         try:
@@ -87,11 +94,18 @@ class SessionFolder:
             owner = handle.read().strip() or "another process"
             handle.close()
             raise BadInput(f"session {self.path} is in use by {owner}") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()}")
-        handle.flush()
         self._lock_file = handle
+        if claim:
+            self.claim()
+
+    def claim(self) -> None:
+        """Write this process's id into the held lock, for the line another process gets."""
+        handle = self._lock_file
+        with writing(self.path / LOCK):
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"process {os.getpid()}")
+            handle.flush()
 
     def unlock(self) -> None:
         if self._lock_file is not None:
@@ -116,13 +130,7 @@ class SessionFolder:
     def read_run(self, cache_dir: Path | None = None) -> SavedRun:
         """The saved request with the journal's decisions applied: its steps to replay, and the
         order and guided mode the user last chose."""
-        try:
-            data = json.loads((self.path / SETTINGS).read_text())
-            request = self._request(data, cache_dir)
-        except FileNotFoundError:
-            raise BadInput(f"'{self.path}' is not an mptui session (no {SETTINGS})") from None
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-            raise BadInput(f"{self.path / SETTINGS} is damaged ({error!r})") from None
+        data, request = self._settings(lambda data: (data, self._request(data, cache_dir)))
         replay = self.read_journal()
         settings = request.settings
         if replay.order is not None:
@@ -132,6 +140,19 @@ class SessionFolder:
         request = dataclasses.replace(request, settings=settings, resume_steps=tuple(replay.steps))
         out, export = data.get("out"), data.get("export")
         return SavedRun(request, Path(out) if out else None, Path(export) if export else None)
+
+    def _settings(self, parse: Callable[[dict], T]) -> T:
+        """``parse`` of settings.json's data; a missing key or a value of the wrong kind there
+        is one line naming the file and the problem."""
+        try:
+            return parse(json.loads((self.path / SETTINGS).read_text()))
+        except FileNotFoundError:
+            raise BadInput(f"'{self.path}' is not an mptui session (no {SETTINGS})") from None
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
+            problem = f"no key {error}" if isinstance(error, KeyError) else str(error)
+            raise BadInput(
+                f"{self.path / SETTINGS} is damaged ({' '.join(problem.split())})"
+            ) from None
 
     def _request(self, data: dict, cache_dir: Path | None) -> RunRequest:
         settings = dict(data["settings"])
@@ -155,20 +176,27 @@ class SessionFolder:
         """The plan snapshot, for commands that work on a session (eval, export)."""
         if not (self.path / PLAN).is_file():
             raise BadInput(f"'{self.path}' is not an mptui session with a plan")
-        return read_plan_file(self.path / PLAN)
+        plan = read_plan_file(self.path / PLAN)
+        if (self.path / SETTINGS).is_file():  # a session of the app or a run (not a bare plan)
+            model = self._settings(lambda data: data.get("model"))
+            if model is not None and plan.model.name_or_path != model:
+                raise BadInput(
+                    f"{self.path / PLAN} is the plan of another model (its model.name_or_path "
+                    f"is {plan.model.name_or_path!r}; this session prunes {model!r})"
+                )
+        return plan
 
     # --- the journal -----------------------------------------------------------------------
     def _append(self, record: dict) -> None:
         """One line, fsynced. A torn last line (a kill mid-write) is cut off first, so this
         line starts on a line of its own and every later one is read back."""
         path = self.path / JOURNAL
-        with path.open("ab") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            if size:
-                handle.truncate(self._complete_length(path, size))
-            handle.write((json.dumps(record) + "\n").encode())
-            handle.flush()
-            os.fsync(handle.fileno())
+        if path.exists():
+            size = path.stat().st_size
+            complete = self._complete_length(path, size) if size else 0
+            if complete != size:
+                os.truncate(path, complete)
+        append_line(path, json.dumps(record) + "\n", fsync=True)
 
     @staticmethod
     def _complete_length(path: Path, size: int) -> int:
@@ -193,35 +221,44 @@ class SessionFolder:
         self._append({"guided": guided})
 
     def read_journal(self) -> Replay:
-        """Replay commits, undos, order switches and guided mode; a torn last line (the
-        process died while writing it) is ignored."""
+        """Replay commits, undos, order switches and guided mode. A torn last line (the process
+        died while writing it: no newline after it) is ignored; any other line that is not a
+        record is damage, named by its number."""
         replay = Replay()
         path = self.path / JOURNAL
         if not path.exists():
             return replay
-        for line in path.read_text().splitlines():
+        text = path.read_text(errors="replace")
+        lines = text.splitlines()
+        for number, line in enumerate(lines, start=1):
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError:
-                break
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as error:
+                if number == len(lines) and not text.endswith("\n"):
+                    break
+                raise BadInput(f"{path} line {number} is not a journal record ({error})") from None
             if "commit" in record:
-                replay.steps.append(self._journal_step(record["commit"]))
+                replay.steps.append(self._journal_step(record["commit"], number))
+                replay.lines.append(number)
             elif "undo" in record and replay.steps and replay.steps[-1].index == record["undo"]:
                 replay.steps.pop()
+                replay.lines.pop()
             elif "order" in record:
                 replay.order = tuple(record["order"])
             elif "guided" in record:
                 replay.guided = bool(record["guided"])
         return replay
 
-    def _journal_step(self, data: dict) -> PlanStep:
+    def _journal_step(self, data: dict, number: int) -> PlanStep:
         try:
             return PlanStep.from_dict(data)
         except KeyError as error:
             problem = f"a commit without {error.args[0]!r}"
         except (TypeError, ValueError, AttributeError) as error:
             problem = " ".join(str(error).split())
-        raise BadInput(f"{self.path / JOURNAL} is damaged ({problem})")
+        raise BadInput(f"{self.path / JOURNAL} line {number} is damaged ({problem})")
 
 
 class SessionRecorder:
@@ -230,15 +267,14 @@ class SessionRecorder:
     def __init__(self, folder: SessionFolder, plan: Callable[[], Plan | None]) -> None:
         self.folder = folder
         self._plan = plan
-        self._events = (folder.path / EVENTS).open("a")
         self._evaluation: dict = {}
 
     def __call__(self, event: ev.Event) -> None:
         # the journal and plan.json are written by the engine, before any event is sent
         if not isinstance(event, (ev.Progress, ev.MemorySample)):
             record = {"event": type(event).__name__, **dataclasses.asdict(event)}
-            self._events.write(json.dumps(record, default=str) + "\n")
-            self._events.flush()
+            append_line(self.folder.path / EVENTS, json.dumps(record, default=str) + "\n",
+                        fsync=False)  # fmt: skip
         if isinstance(event, ev.Evaluated):
             self._record_evaluation(event)
         if isinstance(event, ev.Finished) and event.plan:
@@ -252,7 +288,10 @@ class SessionRecorder:
         }  # fmt: skip
         if event.recovered:
             self._evaluation["recovered"] = event.recovered
-        write_json_atomic(self.folder.path / EVALUATION, self._evaluation)
-        plan = self._plan()
-        if plan:
-            write_summary(self.folder.path, plan, flat_scores(self._evaluation))
+        try:
+            write_json_atomic(self.folder.path / EVALUATION, self._evaluation)
+            plan = self._plan()
+            if plan:
+                write_summary(self.folder.path, plan, flat_scores(self._evaluation))
+        except DiskFull as error:
+            raise ResultNotSaved(f"the evaluation is shown but not saved: {error}") from None

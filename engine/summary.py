@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from .disk import write_bytes_atomic, write_json_atomic
 from .methods import DEFAULT_METHOD
 from .names import model_source
-from .plan import Plan, as_plan, write_json_atomic
+from .plan import Plan, as_plan
 from .session_files import SUMMARY_JSON, SUMMARY_MD
 
 
@@ -100,4 +101,4 @@ def side_by_side(evaluation: dict) -> list[str]:
 def write_summary(folder: Path, plan: Plan | dict, evaluation: dict | None = None) -> None:
     summary = summarize(plan, evaluation)
     write_json_atomic(folder / SUMMARY_JSON, summary)
-    (folder / SUMMARY_MD).write_text(markdown(summary))
+    write_bytes_atomic(folder / SUMMARY_MD, markdown(summary).encode())

@@ -74,6 +74,7 @@ def run_attached(remote, theme: str | None) -> None:
             eval_request=welcome.eval_request,
             export_dir=Path(welcome.export_dir),
             attached_to=remote.peer,
+            session_dir=session,
         ).run()
 
 

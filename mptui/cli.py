@@ -37,8 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mptui",
         description="Prune a causal LM with MultiPruner (blocks, MLP channels, attention heads), "
         "watch it happen and steer it. See also `mptui eval --help` (lm-eval scores), "
-        "`mptui export --help` (a smaller checkpoint) and `mptui attach --help` (the app on a "
-        "headless run).",
+        "`mptui export --help` (a smaller checkpoint), `mptui compare --help` (sessions side by "
+        "side), `mptui report --help` (the comparison as an HTML page and figures) and "
+        "`mptui attach --help` (the app on a headless run).",
     )
     parser.add_argument("model", nargs="?", metavar="MODEL", help="hub id or local model folder")
     parser.add_argument("--version", action="version", version=f"mptui {__version__}")
@@ -312,6 +313,14 @@ def main(argv: list[str] | None = None) -> int:
         from .export_cli import main as export
 
         return export(argv[1:])
+    if argv[:1] == ["compare"]:
+        from .compare_cli import main as compare
+
+        return compare(argv[1:])
+    if argv[:1] == ["report"]:
+        from .report_cli import main as report
+
+        return report(argv[1:])
     if argv[:1] == ["attach"]:
         from .attach_cli import main as attach
 
@@ -334,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and args.headless and recovery_started(Path(args.resume)):
         from .recover_cli import resume
 
-        return resume(Path(args.resume))
+        return resume(Path(args.resume), args.device, args.device_map)
     from .run_cli import run_from_args
 
     return run_from_args(args, argv)

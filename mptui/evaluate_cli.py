@@ -80,19 +80,19 @@ def run(args) -> dict:
         write_summary,
     )
 
+    folder = SessionFolder(Path(args.session)) if args.session else None
+    plan = folder.read_plan() if folder else None  # a damaged session fails before lm-eval loads
     request = EvalRequest.from_options(
         args.tasks, args.perplexity, args.seqlen, include_path=args.include_path,
         limit=args.limit, batch_size=args.batch_size,
     )  # fmt: skip
     request.check()
     check_tasks(request.tasks, request.include_path)
-    if not args.session:
+    if folder is None or plan is None:
         model, tokenizer = load_model(
             args.model, dtype=args.dtype, device=args.device, on_shard=loading_lines(args.model)
         )
         return evaluate(model, tokenizer, request, progress=ProgressLines("evaluating"))
-    folder = SessionFolder(Path(args.session))
-    plan = folder.read_plan()
     results = {}
 
     def evaluate_dense(model, tokenizer) -> None:

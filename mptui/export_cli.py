@@ -64,9 +64,16 @@ def export_session(session: Path, out: Path, dtype: str | None, device: str | No
     )
 
 
-def export_live(session, out: Path) -> int:
-    """Export the model a headless run just pruned (it is still in memory)."""
-    from mptui.engine.api import EngineError, describe_export, export_model
+def export_live(session, out: Path, session_dir: Path) -> int:
+    """Export the model a headless run just pruned (it is still in memory); a lost device
+    says that ``--resume`` exports again."""
+    from mptui.engine.api import (
+        EngineError,
+        describe_export,
+        device_failed,
+        export_model,
+        is_device_failure,
+    )
 
     if session is None or not session.steps:
         print("mptui: nothing was removed, so nothing is exported", file=sys.stderr)
@@ -77,6 +84,10 @@ def export_live(session, out: Path) -> int:
         )
     except (EngineError, OSError) as error:
         return print_error(f"the export failed: {error}", 1)
+    except RuntimeError as error:
+        if not is_device_failure(error):
+            raise
+        return print_error(device_failed(error, f"exporting to {out}", session_dir), 1)
     print(describe_export(result), flush=True)
     return 0
 

@@ -221,22 +221,24 @@ def main(argv: list[str]) -> int:
             folder = Path(args.session or default_session_dir(f"{source.path}-recovered"))
         recovery = RecoveryFolder(folder)
         if recovery.started:
-            settings, source = recovery.read_settings()
+            settings, saved = recovery.read_settings()
+            source = saved.on_device(args.device, None)
             print(f"continuing the recovery saved in {folder} (with its settings)", flush=True)
         return recover(folder, source, settings, args.export, args.export_adapter)
     except EngineError as error:
         return print_error(error)
 
 
-def resume(folder: Path) -> int:
-    """``mptui --resume DIR`` of a session whose recovery has started (headless)."""
+def resume(folder: Path, device: str | None = None, device_map: str | None = None) -> int:
+    """``mptui --resume DIR`` of a session whose recovery has started (headless); ``device`` or
+    ``device_map``: load there instead of where the recovery started (its GPU failed, say)."""
     from mptui.engine.api import EngineError, RecoveryFolder
     from mptui.terminal import quiet_libraries
 
     quiet_libraries()
     try:
         settings, source = RecoveryFolder(folder).read_settings()
-        return recover(folder, source, settings, None, None)
+        return recover(folder, source.on_device(device, device_map), settings, None, None)
     except EngineError as error:
         return print_error(error)
 
@@ -250,6 +252,8 @@ def recover(
         SessionFolder,
         check_destination,
         check_recovery,
+        device_failed,
+        is_device_failure,
         prepare_recovery,
     )
     from mptui.places import calibration_cache_dir
@@ -257,6 +261,7 @@ def recover(
     from .export_cli import writing_lines
 
     check_recovery(settings, source)
+    RecoveryFolder(folder).load()  # a damaged checkpoint is one line, before anything is written
     for destination in (export, export_adapter):
         if destination:
             check_destination(Path(destination))
@@ -273,7 +278,13 @@ def recover(
         )  # fmt: skip
         print(f"session {folder}", flush=True)
         with stop_on_signals() as stop:
-            reason = run.run(poll=lambda: stop["asked"])
+            try:
+                reason = run.run(poll=lambda: stop["asked"])
+            except RuntimeError as error:  # the state saved last is kept: --resume goes on
+                if not is_device_failure(error):
+                    raise
+                during = f"recovering (optimizer step {run.step + 1})"
+                return print_error(device_failed(error, during, folder), 1)
         if reason == "stopped":
             print(
                 f"stopped at step {run.step} of {settings.steps} (saved); continue with "

@@ -85,16 +85,24 @@ class OpenedSession:
 
 def open_session(args: argparse.Namespace) -> OpenedSession:
     """A new session, or one to resume with everything the user decided in it."""
-    from mptui.engine.api import BadInput, SessionFolder, preflight, session_files
+    from mptui.engine.api import BadInput, SessionFolder, check_session, preflight, session_files
 
     export = Path(args.export) if getattr(args, "export", None) else None
     if args.resume:
         folder = SessionFolder(Path(args.resume))
         if not (folder.path / session_files.SETTINGS).is_file():
             raise BadInput(f"'{folder.path}' is not an mptui session (no settings.json)")
-        folder.lock()
-        saved = folder.read_run(cache_dir=calibration_cache_dir())
+        folder.lock(claim=False)
+        try:
+            saved = folder.read_run(cache_dir=calibration_cache_dir())
+            check_session(folder, saved)  # a damaged session: one line, and no file changed
+        except BaseException:
+            folder.unlock()
+            raise
+        folder.claim()
         request = saved.request
+        if args.device or args.device_map:  # on another device (the first one failed, say)
+            request = dataclasses.replace(request, device=args.device, device_map=args.device_map)
         out_dir = Path(args.out) if args.out else saved.out
         export = export or saved.export
     else:
@@ -284,7 +292,7 @@ def run_headless(engine, opened: OpenedSession, args: argparse.Namespace) -> int
     if opened.export_dir is not None and status == 0 and engine.result.reason == "done":
         from .export_cli import export_live
 
-        status = export_live(engine.session, opened.export_dir)
+        status = export_live(engine.session, opened.export_dir, opened.folder.path)
     return status
 
 
@@ -303,7 +311,7 @@ def run_app(engine, opened: OpenedSession, args: argparse.Namespace) -> int:
         with terminal_kept_logs_to(session_dir / session_files.LOG):
             MptuiApp(
                 engine, theme_name=args.theme, eval_request=eval_request, export_dir=export_dir,
-                recovery=app_recovery(args),
+                recovery=app_recovery(args), session_dir=session_dir,
             ).run()  # fmt: skip
     finally:
         engine.send(commands.Stop())

@@ -18,6 +18,9 @@ def quiet_libraries() -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    # lm-eval warns at every call about what our use of it implies (a model object passed in,
+    # zero-shot set over a task's default); our own progress lines say what runs.
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
 
 
 @contextlib.contextmanager

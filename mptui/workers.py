@@ -66,7 +66,16 @@ def follow(team, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     quiet_libraries()
-    return follow_leader(team, args.gpus_per_worker)
+    try:
+        return follow_leader(team, args.gpus_per_worker)
+    except RuntimeError as error:  # its GPU is lost: one line naming it, which the launcher quotes
+        from mptui.engine.api import device_failed, is_device_failure
+
+        if not is_device_failure(error):
+            raise
+        lost = device_failed(error, "working for rank 0", session_of(args), rank=team.rank)
+        print(f"mptui: error: {lost}", file=sys.stderr, flush=True)
+        return 1
 
 
 def worker_argv(argv: list[str], session: Path | None) -> list[str]:
@@ -176,6 +185,8 @@ def death_notice(rank: int, how: str, why: str | None, folder: Path) -> str:
     it exited with one), and whether ``--resume`` can continue (only a run that started can)."""
     from mptui.engine.api import SessionFolder
 
+    if why is not None and why.startswith(f"the GPU of worker rank {rank} failed"):
+        return why  # its own line says what failed and how to resume
     if not SessionFolder(folder).holds_session():
         said = f": {why}" if why else "; its error is above"
         return f"worker rank {rank} died before the run started ({how}){said}"

@@ -9,10 +9,13 @@ groups: each test is marked by the folder it lives in, so ``pytest -m unit`` run
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +33,8 @@ os.environ["XDG_DATA_HOME"] = os.path.join(_SCRATCH, "data")
 os.environ["XDG_CACHE_HOME"] = os.path.join(_SCRATCH, "cache")
 # Remote code of the exports under test is imported from here, not the user's HF cache.
 os.environ["HF_MODULES_CACHE"] = os.path.join(_SCRATCH, "hf-modules")
+
+import torch  # noqa: E402
 
 from bench.tiny import FAMILIES, build_tiny_model, tiny_text  # noqa: E402
 
@@ -119,3 +124,112 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
     except SystemExit as exit_:
         code = exit_.code
     return code, capsys.readouterr().err
+
+
+def headless_session(model: Path, calibration: Path, folder: Path, *extra: str) -> Path:
+    """A real session, ended, made in this process in well under a second on a tiny model: a
+    headless run of ``mptui`` on two calibration documents of 32-token rows (``extra`` adds
+    options, e.g. ``--method sleb``)."""
+    from mptui.cli import main
+
+    args = [
+        str(model), "--headless", "--calibration", str(calibration), "--seqlen", "32",
+        "--nsamples", "2", "--target-ratio", "0.3", "--mlp-group", "40", "--session",
+        str(folder), *extra,
+    ]  # fmt: skip
+    assert main(args) == 0
+    return folder
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+    """A 64 KiB tmpfs: a real full disk, for writers that write by themselves (safetensors).
+    Skipped where this user may not mount one (mounting needs root)."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)]
+    result = subprocess.run(mount, capture_output=True, text=True)
+    if result.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()})")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+# --- injected faults (issue 23), for the engine's and the app's tests ------------------------
+#: How CUDA words a lost device (simulated on the CPU by :class:`DeviceFault`).
+LOST = "CUDA error: an illegal memory access was encountered"
+
+
+class DeviceFault:
+    """A forward pre-hook on every module that raises a lost device's error once armed."""
+
+    def __init__(self, error: Callable[[], Exception] = lambda: torch.AcceleratorError(LOST)):
+        self.error = error
+        self.armed = False
+        self.fired = 0
+
+    def __call__(self, module, args) -> None:
+        if self.armed:
+            self.armed = False
+            self.fired += 1
+            raise self.error()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[DeviceFault]:
+        handle = torch.nn.modules.module.register_module_forward_pre_hook(self)
+        try:
+            yield self
+        finally:
+            handle.remove()
+
+
+def arm_on_call(monkeypatch, fault: DeviceFault, owner, name: str, call: int) -> None:
+    """Arm ``fault`` as the ``call``-th call of ``owner.name`` starts: its next forward fails."""
+    original, calls = getattr(owner, name), []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            fault.armed = True
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapped)
+
+
+def written_path(fd: int) -> Path:
+    """The file a write to ``fd`` is for: its own, or the one a temporary file replaces."""
+    from mptui.engine import session_files
+
+    path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+    for target in vars(session_files).values():
+        if isinstance(target, str) and path.name.startswith(f".{target}."):
+            return path.with_name(target)
+    return path
+
+
+@pytest.fixture
+def disk_full(monkeypatch) -> Callable[..., list[int]]:
+    """``disk_full(name, after, folder=None)``: once ``after`` writes to files called ``name``
+    (in ``folder`` only, when given) went through, the disk fills as a real one does: the next
+    write takes half its bytes, every later one fails with ENOSPC. Returns a list that grows by
+    one for each write refused."""
+    real_write = os.write
+
+    def arm(name: str, after: int, folder: Path | None = None) -> list[int]:
+        seen, refused = [0], []
+
+        def write(fd: int, data) -> int:
+            path = written_path(fd)
+            if path.name == name and folder in (None, path.parent):
+                seen[0] += 1
+                if seen[0] == after + 1 and len(data) > 1:
+                    return real_write(fd, data[: len(data) // 2])
+                if seen[0] > after:
+                    refused.append(fd)
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real_write(fd, data)
+
+        monkeypatch.setattr(os, "write", write)
+        return refused
+
+    return arm

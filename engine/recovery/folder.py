@@ -12,15 +12,14 @@ steps since are done again, identically.
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from ..disk import append_line, write_bytes_atomic, write_json_atomic
 from ..errors import BadInput
-from ..plan import write_json_atomic
 from ..session_files import RECOVERY, RECOVERY_CHECKPOINT, RECOVERY_LOG, RECOVERY_SETTINGS
 from .settings import RecoverySettings
 from .source import RecoverySource
@@ -54,29 +53,44 @@ class RecoveryFolder:
             )
         except FileNotFoundError:
             raise BadInput(f"'{self.session}' has no recovery to continue") from None
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
             raise BadInput(f"{self.path / RECOVERY_SETTINGS} is damaged ({error!r})") from None
 
     # --- checkpoint -------------------------------------------------------------------------
     def save(self, state: dict) -> None:
-        handle, tmp = tempfile.mkstemp(prefix=".checkpoint.", dir=self.path)
-        try:
-            with os.fdopen(handle, "wb") as out:
-                torch.save(state, out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self.checkpoint)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Serialized in memory first, so a full disk fails in one place: the write beside the
+        checkpoint, which is then removed (the last complete checkpoint stays)."""
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        write_bytes_atomic(self.checkpoint, buffer.getbuffer())
 
     def load(self) -> dict | None:
+        """The last checkpoint, checked against the recovery's settings (its adapter's rank)."""
         if not self.checkpoint.is_file():
             return None
         try:
-            return torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+            state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises several types for a damaged file
             raise BadInput(f"{self.checkpoint} is damaged ({type(error).__name__})") from None
+        if self.started:
+            self._check_rank(state, self.read_settings()[0].rank)
+        return state
+
+    def _check_rank(self, state: dict, rank: int) -> None:
+        """LoRA's A is ``rank x in`` and its B ``out x rank``: a checkpoint of another rank
+        would fail deep inside peft, after the model loaded."""
+        adapter = state.get("adapter") if isinstance(state, dict) else None
+        if not isinstance(adapter, dict):
+            raise BadInput(f"{self.checkpoint} is damaged (no 'adapter')")
+        for key, tensor in adapter.items():
+            if "lora_A" not in key and "lora_B" not in key:
+                continue
+            found = tensor.shape[0] if "lora_A" in key else tensor.shape[-1]
+            if found != rank:
+                raise BadInput(
+                    f"{self.checkpoint} key {key!r} is of rank {found}; this recovery's "
+                    f"{RECOVERY_SETTINGS} says rank {rank}"
+                )
 
     def saved_step(self) -> int:
         state = self.load()
@@ -100,8 +114,7 @@ class RecoveryFolder:
 
     # --- log --------------------------------------------------------------------------------
     def log(self, record: dict) -> None:
-        with (self.session / RECOVERY_LOG).open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_line(self.session / RECOVERY_LOG, json.dumps(record) + "\n", fsync=False)
 
     def read_log(self) -> list[dict]:
         path = self.session / RECOVERY_LOG

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .. import events as ev
+from ..device_failure import device_failed, is_device_failure
 from ..errors import EngineError
 from ..events import EngineState
 from ..export import is_export
@@ -67,9 +68,15 @@ class RecoveryPhase:
         try:
             reason = self.current.run(poll=poll)
         except Exception as error:  # out of memory at one example, a full disk: say so, stay
+            if is_device_failure(error):  # the state saved last is kept; --resume goes on
+                during = f"recovering (optimizer step {self.current.step + 1})"
+                error = device_failed(error, during, self._session_dir)
+                message = str(error)
+            else:
+                message = f"recovery failed: {error}"
             if not isinstance(error, EngineError):
                 log.exception("recovery failed")
-            self._emit(ev.Error(f"recovery failed: {error}"))
+            self._emit(ev.Error(message))
             self._emit(RecoveryFinished("error", self.current.step, settings.steps))
             end = EngineState.ERROR
         else:

@@ -16,6 +16,7 @@ from pathlib import Path
 from torch import nn
 
 from .. import events as ev
+from ..disk import staged_folder
 from ..export import export_model
 from ..loading import check_seqlen, load_config
 from . import events as rev
@@ -164,5 +165,7 @@ class RecoveryRun:
         )
 
     def save_adapter(self, path: Path) -> None:
-        """The unmerged peft adapter (``adapter_config.json`` + safetensors)."""
-        self.trainer.model.save_pretrained(str(path))
+        """The unmerged peft adapter (``adapter_config.json`` + safetensors), whole or not at
+        all (peft writes straight into the folder it is given)."""
+        with staged_folder(path, f"the adapter {path.name!r} (none of it was kept)") as staging:
+            self.trainer.model.save_pretrained(str(staging))

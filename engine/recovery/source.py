@@ -33,6 +33,7 @@ class RecoverySource:
     path: Path
     dtype: str | None = None
     device: str | None = None
+    device_map: str | None = None  # this run's only (a resume's --device-map): never saved
 
     @classmethod
     def find(cls, path: Path) -> RecoverySource:
@@ -50,6 +51,14 @@ class RecoverySource:
 
     def loaded_as(self, dtype: str | None, device: str | None) -> RecoverySource:
         return replace(self, dtype=dtype, device=device)
+
+    def on_device(self, device: str | None, device_map: str | None) -> RecoverySource:
+        """Loaded on ``device`` or by ``device_map`` when either is given (a resume after the
+        first device failed), else where the recovery started; as the search's ``--resume``
+        replaces both, a device map alone loads by that map, not on the saved device."""
+        if device is None and device_map is None:
+            return self
+        return replace(self, device=device, device_map=device_map)
 
     def to_dict(self) -> dict:
         """As the recovery's settings file keeps it: ``{"session"|"export": PATH, "dtype": ...,
@@ -78,5 +87,7 @@ class RecoverySource:
             load = functools.partial(rebuild_pruned, plan, order_file)
         else:
             load = functools.partial(load_model, str(self.path))
-        model, tokenizer = load(dtype=self.dtype, device=self.device, on_shard=on_shard)
+        model, tokenizer = load(
+            dtype=self.dtype, device=self.device, device_map=self.device_map, on_shard=on_shard
+        )
         return model, tokenizer, plan

@@ -23,7 +23,7 @@ from textual.containers import Container, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer
 
-from mptui.engine.api import DEFAULT_THEME, EvalRequest, RecoverySettings
+from mptui.engine.api import DEFAULT_THEME, EngineState, EvalRequest, RecoverySettings
 from mptui.engine.api import commands as cmd
 from mptui.engine.api import events as ev
 
@@ -31,6 +31,7 @@ from .gpu import NvmlReader
 from .panes import CandidatesPane, LayersPane, MemoryPane, PerplexityPane, StatusLine
 from .recovery_pane import RecoveryPane
 from .screens import (
+    ComparisonScreen,
     DetachScreen,
     EvaluationScreen,
     ExportScreen,
@@ -60,6 +61,7 @@ class MptuiApp(App):
         Binding("x", "export", "Export"),
         Binding("e", "evaluate", "Evaluate"),
         Binding("r", "recover", "Recover"),
+        Binding("c", "compare", "Compare"),
         Binding("l", "log_scale", "Log"),
         Binding("question_mark", "help", "Help"),
         Binding("q", "quit_app", "Quit"),
@@ -78,9 +80,11 @@ class MptuiApp(App):
         export_dir: Path | None = None,
         attached_to: str | None = None,
         recovery: RecoverySettings | None = None,
+        session_dir: Path | None = None,
     ) -> None:
         """``eval_request`` is what ``e`` evaluates; ``export_dir`` what ``x`` offers first;
-        ``recovery`` what ``r`` runs after the search.
+        ``recovery`` what ``r`` runs after the search; ``session_dir`` the run's session folder,
+        whose neighbours ``c`` compares it with.
 
         ``attached_to`` (``process PID on HOST``): ``engine`` is a run served elsewhere
         (``mptui attach``). Leaving then detaches and the run goes on; only an explicit stop
@@ -90,6 +94,7 @@ class MptuiApp(App):
         self._recovery = recovery
         self._eval_request = eval_request
         self._export_dir = export_dir
+        self._session_dir = session_dir
         self._gpu_reader = gpu_reader or NvmlReader()
         self.engine = engine
         self.state = RunState()
@@ -201,12 +206,14 @@ class MptuiApp(App):
                 self.push_screen(EvaluationScreen(title, rows))
             elif isinstance(event, ev.Error):
                 self.notify(event.message, title="engine error", severity="error", timeout=30)
-            elif isinstance(event, ev.Finished) and self.attached_to:
-                # A served run stays while attached (its server ends it once no one is).
-                self.state.link = (
-                    f"the search has ended ({event.reason}); x exports, e evaluates; "
-                    "q leaves and the run ends"
-                )
+            elif isinstance(event, ev.Finished):
+                self.refresh_bindings()  # c (compare) exists from now on
+                if self.attached_to:
+                    # A served run stays while attached (its server ends it once no one is).
+                    self.state.link = (
+                        f"the search has ended ({event.reason}); x exports, e evaluates; "
+                        "q leaves and the run ends"
+                    )
         if self.attached_to and not self._run_ended and self._engine_started:
             changed |= self._check_run_ended()
         if changed:
@@ -234,8 +241,14 @@ class MptuiApp(App):
 
     # --- actions ----------------------------------------------------------------------------
     def send(self, command: cmd.Command) -> None:
-        if self.engine is not None:
-            self.engine.send(command)
+        if self.engine is None:
+            return
+        ended = self.engine.state in (EngineState.ERROR, EngineState.STOPPED)
+        if ended and not isinstance(command, cmd.Stop):
+            # The engine's thread has ended: a command would wait in its queue for ever.
+            self.notify(f"the run has ended ({self.engine.state}); q leaves", severity="warning")
+            return
+        self.engine.send(command)
 
     def action_toggle_pause(self) -> None:
         """Pause the engine, or resume it (within one candidate)."""
@@ -317,6 +330,31 @@ class MptuiApp(App):
         self.send(cmd.Recover(self._recovery))  # the engine says when it cannot start now
         self.notify(f"recover: {self._recovery.steps} steps on {Path(self._recovery.data).name}")
 
+    def action_compare(self) -> None:
+        """After the search: this session beside the other ended sessions of its model and
+        calibration in the same folder (their plans; nothing is loaded)."""
+        from mptui.engine.api import EngineError, sibling_comparison
+
+        plan = self.state.ended.plan if self.state.ended else None
+        if not plan or not plan.get("steps"):
+            self.notify("nothing to compare: this search removed nothing")
+            return
+        if self._session_dir is None:
+            self.notify("nothing to compare: this run has no session folder")
+            return
+        try:
+            comparison = sibling_comparison(self._session_dir, plan)
+        except (EngineError, OSError) as error:
+            self.notify(f"cannot compare: {error}", severity="warning")
+            return
+        if comparison is None:
+            self.notify(
+                f"no other ended session of this model and calibration in "
+                f"{self._session_dir.parent} to compare with"
+            )
+            return
+        self.push_screen(ComparisonScreen(comparison))
+
     def action_log_scale(self) -> None:
         """Toggle a log scale on the perplexity curve."""
         self.perplexity.log_scale = not self.perplexity.log_scale
@@ -361,8 +399,12 @@ class MptuiApp(App):
         self.push_screen(DetachScreen(), chosen)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """ctrl+d exists only when attached to a served run."""
-        return bool(self.attached_to) if action == "detach" else True
+        """ctrl+d exists only when attached to a served run, c once the search has ended."""
+        if action == "detach":
+            return bool(self.attached_to)
+        if action == "compare":
+            return self.state.search_over
+        return True
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

@@ -1,4 +1,5 @@
-"""Modal screens: help, dimension order, override, export, evaluation results, quit."""
+"""Modal screens: help, dimension order, override, export, evaluation results, comparison,
+quit."""
 
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ HELP = """\
   x       export the model as pruned so far (a smaller checkpoint)
   e       evaluate dense against pruned (lm-eval tasks, perplexity); the search
           waits while it runs
+  c       after the search: this session beside the other ended sessions of the same
+          model and calibration in its folder (plans only, nothing is loaded)
   l       log scale for the perplexity curve
   ctrl+p  command palette
   q       quit (asks; the plan so far is kept); attached (mptui attach): detach,
@@ -136,6 +139,28 @@ class EvaluationScreen(ModalScreen[None]):
             yield Label(
                 f"{session_files.EVALUATION} and {session_files.SUMMARY_MD} in the session folder"
                 "  [b]esc[/b] close"
+            )
+
+
+class ComparisonScreen(ModalScreen[None]):
+    """Sessions side by side (``mptui compare``'s table, plans only); escape closes."""
+
+    BINDINGS = [Binding("escape,q", "dismiss", "Close")]
+
+    def __init__(self, comparison) -> None:
+        super().__init__()
+        self.comparison = comparison
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label(f"Calibration {self.comparison.calibration}")
+            table = DataTable(id="comparison", cursor_type="none")
+            table.add_columns(*self.comparison.columns())
+            table.add_rows(self.comparison.rows())
+            yield table
+            yield Label(
+                "held-out perplexity and tasks: mptui compare SESSION... --eval-text FILE "
+                "--tasks a,b  [b]esc[/b] close"
             )
 
 

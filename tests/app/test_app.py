@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from app_replay import NoGpu, fixed_run_events
@@ -12,7 +13,15 @@ from mptui.app.app import MptuiApp
 from mptui.app.screens import EvaluationScreen, ExportScreen
 from mptui.app.state import RunState, display_name
 from mptui.app.themes import load_themes
-from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest, commands
+from mptui.engine.api import (
+    CalibrationSpec,
+    Engine,
+    PruneSettings,
+    RunRequest,
+    SessionFolder,
+    SessionRecorder,
+    commands,
+)
 from mptui.engine.api import events as ev
 from mptui.engine.evaluate import EvalRequest
 from mptui.engine.plan import PlanStep
@@ -20,12 +29,26 @@ from mptui.engine.plan import PlanStep
 TIMEOUT = 60
 
 
-def make_app(model, calibration, tmp_path, app_options=None, **settings) -> MptuiApp:
+def make_app(
+    model, calibration, tmp_path, app_options=None, *, session: Path | None = None, **settings
+) -> MptuiApp:
+    """The app over a real engine; with ``session``, the engine keeps that session folder as
+    ``mptui`` does (journal, plan.json, event log), and the app knows it."""
     options = {"mlp_group": 40} | settings
     run_settings = PruneSettings.with_distribution(
         0.35, "30:40:30", calibration=CalibrationSpec(str(calibration), 0, 32), **options
     )
-    engine = Engine(RunRequest(str(model), run_settings, cache_dir=tmp_path), linger=True)
+    request = RunRequest(str(model), run_settings, cache_dir=tmp_path)
+    if session is None:
+        engine = Engine(request, linger=True)
+    else:
+        folder = SessionFolder(session)
+        session.mkdir(parents=True, exist_ok=True)
+        engine = Engine(
+            request, linger=True, journal=folder, plan_dirs=[session], session_dir=session
+        )
+        engine.subscribe(SessionRecorder(folder, engine.plan))
+        app_options = {"session_dir": session} | (app_options or {})
     return MptuiApp(
         engine, gpu_reader=NoGpu(), user_theme_dir=tmp_path / "themes", **(app_options or {})
     )

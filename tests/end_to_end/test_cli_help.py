@@ -140,7 +140,9 @@ def test_cli_api_and_settings_share_their_defaults():
     assert EvalRequest().seqlen == defaults.DEFAULT_SEQLEN
 
 
-@pytest.mark.parametrize("command", [[], ["eval"], ["export"], ["attach"], ["recover"]])
+@pytest.mark.parametrize(
+    "command", [[], ["eval"], ["export"], ["attach"], ["recover"], ["compare"], ["report"]]
+)
 def test_help_does_not_import_torch(command):
     code = (
         "import sys\n"
@@ -149,7 +151,7 @@ def test_help_does_not_import_torch(command):
         f"    main({[*command, '--help']!r})\n"
         "except SystemExit:\n"
         "    pass\n"
-        "heavy = sorted({'torch', 'transformers', 'textual'} & set(sys.modules))\n"
+        "heavy = sorted({'torch', 'transformers', 'textual', 'matplotlib'} & set(sys.modules))\n"
         "assert not heavy, heavy\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -158,10 +160,11 @@ def test_help_does_not_import_torch(command):
 
 
 def test_the_three_commands_share_one_module_and_import_none_of_each_other():
-    """``mptui`` dispatches to ``eval``, ``export`` and ``attach``; they import only the shared
-    module."""
-    for name in ("evaluate_cli", "export_cli", "attach_cli"):
+    """``mptui`` dispatches to ``eval``, ``export``, ``attach`` and ``compare``; they import only
+    the shared module. (``report`` is ``compare`` drawn, and takes its arguments from it.)"""
+    for name in ("evaluate_cli", "export_cli", "attach_cli", "compare_cli"):
         source = (ROOT / "mptui" / f"{name}.py").read_text(encoding="utf-8")
         imported = re.findall(r"^\s*from (?:mptui|)\.(\w+) import", source, re.MULTILINE)
-        assert not {"cli", "evaluate_cli", "export_cli", "attach_cli"} & set(imported), name
+        others = {"cli", "evaluate_cli", "export_cli", "attach_cli", "compare_cli"}
+        assert not others & set(imported), name
         assert "cli_common" in imported

@@ -219,30 +219,68 @@ def test_each_worker_sees_only_its_own_slice_of_the_gpus(monkeypatch):
         pin_gpus(2)
 
 
-def test_a_follower_that_dies_before_the_run_starts_says_why(tmp_path):
-    """Rank 1 fails as its interpreter starts (a sitecustomize on the path exits there with an
-    import error's line, as a broken install would): one line quotes it, and no --resume is
-    offered for a run that never started; the session folder holds no session."""
+def run_with_a_sitecustomize(
+    tmp_path: Path, session: Path, source: str
+) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """The demo with 2 workers, every process of it starting with ``source`` as its
+    sitecustomize (the code decides which rank it acts on); the run and its error lines."""
     hook = tmp_path / "hook"
     hook.mkdir()
-    (hook / "sitecustomize.py").write_text(
-        "import os\n"
-        "if os.environ.get('RANK') == '1':\n"
-        "    raise SystemExit('ImportError: no module named flash_attn_9 (injected)')\n"
-    )
+    (hook / "sitecustomize.py").write_text(source)
     env = worker_env() | {
         "PYTHONPATH": os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))
     }
-    session = tmp_path / "session"
     result = subprocess.run(
         [sys.executable, "-m", "mptui", *DEMO, "--workers", "2", "--session", str(session)],
         env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT,
     )  # fmt: skip
-    assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("mptui: error:")]
+    return result, errors
+
+
+def test_a_follower_that_dies_before_the_run_starts_says_why(tmp_path):
+    """Rank 1 fails as its interpreter starts (a sitecustomize on the path exits there with an
+    import error's line, as a broken install would): one line quotes it, and no --resume is
+    offered for a run that never started; the session folder holds no session."""
+    session = tmp_path / "session"
+    result, errors = run_with_a_sitecustomize(
+        tmp_path,
+        session,
+        "import os\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    raise SystemExit('ImportError: no module named flash_attn_9 (injected)')\n",
+    )
+    assert result.returncode == 1
     assert errors == [
         "mptui: error: worker rank 1 died before the run started (exit status 1): "
         "SystemExit: ImportError: no module named flash_attn_9 (injected)"
     ], result.stderr
     assert "--resume" not in result.stderr
     assert not (session / "settings.json").exists()
+
+
+def test_a_followers_lost_gpu_ends_the_run_in_one_line_naming_its_rank(tmp_path, uninterrupted):
+    """Rank 1's device fails (a module hook, installed by a sitecustomize on rank 1 only, raises
+    a CUDA error at its first forward once the first step is in the journal): one line names
+    the rank and the resume, and the journal keeps the committed steps."""
+    session = tmp_path / "session"
+    result, errors = run_with_a_sitecustomize(
+        tmp_path,
+        session,
+        "import os, pathlib\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    import torch\n"
+        f"    journal = pathlib.Path({str(session / session_files.JOURNAL)!r})\n"
+        "    def lost(module, args):\n"
+        "        if journal.is_file() and journal.read_text().count('\\n') >= 1:\n"
+        "            raise torch.AcceleratorError('CUDA error: unspecified launch failure')\n"
+        "    torch.nn.modules.module.register_module_forward_pre_hook(lost)\n",
+    )
+    assert result.returncode == 1
+    assert errors == [
+        "mptui: error: the GPU of worker rank 1 failed (CUDA error: unspecified launch failure) "
+        f"while working for rank 0; the session keeps every committed step: mptui --resume "
+        f"{session} (on any device: add --device cuda:N or --device cpu)"
+    ], result.stderr
+    committed = plan_in(session)
+    assert committed and committed == uninterrupted[: len(committed)]

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from bench.tiny import tiny_text
 from mptui.engine import session_files
+from mptui.engine.errors import DiskFull
 from mptui.engine.plan import Plan, PlanModel, PlanStep, write_json_atomic
 from mptui.engine.recovery import events as rev
 from mptui.engine.recovery.data import IGNORE, alpaca_prompt, instruction_example
@@ -147,7 +148,7 @@ def unique_parameters(model) -> int:
 
 
 def test_a_recovered_export_is_the_merged_model_and_loads_without_mptui_or_peft(
-    session, text_file, tmp_path
+    session, text_file, tmp_path, small_disk
 ):
     run, plan = start(session, settings(text_file, steps=2, eval_every=1))
     assert run.run() == "done"
@@ -174,6 +175,10 @@ def test_a_recovered_export_is_the_merged_model_and_loads_without_mptui_or_peft(
     run.save_adapter(tmp_path / "adapter")
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["r"] == 16 and config["peft_type"] == "LORA"
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_size > 64 * 1024
+    with pytest.raises(DiskFull, match=f"in {small_disk} while writing the adapter 'adapter'"):
+        run.save_adapter(small_disk / "adapter")  # a 64 KiB disk: whole or nothing
+    assert list(small_disk.iterdir()) == []
 
 
 def folder_bytes(folder: Path) -> dict:
