@@ -80,8 +80,9 @@ def test_fast_benchmark_judges_the_final_plans(tiny_model_dir, calibration_file,
             and max(r["calibration_diff"], r["held_out_diff"]) <= PPL_TOLERANCE
         )  # fmt: skip
     assert none["flop_ratio"] > wide["flop_ratio"]  # margin 0 rules out all but the leader
-    assert wide["same_plan"] and wide["calibration_ppl"] == exact["calibration_ppl"]
-    assert wide["held_out_ppl"] == exact["held_out_ppl"] and wide["calibration_diff"] == 0
+    # the same plan: the same model; its score, a mean over the rows in another order
+    assert wide["same_plan"] and wide["held_out_ppl"] == exact["held_out_ppl"]
+    assert wide["calibration_ppl"] == pytest.approx(exact["calibration_ppl"], rel=1e-9)
     assert not none["same_plan"] and none["calibration_diff"] > 0  # it kept a worse candidate
 
 

@@ -29,7 +29,7 @@ def test_a_fast_run_records_itself_and_scores_fewer_rows(tiny_model_dir, calibra
 
     exact = run(False, [])
     fast = run(True, [lambda e: scored.append(e) if isinstance(e, ev.CandidateScored) else None])
-    assert fast["settings"]["fast"] is True and fast["settings"]["fast_margin"] == 3.0
+    assert fast["settings"]["fast"] is True and fast["settings"]["fast_margin"] == 1.0
     assert fast["settings"]["fast_tolerance"] == 1e-4
     assert exact["settings"]["fast"] is False and exact["settings"]["fast_margin"] is None
     assert "fast search (--fast), an approximation" in markdown(summarize(fast))
