@@ -1,5 +1,6 @@
 """``python -m bench search|fast|speedups|workers ...``, ``python -m bench gpu-check
-[--dry-run]`` or ``python -m bench build-llama12 DIR`` (bench/RESULTS.md)."""
+[--dry-run]``, ``python -m bench build-llama12 DIR`` (random weights: for timings only) or
+``python -m bench build-qwen12`` (trained, cached; prints its folder) (bench/RESULTS.md)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ def main() -> None:
         from .models import build_llama12
 
         print(build_llama12(argv[0] if argv else "bench-llama12"))
+    elif command == "build-qwen12":
+        from .trained import build_trained
+
+        print(build_trained(log=lambda text: print(text, file=sys.stderr, flush=True)))
     else:
         print(__doc__)
         sys.exit(2)

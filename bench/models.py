@@ -8,7 +8,9 @@ from bench.tiny import build_tiny_model
 
 
 def build_llama12(path: str) -> Path:
-    """A 12-layer Llama-shaped model with a 32k vocabulary (GQA, random seeded weights).
+    """A 12-layer Llama-shaped model with a 32k vocabulary (GQA, random seeded weights), for
+    timings only (``bench search``): its random blocks matter about equally, so it says nothing
+    of the plans a search makes (bench/trained.py builds the trained model for that).
 
     The 32k-wide head makes the LM head a real share of each evaluation, as in Llama-2; the
     tokenizer is the tiny one trained here (its ids are a subset of the vocabulary).

@@ -62,7 +62,7 @@ def tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     return train_byte_level_bpe(vocab_size, texts=_pydoc_paragraphs()[:400])
 
 
-def _config(
+def family_config(
     family: str, num_layers: int, vocab_size: int, overrides: dict[str, Any]
 ) -> PretrainedConfig:
     """The family's own config class with tiny dimensions; ``overrides`` win over them."""
@@ -123,7 +123,7 @@ def build_tiny_model(
     """
     from transformers import AutoModelForCausalLM
 
-    config = _config(family, num_layers, vocab_size, config_overrides)
+    config = family_config(family, num_layers, vocab_size, config_overrides)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(
         config, attn_implementation="sdpa", dtype=torch.float32

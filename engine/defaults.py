@@ -27,7 +27,7 @@ DEFAULT_BATCH_SIZE: int | None = None
 COMPILE_MODES = ("auto", "off", "inductor", "aot_eager")
 DEFAULT_COMPILE = "auto"
 #: ``--fast-margin``: standard errors behind the leader that rule a candidate out (--fast).
-DEFAULT_FAST_MARGIN = 3.0
+DEFAULT_FAST_MARGIN = 1.0
 #: ``--fast-tolerance``: a candidate that cannot beat the leader's perplexity by more than this
 #: (relative) is ruled out too: such near-ties are below what bf16 scoring resolves anyway.
 DEFAULT_FAST_TOLERANCE = 1e-4

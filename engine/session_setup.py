@@ -22,6 +22,7 @@ from .calibration import (
 from .channel_order import apply_order, reorder_model
 from .compiled import resolve_backend
 from .errors import BadInput
+from .fast_search import spread_rows
 from .loading import check_seqlen, check_supported, load_config, load_model
 from .names import model_label
 from .pruning_session import PruningSession
@@ -148,13 +149,16 @@ def build_session(
 
 
 def _calibration(request: RunRequest, tokenizer) -> dict[str, torch.Tensor]:
-    """Token chunks per dimension: one set, or the reference's two in faithful multipruner."""
+    """Token chunks per dimension: one set, or the reference's two in faithful multipruner.
+    The fast search (never faithful) gets the set in a seeded random order."""
     settings = request.settings
     spec: CalibrationSpec = settings.calibration
     if not spec.source:
         raise BadInput("no calibration text given; pass --calibration PATH")
     if settings.faithful is None:
         chunks = load_calibration(spec, tokenizer, request.cache_dir)
+        if settings.fast:  # its first rounds' rows: a sample of the set, not its first documents
+            chunks = spread_rows(chunks, spec.seed)
         return dict.fromkeys(("blocks", "mlp_channels", "attn_heads"), chunks)
     if settings.faithful == "multipruner":
         width_rows, block_rows = faithful_rows(

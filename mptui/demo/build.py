@@ -20,6 +20,7 @@ import re
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -126,6 +127,26 @@ def _module_docs(name: str) -> list[str]:
     return docs
 
 
+def package_docstrings(names: list[str]) -> list[str]:
+    """The docstrings of packages ``names`` and their public submodules, in that order."""
+    raw = []
+    for name in names:
+        for module_name in _submodules(name):
+            raw.extend(_module_docs(module_name))
+    return raw
+
+
+def distinct_documents(raw: list[str], seed: int = SEED) -> list[str]:
+    """Each document of at least 80 characters once, in a seeded order."""
+    seen, out = set(), []
+    for doc in map(_clean, raw):
+        if len(doc) >= 80 and doc not in seen:
+            seen.add(doc)
+            out.append(doc)
+    random.Random(seed).shuffle(out)
+    return out
+
+
 def documents() -> list[str]:
     """Docstrings and pydoc topics, deduplicated, in a seeded order."""
     from pydoc_data.topics import topics
@@ -134,68 +155,81 @@ def documents() -> list[str]:
         n for n in sys.stdlib_module_names if not n.startswith("_") and n not in SKIP_MODULES
     )
     raw = [topics[key] for key in sorted(topics)]
-    for name in names:
-        for module_name in _submodules(name):
-            raw.extend(_module_docs(module_name))
-    seen, out = set(), []
-    for doc in map(_clean, raw):
-        if len(doc) >= 80 and doc not in seen:
-            seen.add(doc)
-            out.append(doc)
-    random.Random(SEED).shuffle(out)
-    return out
+    return distinct_documents(raw + package_docstrings(names))
 
 
-def write_text(docs: list[str]) -> tuple[Path, Path]:
-    cut = max(1, int(len(docs) * VALIDATION_SHARE))
+def write_text(
+    docs: list[str],
+    out: Path = HERE,
+    validation_share: float = VALIDATION_SHARE,
+    max_chars: int = MAX_TEXT_CHARS,
+) -> tuple[Path, Path]:
+    """``calibration.txt`` (the training text, at most ``max_chars``) and ``validation.txt``
+    (the first ``validation_share`` of the documents, never trained on) in ``out``."""
+    cut = max(1, int(len(docs) * validation_share))
     validation, calibration = docs[:cut], docs[cut:]
     total, kept = 0, []
     for doc in calibration:
         total += len(doc)
-        if total > MAX_TEXT_CHARS:
+        if total > max_chars:
             break
         kept.append(doc)
-    calibration_path, validation_path = HERE / "calibration.txt", HERE / "validation.txt"
+    calibration_path, validation_path = out / "calibration.txt", out / "validation.txt"
     calibration_path.write_text("\n\n".join(kept) + "\n", encoding="utf-8")
     validation_path.write_text("\n\n".join(validation) + "\n", encoding="utf-8")
     return calibration_path, validation_path
 
 
 # --- tokenizer and model --------------------------------------------------------------------
-def train_tokenizer(text_path: Path):
+def train_tokenizer(text_path: Path, vocab_size: int = VOCAB):
     from .tokenizer import train_byte_level_bpe
 
-    return train_byte_level_bpe(VOCAB, files=[str(text_path)])
+    return train_byte_level_bpe(vocab_size, files=[str(text_path)])
 
 
 def token_stream(tokenizer, path: Path) -> torch.Tensor:
     return torch.tensor(tokenizer(path.read_text(encoding="utf-8"))["input_ids"], dtype=torch.long)
 
 
-def learning_rate(step: int) -> float:
-    if step < WARMUP:
-        return LEARNING_RATE * (step + 1) / WARMUP
-    progress = (step - WARMUP) / max(1, STEPS - WARMUP)
-    return LEARNING_RATE * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+@dataclass(frozen=True)
+class Training:
+    """How a model is trained on a token stream: the demo's by default (bench/trained.py
+    trains its benchmark model with other values)."""
+
+    steps: int = STEPS
+    batch: int = BATCH
+    seqlen: int = SEQLEN
+    learning_rate: float = LEARNING_RATE
+    warmup: int = WARMUP
+    seed: int = SEED
+
+    def rate(self, step: int) -> float:
+        """Linear warm-up, then a cosine decay to a tenth of the peak."""
+        if step < self.warmup:
+            return self.learning_rate * (step + 1) / self.warmup
+        progress = (step - self.warmup) / max(1, self.steps - self.warmup)
+        return self.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train(model, stream: torch.Tensor, log) -> float:
-    generator = torch.Generator().manual_seed(SEED)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.1)
+def train(model, stream: torch.Tensor, log, training: Training = Training()) -> float:
+    """Train ``model`` on random windows of ``stream``; the seconds it took."""
+    steps, batch_size, seqlen = training.steps, training.batch, training.seqlen
+    generator = torch.Generator().manual_seed(training.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=training.learning_rate, weight_decay=0.1)
     model.train()
     started = time.monotonic()
-    for step in range(STEPS):
-        starts = torch.randint(0, len(stream) - SEQLEN - 1, (BATCH,), generator=generator)
-        batch = torch.stack([stream[s : s + SEQLEN] for s in starts.tolist()])
+    for step in range(steps):
+        starts = torch.randint(0, len(stream) - seqlen - 1, (batch_size,), generator=generator)
+        batch = torch.stack([stream[s : s + seqlen] for s in starts.tolist()])
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step)
+            group["lr"] = training.rate(step)
         loss = model(input_ids=batch, labels=batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        if step % 50 == 0 or step == STEPS - 1:
-            log(f"step {step:4d}/{STEPS} loss {loss.item():.3f} {time.monotonic() - started:.0f}s")
+        if step % 50 == 0 or step == steps - 1:
+            log(f"step {step:4d}/{steps} loss {loss.item():.3f} {time.monotonic() - started:.0f}s")
     model.eval()
     return time.monotonic() - started
 

@@ -1,11 +1,18 @@
 """--fast on a real tiny run: the plan records it, fewer rows are scored than by the exact search,
-and the app's candidates table shows which candidates were fully scored."""
+the app's candidates table shows which candidates were fully scored, and its rounds draw their
+rows across the whole calibration set."""
 
 from __future__ import annotations
 
+import torch
+from transformers import AutoTokenizer
+
 from mptui.app.state import RunState
+from mptui.engine.api import CalibrationSpec, PruneSettings, RunRequest, prune
 from mptui.engine.api import events as ev
-from mptui.engine.api import prune
+from mptui.engine.calibration import load_calibration
+from mptui.engine.fast_search import first_rows
+from mptui.engine.session_setup import build_session
 from mptui.engine.summary import markdown, summarize
 
 
@@ -22,7 +29,7 @@ def test_a_fast_run_records_itself_and_scores_fewer_rows(tiny_model_dir, calibra
 
     exact = run(False, [])
     fast = run(True, [lambda e: scored.append(e) if isinstance(e, ev.CandidateScored) else None])
-    assert fast["settings"]["fast"] is True and fast["settings"]["fast_margin"] == 3.0
+    assert fast["settings"]["fast"] is True and fast["settings"]["fast_margin"] == 1.0
     assert fast["settings"]["fast_tolerance"] == 1e-4
     assert exact["settings"]["fast"] is False and exact["settings"]["fast_margin"] is None
     assert "fast search (--fast), an approximation" in markdown(summarize(fast))
@@ -34,3 +41,28 @@ def test_a_fast_run_records_itself_and_scores_fewer_rows(tiny_model_dir, calibra
         state.apply(event)
     fully = [row.fully_scored for row in state.ranked()]
     assert fully == sorted(fully, reverse=True) and True in fully and False in fully
+
+
+def test_the_fast_rounds_take_a_seeded_spread_of_the_rows_and_the_exact_search_them_as_cut(
+    tiny_model_dir, calibration_file
+):
+    """The rounds score contiguous ranges of the scorer's rows: under --fast those rows are the
+    calibration chunks in an order drawn from --seed, so the first round is not the first rows
+    (a few documents) but a sample of all of them; the exact search keeps the chunks as cut."""
+    path = tiny_model_dir("llama")
+
+    def rows(fast: bool, seed: int = 42) -> tuple[torch.Tensor, torch.Tensor]:
+        spec = CalibrationSpec(str(calibration_file), 0, 16, seed)
+        settings = PruneSettings.with_distribution(0.2, "1:1:0", calibration=spec, fast=fast)
+        session = build_session(RunRequest(str(path), settings), lambda event: None)
+        as_cut = load_calibration(spec, AutoTokenizer.from_pretrained(path))
+        return session.scorers["blocks"].chunks, as_cut
+
+    exact, as_cut = rows(False)
+    assert torch.equal(exact, as_cut)
+    fast, _ = rows(True)
+    first = first_rows(len(as_cut))
+    assert first < len(as_cut) and not torch.equal(fast[:first], as_cut[:first])
+    assert sorted(fast.tolist()) == sorted(as_cut.tolist())  # every row, once
+    assert torch.equal(rows(True)[0], fast)  # the same seed, the same order (and resume)
+    assert not torch.equal(rows(True, seed=7)[0], fast)

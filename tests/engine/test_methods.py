@@ -172,11 +172,12 @@ def structures(steps) -> list:
     return [step.structure for step in steps]
 
 
-@pytest.mark.parametrize("method", ["sleb", "shortgpt"])
+@pytest.mark.parametrize(("method", "fast"), [("sleb", False), ("shortgpt", False), ("sleb", True)])
 def test_a_stopped_session_resumes_to_the_same_plan(
-    method, tiny_model_dir, calibration_file, tmp_path
+    method, fast, tiny_model_dir, calibration_file, tmp_path
 ):
-    request = request_for(tiny_model_dir("llama"), calibration_file, method)
+    """Under --fast too: the resumed search scores the same seeded order of the rows."""
+    request = request_for(tiny_model_dir("llama"), calibration_file, method, fast=fast)
     whole = run(request).session.steps
     folder = SessionFolder(tmp_path / "session")
     folder.path.mkdir()

@@ -24,7 +24,7 @@ def row_nll(candidate: Structure, rows: range) -> torch.Tensor:
 
 
 def test_a_clearly_worse_candidate_is_ruled_out_and_survivors_get_every_row():
-    evaluations = list(successive_halving(CANDIDATES, row_nll, ROWS))
+    evaluations = list(successive_halving(CANDIDATES, row_nll, ROWS, margin=3.0))
     last = {e.candidate.layer: e for e in evaluations}
     assert last[3].rows == first_rows(ROWS) == 4  # ruled out after the first round
     assert all(last[i].rows == ROWS for i in (0, 1))  # the near-tie goes to the end
