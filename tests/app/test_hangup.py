@@ -27,6 +27,28 @@ def app_command(model: Path, calibration: Path, session: Path, *extra: str) -> s
     return "TERM=xterm-256color " + " ".join(args)
 
 
+#: Loaded at the app's start (as its sitecustomize): every norm's forward waits 50 ms, so a tiny
+#: run is still RUNNING when the test looks, however late it looks (the resume runs without it).
+SLOW_FORWARDS = """\
+import time
+import torch
+
+def slow(module, args):
+    if type(module).__name__.endswith("Norm"):
+        time.sleep(0.05)
+
+torch.nn.modules.module.register_module_forward_pre_hook(slow)
+"""
+
+
+def slowed(command: str, folder: Path) -> str:
+    """``command`` with :data:`SLOW_FORWARDS` loaded into its interpreter."""
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(SLOW_FORWARDS)
+    path = os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))
+    return f"PYTHONPATH={path} {command}"
+
+
 def owner_pid(session: Path) -> int:
     deadline = time.monotonic() + 60
     while True:
@@ -81,6 +103,8 @@ def test_the_app_exits_when_its_terminal_goes(
     extra = ("--guided",) if state in ("paused", "waiting") else ()
     tmux = Tmux(tmp_path)
     command = app_command(tiny_model_dir("llama"), calibration_file, session, *extra)
+    if state == "running":  # a tiny run could be DONE before the screen is read
+        command = slowed(command, tmp_path / "slow")
     tmux.open(command, 120, 40)
     try:
         pid = owner_pid(session)
