@@ -133,7 +133,9 @@ def test_the_app_exits_when_its_terminal_goes(
 def test_quit_stops_the_engine_and_writes_the_summary(tiny_model_dir, calibration_file, tmp_path):
     session = tmp_path / "session"
     tmux = Tmux(tmp_path)
-    command = app_command(tiny_model_dir("llama"), calibration_file, session)
+    command = slowed(
+        app_command(tiny_model_dir("llama"), calibration_file, session), tmp_path / "slow"
+    )
     tmux.open(command, 120, 40)
     try:
         pid = owner_pid(session)
