@@ -27,7 +27,7 @@ from mptui.engine.run_request import RunRequest
 from mptui.engine.runner import Engine
 from mptui.engine.settings import CalibrationSpec, PruneSettings
 
-from .flops import candidate_flops
+from .flops import scored_flops
 
 #: Most a fast plan's perplexity (calibration or held-out) may exceed the exact plan's, relative.
 PPL_TOLERANCE = 0.01
@@ -42,30 +42,34 @@ class ScoringFlops:
 
     Subscribers run on the engine thread between two evaluations, so the model is as the event
     describes it. A candidate's ``rows`` grow round by round under ``--fast``: the rows it was
-    scored on are the rise since its previous report in the same step."""
+    scored on are the rise since its previous report in the same step. Its FLOPs per row are
+    counted once a step (the count tries the candidate on the model, on the engine's time)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.flops = 0.0
         self.rows = 0
         self._rows_so_far: dict[str, int] = {}
+        self._per_row: dict[str, float] = {}
 
     def __call__(self, event: ev.Event) -> None:
         if isinstance(event, ev.StepStarted):
-            self._rows_so_far = {}
+            self._rows_so_far, self._per_row = {}, {}
         elif isinstance(event, ev.CandidateScored):
-            session = self.engine.session
-            structure = session.structure_from_id(event.structure)
             new_rows = event.rows - self._rows_so_far.get(event.structure, 0)
             self._rows_so_far[event.structure] = event.rows
-            seqlen = session.scorer_for(structure).chunks.shape[1]
-            per_row = candidate_flops(session.adapter, structure, structure.sub_block, 1, seqlen)
-            self.flops += new_rows * per_row
+            if event.structure not in self._per_row:
+                session = self.engine.session
+                structure = session.structure_from_id(event.structure)
+                scorer = session.scorer_for(structure)
+                self._per_row[event.structure] = scored_flops(session.adapter, scorer, structure, 1)
+            self.flops += new_rows * self._per_row[event.structure]
             self.rows += new_rows
 
 
-def run_search(args, fast: bool, margin: float, tolerance: float) -> dict:
-    """One search to the end; its plan's ratio, perplexities and the FLOPs it spent."""
+def run_search(args, held_out: str, fast: bool, margin: float, tolerance: float) -> dict:
+    """One search to the end; its plan's ratio, perplexities (``held_out``: the text of the
+    held-out one) and the FLOPs it spent."""
     settings = PruneSettings.with_distribution(
         args.target_ratio, args.distribution,
         calibration=CalibrationSpec(args.calibration, args.nsamples, args.seqlen),
@@ -82,12 +86,11 @@ def run_search(args, fast: bool, margin: float, tolerance: float) -> dict:
     seconds = time.monotonic() - started
     steps = finished.plan["steps"]
     session = engine.session
-    text = Path(args.validation).read_text(encoding="utf-8")
     return {
         "fast": fast, "margin": margin if fast else None, "tolerance": tolerance if fast else None,
         "steps": len(steps), "structures": [s["structure"] for s in steps],
         "ratio": steps[-1]["ratio"], "calibration_ppl": steps[-1]["score"],
-        "held_out_ppl": rolling_perplexity(session.model, session.tokenizer, text, args.seqlen),
+        "held_out_ppl": rolling_perplexity(session.model, session.tokenizer, held_out, args.seqlen),
         "flops": counter.flops, "rows_scored": counter.rows, "seconds": seconds,
     }  # fmt: skip
 
@@ -151,12 +154,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tolerances", default=f"0,{DEFAULT_FAST_TOLERANCE}")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    exact = run_search(args, False, DEFAULT_FAST_MARGIN, DEFAULT_FAST_TOLERANCE)
+    held_out = Path(args.validation).read_text(encoding="utf-8")  # a bad path fails at once
+    exact = run_search(args, held_out, False, DEFAULT_FAST_MARGIN, DEFAULT_FAST_TOLERANCE)
     print_exact(exact)
     results = []
     for tolerance in args.tolerances.split(","):
         for margin in args.margins.split(","):
-            results.append(judge(exact, run_search(args, True, float(margin), float(tolerance))))
+            fast = run_search(args, held_out, True, float(margin), float(tolerance))
+            results.append(judge(exact, fast))
             print_row(results[-1])
     report = {"model": args.model, "exact": exact, "results": results}
     if args.json:

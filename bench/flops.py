@@ -51,3 +51,12 @@ def candidate_flops(adapter: Adapter, candidate: Structure, start: int, batch: i
     its narrower projections)."""
     with adapter.trial(candidate):
         return evaluation_flops(adapter, start, batch, seqlen)
+
+
+def scored_flops(adapter: Adapter, scorer, candidate: Structure, rows: int) -> float:
+    """What the engine runs to score ``candidate`` on ``rows`` of ``scorer``'s rows: from its
+    sub-block on with the prefix cache (from the stored boundary at or before it), from the
+    embeddings without; the LM head always."""
+    start = candidate.sub_block if scorer.prefix_cache else 0
+    start -= start % scorer.cache_plan.stride
+    return candidate_flops(adapter, candidate, start, rows, scorer.chunks.shape[1])

@@ -45,7 +45,7 @@ from mptui.engine.settings import GroupSizes, PruneSettings
 from mptui.engine.structures import Structure
 
 from .app_capture import capture_memory_pane
-from .flops import candidate_flops, evaluation_flops
+from .flops import candidate_flops, evaluation_flops, scored_flops
 from .models import LLAMA2_7B, build_llama_in_memory, spread_sub_blocks
 
 #: The reference's 22% MultiPruner run on Llama-2-7B (docs/method.md §5 and §2).
@@ -268,13 +268,8 @@ def step_flops(session: PruningSession, candidates: list[Structure]) -> float:
     """What scoring ``candidates`` runs: from each one's sub-block on with the prefix cache (at
     the stored boundary before it), from the embeddings without; the LM head always."""
     scorer = next(iter(session.scorers.values()))
-    batch, seqlen = scorer.chunks.shape
-    flops = 0.0
-    for candidate in candidates:
-        start = candidate.sub_block if scorer.prefix_cache else 0
-        start -= start % scorer.cache_plan.stride
-        flops += candidate_flops(session.adapter, candidate, start, batch, seqlen)
-    return flops
+    rows = scorer.chunks.shape[0]
+    return sum(scored_flops(session.adapter, scorer, c, rows) for c in candidates)
 
 
 def time_step(

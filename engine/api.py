@@ -106,6 +106,7 @@ _LAZY: dict[str, str] = {
     "write_bytes_atomic": "disk",
     "device_failed": "device_failure",
     "is_device_failure": "device_failure",
+    "lost_device_of": "device_failure",
     "Team": "team",
     "pin_gpus": "team",
     "follow": "follower",

@@ -53,6 +53,12 @@ def is_device_failure(error: BaseException) -> bool:
     return False
 
 
+def lost_device_of(rank: int | None = None) -> str:
+    """How :func:`device_failed`'s line begins (the launcher of workers knows a follower's own
+    line by it, and quotes it as it is)."""
+    return "the GPU failed" if rank is None else f"the GPU of worker rank {rank} failed"
+
+
 def device_failed(
     error: BaseException, during: str, session: Path | None, rank: int | None = None
 ) -> DeviceFailed:
@@ -60,8 +66,7 @@ def device_failed(
     to finish (``session``: the session folder, when the run has one)."""
     lines = str(error).strip().splitlines() or [type(error).__name__]
     detail = " ".join(lines[0].split())[:200]
-    who = "the GPU" if rank is None else f"the GPU of worker rank {rank}"
-    message = f"{who} failed ({detail}) while {during}"
+    message = f"{lost_device_of(rank)} ({detail}) while {during}"
     if session is None:
         return DeviceFailed(f"{message}; nothing was committed from the step in progress")
     return DeviceFailed(
@@ -70,4 +75,10 @@ def device_failed(
     )
 
 
-__all__ = ["FAILURE_TYPES", "FAILURE_WORDINGS", "device_failed", "is_device_failure"]
+__all__ = [
+    "FAILURE_TYPES",
+    "FAILURE_WORDINGS",
+    "device_failed",
+    "is_device_failure",
+    "lost_device_of",
+]

@@ -133,7 +133,6 @@ class Engine:
         self.result: ev.Finished | None = None
         self.failure: BaseException | None = None  # what ended the run in error, if anything
         self._write_failure: EngineError | None = None  # a subscriber's, ending the run
-        self._session_dir = session_dir
         self._recover_at_start = recover
         self._recovery = RecoveryPhase(
             request.model, request.cache_dir, session_dir, self._emit, self._set_state

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -70,12 +70,9 @@ def add_comparison_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def comparison_from_args(
-    args: argparse.Namespace, progress: Callable[[str], None] | None = None
-) -> Comparison:
+def comparison_from_args(args: argparse.Namespace) -> Comparison:
     """The :class:`~mptui.engine.comparison.Comparison` the arguments ask for; progress of
-    anything long as lines on stderr (``progress`` gets the line of each part, by default
-    stderr too). Raises the engine's one-line errors."""
+    anything long as lines on stderr. Raises the engine's one-line errors."""
     from mptui.engine.api import EvalRequest, compare_sessions
 
     evaluation = None
@@ -93,7 +90,7 @@ def comparison_from_args(
         force=args.force,
         dtype=args.dtype if args.dtype != "auto" else None,
         device=args.device,
-        progress=progress or _stderr_line,
+        progress=_stderr_line,
         counts=ProgressLines,
     )
 

@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         required=True,
         metavar="FILE",
-        help="the HTML file; the figures go beside it as FILE-STEM-*.png/.pdf (required)",
+        help="the HTML file; the figures go beside it as STEM-perplexity and STEM-layers, "
+        ".png and .pdf, STEM being its name without .html (required)",
     )
     return parser
 

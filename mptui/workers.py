@@ -183,9 +183,9 @@ def launch(args: argparse.Namespace, argv: list[str]) -> int:
 def death_notice(rank: int, how: str, why: str | None, folder: Path) -> str:
     """What to tell the user about worker ``rank`` that died: ``why`` (its last error line, when
     it exited with one), and whether ``--resume`` can continue (only a run that started can)."""
-    from mptui.engine.api import SessionFolder
+    from mptui.engine.api import SessionFolder, lost_device_of
 
-    if why is not None and why.startswith(f"the GPU of worker rank {rank} failed"):
+    if why is not None and why.startswith(lost_device_of(rank)):
         return why  # its own line says what failed and how to resume
     if not SessionFolder(folder).holds_session():
         said = f": {why}" if why else "; its error is above"
