@@ -96,6 +96,28 @@ def staged_folder(out_dir: Path, what: str) -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def staged_file(path: Path, what: str) -> Iterator[Path]:
+    """A file written whole or not at all, by a writer that wants a path (not bytes): the block
+    writes the hidden name it is given, which is fsynced and renamed over ``path`` once the
+    block is done, and removed on any failure; a full disk is one :class:`DiskFull`."""
+    path = Path(path)
+    fd, hidden = _create_beside(path)
+    os.close(fd)
+    try:
+        with writing(path, what):
+            yield hidden
+            fd = os.open(hidden, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(hidden, path)
+    except BaseException:
+        hidden.unlink(missing_ok=True)
+        raise
+
+
 def _replace_folder(staging: Path, out_dir: Path) -> None:
     old = None
     if out_dir.exists():
