@@ -56,6 +56,7 @@ from .errors import (
 )
 from .eval_request import EvalRequest
 from .events import ActivityKind, EngineState
+from .gguf_rules import GGUF_TYPES, check_gguf_architecture, check_gguf_destination
 from .names import model_label
 from .recovery import events as recovery_events
 from .recovery.settings import RecoverySettings, parse_targets
@@ -82,6 +83,8 @@ _LAZY: dict[str, str] = {
     "describe_export": "export",
     "export_model": "export",
     "check_destination": "export",
+    "export_gguf": "gguf_export",
+    "describe_gguf": "gguf_export",
     "apply_plan": "rebuild",
     "rebuild_pruned": "rebuild",
     "Comparison": "comparison",
@@ -92,6 +95,7 @@ _LAZY: dict[str, str] = {
     "evaluate": "evaluate",
     "flat_scores": "evaluate",
     "load_model": "loading",
+    "load_config": "loading",
     "write_summary": "summary",
     "run_headless": "headless",
     "LinePrinter": "headless",
@@ -212,6 +216,7 @@ __all__ = [
     "EngineServer",
     "EngineState",
     "EvalRequest",
+    "GGUF_TYPES",
     "OutOfMemory",
     "PruneSettings",
     "RemoteEngine",
@@ -222,6 +227,8 @@ __all__ = [
     "Structure",
     "UnsupportedModel",
     "attach",
+    "check_gguf_architecture",
+    "check_gguf_destination",
     "commands",
     "events",
     "model_label",

@@ -33,27 +33,16 @@ from torch import nn
 from .adapters import Adapter, adapter_for
 from .disk import staged_file
 from .errors import BadInput, UnsupportedModel
+from .gguf_rules import (
+    GGUF_FAMILIES,
+    GGUF_TYPES,
+    check_gguf_architecture,
+    check_gguf_destination,
+    refusal_for,
+)
 from .gguf_vocab import gguf_vocab
 from .plan import Plan, as_plan
 from .pruned_modeling import family_model_types
-
-#: ``--gguf-type`` choices; 1-D tensors (norms, biases) are always written in float32.
-GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
-#: Families whose layers llama.cpp's ``deci`` graph computes exactly (model types).
-GGUF_FAMILIES = ("llama", "mistral", "qwen2", "phi3")
-#: Why the other families cannot be written, for the one-line refusal.
-_REFUSED_BECAUSE = {
-    "qwen3": "its per-head q/k norms have no place in llama.cpp's deci layers",
-    "gpt2": "its LayerNorm, GELU MLP and learned positions are not llama.cpp's deci layers",
-}
-_ARCHITECTURE_FAMILY = {
-    "LlamaForCausalLM": "llama",
-    "MistralForCausalLM": "mistral",
-    "Qwen2ForCausalLM": "qwen2",
-    "Phi3ForCausalLM": "phi3",
-    "Qwen3ForCausalLM": "qwen3",
-    "GPT2LMHeadModel": "gpt2",
-}
 
 Progress = Callable[[int, int], None]
 #: Values per q8_0 block: a row quantizes only when its length is a multiple.
@@ -82,43 +71,7 @@ class GgufLayer:
     mlp_stand_in: bool = False
 
 
-# --- what can be written ----------------------------------------------------------------------
-def refusal_for(family: str) -> str | None:
-    """One line saying why ``family`` (a model type) cannot be exported as GGUF, or None."""
-    if family in GGUF_FAMILIES:
-        return None
-    why = _REFUSED_BECAUSE.get(family, "llama.cpp's deci layers do not describe it")
-    return (
-        f"--format gguf: a {family} model cannot be written as GGUF ({why}); GGUF export "
-        f"supports {', '.join(GGUF_FAMILIES)}, and every family exports as safetensors "
-        "(--format safetensors)"
-    )
-
-
-def check_gguf_architecture(architecture: str) -> None:
-    """Refuse an unsupported family from the plan's architecture name, before any model loads."""
-    family = _ARCHITECTURE_FAMILY.get(architecture)
-    if family is not None and (why := refusal_for(family)):
-        raise UnsupportedModel(why)
-
-
-def check_gguf_destination(out: Path) -> None:
-    """``out`` must name a ``.gguf`` file in an existing folder, and may replace only a GGUF."""
-    if out.suffix.lower() != ".gguf":
-        raise BadInput(f"--format gguf writes one file: give --out a name ending in .gguf ({out})")
-    if out.is_dir():
-        raise BadInput(f"GGUF destination '{out}' is a folder; give a file name ending in .gguf")
-    if not out.parent.is_dir():
-        raise BadInput(f"GGUF destination folder '{out.parent}' does not exist")
-    if out.exists() and not _is_gguf(out):
-        raise BadInput(f"GGUF destination '{out}' exists and is not a GGUF file; choose a new name")
-
-
-def _is_gguf(path: Path) -> bool:
-    with path.open("rb") as file:
-        return file.read(4) == b"GGUF"
-
-
+# --- what the file holds ----------------------------------------------------------------------
 def gguf_layers(adapter: Adapter) -> list[GgufLayer]:
     """The layers the GGUF file holds, in order, with the stand-ins the graph needs."""
     layers = []
@@ -433,7 +386,8 @@ class _Deferred:
         writer.add_tensor(name, self, raw_dtype=raw)
 
     def tofile(self, file) -> None:
-        self.array().tofile(file)
+        # A file write, not numpy's tofile: a full disk then raises ENOSPC, not a bare count.
+        file.write(np.ascontiguousarray(self.array()).data)
         if self.on_written is not None:
             self.on_written(self.nbytes)
 

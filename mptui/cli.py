@@ -25,6 +25,7 @@ from .engine.defaults import (
     DEFAULT_TEXT_FIELD,
     DEFAULT_THEME,
 )
+from .engine.gguf_rules import GGUF_TYPES
 from .engine.methods import DEFAULT_METHOD, METHODS
 
 DEMO_DIR = Path(__file__).parent / "demo"
@@ -220,7 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write plan.json here (default: the session folder)",
     )
     out.add_argument(
-        "--export", default=None, metavar="DIR", help="export here (headless: when done; app: x)"
+        "--export",
+        default=None,
+        metavar="DIR",
+        help="export here: a folder for transformers, or FILE.gguf for llama.cpp (headless: "
+        "when done; app: x)",
+    )
+    out.add_argument(
+        "--gguf-type",
+        choices=GGUF_TYPES,
+        default=None,
+        help="weight type of a GGUF --export (default: the weights' own precision)",
     )
     out.add_argument(
         "--session",

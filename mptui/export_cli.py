@@ -1,4 +1,5 @@
-"""``mptui export SESSION --out DIR``: a session's plan applied to its dense model, exported.
+"""``mptui export SESSION --out DIR`` (or ``--out FILE.gguf``): a session's plan applied to its
+dense model, exported as a transformers folder or as one GGUF file for llama.cpp.
 
 The dense model is loaded in the precision the session ran in (recorded in its plan), so the
 L1 channel order, and with it every kept channel, is the one the search used.
@@ -15,41 +16,104 @@ from .cli_common import Parser, ProgressLines, loading_lines, print_error
 def build_parser():
     parser = Parser(prog="mptui export", description=__doc__)
     parser.add_argument("session", help="session folder (holds plan.json)")
-    parser.add_argument("--out", required=True, help="folder to write the checkpoint to")
+    parser.add_argument(
+        "--out", required=True, help="folder to write the checkpoint to, or FILE.gguf for GGUF"
+    )
+    add_format_options(parser)
     parser.add_argument("--dtype", default=None, help="load precision (default: the session's)")
     parser.add_argument("--device", default=None, help="cuda, cpu (default: cuda if present)")
     return parser
 
 
+def add_format_options(parser) -> None:
+    """``--format`` and ``--gguf-type``, for ``mptui export``."""
+    from mptui.engine.api import GGUF_TYPES
+
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=None,
+        help="safetensors: a folder transformers loads; gguf: one file llama.cpp runs "
+        "(default: gguf when --out ends in .gguf, else safetensors)",
+    )
+    parser.add_argument(
+        "--gguf-type",
+        choices=GGUF_TYPES,
+        default=None,
+        help="GGUF weight type; norms and biases stay f32 (default: the weights' own precision)",
+    )
+
+
+#: Export formats: a transformers folder, or one GGUF file (docs/serving.md).
+FORMATS = ("safetensors", "gguf")
+
+
+def export_format(out: Path, chosen: str | None, gguf_type: str | None) -> str:
+    """The format asked for: ``chosen``, or told by ``out``'s suffix; checked against the
+    other options before anything loads."""
+    from mptui.engine.api import BadInput
+
+    is_gguf_name = out.suffix.lower() == ".gguf"
+    format_ = chosen or ("gguf" if is_gguf_name else "safetensors")
+    if format_ == "safetensors" and is_gguf_name:
+        raise BadInput(f"--out {out} names a GGUF file but --format is safetensors")
+    if format_ == "safetensors" and gguf_type is not None:
+        raise BadInput("--gguf-type applies to --format gguf only")
+    return format_
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from mptui.engine.api import EngineError, describe_export
+    from mptui.engine.api import EngineError
     from mptui.terminal import quiet_libraries
 
-    quiet_libraries()
     try:
-        result = export_session(Path(args.session), Path(args.out), args.dtype, args.device)
+        out = Path(args.out)
+        format_ = export_format(out, args.format, args.gguf_type)
+        quiet_libraries()
+        result = export_session(
+            Path(args.session), out, args.dtype, args.device, format_, args.gguf_type
+        )
     except EngineError as error:
         return print_error(error)
     except OSError as error:
         return print_error(f"the export failed: {error}", 1)
-    print(describe_export(result), flush=True)
+    print(describe(result), flush=True)
     return 0
 
 
-def export_session(session: Path, out: Path, dtype: str | None, device: str | None):
+def describe(result) -> str:
+    """The one line of an export, either format."""
+    from mptui.engine.api import describe_export, describe_gguf
+
+    return describe_gguf(result) if hasattr(result, "gguf_type") else describe_export(result)
+
+
+def export_session(
+    session: Path,
+    out: Path,
+    dtype: str | None,
+    device: str | None,
+    format_: str = "safetensors",
+    gguf_type: str | None = None,
+):
     from mptui.engine.api import (
         RecoveryFolder,
         SessionFolder,
         check_destination,
-        export_model,
+        check_gguf_architecture,
+        check_gguf_destination,
         rebuild_pruned,
         recovered_model,
     )
 
     folder = SessionFolder(session)
     plan = folder.read_plan()
-    check_destination(out)
+    if format_ == "gguf":
+        check_gguf_destination(out)
+        check_gguf_architecture(plan.model.architecture)
+    else:
+        check_destination(out)
     model, tokenizer = rebuild_pruned(
         plan,
         folder.order_file,
@@ -59,36 +123,37 @@ def export_session(session: Path, out: Path, dtype: str | None, device: str | No
     )
     recovered = recovered_model(model, folder.path)  # once recovered, the recovered model
     card = RecoveryFolder(folder.path).card_info() if recovered is not None else None
-    return export_model(
-        recovered or model, tokenizer, plan, out, progress=writing_lines(), recovery=card
-    )
+    return write_export(recovered or model, tokenizer, plan, out, gguf_type, recovery=card)
 
 
-def export_live(session, out: Path, session_dir: Path) -> int:
-    """Export the model a headless run just pruned (it is still in memory); a lost device
-    says that ``--resume`` exports again."""
-    from mptui.engine.api import (
-        EngineError,
-        describe_export,
-        device_failed,
-        export_model,
-        is_device_failure,
-    )
+def write_export(model, tokenizer, plan, out: Path, gguf_type: str | None, recovery=None):
+    """``out`` as a GGUF file when it names one, else as a transformers folder."""
+    from mptui.engine.api import export_gguf, export_model
+
+    if out.suffix.lower() == ".gguf":
+        return export_gguf(
+            model, tokenizer, plan, out, gguf_type=gguf_type, progress=writing_lines()
+        )
+    return export_model(model, tokenizer, plan, out, progress=writing_lines(), recovery=recovery)
+
+
+def export_live(session, out: Path, session_dir: Path, gguf_type: str | None = None) -> int:
+    """Export the model a headless run just pruned (it is still in memory), as a GGUF file when
+    ``out`` names one; a lost device says that ``--resume`` exports again."""
+    from mptui.engine.api import EngineError, device_failed, is_device_failure
 
     if session is None or not session.steps:
         print("mptui: nothing was removed, so nothing is exported", file=sys.stderr)
         return 1
     try:
-        result = export_model(
-            session.model, session.tokenizer, session.plan(), out, progress=writing_lines()
-        )
+        result = write_export(session.model, session.tokenizer, session.plan(), out, gguf_type)
     except (EngineError, OSError) as error:
         return print_error(f"the export failed: {error}", 1)
     except RuntimeError as error:
         if not is_device_failure(error):
             raise
         return print_error(device_failed(error, f"exporting to {out}", session_dir), 1)
-    print(describe_export(result), flush=True)
+    print(describe(result), flush=True)
     return 0
 
 

@@ -116,13 +116,29 @@ def open_session(args: argparse.Namespace) -> OpenedSession:
     if getattr(args, "eval_text", None) or getattr(args, "eval_include_path", None):
         app_eval_request(args, request.settings.calibration.seqlen).check()
     if export is not None:
-        from mptui.engine.api import check_destination
-
-        check_destination(export)
+        check_export(export, request.model)
     if not args.resume:
         folder.lock()
         folder.write_request(request, out=out_dir, export=export)
     return OpenedSession(request, folder, out_dir or folder.path, export)
+
+
+def check_export(export: Path, model: str) -> None:
+    """``--export``: a folder for transformers, or a ``.gguf`` file of a family llama.cpp runs;
+    refused now, not after the search."""
+    from mptui.engine.api import (
+        check_destination,
+        check_gguf_architecture,
+        check_gguf_destination,
+        load_config,
+    )
+
+    if export.suffix.lower() != ".gguf":
+        check_destination(export)
+        return
+    check_gguf_destination(export)
+    for architecture in getattr(load_config(model), "architectures", None) or ():
+        check_gguf_architecture(architecture)
 
 
 def app_eval_request(args: argparse.Namespace, seqlen: int):
@@ -292,7 +308,9 @@ def run_headless(engine, opened: OpenedSession, args: argparse.Namespace) -> int
     if opened.export_dir is not None and status == 0 and engine.result.reason == "done":
         from .export_cli import export_live
 
-        status = export_live(engine.session, opened.export_dir, opened.folder.path)
+        status = export_live(
+            engine.session, opened.export_dir, opened.folder.path, getattr(args, "gguf_type", None)
+        )
     return status
 
 
