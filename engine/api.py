@@ -91,6 +91,8 @@ _LAZY: dict[str, str] = {
     "Scores": "comparison",
     "compare_sessions": "comparison",
     "sibling_comparison": "comparison",
+    "SpeedRequest": "comparison",
+    "tokens_per_second": "comparison",
     "check_tasks": "evaluate",
     "evaluate": "evaluate",
     "flat_scores": "evaluate",

@@ -3,23 +3,30 @@ draws.
 
 Every session is scored on the same calibration rows (the plans' own final perplexities, which
 the search computed on those rows), the same held-out text and the same lm-eval tasks; the dense
-model is scored once. Torch-free at import: the collection loads models inside its functions.
+model is scored once. With a :class:`SpeedRequest` (``--speed``) each row also gets its
+generation speed in llama.cpp (through a temporary GGUF export) and in transformers: what the
+pruning bought, beside what it cost. Torch-free at import: the collection loads models inside
+its functions.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import BadInput
+from .errors import BadInput, EngineError
 from .eval_request import EvalRequest
+from .gguf_rules import GGUF_TYPES
 from .methods import DEFAULT_METHOD
 from .names import model_label
 from .plan import Plan, as_plan, read_plan_file
 from .session_files import CHANNEL_ORDER, PLAN, SETTINGS
 from .session_lock import lock_holder
+from .speed import Speed
 
 COMPARISON_FORMAT = "mptui.comparison/1"
 #: ``counts(label, unit)``: a ``(done, total)`` reporter for one long part (the CLI's
@@ -38,6 +45,53 @@ class Scores:
     calibration_ppl: float
     held_out_ppl: float | None = None  # with --eval-text
     tasks: dict[str, float] = field(default_factory=dict)  # lm-eval task -> its main metric
+    speed: ModelSpeed | None = None  # with --speed
+
+
+@dataclass(frozen=True)
+class SpeedRequest:
+    """What ``--speed`` measures: greedy generation of ``new_tokens`` tokens after a prompt of
+    ``prompt_tokens`` tokens (:data:`SPEED_TEXT`), the median of ``repeats`` runs. Serving a
+    model is these two phases, and pruning speeds them up differently."""
+
+    prompt_tokens: int = 64
+    new_tokens: int = 32
+    repeats: int = 3
+    #: The GGUF llama.cpp runs; None: the weights' half precision, f16 for float32 weights
+    #: (a float32 GGUF is not what anyone serves).
+    gguf_type: str | None = None
+
+    def check(self) -> None:
+        """One line of :class:`BadInput` before any model loads."""
+        for option, value in (
+            ("--speed-repeats", self.repeats), ("prompt tokens", self.prompt_tokens),
+            ("new tokens", self.new_tokens),
+        ):  # fmt: skip
+            if value < 1:
+                raise BadInput(f"{option} must be at least 1 (got {value})")
+        if self.gguf_type is not None and self.gguf_type not in GGUF_TYPES:
+            raise BadInput(
+                f"--speed-gguf-type {self.gguf_type!r}: choose one of {', '.join(GGUF_TYPES)}"
+            )
+
+    def words(self) -> str:
+        runs = "one run" if self.repeats == 1 else f"median of {self.repeats} runs"
+        return (
+            f"greedy, {self.new_tokens} new tokens after a {self.prompt_tokens}-token prompt, "
+            f"{runs}"
+        )
+
+
+@dataclass(frozen=True)
+class ModelSpeed:
+    """One row's generation speed (``--speed``), in tokens per second."""
+
+    transformers: Speed
+    transformers_on: str  # "float32 on cpu": how transformers ran it
+    llama_cpp: Speed | None = None  # None: see llama_cpp_na
+    llama_cpp_na: str | None = None  # why llama.cpp has no number, in words
+    gguf_type: str | None = None  # the GGUF llama.cpp ran
+    threads: int = 1  # llama.cpp's CPU threads (torch's own count, for a fair comparison)
 
 
 @dataclass(frozen=True)
@@ -62,11 +116,14 @@ class Comparison:
     tasks: tuple[str, ...] = ()
     #: Sessions of different models or calibrations compared anyway (``--force``), in words.
     forced: tuple[str, ...] = ()
+    speed: SpeedRequest | None = None  # with --speed
 
     def columns(self) -> tuple[str, ...]:
-        """The table's header: held-out perplexity and the tasks only when they were asked for."""
+        """The table's header: held-out perplexity, the tasks and the generation speeds only
+        when they were asked for."""
         held_out = ("held-out ppl",) if self.eval_text else ()
-        return ("name", "method", "params", "ratio", "calib ppl", *held_out, *self.tasks)
+        speed = ("llama.cpp tok/s", "transformers tok/s") if self.speed else ()
+        return ("name", "method", "params", "ratio", "calib ppl", *held_out, *self.tasks, *speed)
 
     def rows(self) -> list[tuple[str, ...]]:
         """The dense row, then each session's, as text under :meth:`columns`."""
@@ -84,23 +141,89 @@ class Comparison:
             held_out = scores.held_out_ppl
             cells.append(f"{held_out:.3f}" if held_out is not None else "—")
         cells += [f"{scores.tasks[t]:.4f}" if t in scores.tasks else "—" for t in self.tasks]
+        if self.speed:
+            speed, speedups = scores.speed, self.speedups(scores)
+            for engine in ("llama_cpp", "transformers"):
+                measured = getattr(speed, engine) if speed else None
+                if measured is None:
+                    cells.append("n/a")
+                    continue
+                cell = tokens_per_second(measured.generate_tps)
+                if scores is not self.dense and speedups.get(engine) is not None:
+                    cell += f" ({speedups[engine]:.2f}×)"
+                cells.append(cell)
         return tuple(cells)
 
+    def speedups(self, scores: Scores) -> dict[str, float | None]:
+        """``scores``' generation speed over the dense model's, per engine (None where either
+        has no number)."""
+        speedups: dict[str, float | None] = {}
+        for engine in ("llama_cpp", "transformers"):
+            mine = getattr(scores.speed, engine) if scores.speed else None
+            dense = getattr(self.dense.speed, engine) if self.dense.speed else None
+            speedups[engine] = mine.generate_tps / dense.generate_tps if mine and dense else None
+        return speedups
+
+    def speed_notes(self, legend: bool = True) -> list[str]:
+        """How the speeds were measured, and why a row has no llama.cpp number, in lines;
+        ``legend`` explains the table's ``(N.NN×)``."""
+        if not self.speed:
+            return []
+        rows = [scores for scores in self.all_scores() if scores.speed]
+        ggufs = _distinct(s.speed.gguf_type for s in rows if s.speed and s.speed.gguf_type)
+        threads = _distinct(str(s.speed.threads) for s in rows if s.speed and s.speed.llama_cpp)
+        torch_on = _distinct(s.speed.transformers_on for s in rows if s.speed)
+        plural = "" if threads == "1" else "s"
+        llama = f"{ggufs} on {threads} CPU thread{plural}" if ggufs and threads else "n/a"
+        lines = [
+            f"speed: generation tokens/s, {self.speed.words()}"
+            + ("; (N.NN×): speed-up over dense" if legend else ""),
+            f"speed: llama.cpp ran a temporary GGUF {llama}; transformers ran {torch_on}",
+        ]
+        lines += [
+            f"llama.cpp n/a for {s.name}: {s.speed.llama_cpp_na}"
+            for s in rows
+            if s.speed and s.speed.llama_cpp_na
+        ]
+        return lines
+
     def to_dict(self) -> dict:
-        """What ``mptui compare --json`` writes (each session's plan stays in its folder)."""
-        return {
+        """What ``mptui compare --json`` writes (each session's plan stays in its folder).
+        With ``--speed`` each row's ``speed`` has both engines' tokens per second and its
+        ``speedup`` over dense; without, there is no ``speed`` key at all."""
+        written = {
             "format": COMPARISON_FORMAT,
             "model": self.model,
             "calibration": self.calibration,
             "eval_text": self.eval_text,
             "tasks": list(self.tasks),
             "forced": list(self.forced),
-            "dense": asdict(self.dense),
+            "dense": self._scores_dict(self.dense),
             "sessions": [
-                {"path": str(session.path), "scores": asdict(session.scores)}
+                {"path": str(session.path), "scores": self._scores_dict(session.scores)}
                 for session in self.sessions
             ],
         }
+        if self.speed:
+            written["speed"] = asdict(self.speed)
+        return written
+
+    def _scores_dict(self, scores: Scores) -> dict:
+        row = asdict(scores)
+        if row["speed"] is None:
+            del row["speed"]
+        else:
+            row["speed"]["speedup"] = self.speedups(scores)
+        return row
+
+
+def tokens_per_second(value: float) -> str:
+    """``1,234.5``: one decimal, for the slow models as much as the tiny ones."""
+    return f"{value:,.1f}"
+
+
+def _distinct(values) -> str:
+    return ", ".join(dict.fromkeys(values))
 
 
 # --- reading and checking sessions, before any model is loaded ----------------------------------
@@ -199,6 +322,7 @@ def compare_sessions(
     device: str | None = None,
     progress: Callable[[str], None] | None = None,
     counts: Counts | None = None,
+    speed: SpeedRequest | None = None,
 ) -> Comparison:
     """Sessions side by side, in the order given, after the dense model.
 
@@ -211,6 +335,8 @@ def compare_sessions(
     loaded. With it, each session's pruned model is rebuilt (its dense model in its own
     precision unless ``dtype`` says otherwise) and scored on the held-out text and the tasks;
     the first session's dense model is scored before its plan is applied, once for all.
+    ``speed`` adds every row's generation speed (:func:`measure_speed`) from the same loads; a
+    session that recovered is measured as it exports, recovered.
     ``progress`` is told of each part in a line, ``counts`` (see :data:`Counts`) of its steps.
     """
     sessions = [(Path(path), read_session(Path(path))) for path in paths]
@@ -225,28 +351,34 @@ def compare_sessions(
     if forced and not force:
         raise BadInput(f"{forced[0]}; --force compares them anyway")
     comparison = plan_comparison(sessions, forced)
-    if evaluation is None:
+    if evaluation is None and speed is None:
         return comparison
-    evaluation.check()
-    if evaluation.tasks:
-        from .evaluate import check_tasks
+    if speed is not None:
+        speed.check()
+    if evaluation is not None:
+        evaluation.check()
+        if evaluation.tasks:
+            from .evaluate import check_tasks
 
-        check_tasks(evaluation.tasks, evaluation.include_path)
-    return evaluated(comparison, evaluation, dtype, device, progress, counts)
+            check_tasks(evaluation.tasks, evaluation.include_path)
+    return evaluated(comparison, evaluation, dtype, device, progress, counts, speed)
 
 
 def evaluated(
     comparison: Comparison,
-    evaluation: EvalRequest,
+    evaluation: EvalRequest | None,
     dtype: str | None,
     device: str | None,
     progress: Callable[[str], None] | None,
     counts: Counts | None,
+    speed: SpeedRequest | None = None,
 ) -> Comparison:
-    """``comparison`` with the held-out perplexity and task scores of every row filled in: one
-    load per session, the dense model scored from the first load."""
+    """``comparison`` with the held-out perplexity and task scores (``evaluation``) and the
+    generation speed (``speed``) of every row filled in: one load per session, the dense model
+    measured from the first load, before its plan is applied."""
     say = progress or (lambda line: None)
     dense: dict = {}
+    dense_speed: list[ModelSpeed] = []
     sessions = []
     for index, session in enumerate(comparison.sessions):
         plan, name = session.plan, session.scores.name
@@ -254,37 +386,49 @@ def evaluated(
         count = f"{index + 1} of {len(comparison.sessions)}"
         say(f"{name} ({session.scores.method}, {count}): loading {label}, re-applying its plan")
 
-        def score_dense(model, tokenizer) -> None:
-            say("evaluating the dense model (once, for every session)")
-            dense.update(_evaluate(model, tokenizer, evaluation, "the dense model", counts))
+        def measure_dense(model, tokenizer, plan: Plan = plan) -> None:
+            if evaluation is not None:
+                say("evaluating the dense model (once, for every session)")
+                dense.update(_evaluate(model, tokenizer, evaluation, "the dense model", counts))
+            if speed is not None:
+                say("measuring the dense model's speed (once, for every session)")
+                dense_plan = dataclasses.replace(plan, steps=[])
+                dense_speed.append(
+                    measure_speed(model, tokenizer, dense_plan, "dense", speed, say, counts)
+                )
 
-        results = _evaluate_rebuilt(
-            session, evaluation, dtype, device, counts, score_dense if index == 0 else None, say
-        )
-        scores = _with_results(session.scores, results)
+        scores = _measure_rebuilt(
+            session, evaluation, speed, dtype, device, counts,
+            measure_dense if index == 0 else None, say,
+        )  # fmt: skip
         sessions.append(dataclasses.replace(session, scores=scores))
+    dense_scores = _with_results(comparison.dense, dense) if evaluation else comparison.dense
     return dataclasses.replace(
         comparison,
-        dense=_with_results(comparison.dense, dense),
+        dense=dataclasses.replace(dense_scores, speed=dense_speed[0] if dense_speed else None),
         sessions=sessions,
-        eval_text=evaluation.text,
-        tasks=evaluation.tasks,
+        eval_text=evaluation.text if evaluation else None,
+        tasks=evaluation.tasks if evaluation else (),
+        speed=speed,
     )
 
 
-def _evaluate_rebuilt(
+def _measure_rebuilt(
     session: ComparedSession,
-    evaluation: EvalRequest,
+    evaluation: EvalRequest | None,
+    speed: SpeedRequest | None,
     dtype: str | None,
     device: str | None,
     counts: Counts | None,
     before_pruning: Callable | None,
     say: Callable[[str], None],
-) -> dict:
-    """One session's pruned model, rebuilt, evaluated and let go before the next is loaded."""
+) -> Scores:
+    """One session's row: its pruned model rebuilt, evaluated, timed, and let go before the
+    next is loaded."""
     from .rebuild import rebuild_pruned
 
     label = model_label(session.plan.model.name_or_path)
+    name = session.scores.name
     model, tokenizer = rebuild_pruned(
         session.plan,
         session.path / CHANNEL_ORDER,
@@ -293,8 +437,21 @@ def _evaluate_rebuilt(
         on_shard=counts(f"loading {label}", "shards") if counts else None,
         before_pruning=before_pruning,
     )
-    say(f"evaluating {session.scores.name}")
-    return _evaluate(model, tokenizer, evaluation, session.scores.name, counts)
+    scores = session.scores
+    if evaluation is not None:
+        say(f"evaluating {name}")
+        results = _evaluate(model, tokenizer, evaluation, name, counts)
+        scores = _with_results(scores, results)
+    if speed is not None:
+        from .recovery.folder import recovered_model
+
+        # After the evaluation: merging a recovery changes the model in place. What is timed
+        # is what ``mptui export`` writes.
+        served = recovered_model(model, session.path) or model
+        scores = dataclasses.replace(
+            scores, speed=measure_speed(served, tokenizer, session.plan, name, speed, say, counts)
+        )
+    return scores
 
 
 def _evaluate(model, tokenizer, evaluation: EvalRequest, name: str, counts: Counts | None):
@@ -302,6 +459,112 @@ def _evaluate(model, tokenizer, evaluation: EvalRequest, name: str, counts: Coun
 
     reporter = counts(f"evaluating {name}", "requests") if counts else None
     return evaluate(model, tokenizer, evaluation, progress=reporter)
+
+
+# --- speed (--speed) ----------------------------------------------------------------------------
+#: The prompt every row is timed on, repeated to length. Speed depends on how many tokens there
+#: are, not on what they say; a fixed text gives every row of one tokenizer the same ids and
+#: needs no calibration file (which may have moved, or be a hub dataset).
+SPEED_TEXT = (
+    "Pruning removes whole attention heads, MLP channels and layers from a language model, so "
+    "that the smaller model reads fewer weights for every token it generates. The question is "
+    "how much faster it is, and how much of its quality it keeps."
+)
+
+
+class _NoLlamaCpp(Exception):
+    """Why a row has no llama.cpp number, in words (never a traceback)."""
+
+
+def speed_prompt(tokenizer, tokens: int) -> list[int]:
+    """The first ``tokens`` ids of :data:`SPEED_TEXT`, repeated as often as it takes (with the
+    tokenizer's own BOS, if it adds one)."""
+    text = SPEED_TEXT
+    for _ in range(tokens):
+        ids = list(tokenizer(text)["input_ids"])
+        if len(ids) >= tokens:
+            return ids[:tokens]
+        text += " " + SPEED_TEXT
+    raise BadInput(f"--speed: the tokenizer makes fewer than {tokens} tokens of the prompt")
+
+
+def measure_speed(
+    model,
+    tokenizer,
+    plan: Plan,
+    name: str,
+    request: SpeedRequest,
+    say: Callable[[str], None],
+    counts: Counts | None = None,
+) -> ModelSpeed:
+    """``model``'s generation speed in transformers (where it is, as it is) and in llama.cpp
+    (exported to a temporary GGUF, deleted afterwards). llama.cpp runs on as many CPU threads as
+    torch does. A model llama.cpp cannot run (its family has no GGUF, llama-cpp-python is not
+    installed, the file cannot be written) gets a reason instead of a number."""
+    import torch
+
+    from .speed import transformers_speed
+
+    prompt = speed_prompt(tokenizer, request.prompt_tokens)
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context and request.prompt_tokens + request.new_tokens > context:
+        raise BadInput(
+            f"--speed: a {request.prompt_tokens}-token prompt and {request.new_tokens} new "
+            f"tokens do not fit {name}'s context of {context} tokens"
+        )
+    parameter = next(model.parameters())
+    on = f"{str(parameter.dtype).removeprefix('torch.')} on {parameter.device.type}"
+    say(f"{name}: timing transformers ({on}, {request.words()})")
+    transformers = transformers_speed(model, prompt, request.new_tokens, repeats=request.repeats)
+    gguf_type = request.gguf_type or {torch.bfloat16: "bf16"}.get(parameter.dtype, "f16")
+    threads = torch.get_num_threads()
+    try:
+        llama_cpp = _llama_cpp_speed(
+            model, tokenizer, plan, name, prompt, request, gguf_type, threads, say, counts
+        )
+    except _NoLlamaCpp as reason:
+        say(f"{name}: llama.cpp n/a: {reason}")
+        return ModelSpeed(transformers, on, llama_cpp_na=str(reason), threads=threads)
+    return ModelSpeed(transformers, on, llama_cpp, gguf_type=gguf_type, threads=threads)
+
+
+def _llama_cpp_speed(
+    model, tokenizer, plan: Plan, name: str, prompt: list[int], request: SpeedRequest,
+    gguf_type: str, threads: int, say: Callable[[str], None], counts: Counts | None,
+) -> Speed:  # fmt: skip
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise _NoLlamaCpp("llama-cpp-python is not installed (pip install llama-cpp-python)")
+    from .gguf_export import export_gguf
+    from .gguf_rules import check_gguf_architecture
+    from .speed import llama_cpp_speed
+
+    with tempfile.TemporaryDirectory(prefix="mptui-speed-") as folder:
+        path = Path(folder) / f"{name}.gguf"
+        try:
+            check_gguf_architecture(plan.model.architecture)  # before a word of writing
+            say(f"{name}: writing a temporary {gguf_type} GGUF for llama.cpp")
+            export_gguf(
+                model, tokenizer, plan, path, gguf_type=gguf_type,
+                progress=counts(f"writing {name}'s GGUF", "bytes") if counts else None,
+            )  # fmt: skip
+        except EngineError as error:
+            raise _NoLlamaCpp(_gguf_reason(error)) from None
+        except OSError as error:
+            raise _NoLlamaCpp(f"its GGUF could not be written ({error})") from None
+        plural = "" if threads == 1 else "s"
+        say(f"{name}: timing llama.cpp ({gguf_type}, {threads} CPU thread{plural})")
+        try:
+            return llama_cpp_speed(
+                path, prompt, request.new_tokens, repeats=request.repeats, threads=threads
+            )
+        except (ImportError, OSError, RuntimeError, ValueError) as error:
+            raise _NoLlamaCpp(f"llama.cpp could not run its GGUF ({error})") from None
+
+
+def _gguf_reason(error: Exception) -> str:
+    """The exporter's refusal without what only ``mptui export`` needs to hear (the option's
+    name, the other format)."""
+    return str(error).removeprefix("--format gguf: ").split("; GGUF export supports")[0]
 
 
 def _with_results(scores: Scores, results: dict) -> Scores:

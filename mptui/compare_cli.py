@@ -3,7 +3,9 @@
 Parameters, ratio and calibration perplexity come from the plans (no model is loaded); with
 ``--eval-text`` and/or ``--tasks`` each session's pruned model is rebuilt and scored on the same
 held-out text and lm-eval tasks, and the dense model is scored once, from the first load.
-Sessions of different models or calibrations are refused unless ``--force``.
+With ``--speed`` every row also gets its generation speed in llama.cpp (a temporary GGUF export)
+and in transformers, and each session its speed-up over dense. Sessions of different models or
+calibrations are refused unless ``--force``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mptui.engine.api import DEFAULT_EVAL_BATCH_SIZE, DEFAULT_SEQLEN
+from mptui.engine.api import DEFAULT_EVAL_BATCH_SIZE, DEFAULT_SEQLEN, SpeedRequest
 
 from .cli_common import Parser, ProgressLines, print_error
 
@@ -68,6 +70,26 @@ def add_comparison_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="compare sessions of different models or calibrations anyway (default: off)",
     )
+    parser.add_argument(
+        "--speed",
+        action="store_true",
+        help="also time greedy generation of every model in llama.cpp (a temporary GGUF) and "
+        "in transformers, in tokens/s (default: off)",
+    )
+    parser.add_argument(
+        "--speed-repeats",
+        type=int,
+        default=SpeedRequest.repeats,
+        metavar="N",
+        help="with --speed: runs per model, the median is kept (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--speed-gguf-type",
+        default=None,
+        metavar="TYPE",
+        help="with --speed: f32, f16, bf16 or q8_0 for llama.cpp (default: the weights' half "
+        "precision, f16 for float32 weights)",
+    )
 
 
 def comparison_from_args(args: argparse.Namespace) -> Comparison:
@@ -75,15 +97,18 @@ def comparison_from_args(args: argparse.Namespace) -> Comparison:
     anything long as lines on stderr. Raises the engine's one-line errors."""
     from mptui.engine.api import EvalRequest, compare_sessions
 
-    evaluation = None
-    if args.eval_text or args.tasks:
+    evaluation = speed = None
+    if args.eval_text or args.tasks or args.speed:
         from mptui.terminal import quiet_libraries
 
         quiet_libraries()
+    if args.eval_text or args.tasks:
         evaluation = EvalRequest.from_options(
             args.tasks, args.eval_text, args.seqlen, include_path=args.include_path,
             limit=args.limit, batch_size=args.batch_size,
         )  # fmt: skip
+    if args.speed:
+        speed = SpeedRequest(repeats=args.speed_repeats, gguf_type=args.speed_gguf_type)
     return compare_sessions(
         [Path(session) for session in args.sessions],
         evaluation,
@@ -92,6 +117,7 @@ def comparison_from_args(args: argparse.Namespace) -> Comparison:
         device=args.device,
         progress=_stderr_line,
         counts=ProgressLines,
+        speed=speed,
     )
 
 
@@ -144,6 +170,8 @@ def main(argv: list[str]) -> int:
     for sentence in comparison.forced:
         print(f"compared anyway (--force): {sentence}")
     print(table(comparison.columns(), comparison.rows()))
+    for line in comparison.speed_notes():
+        print(line)
     if args.json:
         write_json_atomic(Path(args.json), comparison.to_dict())
     return 0

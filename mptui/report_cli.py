@@ -4,7 +4,8 @@ One self-contained HTML file (the figures inline, nothing fetched when it is ope
 session's perplexity-vs-ratio curve on one plot, the per-layer map of what each removed, the
 evaluation table and the settings; the figures also as PNG and PDF beside it. It takes the
 arguments of ``mptui compare``: with ``--eval-text`` and/or ``--tasks`` the table has the
-held-out perplexity and the lm-eval scores too.
+held-out perplexity and the lm-eval scores too, and with ``--speed`` a section "What the pruning
+bought" has every model's generation speed in llama.cpp and transformers.
 """
 
 from __future__ import annotations

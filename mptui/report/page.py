@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mptui import __version__
-from mptui.engine.api import Comparison, Scores, write_bytes_atomic
+from mptui.engine.api import Comparison, Scores, tokens_per_second, write_bytes_atomic
 
 from .figures import DrawnFigure, draw_figures, perplexity_text, session_style
 
@@ -65,6 +65,7 @@ def render_page(comparison: Comparison, figures: list[DrawnFigure], out: Path) -
         "</header>",
         _warnings(comparison.forced),
         _section("Evaluation", _scores_table(comparison) + _scores_note(comparison)),
+        _speed_section(comparison),
         *(_figure_section(figure, out) for figure in figures),
         _section("Settings", _settings_table(comparison)),
         f"<footer>Written by mptui {escape(__version__)}.</footer>",
@@ -178,6 +179,56 @@ def _scores_note(comparison: Comparison) -> str:
     if comparison.eval_text:
         note += f"; held-out perplexity on {comparison.eval_text}"
     return f'<p class="note">{_e(note)}.</p>'
+
+
+# --- the speed table (--speed) ------------------------------------------------------------------
+SPEED_HEADING = "What the pruning bought"
+
+
+def _speed_section(comparison: Comparison) -> str:
+    """Each model's generation and prompt speed in llama.cpp and in transformers, and each
+    session's speed-up over dense: the other side of the evaluation's cost. Only with
+    ``--speed``."""
+    if not comparison.speed:
+        return ""
+    engines = (("llama_cpp", "llama.cpp"), ("transformers", "transformers"))
+    head = ["<th>session</th>", "<th>method</th>", '<th class="num">ratio</th>']
+    for _, title in engines:
+        head += [
+            f'<th class="num">{title} generate tok/s</th>',
+            f'<th class="num">{title} speed-up</th>',
+            f'<th class="num">{title} prompt tok/s</th>',
+        ]
+    rows = [(comparison.dense, "", True)]
+    rows += [(s.scores, _swatch(i), False) for i, s in enumerate(comparison.sessions)]
+    body = []
+    for scores, swatch, dense in rows:
+        cells = [
+            f"<th>{swatch}{_e(scores.name)}</th>",
+            f"<td>{_e(scores.method)}</td>",
+            _number(f"{scores.ratio:.2%}"),
+        ]
+        speedups = comparison.speedups(scores)
+        for engine, _ in engines:
+            measured = getattr(scores.speed, engine) if scores.speed else None
+            speedup = speedups[engine]
+            cells += [
+                _number(tokens_per_second(measured.generate_tps) if measured else "n/a"),
+                _number(f"{speedup:.2f}×" if speedup is not None and not dense else None),
+                _number(tokens_per_second(measured.prompt_tps) if measured else "n/a"),
+            ]
+        opening = '<tr class="dense">' if dense else "<tr>"
+        body.append(f"{opening}{''.join(cells)}</tr>")
+    lines = comparison.speed_notes(legend=False)
+    notes = "".join(f"<li>{_e(line.removeprefix('speed: '))}</li>" for line in lines)
+    return _section(
+        SPEED_HEADING,
+        '<div class="wide"><table class="speed">'
+        f"<thead><tr>{''.join(head)}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+        '<p class="note">Tokens per second, higher is better; speed-up: the session\'s '
+        "generation speed over the dense model's, measured on the same machine in the same "
+        f'run.</p><ul class="note">{notes}</ul>',
+    )
 
 
 # --- the settings table --------------------------------------------------------------------------
