@@ -62,11 +62,21 @@ class Stop(Command):
     pass
 
 
+#: What an Export writes: a transformers checkpoint folder, or one GGUF file llama.cpp runs.
+EXPORT_FORMATS = ("safetensors", "gguf")
+
+
 @dataclass(frozen=True)
 class Export(Command):
-    """Write the model as pruned so far to ``path`` (a checkpoint; see ``engine.export``)."""
+    """Write the model as pruned so far to ``path``: a checkpoint folder (``engine.export``),
+    or with ``format="gguf"`` one ``.gguf`` file (``engine.gguf_export``) whose weights are
+    stored as ``gguf_type`` (``f32``, ``f16``, ``bf16``, ``q8_0``; None: the weights' own
+    precision). The engine refuses other values with a Notice; a client that predates the
+    two fields sends neither and gets the folder it always got."""
 
     path: str
+    format: str = "safetensors"
+    gguf_type: str | None = None
 
 
 @dataclass(frozen=True)

@@ -197,11 +197,18 @@ class Activity(Event):
 
 @dataclass(frozen=True)
 class Exported(Event):
+    """An export was written: a checkpoint folder (``stock`` when it loads in transformers
+    without remote code) or, with ``format`` ``gguf``, one GGUF file of ``gguf_type`` with
+    ``stand_ins`` zero-weight parts llama.cpp's layer rules need (``stock`` is then False)."""
+
     path: str
     params: int
     bytes: int
     stock: bool
     seconds: float
+    format: str = "safetensors"
+    gguf_type: str | None = None
+    stand_ins: int = 0
 
 
 @dataclass(frozen=True)

@@ -329,7 +329,8 @@ def run_app(engine, opened: OpenedSession, args: argparse.Namespace) -> int:
         with terminal_kept_logs_to(session_dir / session_files.LOG):
             MptuiApp(
                 engine, theme_name=args.theme, eval_request=eval_request, export_dir=export_dir,
-                recovery=app_recovery(args), session_dir=session_dir,
+                gguf_type=getattr(args, "gguf_type", None), recovery=app_recovery(args),
+                session_dir=session_dir,
             ).run()  # fmt: skip
     finally:
         engine.send(commands.Stop())

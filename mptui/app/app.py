@@ -23,7 +23,13 @@ from textual.containers import Container, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer
 
-from mptui.engine.api import DEFAULT_THEME, EngineState, EvalRequest, RecoverySettings
+from mptui.engine.api import (
+    DEFAULT_THEME,
+    EngineState,
+    EvalRequest,
+    RecoverySettings,
+    session_files,
+)
 from mptui.engine.api import commands as cmd
 from mptui.engine.api import events as ev
 
@@ -34,13 +40,14 @@ from .screens import (
     ComparisonScreen,
     DetachScreen,
     EvaluationScreen,
+    ExportChoice,
     ExportScreen,
     HelpScreen,
     OrderScreen,
     OverrideScreen,
     QuitScreen,
 )
-from .state import RunState, evaluation_rows
+from .state import RunState, display_name, evaluation_rows
 from .themes import load_themes
 
 #: Seconds between repaints.
@@ -81,8 +88,10 @@ class MptuiApp(App):
         attached_to: str | None = None,
         recovery: RecoverySettings | None = None,
         session_dir: Path | None = None,
+        gguf_type: str | None = None,
     ) -> None:
-        """``eval_request`` is what ``e`` evaluates; ``export_dir`` what ``x`` offers first;
+        """``eval_request`` is what ``e`` evaluates; ``export_dir`` what ``x`` offers first (a
+        folder, or a ``.gguf`` file: then the dialog opens on GGUF, of ``gguf_type``, else f16);
         ``recovery`` what ``r`` runs after the search; ``session_dir`` the run's session folder,
         whose neighbours ``c`` compares it with.
 
@@ -95,6 +104,10 @@ class MptuiApp(App):
         self._eval_request = eval_request
         self._export_dir = export_dir
         self._session_dir = session_dir
+        # what the export dialog opens with: the last choice, or the format of --export
+        gguf_given = export_dir is not None and export_dir.suffix.lower() == ".gguf"
+        self._export_format = "gguf" if gguf_given else "safetensors"
+        self._gguf_type = gguf_type or "f16"
         self._gpu_reader = gpu_reader or NvmlReader()
         self.engine = engine
         self.state = RunState()
@@ -197,9 +210,7 @@ class MptuiApp(App):
             if isinstance(event, ev.Notice):
                 self.notify(event.message, timeout=6)
             elif isinstance(event, ev.Exported):
-                from mptui.engine.api import describe_export  # loads torch: only when needed
-
-                self.notify(describe_export(event), title="exported", timeout=15)
+                self.notify(exported_line(event), title="exported", timeout=15)
             elif isinstance(event, ev.Evaluated):
                 title = f"Evaluation after {event.steps} steps (ratio {event.ratio:.2%})"
                 rows = evaluation_rows(event.dense, event.pruned, event.recovered)
@@ -299,17 +310,38 @@ class MptuiApp(App):
         self.send(cmd.Undo())
 
     def action_export(self) -> None:
-        """Export the model as pruned so far: a smaller checkpoint that loads without mptui."""
+        """Export the model as pruned so far: a smaller checkpoint folder that loads without
+        mptui, or one GGUF file llama.cpp runs."""
         if self.engine is None:
             return
-        default = self._export_dir or Path.cwd() / "mptui-export"
+        folder, gguf_file = self._export_defaults()
 
-        def chosen(path: str | None) -> None:
-            if path:
-                self.send(cmd.Export(str(Path(path).expanduser().resolve())))
-                self.notify(f"exporting to {path} (between two candidates)")
+        def chosen(choice: ExportChoice | None) -> None:
+            if choice is None:
+                return
+            self._export_format = choice.format
+            self._gguf_type = choice.gguf_type or self._gguf_type
+            path = str(Path(choice.path).expanduser().resolve())
+            self.send(cmd.Export(path, format=choice.format, gguf_type=choice.gguf_type))
+            what = f"GGUF ({choice.gguf_type}) " if choice.format == "gguf" else ""
+            self.notify(f"exporting {what}to {choice.path} (between two candidates)")
 
-        self.push_screen(ExportScreen(str(default)), chosen)
+        screen = ExportScreen(
+            str(folder), str(gguf_file), format=self._export_format, gguf_type=self._gguf_type
+        )
+        self.push_screen(screen, chosen)
+
+    def _export_defaults(self) -> tuple[Path, Path]:
+        """The folder and the GGUF file the export dialog offers: ``--export`` (either kind),
+        else the session's ``export/`` folder and ``NAME-pruned.gguf`` in the session folder."""
+        given, session = self._export_dir, self._session_dir
+        folder = session / session_files.EXPORT if session else Path.cwd() / "mptui-export"
+        if given is not None and given.suffix.lower() == ".gguf":
+            return folder, given
+        folder = given or folder
+        name = display_name(self.state.model).rpartition("/")[2] if self.state.model else ""
+        gguf_name = f"{name or 'model'}-pruned.gguf"
+        return folder, (session or folder.parent) / gguf_name
 
     def action_evaluate(self) -> None:
         """Evaluate dense against pruned (lm-eval tasks, perplexity); the search waits."""
@@ -413,6 +445,18 @@ class MptuiApp(App):
                 continue
             action = getattr(self, f"action_{binding.action}")
             yield SystemCommand(binding.description, (action.__doc__ or "").strip(), action)
+
+
+def exported_line(event: ev.Exported) -> str:
+    """The one line an export is announced with: the engine's own, for its format (it loads
+    torch: only when an export is done)."""
+    if event.format == "gguf":
+        from mptui.engine.api import describe_gguf
+
+        return describe_gguf(event)
+    from mptui.engine.api import describe_export
+
+    return describe_export(event)
 
 
 def _terminal_fd() -> int | None:

@@ -57,6 +57,7 @@ SAMPLES: list[ev.Event | cmd.Command] = [
     ev.Activity(ev.ActivityKind.EXPORT, "exporting to /tmp/x", 10, 100),
     ev.Activity(None),
     ev.Exported("/tmp/x", 1000, 4000, True, 2.5),
+    ev.Exported("/x.gguf", 1000, 4000, False, 2.5, format="gguf", gguf_type="q8_0", stand_ins=2),
     ev.Evaluated({"perplexity": 40.1}, {"perplexity": 45.2}, 3, 0.136),
     ev.Finished("done", {"format": "mptui.plan/1", "steps": [STEP]}),
     cmd.Pause(),
@@ -68,6 +69,7 @@ SAMPLES: list[ev.Event | cmd.Command] = [
     cmd.Undo(),
     cmd.Stop(),
     cmd.Export("/tmp/export"),
+    cmd.Export("/tmp/pruned.gguf", format="gguf", gguf_type="f16"),
     cmd.Evaluate(EvalRequest(("piqa", "arc_easy"), None, 10, 4, "/tmp/valid.txt", 128)),
     cmd.Recover(RecoverySettings(data="/tmp/alpaca.jsonl", steps=30, targets=("q", "down"))),
     rev.RecoveryStarted(
@@ -111,6 +113,23 @@ def test_an_event_line_has_the_shape_of_the_event_log():
         "event": "StepStarted", "time": 2.0, "step": 1, "dimension": "blocks",
         "candidates": ["L0.attn"], "current_score": 3.0,
     }  # fmt: skip
+
+
+def test_an_export_from_a_client_that_predates_formats_is_a_folder():
+    """Lines without ``format`` and ``gguf_type`` (an older mptui attach, an older session's
+    events.jsonl) read as they always did: a safetensors folder."""
+    kind, command = wire.decode(b'{"command": "Export", "path": "/tmp/export"}\n')
+    assert kind == "command" and command == cmd.Export("/tmp/export")
+    assert (command.format, command.gguf_type) == ("safetensors", None)
+    old_event = b'{"event": "Exported", "time": 1.0, "path": "/tmp/x", "params": 10, '
+    _, event = wire.decode(old_event + b'"bytes": 40, "stock": true, "seconds": 2.5}\n')
+    assert event == ev.Exported("/tmp/x", 10, 40, True, 2.5, time=1.0)
+    assert (event.format, event.gguf_type, event.stand_ins) == ("safetensors", None, 0)
+
+
+def test_an_export_line_carries_its_format():
+    line = json.loads(wire.encode_command(cmd.Export("/m.gguf", format="gguf", gguf_type="q8_0")))
+    assert line == {"command": "Export", "path": "/m.gguf", "format": "gguf", "gguf_type": "q8_0"}
 
 
 @pytest.mark.parametrize(
