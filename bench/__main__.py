@@ -1,4 +1,4 @@
-"""``python -m bench search|fast|speedups|workers ...``, ``python -m bench gpu-check
+"""``python -m bench search|fast|speedups|workers|serve ...``, ``python -m bench gpu-check
 [--dry-run]``, ``python -m bench build-llama12 DIR`` (random weights: for timings only) or
 ``python -m bench build-qwen12`` (trained, cached; prints its folder) (bench/RESULTS.md)."""
 
@@ -25,6 +25,10 @@ def main() -> None:
         from .fast import main as fast
 
         fast(argv)
+    elif command == "serve":
+        from .serve import main as serve
+
+        serve(argv)
     elif command == "gpu-check":
         from .gpu_check import main as gpu_check
 
