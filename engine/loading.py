@@ -73,19 +73,106 @@ def is_mptui_export(name_or_path: str) -> bool:
 
 
 def load_config(name_or_path: str):
+    """The model's config, from its folder or (a hub id) the local Hugging Face cache first:
+    see :func:`cache_only`."""
+    return _load_config(name_or_path, cache_only(name_or_path))
+
+
+def _load_config(name_or_path: str, local_only: bool):
     from transformers import AutoConfig
 
     if looks_like_path(name_or_path) and not Path(name_or_path).expanduser().exists():
         raise BadInput(f"model path '{name_or_path}' does not exist")
     try:
         return AutoConfig.from_pretrained(
-            os.path.expanduser(name_or_path), trust_remote_code=is_mptui_export(name_or_path)
+            os.path.expanduser(name_or_path),
+            trust_remote_code=is_mptui_export(name_or_path),
+            local_files_only=local_only,
         )
     except (OSError, ValueError) as error:
         raise BadInput(
             f"could not load model '{name_or_path}': it is not a local model folder and not in "
             f"the Hugging Face cache, or the hub is unreachable ({_first_line(error)})"
         ) from error
+
+
+def is_hub_id(name_or_path: str) -> bool:
+    """Whether ``name_or_path`` names a model on the hub rather than a folder here."""
+    return not looks_like_path(name_or_path)
+
+
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) as huggingface_hub reads it, also when
+    it was set after huggingface_hub was imported (a test, a notebook)."""
+    from huggingface_hub import constants
+
+    now = (os.environ.get(name, "").upper() for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return bool(constants.HF_HUB_OFFLINE) or any(
+        value in ("1", "ON", "YES", "TRUE") for value in now
+    )
+
+
+def cache_only(name_or_path: str) -> bool:
+    """Whether a hub id is read from the local Hugging Face cache alone (``local_files_only``).
+
+    A cached model (its ``config.json`` is in the cache) never touches the network: it loads
+    the same offline, online or with the hub down. An uncached one, offline, is one line at
+    once; online, the hub is asked once, without retries, for its ``config.json``: a model that
+    does not exist, a gated one or no network is one line within seconds, where transformers
+    would retry a dead network five times (about half a minute) and print each retry.
+    A local folder is False: nothing to download.
+    """
+    if not is_hub_id(name_or_path):
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(name_or_path, "config.json")
+    except ValueError as error:  # not a repo id the hub could have ("a b", "x--y")
+        raise BadInput(f"could not load model '{name_or_path}': {_first_line(error)}") from None
+    if isinstance(cached, str):
+        return True
+    if hub_offline():
+        raise BadInput(
+            f"could not load model '{name_or_path}': it is not a local folder nor in the Hugging "
+            "Face cache, and HF_HUB_OFFLINE is set (download it where the hub is reachable, or "
+            "give its folder)"
+        )
+    _ask_the_hub(name_or_path)
+    return False
+
+
+def _ask_the_hub(repo_id: str) -> None:
+    """One request for the model's ``config.json``, no retries; what went wrong as one line."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+    )
+
+    url = hf_hub_url(repo_id, "config.json")
+    try:
+        get_hf_file_metadata(url, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+        return
+    except GatedRepoError:
+        problem = (
+            "it is gated on the Hugging Face hub: accept its conditions on its page, then log "
+            "in here (hf auth login)"
+        )
+    except RepositoryNotFoundError:
+        problem = "no such model on the Hugging Face hub (if it is private: hf auth login)"
+    except EntryNotFoundError:
+        problem = "it has no config.json on the Hugging Face hub (not a transformers model)"
+    except HfHubHTTPError as error:
+        problem = f"the Hugging Face hub answered {_first_line(error)}"
+    except Exception as error:  # no network: httpx's connect errors and timeouts, OSError
+        problem = (
+            f"its files are not all in the Hugging Face cache and the hub ({constants.ENDPOINT}) "
+            f"cannot be reached ({type(error).__name__}: {_first_line(error)})"
+        )
+    raise BadInput(f"could not load model '{repo_id}': {problem}")
 
 
 def check_supported(config) -> None:
@@ -116,7 +203,8 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    config = load_config(name_or_path)
+    local_only = cache_only(name_or_path)
+    config = _load_config(name_or_path, local_only)
     check_supported(config)
     device = device or default_device()
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -124,7 +212,8 @@ def load_model(
     torch_dtype = resolve_dtype(dtype, device, checkpoint_dtype(config))
     path = os.path.expanduser(name_or_path)
     carried_code = is_mptui_export(path)
-    try:
+
+    def read(local_only: bool):
         with _reporting_shard_reads(on_shard) as reads:
             model = AutoModelForCausalLM.from_pretrained(
                 path,
@@ -132,9 +221,30 @@ def load_model(
                 device_map=device_map or device,  # straight onto the device, not via the CPU
                 attn_implementation="sdpa",
                 trust_remote_code=carried_code,
+                local_files_only=local_only,
+                # transformers does not pass local_files_only on to its look for a peft
+                # adapter: without this, a cached model would still ask the hub (and retry)
+                adapter_kwargs={"local_files_only": local_only},
             )
             reads.finish()
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=carried_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, trust_remote_code=carried_code, local_files_only=local_only
+        )
+        return model, tokenizer
+
+    try:
+        try:
+            model, tokenizer = read(local_only)
+        except OSError as error:
+            if not local_only:
+                raise
+            if hub_offline():
+                raise BadInput(
+                    f"could not load model '{name_or_path}': its files are not all in the Hugging "
+                    f"Face cache, and HF_HUB_OFFLINE is set ({_first_line(error)})"
+                ) from error
+            _ask_the_hub(name_or_path)  # the config was cached, the weights not (a cut download)
+            model, tokenizer = read(False)
     except OSError as error:
         raise BadInput(f"could not load model '{name_or_path}': {_first_line(error)}") from error
     except RuntimeError as error:

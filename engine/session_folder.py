@@ -33,11 +33,36 @@ from .errors import BadInput, DiskFull, ResultNotSaved
 from .evaluate import flat_scores
 from .plan import Plan, PlanStep, read_plan_file
 from .run_request import RunRequest
-from .session_files import CHANNEL_ORDER, EVALUATION, EVENTS, JOURNAL, LOCK, PLAN, SETTINGS
+from .session_files import (
+    CHANNEL_ORDER,
+    EVALUATION,
+    EVENTS,
+    JOURNAL,
+    LOCK,
+    LOG,
+    PLAN,
+    SETTINGS,
+    SUMMARY_JSON,
+    SUMMARY_MD,
+)
 from .settings import CalibrationSpec, PruneSettings
 from .summary import write_summary
 
 T = TypeVar("T")
+
+#: The files of a session every command on it may read or write, and what each is to the user.
+SESSION_FILES = {
+    SETTINGS: "settings",
+    JOURNAL: "journal",
+    PLAN: "plan",
+    CHANNEL_ORDER: "channel order",
+    LOCK: "lock",
+    EVENTS: "event log",
+    LOG: "log",
+    EVALUATION: "evaluation",
+    SUMMARY_JSON: "summary",
+    SUMMARY_MD: "summary",
+}
 
 
 @dataclass
@@ -68,8 +93,27 @@ class SessionFolder:
     def holds_session(self) -> bool:
         return any((self.path / name).exists() for name in (SETTINGS, JOURNAL, PLAN))
 
+    def check_files(self) -> None:
+        """One line, before anything is read, locked or written, when the folder is a file
+        (``--session FILE``), lies under a file, or one of its files is a directory (or a
+        socket, a FIFO): Python would fail on each deep inside a run, with a traceback, and a
+        resume would already have written the files it could."""
+        for path in (self.path, *self.path.parents):
+            if path.exists():
+                if path.is_dir():
+                    break
+                if path == self.path:
+                    raise BadInput(f"'{self.path}' is a file, not a session folder")
+                raise BadInput(f"'{self.path}' cannot be a session folder: '{path}' is a file")
+        for name, role in SESSION_FILES.items():
+            path = self.path / name
+            if path.exists() and not path.is_file():
+                kind = "a directory" if path.is_dir() else "not a regular file"
+                raise BadInput(f"{path} is {kind}, where the session keeps its {role} file")
+
     def refuse_if_taken(self) -> None:
         """A new run never writes into another run's folder (the journals would mix)."""
+        self.check_files()
         if self.holds_session():
             raise BadInput(
                 f"'{self.path}' already holds a session; continue it with --resume {self.path} "
@@ -85,8 +129,14 @@ class SessionFolder:
         """Own the session, or fail clearly when another process does. ``claim=False`` holds
         the lock without writing this process's id into it yet (see :meth:`claim`): a resume
         checks the session's files first, and changes none when they are damaged."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        handle = (self.path / LOCK).open("a+")
+        self.check_files()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            handle = (self.path / LOCK).open("a+")
+        except OSError as error:  # a read-only place, no permission
+            raise BadInput(
+                f"cannot use '{self.path}' as a session folder ({error.strerror})"
+            ) from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -130,6 +180,7 @@ class SessionFolder:
     def read_run(self, cache_dir: Path | None = None) -> SavedRun:
         """The saved request with the journal's decisions applied: its steps to replay, and the
         order and guided mode the user last chose."""
+        self.check_files()
         data, request = self._settings(lambda data: (data, self._request(data, cache_dir)))
         replay = self.read_journal()
         settings = request.settings
@@ -148,6 +199,8 @@ class SessionFolder:
             return parse(json.loads((self.path / SETTINGS).read_text()))
         except FileNotFoundError:
             raise BadInput(f"'{self.path}' is not an mptui session (no {SETTINGS})") from None
+        except OSError as error:  # no permission to read it, say
+            raise BadInput(f"{self.path / SETTINGS} cannot be read ({error.strerror})") from None
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
             problem = f"no key {error}" if isinstance(error, KeyError) else str(error)
             raise BadInput(
@@ -174,6 +227,7 @@ class SessionFolder:
 
     def read_plan(self) -> Plan:
         """The plan snapshot, for commands that work on a session (eval, export)."""
+        self.check_files()
         if not (self.path / PLAN).is_file():
             raise BadInput(f"'{self.path}' is not an mptui session with a plan")
         plan = read_plan_file(self.path / PLAN)
@@ -228,7 +282,10 @@ class SessionFolder:
         path = self.path / JOURNAL
         if not path.exists():
             return replay
-        text = path.read_text(errors="replace")
+        try:
+            text = path.read_text(errors="replace")
+        except OSError as error:  # a directory, no permission
+            raise BadInput(f"{path} cannot be read ({error.strerror})") from None
         lines = text.splitlines()
         for number, line in enumerate(lines, start=1):
             try:

@@ -11,6 +11,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 #: The exit status of bad input (a usage error or input the engine rejected).
 BAD_INPUT = 2
@@ -28,6 +29,35 @@ def print_error(message: object, status: int = BAD_INPUT) -> int:
     text = " ".join(str(message).split())
     print(f"mptui: error: {text}", file=sys.stderr, flush=True)
     return status
+
+
+#: The exit status of a fault the input did not cause (a lost device).
+FAULT = 1
+
+
+class Doing:
+    """What a command that loads a model is doing now (``loading the model``, ``evaluating the
+    pruned model``), for the line a lost device ends it with: the error itself cannot say."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __call__(self, what: str) -> None:
+        self.what = what
+
+
+def print_failure(error: Exception, doing: Doing, session: Path | None, again: str) -> int:
+    """The one line of what ended ``mptui eval`` or ``mptui export``, and its exit status: a
+    lost device (also when lm-eval's error was raised from one) says what it was doing and
+    ``again`` (how to finish), 1; the engine's own errors, 2 (a full disk among them, as
+    docs/engine.md states). Any other error is a bug, raised again for its traceback."""
+    from mptui.engine.api import EngineError, device_failed, is_device_failure
+
+    if is_device_failure(error):
+        return print_error(device_failed(error, doing.what, session, again=again), FAULT)
+    if isinstance(error, EngineError):
+        return print_error(error)
+    raise error
 
 
 class ProgressLines:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mptui.engine.api import DEFAULT_DTYPE, DEFAULT_EVAL_BATCH_SIZE, DEFAULT_SEQLEN
 
-from .cli_common import Parser, ProgressLines, loading_lines, print_error
+from .cli_common import Doing, Parser, ProgressLines, loading_lines, print_failure
 
 __all__ = ["ProgressLines", "build_parser", "main", "run"]
 
@@ -53,25 +53,29 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not args.model and not args.session:
         parser.error("give a MODEL or --session DIR")
-    from mptui.engine.api import EngineError
     from mptui.terminal import quiet_libraries
 
     quiet_libraries()
+    doing = Doing("loading the model")
+    session = Path(args.session) if args.session else None
+    again = f"run mptui eval {f'--session {session}' if session else args.model} again"
     try:
-        results = run(args)
-    except EngineError as error:
-        return print_error(error)
+        results = run(args, doing)
+    except Exception as error:  # a lost device or the engine's error: one line (else raised)
+        return print_failure(error, doing, session, again)
     print(json.dumps(results, indent=2))
     return 0
 
 
-def run(args) -> dict:
+def run(args, doing: Doing | None = None) -> dict:
+    """Evaluate; ``doing`` is told each phase as it starts (for a lost device's line)."""
     from mptui.engine.api import (
         EvalRequest,
         SessionFolder,
         check_tasks,
         evaluate,
         flat_scores,
+        load_config,
         load_model,
         rebuild_pruned,
         recovered_model,
@@ -87,17 +91,23 @@ def run(args) -> dict:
         limit=args.limit, batch_size=args.batch_size,
     )  # fmt: skip
     request.check()
-    check_tasks(request.tasks, request.include_path)
+    load_config(plan.model.name_or_path if plan else args.model)  # a bad model: one line now,
+    check_tasks(request.tasks, request.include_path)  # not after lm-eval's seconds of import
+    doing = doing or Doing("")
+    doing("loading the model")
     if folder is None or plan is None:
         model, tokenizer = load_model(
             args.model, dtype=args.dtype, device=args.device, on_shard=loading_lines(args.model)
         )
+        doing("evaluating")
         return evaluate(model, tokenizer, request, progress=ProgressLines("evaluating"))
     results = {}
 
     def evaluate_dense(model, tokenizer) -> None:
+        doing("evaluating the dense model")
         dense = ProgressLines("evaluating the dense model")
         results["dense"] = evaluate(model, tokenizer, request, progress=dense)
+        doing("re-applying the plan")
 
     model, tokenizer = rebuild_pruned(
         plan,
@@ -107,12 +117,16 @@ def run(args) -> dict:
         on_shard=loading_lines(plan.model.name_or_path),
         before_pruning=evaluate_dense,
     )
+    doing("evaluating the pruned model")
     pruned = ProgressLines("evaluating the pruned model")
     results["pruned"] = evaluate(model, tokenizer, request, progress=pruned)
+    doing("merging the recovery's adapter")
     recovered = recovered_model(model, folder.path)
     if recovered is not None:
+        doing("evaluating the recovered model")
         progress = ProgressLines("evaluating the recovered model")
         results["recovered"] = evaluate(recovered, tokenizer, request, progress=progress)
+    doing("saving the results")
     results["ratio"] = plan.ratio
     write_json_atomic(folder.path / session_files.EVALUATION, results)
     write_summary(folder.path, plan, flat_scores(results))

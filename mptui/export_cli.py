@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .cli_common import Parser, ProgressLines, loading_lines, print_error
+from .cli_common import Doing, Parser, ProgressLines, loading_lines, print_error, print_failure
 
 
 def build_parser():
@@ -64,20 +64,26 @@ def export_format(out: Path, chosen: str | None, gguf_type: str | None) -> str:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from mptui.engine.api import EngineError
     from mptui.terminal import quiet_libraries
 
+    doing = Doing("loading the model")
+    session, out = Path(args.session), Path(args.out)
+    options = "".join(
+        f" --{name.replace('_', '-')} {value}"
+        for name, value in (("format", args.format), ("gguf_type", args.gguf_type))
+        if value is not None
+    )
+    again = f"run mptui export {session} --out {out}{options} again"
     try:
-        out = Path(args.out)
         format_ = export_format(out, args.format, args.gguf_type)
         quiet_libraries()
         result = export_session(
-            Path(args.session), out, args.dtype, args.device, format_, args.gguf_type
+            session, out, args.dtype, args.device, format_, args.gguf_type, doing
         )
-    except EngineError as error:
-        return print_error(error)
     except OSError as error:
         return print_error(f"the export failed: {error}", 1)
+    except Exception as error:  # a lost device or the engine's error: one line (else raised)
+        return print_failure(error, doing, session, again)
     print(describe(result), flush=True)
     return 0
 
@@ -96,7 +102,10 @@ def export_session(
     device: str | None,
     format_: str = "safetensors",
     gguf_type: str | None = None,
+    doing: Doing | None = None,
 ):
+    """Rebuild the session's pruned model and write it to ``out``; ``doing`` is told each
+    phase as it starts (for a lost device's line)."""
     from mptui.engine.api import (
         RecoveryFolder,
         SessionFolder,
@@ -114,15 +123,20 @@ def export_session(
         check_gguf_architecture(plan.model.architecture)
     else:
         check_destination(out)
+    doing = doing or Doing("")
+    doing("loading the model")
     model, tokenizer = rebuild_pruned(
         plan,
         folder.order_file,
         dtype=dtype,
         device=device,
         on_shard=loading_lines(plan.model.name_or_path),
+        before_pruning=lambda model, tokenizer: doing("re-applying the plan"),
     )
+    doing("merging the recovery's adapter")
     recovered = recovered_model(model, folder.path)  # once recovered, the recovered model
     card = RecoveryFolder(folder.path).card_info() if recovered is not None else None
+    doing(f"exporting to {out}")
     return write_export(recovered or model, tokenizer, plan, out, gguf_type, recovery=card)
 
 

@@ -90,6 +90,7 @@ def open_session(args: argparse.Namespace) -> OpenedSession:
     export = Path(args.export) if getattr(args, "export", None) else None
     if args.resume:
         folder = SessionFolder(Path(args.resume))
+        folder.check_files()  # a file, or a session file replaced by a folder: one line
         if not (folder.path / session_files.SETTINGS).is_file():
             raise BadInput(f"'{folder.path}' is not an mptui session (no settings.json)")
         folder.lock(claim=False)
