@@ -3,7 +3,8 @@
 :class:`RemoteEngine` has the interface the app drives an :class:`~.runner.Engine` with
 (``start``, ``send``, ``subscribe``, ``join``, ``state``), so the app runs on a
 headless run as it runs in one process. Its events come from the server's snapshot, then live;
-``join`` returns once the run has closed the connection. Torch-free.
+``join`` returns once the run has closed the connection. Its reading thread answers the server's
+pings itself, so a finished run stays for as long as this side reads. Torch-free.
 """
 
 from __future__ import annotations
@@ -65,8 +66,11 @@ class RemoteEngine:
 
     def send(self, command: Command) -> None:
         """Send ``command`` to the run; after the run has gone, nothing happens."""
+        self._send(wire.encode_command(command))
+
+    def _send(self, line: bytes) -> None:
         with self._send_lock, contextlib.suppress(OSError):
-            self._sock.sendall(wire.encode_command(command))
+            self._sock.sendall(line)
 
     def start(self) -> threading.Thread:
         self._thread = threading.Thread(target=self._receive, name="mptui-remote", daemon=True)
@@ -94,6 +98,11 @@ class RemoteEngine:
                     kind, event = wire.decode(line)
                 except BadInput:
                     continue  # a newer server's line this version does not know
+                if kind == "ping":  # after the search: the run stays while we answer
+                    number = wire.ping_number(event)
+                    if number is not None:
+                        self._send(wire.encode_pong(number))
+                    continue
                 if kind != "event":
                     continue
                 self._view.apply(event)

@@ -14,20 +14,29 @@ A hostile or broken client costs the server's thread little and the engine nothi
 longer than :data:`LINE_LIMIT` or one that is not a command closes its connection, at most
 :data:`MAX_HANDSHAKES` connections may be saying hello (for :data:`HANDSHAKE_S` at most) and
 :data:`MAX_CLIENTS` be attached, and each kind of refusal is logged once per peer (repeats are
-counted, and summed up in the log when the run ends).
+counted, and summed up in the log when the run ends). The server accepts connections itself, one
+at a time, and closes one it refuses before it accepts the next: a flood of connections never
+holds more of the process's files than those limits.
+
+No client keeps a finished run alive by not reading: once the search is over, the server pings
+every client each :data:`PING_S`; one that leaves a ping unanswered for :data:`ANSWER_S` is
+dropped, and the run ends once no client is left (:class:`~.remote.RemoteEngine` answers).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hmac
+import itertools
 import logging
 import os
 import secrets
 import socket
 import tempfile
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -54,6 +63,15 @@ LINE_LIMIT = 1 << 16
 #: refused unread, so a flood of connections never grows the server's work.
 MAX_HANDSHAKES = 16
 MAX_CLIENTS = 16
+#: Connections the kernel may queue for the server to accept (they hold none of its files).
+LISTEN_BACKLOG = 64
+#: After the search: seconds between pings, and the longest a ping may stay unanswered before
+#: its client counts as not reading (a stopped process, a client that never reads, a link gone
+#: dead) and is dropped, so that the run it alone kept lingering ends.
+PING_S = 3.0
+ANSWER_S = 15.0
+#: Seconds to wait before accepting again when the process is out of file descriptors.
+ACCEPT_RETRY_S = 1.0
 
 log = logging.getLogger("mptui.serve")
 
@@ -90,12 +108,28 @@ def unix_address(path: Path) -> Iterator[str]:
 
 
 class _Client:
-    """One attached connection: its queue of lines and the task that writes them."""
+    """One attached connection: its queue of lines, the task that writes them, and the pings it
+    has not answered yet."""
 
-    def __init__(self, name: str, writer: asyncio.StreamWriter, backlog: int) -> None:
-        self.name, self.writer, self.backlog = name, writer, backlog
+    def __init__(self, name: str, peer: str, writer: asyncio.StreamWriter, backlog: int) -> None:
+        self.name, self.peer, self.writer, self.backlog = name, peer, writer, backlog
         self.pending: deque[bytes] = deque()
         self.wake = asyncio.Event()
+        self.pings: deque[tuple[int, float]] = deque()  # (number, when sent), oldest first
+
+    def ping(self, number: int, now: float) -> bool:
+        """Queue ping ``number`` behind the lines before it: its answer proves they were read."""
+        self.pings.append((number, now))
+        return self.put(wire.encode_ping(number))
+
+    def answered(self, number: int) -> None:
+        """The client has read everything up to ping ``number``."""
+        while self.pings and self.pings[0][0] <= number:
+            self.pings.popleft()
+
+    def silent_for(self, now: float) -> float:
+        """Seconds its oldest unanswered ping has waited (0 when none waits)."""
+        return now - self.pings[0][1] if self.pings else 0.0
 
     def put(self, line: bytes) -> bool:
         """Queue ``line``; False when the client has fallen too far behind."""
@@ -175,10 +209,12 @@ class EngineServer:
         self._backlog = backlog
         self._snapshot = Snapshot(self.view)
         self._clients: set[_Client] = set()
-        self._handshaking = 0  # connections that have not said hello yet
+        self._handshaking = 0  # connections accepted that have not said hello yet
         self._refusals = _Refusals()
         self._tasks: set[asyncio.Task] = set()
-        self._servers: list[asyncio.AbstractServer] = []
+        self._listeners: list[socket.socket] = []
+        self._ping_numbers = itertools.count(1)
+        self._pinging: asyncio.Task | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="mptui-serve", daemon=True
@@ -229,14 +265,11 @@ class EngineServer:
         self.view.apply(event)
         self._snapshot.record(event, line)
         if self._may_end() and not could_end:
+            self._ping_round()  # from now on a client that does not read is dropped
             self._end_if_unwatched()
         for client in list(self._clients):
             if not client.put(line):
-                log.warning(
-                    "dropped %s: it fell %d events behind (not reading?)",
-                    client.name, len(client.pending),
-                )  # fmt: skip
-                self._drop(client)
+                self._drop_behind(client)
 
     async def _open(self) -> None:
         try:
@@ -245,21 +278,75 @@ class EngineServer:
             self.unix_error = f"cannot serve on {self.socket_path} ({error.strerror or error})"
             log.warning("%s", self.unix_error)
         else:
-            self._servers.append(
-                await asyncio.start_unix_server(self._serve_unix, sock=sock, limit=LINE_LIMIT)
-            )
+            self._accept_on(sock, tcp=False)
         if self.listen is not None:
             host, port = self.listen
             try:
-                server = await asyncio.start_server(self._serve_tcp, host, port, limit=LINE_LIMIT)
+                listeners = _tcp_listeners(host, port)
             except OSError as error:
                 raise BadInput(
                     f"cannot listen on {host}:{port} ({error.strerror or error})"
                 ) from None
-            self._servers.append(server)
-            self.address = server.sockets[0].getsockname()[:2]
+            for sock in listeners:
+                self._accept_on(sock, tcp=True)
+            self.address = listeners[0].getsockname()[:2]
             self._write_token()
             log.info("listening on %s:%d (token in %s)", *self.address, self.token_path)
+        self._pinging = asyncio.create_task(self._ping_forever())
+
+    # --- accepting ------------------------------------------------------------------------------
+    def _accept_on(self, sock: socket.socket, *, tcp: bool) -> None:
+        """Accept on ``sock`` ourselves rather than through asyncio's server, which accepts a
+        burst of up to a hundred connections before any of them is looked at: a flood would
+        hold that many descriptors at once, where this holds one more than the limits."""
+        sock.setblocking(False)
+        self._listeners.append(sock)
+        self._loop.add_reader(sock.fileno(), self._accept, sock, tcp)
+
+    def _accept(self, listener: socket.socket, tcp: bool) -> None:
+        """Take every connection waiting on ``listener``: refuse it and close it at once when
+        the limits are reached, else count it as saying hello and serve it. At most a
+        backlog's worth at a time, so that the clients already in get their turn."""
+        for _ in range(LISTEN_BACKLOG):
+            try:
+                conn, address = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                if error.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    continue  # a connection reset before it was taken, and the like
+                # Out of descriptors: leave the rest queued in the kernel for a moment.
+                self._refusals.note("local", "connections", "out of file descriptors", "delayed")
+                self._loop.remove_reader(listener.fileno())
+                self._loop.call_later(ACCEPT_RETRY_S, self._accept_again, listener, tcp)
+                return
+            name, peer = (f"{address[0]}:{address[1]}", address[0]) if tcp else LOCAL
+            if self._handshaking >= MAX_HANDSHAKES or len(self._clients) >= MAX_CLIENTS:
+                self._refusals.note(peer, name, "too many connections")
+                _refuse_now(conn, "too many connections")
+                continue
+            self._handshaking += 1
+            task = self._loop.create_task(self._begin(conn, name, peer, tcp))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _accept_again(self, listener: socket.socket, tcp: bool) -> None:
+        if listener in self._listeners:  # not closed meanwhile
+            self._loop.add_reader(listener.fileno(), self._accept, listener, tcp)
+            self._accept(listener, tcp)
+
+    async def _begin(self, conn: socket.socket, name: str, peer: str, tcp: bool) -> None:
+        """Streams on an accepted connection, then :meth:`_serve` (which ends its hello)."""
+        try:
+            if tcp:
+                streams = await asyncio.open_connection(sock=conn, limit=LINE_LIMIT)
+            else:
+                streams = await asyncio.open_unix_connection(sock=conn, limit=LINE_LIMIT)
+        except (OSError, asyncio.CancelledError):
+            self._handshaking -= 1
+            conn.close()
+            return
+        await self._serve(*streams, name, peer, need_token=tcp)
 
     def _bind_private_unix_socket(self) -> socket.socket:
         """Bind in a fresh 0700 folder, make it 0600, then rename it into the session: no moment
@@ -273,7 +360,7 @@ class EngineServer:
             os.chmod(private / SOCKET, 0o600)
             os.rename(private / SOCKET, self.socket_path)
             self._socket_inode = self.socket_path.stat().st_ino
-            sock.listen(16)
+            sock.listen(LISTEN_BACKLOG)
         finally:
             with contextlib.suppress(OSError):
                 private.rmdir()
@@ -286,25 +373,12 @@ class EngineServer:
         with os.fdopen(descriptor, "w") as handle:
             handle.write(f"{self.token}\n")
 
-    async def _serve_unix(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        await self._serve(reader, writer, "a local client", "local", need_token=False)
-
-    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        host, port = writer.get_extra_info("peername")[:2]
-        await self._serve(reader, writer, f"{host}:{port}", host, need_token=True)
-
     async def _serve(self, reader, writer, name: str, peer: str, *, need_token: bool) -> None:
-        """One connection, from its hello to its end. ``peer``: whom its refusals are logged
-        under (the host, or ``local``)."""
-        if self._handshaking >= MAX_HANDSHAKES or len(self._clients) >= MAX_CLIENTS:
-            self._refuse(writer, peer, name, "too many connections")
-            writer.close()
-            return
-        task = asyncio.current_task()
-        self._tasks.add(task)
+        """One connection, from its hello (counted in :attr:`_handshaking` since it was
+        accepted) to its end. ``peer``: whom its refusals are logged under (the host, or
+        ``local``)."""
         client: _Client | None = None
         try:
-            self._handshaking += 1
             try:
                 hello = await self._hello(reader, writer, name, peer, need_token)
             finally:
@@ -314,7 +388,7 @@ class EngineServer:
             if len(self._clients) >= MAX_CLIENTS:
                 self._refuse(writer, peer, name, "too many clients attached")
                 return
-            client = _Client(name, writer, self._backlog)
+            client = _Client(name, peer, writer, self._backlog)
             writer.write(wire.encode_message("welcome", self._welcome().to_dict()))
             for line in self._snapshot.lines():  # with the live lines after it, in one go
                 client.pending.append(line)
@@ -339,7 +413,6 @@ class EngineServer:
                 log.info("%s detached", name)
                 self._end_if_unwatched()
             writer.close()
-            self._tasks.discard(task)
 
     async def _hello(self, reader, writer, name: str, peer: str, need_token: bool) -> dict | None:
         """The client's first line; None (and the client told why) when it is refused."""
@@ -375,8 +448,9 @@ class EngineServer:
         )  # fmt: skip
 
     async def _read_commands(self, reader: asyncio.StreamReader, client: _Client) -> str | None:
-        """Hand each command to the engine until the client leaves (None), or until it sends
-        a line that is not a command (what was wrong with it): that ends the connection."""
+        """Hand each command to the engine, and note each answer to a ping, until the client
+        leaves (None), or until it sends a line that is neither (what was wrong with it): that
+        ends the connection."""
         while True:
             try:
                 line = await reader.readline()
@@ -385,12 +459,24 @@ class EngineServer:
             if not line:
                 return None
             try:
-                kind, command = wire.decode(line)
+                kind, value = wire.decode(line)
             except BadInput as error:
                 return f"a bad line ({' '.join(str(error).split())[:120]})"
-            if kind != "command":
+            if kind == "pong":
+                number = wire.ping_number(value)
+                if number is None:
+                    return "a pong line without its ping's number"
+                client.answered(number)
+            elif kind == "command":
+                self.engine.send(value)
+            else:
                 return f"a {kind[:40]} line, not a command"
-            self.engine.send(command)
+
+    def _drop_behind(self, client: _Client) -> None:
+        log.warning(
+            "dropped %s: it fell %d events behind (not reading?)", client.name, len(client.pending)
+        )
+        self._drop(client)
 
     def _drop(self, client: _Client) -> None:
         self._clients.discard(client)
@@ -408,19 +494,48 @@ class EngineServer:
         if self._may_end() and not self._clients:
             self.engine.send(Stop())
 
+    async def _ping_forever(self) -> None:
+        while True:
+            await asyncio.sleep(PING_S)
+            self._ping_round()
+
+    def _ping_round(self) -> None:
+        """While the run lingers only for its clients: drop each client that has left a ping
+        unanswered for :data:`ANSWER_S` (it is not reading, and would keep the run forever),
+        and ping the others. During the search nothing is asked of a client: one that stops
+        reading is dropped by its backlog, and the run ends by itself."""
+        if not self._may_end():
+            return
+        now = time.monotonic()
+        for client in list(self._clients):
+            if client.silent_for(now) > ANSWER_S:
+                what = f"it left a ping unanswered for {ANSWER_S:g} s after the search"
+                self._refusals.note(client.peer, client.name, f"{what} (not reading?)", "dropped")
+                self._drop(client)
+            elif not client.ping(next(self._ping_numbers), now):
+                self._drop_behind(client)
+
     async def _shutdown(self) -> None:
-        for server in self._servers:
-            server.close()
+        for sock in self._listeners:
+            self._loop.remove_reader(sock.fileno())
+            sock.close()
+        self._listeners.clear()
+        pinging = [self._pinging] if self._pinging is not None else []
+        for task in pinging:
+            task.cancel()
         clients = list(self._clients)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(
                 asyncio.gather(*(c.flush() for c in clients), return_exceptions=True), FLUSH_S
             )
         for client in clients:
-            client.writer.close()
+            if client.pending or client.writer.transport.get_write_buffer_size():
+                client.writer.transport.abort()  # not taking its last lines: never wait on it
+            else:
+                client.writer.close()
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *pinging, return_exceptions=True)
 
     # --- files ----------------------------------------------------------------------------------
     def _remove_files(self) -> None:
@@ -439,6 +554,41 @@ class EngineServer:
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         self._log_handler = handler
+
+
+#: How a connection on engine.sock is named in the log, and whom its refusals count for.
+LOCAL = ("a local client", "local")
+
+
+def _refuse_now(conn: socket.socket, reason: str) -> None:
+    """Say why (if the line fits at once) and close: a refused connection holds nothing."""
+    with contextlib.suppress(OSError):
+        conn.setblocking(False)
+        conn.send(wire.encode_message("refused", {"reason": reason}))
+    conn.close()
+
+
+def _tcp_listeners(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on every address ``host`` resolves to (as asyncio's server binds):
+    ``localhost`` is IPv6 and IPv4. Port 0 picks one port, the first address's, for all."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    listeners: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            listeners.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(listeners) > 1:
+                address = (address[0], listeners[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+            sock.listen(LISTEN_BACKLOG)
+    except OSError:
+        for sock in listeners:
+            sock.close()
+        raise
+    return listeners
 
 
 __all__ = ["BACKLOG", "EngineServer", "Served", "parse_listen", "unix_address"]

@@ -7,6 +7,11 @@ say how to read a value back (tuples stay tuples, an enum is its value, a nested
 :class:`EvalRequest` is rebuilt), so the round trip is exact; a ``dict`` field is a JSON object
 as it stands. A class is known by its name in :mod:`.events` or :mod:`.commands`: a new event
 or command needs no change here.
+
+Besides events and commands, the session layer has a few lines of its own: ``hello``,
+``welcome``, ``refused``, and, once the search is over, ``{"ping": {"n": N}}`` from the server,
+which a client answers with ``{"pong": {"n": N}}``: the server's only way to tell a client that
+reads (an app looking at the result) from one that never will (which must not keep the run).
 """
 
 from __future__ import annotations
@@ -55,6 +60,23 @@ def encode_command(command: commands.Command) -> bytes:
 def encode_message(kind: str, body: dict) -> bytes:
     """A line of the session layer (``hello``, ``welcome``, ``refused``), not an engine value."""
     return _line({kind: body})
+
+
+def encode_ping(number: int) -> bytes:
+    """The server asks: have you read this far?"""
+    return encode_message("ping", {"n": number})
+
+
+def encode_pong(number: int) -> bytes:
+    """The client's answer to ping ``number``."""
+    return encode_message("pong", {"n": number})
+
+
+def ping_number(body: Any) -> int | None:
+    """The number of a ``ping`` or ``pong`` line's body; None when it has none."""
+    if isinstance(body, dict) and type(body.get("n")) is int:
+        return body["n"]
+    return None
 
 
 def decode(line: bytes | str) -> tuple[str, Any]:
@@ -187,5 +209,8 @@ __all__ = [
     "encode_command",
     "encode_event",
     "encode_message",
+    "encode_ping",
+    "encode_pong",
     "encode_value",
+    "ping_number",
 ]
