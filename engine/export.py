@@ -5,9 +5,11 @@ config, the tokenizer, ``plan.json`` and a model card. Two cases:
 
 - the plan removed only whole layers (both sub-blocks of each touched layer): the remaining
   layers are renumbered and the stock config says fewer layers, so it loads with no remote code;
-- anything else: the config gets its own model type, an ``mptui_layout`` and an ``auto_map`` to
-  the carried modeling code (:mod:`.pruned_modeling`), so it loads with
-  ``trust_remote_code=True``, strictly: a missing or changed weight is an error.
+- anything else: the config (still of the family's model type, so ``AutoTokenizer`` and config
+  readers need no remote code) gets an ``mptui_layout`` and an ``auto_map`` to the carried
+  modeling code (:mod:`.pruned_modeling`); the weights are the ``mptui`` variant
+  (``model.mptui.safetensors``), which a stock class does not look for, so the model loads only
+  with ``trust_remote_code=True``, strictly: a missing or changed weight is an error.
 
 The folder is written next to its destination and renamed into place at the end, so an
 interrupted export never leaves a half checkpoint where a good one is expected.
@@ -38,6 +40,24 @@ from .summary import markdown, summarize
 #: Largest safetensors shard, as transformers' default.
 MAX_SHARD_BYTES = 5 * 1024**3
 MODELING_FILE = "modeling_mptui.py"
+#: The model type of exports made before they kept their family's (they still load).
+LEGACY_MODEL_TYPE = "mptui_pruned"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+#: What transformers records in a tokenizer about the place it was loaded from (5.x sets
+#: ``is_local`` and ``local_files_only`` on every load) and then saves as if it were a setting:
+#: on another machine ``local_files_only: true`` would stop a hub download, so none of it ships.
+LOAD_TIME_KEYS = (
+    "is_local",
+    "local_files_only",
+    "cache_dir",
+    "force_download",
+    "proxies",
+    "revision",
+    "subfolder",
+    "token",
+    "trust_remote_code",
+    "_commit_hash",
+)
 _FAMILY_LINE = re.compile(r"^from transformers import (\w+) as (Family\w+)  # mptui: family$", re.M)
 
 Progress = Callable[[int, int], None]
@@ -77,7 +97,8 @@ def export_model(
     dtype = storage_dtype(model, plan.model.name_or_path)
     tensors = _kept_tensors(model, adapter, dropped if stock else [])
     with staged_folder(out_dir, f"the export {out_dir.name!r} (none of it was kept)") as staging:
-        size = _write_safetensors(tensors, dtype, staging, max_shard_bytes, progress)
+        variant = None if stock else pruned_modeling.WEIGHTS_VARIANT
+        size = _write_safetensors(tensors, dtype, staging, max_shard_bytes, progress, variant)
         if stock:
             _write_stock_config(model, adapter, dropped, dtype, staging)
         else:
@@ -85,6 +106,7 @@ def export_model(
             (staging / MODELING_FILE).write_text(modeling_source(model))
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
+            _drop_load_time_keys(staging / TOKENIZER_CONFIG)
         _write_json(staging / PLAN, plan.to_dict())
         (staging / "README.md").write_text(model_card(plan, stock, dtype, recovery))
     params = sum(t.numel() for t in tensors.values())
@@ -203,8 +225,28 @@ def _tied_targets(model: nn.Module, state: dict) -> set[str]:
     }
 
 
+def weight_files(shards: int, variant: str | None) -> tuple[list[str], str]:
+    """The safetensors file names of ``shards`` shards and of their index, as transformers names
+    them (``model.safetensors``, ``model-00001-of-00002.safetensors``), with ``variant``
+    (``model.mptui.safetensors``) for a pruned export's weights (see
+    :data:`.pruned_modeling.WEIGHTS_VARIANT`)."""
+    tail = f".{variant}.safetensors" if variant else ".safetensors"
+    names = (
+        [f"model{tail}"]
+        if shards == 1
+        else [f"model-{i:05d}-of-{shards:05d}{tail}" for i in range(1, shards + 1)]
+    )
+    index = f"model.safetensors.index.{variant}.json" if variant else "model.safetensors.index.json"
+    return names, index
+
+
 def _write_safetensors(
-    tensors: dict, dtype: torch.dtype, folder: Path, max_shard_bytes: int, progress: Progress | None
+    tensors: dict,
+    dtype: torch.dtype,
+    folder: Path,
+    max_shard_bytes: int,
+    progress: Progress | None,
+    variant: str | None,
 ) -> int:
     """Shards written one at a time, each cast to ``dtype`` on the CPU: the device never holds
     a second copy of the model, the host at most one shard."""
@@ -228,11 +270,7 @@ def _write_safetensors(
         shards[-1][name] = tensor
         shard_bytes += size
     total = sum(stored_size(t) for t in tensors.values())
-    names = (
-        ["model.safetensors"]
-        if len(shards) == 1
-        else [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
-    )
+    names, index_name = weight_files(len(shards), variant)
     written = 0
     weight_map = {}
     for file_name, shard in zip(names, shards, strict=True):
@@ -244,7 +282,7 @@ def _write_safetensors(
             progress(written, total)
     if len(shards) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        _write_json(folder / "model.safetensors.index.json", index)
+        _write_json(folder / index_name, index)
     return total
 
 
@@ -272,7 +310,12 @@ def _write_stock_config(
 
 def _write_pruned_config(model: nn.Module, layout: dict, dtype: torch.dtype, folder: Path) -> None:
     config = _config_dict(model, dtype)
-    config["model_type"] = pruned_modeling.MptuiPrunedConfig.model_type
+    # The family's own type (an export pruned again, made before mptui kept it, says otherwise)
+    config["model_type"] = next(
+        kind
+        for kind in pruned_modeling.family_model_types(model.config)
+        if kind != LEGACY_MODEL_TYPE
+    )
     config["architectures"] = [pruned_modeling.MptuiPrunedForCausalLM.__name__]
     module = Path(MODELING_FILE).stem
     config["auto_map"] = {
@@ -370,6 +413,16 @@ def recovery_paragraph(recovery: dict) -> str:
     if before is not None and after is not None:
         text += f" Validation perplexity {before:.3f} pruned -> {after:.3f} recovered."
     return text
+
+
+def _drop_load_time_keys(path: Path) -> None:
+    """Remove :data:`LOAD_TIME_KEYS` from a saved ``tokenizer_config.json`` (absent: nothing)."""
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    kept = {key: value for key, value in config.items() if key not in LOAD_TIME_KEYS}
+    if kept != config:  # as transformers writes it: its key order, non-ASCII kept as text
+        path.write_text(json.dumps(kept, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -14,7 +14,7 @@ import torch
 from .errors import BadInput, UnsupportedModel
 from .memory import is_out_of_memory
 from .names import looks_like_path
-from .pruned_modeling import MptuiPrunedConfig, family_model_types
+from .pruned_modeling import family_model_types
 
 DTYPES = {
     "float32": torch.float32,
@@ -67,7 +67,7 @@ def is_mptui_export(name_or_path: str) -> bool:
     """
     config = Path(name_or_path).expanduser() / "config.json"
     try:
-        return json.loads(config.read_text()).get("model_type") == MptuiPrunedConfig.model_type
+        return "mptui_layout" in json.loads(config.read_text())
     except (OSError, ValueError):
         return False
 

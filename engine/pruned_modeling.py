@@ -167,11 +167,17 @@ def family_model_types(config) -> list[str]:
     return [c.model_type for c in type(config).__mro__ if getattr(c, "model_type", "")]
 
 
-class MptuiPrunedConfig(FamilyConfig):
-    """The family's config plus ``mptui_layout``; its own model type, so that loading without
-    ``trust_remote_code`` fails instead of building a dense model with random weights."""
+#: The weights' files carry this variant (``model.mptui.safetensors``): a stock class loading the
+#: folder without this code finds no weights and fails, instead of building a dense model with
+#: random weights where the pruned layers' weights are missing.
+WEIGHTS_VARIANT = "mptui"
 
-    model_type = "mptui_pruned"
+
+class MptuiPrunedConfig(FamilyConfig):
+    """The family's config plus ``mptui_layout``. It keeps the family's model type, so what reads
+    only the config and the tokenizer (``AutoTokenizer``, as lm-eval, pipelines and servers call
+    it) needs no remote code and asks no question; the model needs its code (see
+    :data:`WEIGHTS_VARIANT`)."""
 
 
 class MptuiPrunedForCausalLM(FamilyForCausalLM):
@@ -186,6 +192,7 @@ class MptuiPrunedForCausalLM(FamilyForCausalLM):
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         wants_info = kwargs.pop("output_loading_info", False)
+        kwargs.setdefault("variant", WEIGHTS_VARIANT)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         check_loading_info(info)
         return (model, info) if wants_info else model

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .cli_common import Parser
+from .cli_common import Parser, print_error
 from .engine.defaults import (
     COMPILE_MODES,
     DEFAULT_BATCH_SIZE,
@@ -249,7 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-text is given)",
     )
     evaluation.add_argument(
-        "--eval-include-path", default=None, metavar="DIR", help="folder of local tasks"
+        "--eval-include-path",
+        default=None,
+        metavar="DIR",
+        help="folder of local tasks; demo: the demo's task, which --eval-tasks mptui_demo_order "
+        "also brings alone",
     )
     evaluation.add_argument(
         "--eval-limit",
@@ -259,7 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="documents per task (default: all)",
     )
     evaluation.add_argument(
-        "--eval-text", default=None, metavar="FILE", help="text for a rolling perplexity"
+        "--eval-text",
+        default=None,
+        metavar="FILE",
+        help="text for a rolling perplexity; demo: the demo's held-out text",
     )
     recovery = parser.add_argument_group("recovery (the app's r key; see mptui recover --help)")
     recovery.add_argument(
@@ -343,7 +350,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.demo:
-        demo_defaults(args)
+        from .engine.api import EngineError
+
+        try:
+            demo_defaults(args)
+        except EngineError as error:  # its task file could not be written to the cache: a fault
+            return print_error(error, 1)
     if not args.model and not args.resume:
         parser.error("give a MODEL (hub id or folder), --demo, or --resume DIR")
     if args.listen:

@@ -196,6 +196,14 @@ def arm_on_call(monkeypatch, fault: DeviceFault, owner, name: str, call: int) ->
     monkeypatch.setattr(owner, name, wrapped)
 
 
+def weights_file(folder: Path) -> Path:
+    """The one safetensors file of a model folder or export: ``model.mptui.safetensors`` in a
+    pruned export (the weights variant only its carried code loads), else
+    ``model.safetensors``."""
+    (path,) = Path(folder).glob("model*.safetensors")
+    return path
+
+
 def written_path(fd: int) -> Path:
     """The file a write to ``fd`` is for: its own, or the one a temporary file replaces."""
     from mptui.engine import session_files

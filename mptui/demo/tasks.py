@@ -13,29 +13,13 @@ import random
 import re
 from pathlib import Path
 
+from mptui.engine.api import EvalRequest
+
 HERE = Path(__file__).parent
-TASK = "mptui_demo_order"
+TASK = EvalRequest.DEMO_TASK
 ITEMS = HERE / "order.jsonl"
 CHOICES = 4
 WORDS = 6
-
-_YAML = """\
-task: {task}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {items}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{context}}}}"
-doc_to_target: label
-doc_to_choice: "{{{{choices}}}}"
-metric_list:
-  - metric: acc
-  - metric: acc_norm
-metadata:
-  version: 1.0
-"""
 
 
 def build_items(text: str, count: int = 200, seed: int = 7) -> list[dict]:
@@ -69,15 +53,12 @@ def _usable(words: list[str]) -> bool:
 
 
 def include_path(cache_root: Path) -> Path:
-    """A folder for ``--include-path`` holding the task's YAML.
+    """A folder for ``--include-path`` holding the task's YAML, under ``cache_root``.
 
-    lm-eval opens data files relative to the working directory, so the YAML is written here
-    with the absolute path of the packaged items.
+    The engine writes it (``--include-path demo`` and ``--tasks mptui_demo_order`` name the same
+    folder in the cache), so there is one YAML and one place that knows lm-eval's quirks.
     """
-    folder = cache_root / "demo-tasks"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{TASK}.yaml").write_text(_YAML.format(task=TASK, items=ITEMS.resolve()))
-    return folder
+    return EvalRequest.demo_task_folder(cache_root)
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from app_replay import NoGpu, fixed_run_events
+from conftest import weights_file
 from textual.widgets import DataTable, Input
 
 from mptui.app.app import MptuiApp
@@ -236,7 +237,7 @@ async def test_evaluate_and_export_from_the_app(llama, calibration_file, tmp_pat
         await pilot.press("enter")
         await wait_until(pilot, lambda: app.state.exported is not None)
         assert app.state.exported.params == app.engine.session.params
-        assert (tmp_path / "export" / "model.safetensors").is_file()
+        assert weights_file(tmp_path / "export").is_file()
         assert app.state.activity is None
         await pilot.press("space")
         await wait_until(pilot, lambda: app.state.finished is not None)

@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 from app_replay import NoGpu, Publisher, fixed_run_events
+from conftest import weights_file
 
 from mptui.app.app import MptuiApp
 from mptui.app.screens import ExportScreen
@@ -116,7 +117,7 @@ async def test_attached_when_the_search_ends_the_app_exports_and_q_ends_the_run(
             await pilot.press("enter")
             await settle(pilot, lambda: app.state.exported is not None, timeout=60)
             assert app.state.exported.params == engine.session.params
-            assert (tmp_path / "export" / "model.safetensors").is_file()
+            assert weights_file(tmp_path / "export").is_file()
             assert engine.join(timeout=0.5) is False  # still there for us
             await pilot.press("q")  # the search is over: no question, leave
             await settle(pilot, lambda: not app.is_running)

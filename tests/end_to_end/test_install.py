@@ -1,11 +1,13 @@
 """What a user gets from ``pip install .`` (or ``pipx install .``, or the wheel), not from the
 editable install that ``.ci/dev`` makes: the wheel holds every module and data file, and a real
-install runs the demo, headless and in tmux, from a folder outside the repository."""
+install runs the demo, headless and in tmux, and README's walk-through as it is written, from a
+folder outside the repository."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +21,12 @@ from tmux_session import Tmux
 from mptui.engine import session_files
 
 ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+#: README's walk-through is every command of its ```bash blocks that works in this folder.
+WALK_THROUGH = "~/mptui-demo"
+BASH_BLOCK = re.compile(r"^```bash\n(.*?)^```", re.MULTILINE | re.DOTALL)
+#: Besides the installed ``mptui``, what a walk-through may call: a shell's own tools.
+SHELL_TOOLS = ("cp", "mv", "mkdir", "rm", "ls")
 # Repository folder -> where it lands in site-packages (pyproject.toml's package-dir).
 INSTALLED_AS = {"mptui": "mptui", "engine": "mptui/engine", "themes": "mptui/themes"}
 PIP = ("-m", "pip", "--disable-pip-version-check", "--no-input")
@@ -205,3 +213,101 @@ def test_workers_started_inside_a_clone_import_the_installed_mptui(
     assert result.returncode == 0, result.stdout + result.stderr
     assert "finished (done)" in result.stdout
     assert json.loads((session / "plan.json").read_text())["steps"]
+
+
+# --- README's walk-through ----------------------------------------------------------------------
+def readme_commands() -> list[str]:
+    """Every command of README's ```bash blocks, in order: continued lines joined, comments cut,
+    spaces collapsed."""
+    commands = []
+    for block in BASH_BLOCK.findall(README.read_text(encoding="utf-8")):
+        for line in block.replace("\\\n", " ").splitlines():
+            command = " ".join(line.split("#", 1)[0].split())
+            if command:
+                commands.append(command)
+    return commands
+
+
+def walk_through() -> list[str]:
+    """README's walk-through, in README's order, each report followed by the ``mptui compare``
+    that README says takes "the same arguments" (less ``--out``)."""
+    commands = []
+    for command in readme_commands():
+        if WALK_THROUGH not in command:
+            continue
+        commands.append(command)
+        if command.startswith("mptui report "):
+            compare = re.sub(r" --out \S+", "", command).replace("mptui report ", "mptui compare ")
+            commands.append(compare)
+    return commands
+
+
+def readme_table() -> dict[str, list[str]]:
+    """The rows of the ``mptui compare`` table README shows: name -> name, method, params,
+    ratio (the columns a plan fixes; the scores are measured)."""
+    text = README.read_text(encoding="utf-8")
+    (block,) = re.findall(r"^```\n(name +method .*?)^```", text, re.MULTILINE | re.DOTALL)
+    return {line.split()[0]: line.split()[:4] for line in block.splitlines()[1:] if line.strip()}
+
+
+def test_readme_walk_through_names_the_demo_files_and_no_repository_path():
+    """After ``pip install`` there is no clone: the demo's files go by name, and every command
+    is the installed ``mptui`` (or a shell's own tool)."""
+    commands = walk_through()
+    assert commands[:2] == [
+        "mptui --demo --headless --session ~/mptui-demo/multipruner",
+        "mptui --demo --headless --method sleb --session ~/mptui-demo/sleb",
+    ]
+    reports = [c for c in commands if c.startswith(("mptui report ", "mptui compare "))]
+    assert len(reports) == 2, commands
+    for command in reports:
+        assert " --eval-text demo " in command and " --tasks mptui_demo_order" in command
+    assert any(" --perplexity demo " in c for c in commands if c.startswith("mptui eval "))
+    for command in commands:
+        assert command.split()[0] in ("mptui", *SHELL_TOOLS), command
+        for repository_only in ("mptui/demo", ".venv", ".ci/", ".cache"):
+            assert repository_only not in command, command
+    # The table README shows has a row for the dense model and for each session compared.
+    sessions = re.findall(r"~/mptui-demo/([\w-]+)(?=\s|$)", reports[1])
+    assert set(readme_table()) == {"dense", *sessions}
+
+
+@pytest.mark.slow
+def test_readme_walk_through_runs_as_written_after_pip_install(installed: Path, tmp_path: Path):
+    """Every command of the walk-through, verbatim, in bash, from a folder that is not the
+    repository, with a home of its own (``~/mptui-demo``) and the installed ``mptui`` alone."""
+    home, here = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir()
+    here.mkdir()
+    env = clean_env() | {
+        "HOME": str(home),
+        "PATH": f"{installed / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+        "XDG_CACHE_HOME": str(home / ".cache"),
+        "XDG_DATA_HOME": str(home / ".local" / "share"),
+    }
+    assert Path(shutil.which("mptui", path=env["PATH"])).is_relative_to(installed)
+    out: dict[str, str] = {}
+    for command in walk_through():
+        done = subprocess.run(
+            ["bash", "-c", command], cwd=here, env=env, capture_output=True, text=True,
+            timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}{done.stderr[-3000:]}"
+        assert "Traceback" not in done.stderr, f"{command}\n{done.stderr[-3000:]}"
+        out[command.split()[1]] = done.stdout  # the last of each subcommand
+    # The names led to the installed package's files, not the repository's.
+    task = (home / ".cache" / "mptui" / "demo-tasks" / "mptui_demo_order.yaml").read_text()
+    (items,) = re.findall(r"test: (\S+)", task)
+    assert Path(items).is_relative_to(installed) and Path(items).is_file()
+    assert (home / "mptui-demo" / "report.html").is_file()
+    # The table README shows is the one compare prints.
+    lines = [line.split() for line in out["compare"].splitlines()[1:] if line.strip()]
+    rows = {cells[0]: cells[:4] for cells in lines}
+    for name, cells in readme_table().items():
+        assert rows.get(name) == cells, f"README shows {cells}, compare printed {rows.get(name)}"
+    # The recovery helped, and eval scored the same held-out text as compare.
+    before, after = map(float, re.findall(r"perplexity ([\d.]+) -> ([\d.]+)", out["recover"])[0])
+    assert after < before
+    scores = json.loads(out["eval"])
+    assert scores["recovered"]["perplexity"] < scores["pruned"]["perplexity"]
+    assert f"{scores['dense']['perplexity']:.3f}" in out["compare"]

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import weights_file
 
 from mptui.engine import session_files
 from mptui.engine.plan import PlanStep
@@ -230,7 +231,7 @@ def test_resume_writes_out_and_export_again(tiny_model_dir, calibration_file, tm
         json.loads((out / session_files.PLAN).read_text())["steps"]
         == json.loads((session / session_files.PLAN).read_text())["steps"]
     )
-    assert (export / "model.safetensors").is_file()
+    assert weights_file(export).is_file()
 
 
 def test_a_new_run_in_a_session_folder_is_refused(tiny_model_dir, calibration_file, tmp_path):

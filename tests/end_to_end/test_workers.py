@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import weights_file
 from tmux_session import Tmux
 
 from mptui.cli import build_parser, demo_defaults
@@ -147,7 +148,7 @@ def test_the_app_runs_on_two_workers_and_steers_them(tmp_path, uninterrupted):
         tmux.wait_for(f"the run has ended (done); session {session}")
         assert "starting 2 workers in the background" in tmux.screen()
         assert plan_in(session) == uninterrupted
-        assert (session / session_files.EXPORT / "model.safetensors").is_file()
+        assert weights_file(session / session_files.EXPORT).is_file()
         wait_for_text(session / session_files.WORKERS_LOG, "plan written to")  # the workers ended
         assert "finished (done)" in (session / session_files.WORKERS_LOG).read_text()
     finally:

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 import torch
+from conftest import weights_file
 
 from mptui.engine import commands as cmd
 from mptui.engine import events as ev
@@ -272,7 +273,7 @@ def test_a_lingering_engine_answers_exports_after_the_search_until_stopped(
     engine.send(cmd.Export(str(tmp_path / "after")))
     log.wait_count(ev.Exported, 1)
     assert "the run is finished" in log.of(ev.Notice)[-1].message
-    assert (tmp_path / "after" / "model.safetensors").is_file()
+    assert weights_file(tmp_path / "after").is_file()
     assert not engine.join(0.2)  # still serving
     engine.send(cmd.Stop())
     assert engine.join(TIMEOUT)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, weights_file
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -85,7 +85,7 @@ def engine_outputs(model) -> dict:
 
 
 def kept_parameter_count(folder: Path) -> int:
-    return sum(t.numel() for t in load_file(folder / "model.safetensors").values())
+    return sum(t.numel() for t in load_file(weights_file(folder)).values())
 
 
 def test_every_family_exports_a_checkpoint_that_loads_without_mptui(
@@ -106,7 +106,7 @@ def test_every_family_exports_a_checkpoint_that_loads_without_mptui(
     for folder, want in expected.items():
         got = loaded[str(folder)]
         assert got["class"] == "MptuiPrunedForCausalLM"
-        assert got["model_type"] == "mptui_pruned"
+        assert got["model_type"] == folder.name  # its family: AutoTokenizer needs no code
         torch.testing.assert_close(got["logits"], want["logits"], rtol=0, atol=1e-5)
         assert torch.equal(got["generated"], want["generated"])
 
@@ -157,9 +157,9 @@ def llama_export(tiny_model_dir, tmp_path) -> Path:
 
 
 def rewrite_weights(folder: Path, change) -> None:
-    tensors = load_file(folder / "model.safetensors")
+    tensors = load_file(weights_file(folder))
     change(tensors)
-    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    save_file(tensors, weights_file(folder), metadata={"format": "pt"})
 
 
 def lose_a_weight(tensors: dict) -> None:
@@ -195,7 +195,11 @@ def test_a_tampered_export_fails_to_load(tamper, error, message, llama_export):
 
 
 def test_an_export_refuses_to_load_as_a_dense_model_without_its_code(llama_export):
-    with pytest.raises(ValueError, match="trust_remote_code"):
+    """Without its code, the family's stock class looks for ``model.safetensors``; a pruned
+    export's weights are the ``mptui`` variant, so the load fails instead of initialising the
+    missing sub-blocks at random."""
+    assert json.loads((llama_export / "config.json").read_text())["model_type"] == "llama"
+    with pytest.raises(OSError, match=r"no file named model\.safetensors"):
         AutoModelForCausalLM.from_pretrained(llama_export)
 
 
@@ -231,10 +235,10 @@ def test_a_big_export_is_sharded_with_an_index(tiny_model_dir, tmp_path):
         model, None, demo_plan(path, 1), tmp_path / "out", max_shard_bytes=200_000,
         progress=lambda done, total: seen.append((done, total)),
     )  # fmt: skip
-    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.mptui.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
     assert len(shards) == len(seen) > 1 and seen[-1][0] == seen[-1][1]
-    assert shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    assert shards[0] == f"model-00001-of-{len(shards):05d}.mptui.safetensors"
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out", trust_remote_code=True)
     torch.testing.assert_close(reloaded(IDS).logits, model(IDS).logits, rtol=0, atol=1e-5)
 
@@ -311,7 +315,7 @@ def test_a_float32_search_of_a_half_precision_model_exports_half_precision_exact
     assert next(model.parameters()).dtype == torch.float32
     commit_all(model, [Structure("mlp_block", 5), Structure("attn_heads", 2, 96, 96)])
     result = export_model(model, tokenizer, demo_plan(base, 1), tmp_path / "half")
-    weights = load_file(tmp_path / "half" / "model.safetensors")
+    weights = load_file(weights_file(tmp_path / "half"))
     assert {t.dtype for t in weights.values()} == {torch.float16}
     assert result.bytes == 2 * result.params
     assert result.bytes < (base / "model.safetensors").stat().st_size
@@ -321,7 +325,7 @@ def test_a_float32_search_of_a_half_precision_model_exports_half_precision_exact
     )
     with torch.inference_mode():
         torch.testing.assert_close(exported(IDS).logits, model(IDS).logits, rtol=0, atol=0)
-    assert oct((tmp_path / "half" / "model.safetensors").stat().st_mode & 0o777) == oct(
+    assert oct(weights_file(tmp_path / "half").stat().st_mode & 0o777) == oct(
         0o666 & ~current_umask()
     )
 

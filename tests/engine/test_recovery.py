@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import weights_file
 from safetensors.torch import load_file
 
 from bench.tiny import tiny_text
@@ -160,7 +161,7 @@ def test_a_recovered_export_is_the_merged_model_and_loads_without_mptui_or_peft(
         assert not torch.allclose(want, pruned(ids).logits, atol=1e-4)  # training changed it
     result = run.export(plan, tmp_path / "export")
     assert result.params == unique_parameters(pruned) == unique_parameters(merged)
-    stored = load_file(tmp_path / "export" / "model.safetensors")
+    stored = load_file(weights_file(tmp_path / "export"))
     assert not any("lora" in name for name in stored)
     card = (tmp_path / "export" / "README.md").read_text()
     assert "recovered by LoRA fine-tuning" in card and "2 of 2 steps" in card
@@ -291,7 +292,7 @@ def test_eval_and_export_of_a_recovered_session_use_the_recovered_model(
     )
     assert export([str(session), "--out", str(tmp_path / "export")]) == 0
     assert "recovered by LoRA" in (tmp_path / "export" / "README.md").read_text()
-    stored = load_file(tmp_path / "export" / "model.safetensors")
+    stored = load_file(weights_file(tmp_path / "export"))
     for name, tensor in merged.state_dict().items():
         if name in stored:
             torch.testing.assert_close(stored[name], tensor, rtol=0, atol=0)
@@ -313,7 +314,7 @@ def test_an_export_recovers_in_a_session_folder_of_its_own(session, text_file, t
     assert "exported to" in out and "recovery done: validation perplexity" in out
     assert RecoveryFolder(state).read_settings()[1] == RecoverySource("export", tmp_path / "export")
     assert RecoveryFolder(state).saved_step() == 2
-    stored = load_file(tmp_path / "recovered" / "model.safetensors")
+    stored = load_file(weights_file(tmp_path / "recovered"))
     assert sum(t.numel() for t in stored.values()) == unique_parameters(pruned)
 
 
