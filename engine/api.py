@@ -93,6 +93,8 @@ _LAZY: dict[str, str] = {
     "sibling_comparison": "comparison",
     "SpeedRequest": "comparison",
     "tokens_per_second": "comparison",
+    "ratio_text": "comparison",
+    "task_text": "comparison",
     "check_tasks": "evaluate",
     "evaluate": "evaluate",
     "flat_scores": "evaluate",

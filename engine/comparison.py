@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
+import os
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,7 +26,15 @@ from .gguf_rules import GGUF_TYPES
 from .methods import DEFAULT_METHOD
 from .names import model_label
 from .plan import Plan, as_plan, read_plan_file
-from .session_files import CHANNEL_ORDER, PLAN, SETTINGS
+from .session_files import (
+    CHANNEL_ORDER,
+    JOURNAL,
+    LOCK,
+    PLAN,
+    RECOVERY,
+    RECOVERY_SETTINGS,
+    SETTINGS,
+)
 from .session_lock import lock_holder
 from .speed import Speed
 
@@ -35,17 +45,45 @@ Counts = Callable[[str, str], Callable[[int, int], None]]
 
 
 @dataclass(frozen=True)
+class Recovery:
+    """A session's LoRA recovery, as its export's model card states it
+    (:meth:`~mptui.engine.recovery.folder.RecoveryFolder.card_info`): the saved step, and the
+    validation perplexity before training and at that step. Those are measured on the
+    recovery's own validation rows, not the calibration rows, so they are told apart from the
+    calibration perplexity. With an evaluation the recovered model (the adapter merged, what
+    ``mptui export`` writes) is scored on the same text and tasks as every other row."""
+
+    step: int
+    steps: int  # the steps the recovery was asked for
+    perplexity: float | None  # validation perplexity at ``step`` (None: not validated there)
+    pruned_perplexity: float | None  # validation perplexity at step 0, before any training
+    data: str  # what it was fine-tuned on
+    held_out_ppl: float | None = None  # with --eval-text: the recovered model's
+    tasks: dict[str, float] = field(default_factory=dict)  # with --tasks: the recovered model's
+    task_stderr: dict[str, float | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Scores:
     """One model's row of the comparison."""
 
-    name: str  # "dense", or the session folder's name
+    name: str  # "dense", or the part of the session's path that tells it from the others
     method: str  # "dense" for the dense model, else the plan's settings["method"]
     params: int
-    ratio: float  # 1 - params / params_dense
+    ratio: float  # 1 - params / params_dense: the ratio reached
     calibration_ppl: float
     held_out_ppl: float | None = None  # with --eval-text
     tasks: dict[str, float] = field(default_factory=dict)  # lm-eval task -> its main metric
     speed: ModelSpeed | None = None  # with --speed
+    #: lm-eval's standard error of each task's score (``acc_norm_stderr``): a score of a few
+    #: hundred documents is uncertain in its second decimal, which a reader must see.
+    #: None where lm-eval gives none (a task of one document).
+    task_stderr: dict[str, float | None] = field(default_factory=dict)
+    #: The ratio the search was asked for (None: the dense model, or a --block-count target).
+    #: A search stops at the first step that reaches it, so the ratio reached can be well above
+    #: (SLEB removes whole layers), or below when it was stopped early.
+    target_ratio: float | None = None
+    recovery: Recovery | None = None  # once the session was fine-tuned (mptui recover)
 
 
 @dataclass(frozen=True)
@@ -119,11 +157,29 @@ class Comparison:
     speed: SpeedRequest | None = None  # with --speed
 
     def columns(self) -> tuple[str, ...]:
-        """The table's header: held-out perplexity, the tasks and the generation speeds only
-        when they were asked for."""
+        """The table's header: the target ratio only where a session reached another one, the
+        recovered perplexity only once a session recovered, held-out perplexity, the tasks and
+        the generation speeds only when they were asked for."""
+        target = ("target",) if self.shows_target() else ()
+        recovered = ("recovery val ppl",) if self.recovered() else ()
         held_out = ("held-out ppl",) if self.eval_text else ()
         speed = ("llama.cpp tok/s", "transformers tok/s") if self.speed else ()
-        return ("name", "method", "params", "ratio", "calib ppl", *held_out, *self.tasks, *speed)
+        return (
+            "name", "method", "params", "ratio", *target, "calib ppl", *recovered, *held_out,
+            *self.tasks, *speed,
+        )  # fmt: skip
+
+    def shows_target(self) -> bool:
+        """Whether some session reached another ratio than it was asked for (at the table's
+        precision): then the target is shown beside the ratio reached."""
+        return any(
+            s.target_ratio is not None and ratio_text(s.target_ratio) != ratio_text(s.ratio)
+            for s in self.all_scores()
+        )
+
+    def recovered(self) -> list[ComparedSession]:
+        """The sessions that were fine-tuned after pruning."""
+        return [session for session in self.sessions if session.scores.recovery is not None]
 
     def rows(self) -> list[tuple[str, ...]]:
         """The dense row, then each session's, as text under :meth:`columns`."""
@@ -133,14 +189,24 @@ class Comparison:
         return [self.dense, *(session.scores for session in self.sessions)]
 
     def _cells(self, scores: Scores) -> tuple[str, ...]:
-        cells = [
-            scores.name, scores.method, f"{scores.params:,}", f"{scores.ratio:.2%}",
-            f"{scores.calibration_ppl:.3f}",
-        ]  # fmt: skip
+        cells = [scores.name, scores.method, f"{scores.params:,}", ratio_text(scores.ratio)]
+        if self.shows_target():
+            target = scores.target_ratio
+            cells.append(ratio_text(target) if target is not None else "—")
+        cells.append(f"{scores.calibration_ppl:.3f}")
+        recovery = scores.recovery
+        if self.recovered():
+            after = recovery.perplexity if recovery else None
+            cells.append(f"{after:.3f}" if after is not None else "—")
         if self.eval_text:
-            held_out = scores.held_out_ppl
-            cells.append(f"{held_out:.3f}" if held_out is not None else "—")
-        cells += [f"{scores.tasks[t]:.4f}" if t in scores.tasks else "—" for t in self.tasks]
+            after = recovery.held_out_ppl if recovery else None
+            shown = [f"{v:.3f}" for v in (scores.held_out_ppl, after) if v is not None]
+            cells.append(" → ".join(shown) or "—")
+        for task in self.tasks:
+            shown = [task_text(scores.tasks, scores.task_stderr, task)]
+            if recovery and task in recovery.tasks:
+                shown.append(task_text(recovery.tasks, recovery.task_stderr, task))
+            cells.append(" → ".join(shown))
         if self.speed:
             speed, speedups = scores.speed, self.speedups(scores)
             for engine in ("llama_cpp", "transformers"):
@@ -163,6 +229,27 @@ class Comparison:
             dense = getattr(self.dense.speed, engine) if self.dense.speed else None
             speedups[engine] = mine.generate_tps / dense.generate_tps if mine and dense else None
         return speedups
+
+    def notes(self) -> list[str]:
+        """The lines under the table: :meth:`table_notes`, then :meth:`speed_notes`."""
+        return self.table_notes() + self.speed_notes()
+
+    def table_notes(self) -> list[str]:
+        """What the target, ``±`` and ``→`` mean, where the table has them, and each recovery
+        in words."""
+        lines = []
+        if self.shows_target():
+            lines.append("ratio: the share of parameters removed; target: what was asked for")
+        if any(s.task_stderr.get(t) is not None for s in self.all_scores() for t in self.tasks):
+            lines.append("tasks: score ± lm-eval's standard error")
+        lines += [
+            recovery_line(s.scores.name, recovery)
+            for s in self.sessions
+            if (recovery := s.scores.recovery) is not None
+        ]
+        if self.recovered() and (self.eval_text or self.tasks):
+            lines.append("A → B: the pruned model's score, then the recovered model's")
+        return lines
 
     def speed_notes(self, legend: bool = True) -> list[str]:
         """How the speeds were measured, and why a row has no llama.cpp number, in lines;
@@ -210,6 +297,8 @@ class Comparison:
 
     def _scores_dict(self, scores: Scores) -> dict:
         row = asdict(scores)
+        if row["recovery"] is None:
+            del row["recovery"]
         if row["speed"] is None:
             del row["speed"]
         else:
@@ -220,6 +309,31 @@ class Comparison:
 def tokens_per_second(value: float) -> str:
     """``1,234.5``: one decimal, for the slow models as much as the tiny ones."""
     return f"{value:,.1f}"
+
+
+def ratio_text(value: float) -> str:
+    """``25.64%``: the table's precision for a pruning ratio."""
+    return f"{value:.2%}"
+
+
+def task_text(scores: dict[str, float], stderrs: dict[str, float | None], task: str) -> str:
+    """``0.8350 ± 0.0118``, the score alone where lm-eval gave no standard error, ``—`` where
+    the row has no score."""
+    if task not in scores:
+        return "—"
+    stderr = stderrs.get(task)
+    return f"{scores[task]:.4f}" + (f" ± {stderr:.4f}" if stderr is not None else "")
+
+
+def recovery_line(name: str, recovery: Recovery) -> str:
+    """One recovered session in words: how far it trained, on what, and what it changed."""
+    before, after = recovery.pruned_perplexity, recovery.perplexity
+    change = " → ".join(f"{value:.3f}" for value in (before, after) if value is not None)
+    return (
+        f"recovered: {name}, LoRA step {recovery.step} of {recovery.steps} on "
+        f"{recovery.data}; validation perplexity {change or 'not measured'} on the "
+        "recovery's own validation rows (not the calibration rows)"
+    )
 
 
 def _distinct(values) -> str:
@@ -233,6 +347,7 @@ def read_session(path: Path) -> Plan:
     path = Path(path)
     if not path.exists():
         raise BadInput(f"session '{path}' does not exist")
+    _check_not_damaged(path)
     if not (path / SETTINGS).is_file():
         raise BadInput(f"'{path}' is not an mptui session (no {SETTINGS})")
     holder = lock_holder(path)
@@ -244,6 +359,57 @@ def read_session(path: Path) -> Plan:
     if not plan.steps:
         raise BadInput(f"session '{path}' removed nothing: its plan has no steps")
     return plan
+
+
+def _check_not_damaged(path: Path) -> None:
+    """A session file that is there but is no file (a folder put in its place, a socket) is
+    damage, to be named as such: it is not "no plan" nor "not a session", and reading it would
+    end in a traceback."""
+    for name in (SETTINGS, PLAN, JOURNAL, LOCK):
+        file = path / name
+        if file.exists() and not file.is_file():
+            what = "a folder" if file.is_dir() else "not a regular file"
+            raise BadInput(f"session '{path}' is damaged: {file} is {what}, not a file")
+
+
+def read_recovery(path: Path) -> Recovery | None:
+    """``path``'s saved recovery (None: it was never fine-tuned, or nothing was saved yet).
+
+    Torch is imported only for a session that has a recovery (its checkpoint holds the saved
+    step), so comparing plans alone stays quick. A damaged recovery is one line of
+    :class:`BadInput` naming its file."""
+    if not (Path(path) / RECOVERY / RECOVERY_SETTINGS).is_file():
+        return None
+    from .recovery.folder import RecoveryFolder
+
+    info = RecoveryFolder(Path(path)).card_info()
+    if info is None:
+        return None
+    settings = info["settings"]
+    return Recovery(
+        step=info["step"], steps=settings["steps"], perplexity=info["perplexity"],
+        pruned_perplexity=info["pruned_perplexity"], data=str(settings["data"]),
+    )  # fmt: skip
+
+
+def session_names(paths: Sequence[Path]) -> list[str]:
+    """Each session as the part of its path that tells it from the others: the path below the
+    deepest folder holding them all (``a/multipruner`` and ``b/multipruner``, where the folder
+    names alone are the same), so the table, the legend and the headings can be told apart.
+    Sessions side by side in one folder keep their folder names."""
+    absolute = [Path(os.path.abspath(path)) for path in paths]
+    if not absolute:
+        return []
+    common = Path(os.path.commonpath([path.parent for path in absolute]))
+    return [str(path.relative_to(common)) for path in absolute]
+
+
+def target_of(plan: Plan) -> float | None:
+    """The ratio the search was asked for; None where a block count was its target."""
+    if plan.settings.get("block_count") is not None:
+        return None
+    target = plan.settings.get("target_ratio")
+    return float(target) if isinstance(target, (int, float)) else None
 
 
 def model_of(plan: Plan) -> dict[str, object]:
@@ -294,19 +460,27 @@ def differences(first: tuple[Path, Plan], other: tuple[Path, Plan]) -> list[str]
 
 
 def plan_comparison(
-    sessions: Sequence[tuple[Path, Plan]], forced: Sequence[str] = ()
+    sessions: Sequence[tuple[Path, Plan]],
+    forced: Sequence[str] = (),
+    recoveries: Sequence[Recovery | None] | None = None,
 ) -> Comparison:
     """The table the plans alone give: the dense row from the first plan (its dense score), and
     each session's parameters, ratio and calibration perplexity from its plan's last step. That
     step's score is the search's own perplexity of the final model on the calibration rows, so
-    no model is loaded and every session is measured on the same rows."""
+    no model is loaded and every session is measured on the same rows. ``recoveries`` (one per
+    session, see :func:`read_recovery`) adds what each recovery measured."""
     first = sessions[0][1]
     dense = Scores("dense", "dense", first.model.params_dense, 0.0, first.dense_score)
+    recoveries = list(recoveries) if recoveries is not None else [None] * len(sessions)
+    names = session_names([path for path, _ in sessions])
     compared = []
-    for path, plan in sessions:
+    for (path, plan), name, recovery in zip(sessions, names, recoveries, strict=True):
         last = plan.steps[-1]
         method = plan.settings.get("method", DEFAULT_METHOD)  # older plans: MultiPruner's
-        scores = Scores(Path(path).name, method, last.params, last.ratio, last.score)
+        scores = Scores(
+            name, method, last.params, last.ratio, last.score, target_ratio=target_of(plan),
+            recovery=recovery,
+        )  # fmt: skip
         compared.append(ComparedSession(Path(path), plan, scores))
     return Comparison(
         first.model.name_or_path, calibration_words(first), dense, compared, forced=tuple(forced)
@@ -336,7 +510,8 @@ def compare_sessions(
     precision unless ``dtype`` says otherwise) and scored on the held-out text and the tasks;
     the first session's dense model is scored before its plan is applied, once for all.
     ``speed`` adds every row's generation speed (:func:`measure_speed`) from the same loads; a
-    session that recovered is measured as it exports, recovered.
+    session that recovered is measured as it exports, recovered, and with ``evaluation`` its
+    recovered model is scored too (:class:`Recovery`).
     ``progress`` is told of each part in a line, ``counts`` (see :data:`Counts`) of its steps.
     """
     sessions = [(Path(path), read_session(Path(path))) for path in paths]
@@ -350,7 +525,8 @@ def compare_sessions(
     forced = [sentence for other in sessions[1:] for sentence in differences(sessions[0], other)]
     if forced and not force:
         raise BadInput(f"{forced[0]}; --force compares them anyway")
-    comparison = plan_comparison(sessions, forced)
+    recoveries = [read_recovery(path) for path, _plan in sessions]
+    comparison = plan_comparison(sessions, forced, recoveries)
     if evaluation is None and speed is None:
         return comparison
     if speed is not None:
@@ -442,12 +618,25 @@ def _measure_rebuilt(
         say(f"evaluating {name}")
         results = _evaluate(model, tokenizer, evaluation, name, counts)
         scores = _with_results(scores, results)
-    if speed is not None:
+    served = model
+    if scores.recovery is not None:
         from .recovery.folder import recovered_model
 
-        # After the evaluation: merging a recovery changes the model in place. What is timed
-        # is what ``mptui export`` writes.
+        # After the pruned model's evaluation: merging a recovery changes the model in place.
+        # What is scored and timed from here is what ``mptui export`` writes.
         served = recovered_model(model, session.path) or model
+        if evaluation is not None:
+            say(f"evaluating {name}, recovered")
+            results = _evaluate(served, tokenizer, evaluation, f"{name}, recovered", counts)
+            recovered = _with_results(scores, results)
+            scores = dataclasses.replace(
+                scores,
+                recovery=dataclasses.replace(
+                    scores.recovery, held_out_ppl=recovered.held_out_ppl, tasks=recovered.tasks,
+                    task_stderr=recovered.task_stderr,
+                ),
+            )  # fmt: skip
+    if speed is not None:
         scores = dataclasses.replace(
             scores, speed=measure_speed(served, tokenizer, session.plan, name, speed, say, counts)
         )
@@ -574,7 +763,15 @@ def _with_results(scores: Scores, results: dict) -> Scores:
         scores,
         held_out_ppl=results.get("perplexity"),
         tasks={task: score["value"] for task, score in tasks.items()},
+        task_stderr={task: _finite(score.get("stderr")) for task, score in tasks.items()},
     )
+
+
+def _finite(value: object) -> float | None:
+    """A standard error as a number, or None (lm-eval writes ``"N/A"`` where it has none)."""
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def sibling_comparison(session: Path, plan: Plan | dict) -> Comparison | None:
@@ -594,4 +791,16 @@ def sibling_comparison(session: Path, plan: Plan | dict) -> Comparison | None:
             continue
         if not differences(own, other):
             others.append(other)
-    return plan_comparison([own, *others]) if others else None
+    if not others:
+        return None
+    sessions = [own, *others]
+    return plan_comparison(sessions, recoveries=[_recovery_or_none(p) for p, _ in sessions])
+
+
+def _recovery_or_none(path: Path) -> Recovery | None:
+    """The app's table is a glance: a damaged recovery leaves its column empty there (``mptui
+    compare`` names the damage)."""
+    try:
+        return read_recovery(path)
+    except BadInput:
+        return None

@@ -99,9 +99,11 @@ def comparison_from_args(args: argparse.Namespace) -> Comparison:
 
     evaluation = speed = None
     if args.eval_text or args.tasks or args.speed:
-        from mptui.terminal import quiet_libraries
+        from mptui.terminal import quiet_libraries, quiet_lm_eval
 
         quiet_libraries()
+        if args.tasks:
+            quiet_lm_eval()
     if args.eval_text or args.tasks:
         evaluation = EvalRequest.from_options(
             args.tasks, args.eval_text, args.seqlen, include_path=args.include_path,
@@ -170,7 +172,7 @@ def main(argv: list[str]) -> int:
     for sentence in comparison.forced:
         print(f"compared anyway (--force): {sentence}")
     print(table(comparison.columns(), comparison.rows()))
-    for line in comparison.speed_notes():
+    for line in comparison.notes():
         print(line)
     if args.json:
         write_json_atomic(Path(args.json), comparison.to_dict())

@@ -53,9 +53,11 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not args.model and not args.session:
         parser.error("give a MODEL or --session DIR")
-    from mptui.terminal import quiet_libraries
+    from mptui.terminal import quiet_libraries, quiet_lm_eval
 
     quiet_libraries()
+    if args.tasks or not args.perplexity:  # lm-eval runs (given tasks, or the default ones)
+        quiet_lm_eval()
     doing = Doing("loading the model")
     session = Path(args.session) if args.session else None
     again = f"run mptui eval {f'--session {session}' if session else args.model} again"

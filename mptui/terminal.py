@@ -23,6 +23,31 @@ def quiet_libraries() -> None:
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
 
 
+def quiet_lm_eval() -> None:
+    """What lm-eval writes on the terminal by itself, around our progress lines: a tqdm bar per
+    task as it builds its requests, the datasets library's bars as it reads a task's rows, and
+    ``fatal: not a git repository`` from the ``git describe`` it runs, with the terminal as its
+    stderr, to note the commit of the current folder in results we never read (outside a git
+    checkout, git says so on every evaluation). None of it can be turned off by an lm-eval
+    option, so the bars are disabled where they are drawn and the git probe is answered with
+    "no commit" without running git."""
+    import functools
+
+    import datasets
+    import lm_eval.api.task
+    import lm_eval.evaluator
+    from tqdm import tqdm
+
+    datasets.disable_progress_bars()
+    lm_eval.api.task.tqdm = functools.partial(tqdm, disable=True)
+    lm_eval.evaluator.get_git_commit_hash = _no_commit
+
+
+def _no_commit() -> None:
+    """lm-eval's ``get_git_commit_hash`` without the git process: no commit noted."""
+    return None
+
+
 @contextlib.contextmanager
 def terminal_kept_logs_to(path: Path) -> Iterator[None]:
     """While the app owns the terminal, send everything else to ``path``.

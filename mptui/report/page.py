@@ -7,13 +7,22 @@ escaped. Every file is written to a temporary name in its folder and renamed int
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 from typing import Any
 
 from mptui import __version__
-from mptui.engine.api import Comparison, Scores, tokens_per_second, write_bytes_atomic
+from mptui.engine.api import (
+    Comparison,
+    Scores,
+    ratio_text,
+    task_text,
+    tokens_per_second,
+    write_bytes_atomic,
+)
 
 from .figures import DrawnFigure, draw_figures, perplexity_text, session_style
 
@@ -85,9 +94,17 @@ def _facts(comparison: Comparison) -> str:
         ("held-out text", _e(comparison.eval_text) if comparison.eval_text else None),
         ("tasks", _e(", ".join(comparison.tasks)) if comparison.tasks else None),
         (f"sessions ({len(comparison.sessions)})", names or "none"),
+        ("in", _e(sessions_folder(comparison)) if comparison.sessions else None),
     ]
     items = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows if v is not None)
     return f'<dl class="facts">{items}</dl>'
+
+
+def sessions_folder(comparison: Comparison) -> str:
+    """The folder the sessions' names are relative to (the table shows each session by what
+    tells it from the others; the page says once where they all are)."""
+    parents = [os.path.dirname(os.path.abspath(s.path)) for s in comparison.sessions]
+    return os.path.commonpath(parents)
 
 
 def _warnings(forced: Iterable[str]) -> str:
@@ -132,16 +149,20 @@ def score_columns(comparison: Comparison) -> tuple[bool, list[str]]:
 
 def _scores_table(comparison: Comparison) -> str:
     held_out, tasks = score_columns(comparison)
-    head = [
-        "<th>session</th>", "<th>method</th>", '<th class="num">parameters</th>',
-        '<th class="num">ratio</th>', '<th class="num">calibration ppl</th>',
-    ]  # fmt: skip
+    columns = _Columns(comparison.shows_target(), bool(comparison.recovered()), held_out, tasks)
+    head = ["<th>session</th>", "<th>method</th>", '<th class="num">parameters</th>']
+    head.append('<th class="num">ratio</th>')
+    if columns.target:
+        head.append('<th class="num">target</th>')
+    head.append('<th class="num">calibration ppl</th>')
+    if columns.recovered:
+        head.append('<th class="num">recovery validation ppl</th>')
     if held_out:
         head.append('<th class="num">held-out ppl</th>')
     head += [f'<th class="num">{_e(task)}</th>' for task in tasks]
-    body = [_score_row(comparison.dense, "", held_out, tasks, dense=True)]
+    body = [_score_row(comparison.dense, "", columns, dense=True)]
     body += [
-        _score_row(session.scores, _swatch(i), held_out, tasks)
+        _score_row(session.scores, _swatch(i), columns)
         for i, session in enumerate(comparison.sessions)
     ]
     return (
@@ -151,22 +172,40 @@ def _scores_table(comparison: Comparison) -> str:
     )
 
 
-def _score_row(
-    scores: Scores, swatch: str, held_out: bool, tasks: list[str], dense: bool = False
-) -> str:
+@dataclass(frozen=True)
+class _Columns:
+    """Which optional columns the evaluation table has."""
+
+    target: bool
+    recovered: bool
+    held_out: bool
+    tasks: list[str]
+
+
+def _score_row(scores: Scores, swatch: str, columns: _Columns, dense: bool = False) -> str:
+    recovery = scores.recovery
     cells = [
         f"<th>{swatch}{_e(scores.name)}</th>",
         f"<td>{_e(scores.method)}</td>",
         _number(f"{scores.params:,}"),
-        _number(f"{scores.ratio:.2%}"),
-        _number(perplexity_text(scores.calibration_ppl)),
+        _number(ratio_text(scores.ratio)),
     ]
-    if held_out:
-        value = scores.held_out_ppl
-        cells.append(_number(perplexity_text(value) if value is not None else None))
-    for task in tasks:
-        value = scores.tasks.get(task)
-        cells.append(_number(f"{value:.4f}" if value is not None else None))
+    if columns.target:
+        target = scores.target_ratio
+        cells.append(_number(ratio_text(target) if target is not None else None))
+    cells.append(_number(perplexity_text(scores.calibration_ppl)))
+    if columns.recovered:
+        after = recovery.perplexity if recovery else None
+        cells.append(_number(perplexity_text(after) if after is not None else None))
+    if columns.held_out:
+        after = recovery.held_out_ppl if recovery else None
+        shown = [perplexity_text(v) for v in (scores.held_out_ppl, after) if v is not None]
+        cells.append(_before_after(shown))
+    for task in columns.tasks:
+        shown = [task_text(scores.tasks, scores.task_stderr, task)]
+        if recovery and task in recovery.tasks:
+            shown.append(task_text(recovery.tasks, recovery.task_stderr, task))
+        cells.append(_before_after(shown))
     opening = '<tr class="dense">' if dense else "<tr>"
     return f"{opening}{''.join(cells)}</tr>"
 
@@ -178,7 +217,8 @@ def _scores_note(comparison: Comparison) -> str:
     )
     if comparison.eval_text:
         note += f"; held-out perplexity on {comparison.eval_text}"
-    return f'<p class="note">{_e(note)}.</p>'
+    lines = "".join(f"<li>{_e(line)}</li>" for line in comparison.table_notes())
+    return f'<p class="note">{_e(note)}.</p>' + (f'<ul class="note">{lines}</ul>' if lines else "")
 
 
 # --- the speed table (--speed) ------------------------------------------------------------------
@@ -239,8 +279,12 @@ def _settings_table(comparison: Comparison) -> str:
     columns = [
         {"steps": str(len(s.plan.steps)), "model.dtype": setting_text(s.plan.model.dtype)}
         | settings_rows(s.plan.settings)
+        | _recovery_rows(s.scores)
         for s in sessions
     ]
+    if not any(s.scores.recovery for s in sessions):
+        for column in columns:
+            del column["recovery"]
     keys: list[str] = []
     for column in columns:
         keys += [key for key in column if key not in keys]
@@ -261,6 +305,13 @@ def _settings_table(comparison: Comparison) -> str:
         f'{note}<div class="wide"><table class="settings"><thead><tr><th>setting</th>{head}'
         f"</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
     )
+
+
+def _recovery_rows(scores: Scores) -> dict[str, str]:
+    recovery = scores.recovery
+    if recovery is None:
+        return {"recovery": "—"}
+    return {"recovery": f"LoRA, step {recovery.step} of {recovery.steps} on {recovery.data}"}
 
 
 def settings_rows(settings: dict[str, Any]) -> dict[str, str]:
@@ -304,12 +355,20 @@ def _e(text: object) -> str:
     return escape(str(text), quote=True)
 
 
+def _before_after(shown: list[str]) -> str:
+    """A number cell of the pruned model's value and, on a line of its own, the recovered
+    model's (``→ B``): the table keeps its width however many columns it has."""
+    if not shown:
+        return _number(None)
+    return f'<td class="num">{"<br>→ ".join(_e(text) for text in shown)}</td>'
+
+
 def _number(text: str | None) -> str:
     return f'<td class="num">{_e(text) if text is not None else "—"}</td>'
 
 
 def _swatch(index: int) -> str:
-    colour, _ = session_style(index)
+    colour = session_style(index).colour
     return f'<span class="swatch" style="background:{colour}"></span>'
 
 
@@ -336,6 +395,8 @@ th, td { padding: 5px 12px; border-bottom: 1px solid #e4e4e4; text-align: left;
 thead th { background: #f3f4f6; border-bottom: 2px solid #cfd2d6; font-weight: 600; }
 tbody th { font-weight: 600; white-space: nowrap; }
 .num { text-align: right; white-space: nowrap; }
+thead th { vertical-align: bottom; }
+thead th.num { white-space: normal; }
 tr.dense th, tr.dense td { color: #555; background: #fafafa; font-style: italic; }
 table.settings td { overflow-wrap: anywhere; max-width: 360px; }
 tr.differs th::before { content: "▸ "; color: #b35c00; }

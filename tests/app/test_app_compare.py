@@ -66,9 +66,10 @@ async def test_c_after_the_search_shows_the_sessions_beside_this_one(sessions):
             ("dense", "dense"), ("mp", "multipruner"), ("sleb", "sleb")
         ]  # fmt: skip
         sleb = read_plan_file(sessions["sleb"] / session_files.PLAN)
-        assert rows[0][4] == f"{sleb.dense_score:.3f}"
-        assert rows[2][2:] == (
-            f"{sleb.steps[-1].params:,}", f"{sleb.ratio:.2%}", f"{sleb.steps[-1].score:.3f}"
+        assert rows[0][5] == f"{sleb.dense_score:.3f}"  # after the target column
+        assert rows[2][2:6] == (
+            f"{sleb.steps[-1].params:,}", f"{sleb.ratio:.2%}",
+            f"{sleb.settings['target_ratio']:.2%}", f"{sleb.steps[-1].score:.3f}",
         )  # fmt: skip
         await pilot.press("escape")
         await pilot.pause()

@@ -5,7 +5,9 @@ Chromium takes a screenshot of the page and, on a copy with a small probe script
 each session's name is laid out; the test then checks the screenshot is a page (not blank),
 that there is ink where each name is (so it is drawn inside the screenshot, not hidden, off the
 page or covered) and that each session's curve colour is inside the perplexity figure. The
-same checks are shown to fail on a blank page and on a page that hides its names.
+same checks are shown to fail on a blank page and on a page that hides its names. With a
+held-out text, the sessions are scored for real and their held-out perplexities are drawn in a
+panel of their own, beside the calibration curves.
 """
 
 from __future__ import annotations
@@ -121,11 +123,16 @@ PROBE = """<script>
     }
     return null;
   };
-  const found = {names: {}, figures: {}};
+  const found = {names: {}, figures: {}, axes: {}};
   for (const name of names) found.names[name] = where(name);
   for (const svg of document.querySelectorAll("figure svg")) {
     const r = svg.getBoundingClientRect();
     found.figures[svg.parentElement.id] = [r.left, r.top, r.width, r.height];
+  }
+  for (const group of document.querySelectorAll("figure svg g[id]")) {
+    if (!/-axes_[0-9]+$/.test(group.id)) continue;
+    const r = group.getBoundingClientRect();
+    found.axes[group.id] = [r.left, r.top, r.width, r.height];
   }
   const out = document.createElement("pre");
   out.id = "probe";
@@ -137,8 +144,9 @@ PROBE = """<script>
 
 def layout(page: Path, texts: list[str], scratch: Path) -> dict:
     """Where Chromium lays out the first visible occurrence of each of ``texts`` (inside the
-    window, not hidden: ``[left, top, width, height]`` or None) and each figure's SVG, from a
-    copy of ``page`` with a probe script that writes its findings into the DOM."""
+    window, not hidden: ``[left, top, width, height]`` or None), each figure's SVG and each
+    of its plots (matplotlib's ``axes_N`` groups, without the legend), from a copy of ``page``
+    with a probe script that writes its findings into the DOM."""
     probe = PROBE.replace("NAMES", json.dumps(texts).replace("</", "<\\/"))
     copy = scratch / f"{page.stem}-probe.html"
     copy.write_text(page.read_text().replace("</body>", probe + "\n</body>"))
@@ -216,7 +224,7 @@ def test_the_report_shows_every_session_in_a_real_browser(comparison, tmp_path):
     curves = found["figures"]["figure-perplexity"]
     assert curves[1] + curves[3] <= HEIGHT and curves[2] > 400  # the curves, all on screen
     for index, name in enumerate(RUNS):
-        colour, _ = session_style(index)
+        colour = session_style(index).colour
         assert colour_count(pixels, curves, colour) >= 40, f"{name}'s curve is not drawn"
 
 
@@ -244,7 +252,7 @@ def test_the_checks_fail_on_a_blank_page_and_on_hidden_names(tmp_path):
     assert has_ink(pixels, found["names"]["run-Shown"])
     assert not has_ink(pixels, found["names"]["run-Covered"])
     empty_figure = found["figures"]["figure-perplexity"]
-    assert colour_count(pixels, empty_figure, session_style(0)[0]) == 0
+    assert colour_count(pixels, empty_figure, session_style(0).colour) == 0
 
 
 def test_importing_the_report_loads_no_matplotlib():
@@ -252,3 +260,37 @@ def test_importing_the_report_loads_no_matplotlib():
     code = "import sys, mptui.report; assert 'matplotlib' not in sys.modules, 'matplotlib'"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_held_out_perplexity_is_drawn_beside_the_calibration_curves(
+    comparison, calibration_file, tmp_path
+):
+    """``--eval-text``: every session is rebuilt and scored on the held-out text, and the
+    perplexity figure gets a second panel, right of the calibration curves, where each
+    session's colour is drawn; the page's table has the numbers, the renders stay byte-equal."""
+    from mptui.engine.api import EvalRequest, compare_sessions
+
+    request = EvalRequest.from_options(None, str(calibration_file), 32)
+    evaluated = compare_sessions([s.path for s in comparison.sessions], request)
+    assert all(s.scores.held_out_ppl > 1 for s in evaluated.sessions)
+    out = tmp_path / "held-out.html"
+    written = write_report(evaluated, out)
+    again = write_report(evaluated, tmp_path / "again" / "held-out.html")
+    assert [p.read_bytes() for p in again] == [p.read_bytes() for p in written]
+    page = out.read_text()
+    assert "Calibration and held-out perplexity against pruning ratio" in page
+    for session in evaluated.sessions:
+        held_out = f"{session.scores.held_out_ppl:,.2f}"
+        assert re.search(rf">{session.scores.name}</th>.*?>{held_out}</td>", page)
+
+    scratch = tmp_path / "chromium"
+    pixels = screenshot(out, scratch)
+    found = layout(out, list(RUNS), scratch)
+    calibration, held_out = (found["axes"][f"perplexity-axes_{n}"] for n in (1, 2))
+    assert calibration[0] + calibration[2] <= held_out[0]  # side by side, not overlapping
+    assert held_out[1] + held_out[3] <= HEIGHT
+    for index, name in enumerate(RUNS):
+        colour = session_style(index).colour
+        for box, where in ((calibration, "calibration"), (held_out, "held-out")):
+            drawn = colour_count(pixels, box, colour)
+            assert drawn >= 15, f"{name} is not drawn in the {where} panel ({drawn} pixels)"
