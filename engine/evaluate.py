@@ -2,16 +2,19 @@
 
 The tasks of docs/method.md §5 are asked for by name (their datasets must be reachable); local
 tasks come from ``include_path`` folders of YAML and JSONL, which is how everything is tested
-offline. Each task reports ``acc_norm`` where it has one, else ``acc``; the average is the
-plain mean.
+offline. Each task reports ``acc_norm`` where it has one, else ``acc``, with lm-eval's standard
+error of it; the average is the plain mean.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import torch
 
 from .adapters import adapter_for
 from .calibration import split_documents, tokenize_chunks
@@ -23,6 +26,10 @@ from .scoring import Scorer
 _REQUEST_TYPES = ("loglikelihood", "loglikelihood_rolling", "generate_until")
 
 Progress = Callable[[int, int], None]
+#: lm-eval computes no standard error at all with 0. Accuracies (a mean over documents) get the
+#: closed form whatever this is; only metrics lm-eval bootstraps (perplexity-like ones, which we
+#: do not report) pay for these resamples, far fewer than lm-eval's default of 100,000.
+STDERR_BOOTSTRAP_ITERS = 1000
 
 
 def evaluate(
@@ -34,21 +41,40 @@ def evaluate(
 ) -> dict:
     """``{"zero_shot": ..., "perplexity": ...}``, each present when asked for.
 
-    Before every lm-eval batch ``cancelled`` is asked (when it says yes, :class:`Cancelled` is
-    raised) and ``progress(done, total)`` told how many lm-eval requests are answered; it is
-    told ``(total, total)`` when they all are. Either may raise to stop the evaluation there.
+    Before every lm-eval batch and every row of the perplexity text ``cancelled`` is asked
+    (when it says yes, :class:`Cancelled` is raised) and ``progress(done, total)`` told how far
+    the evaluation is: lm-eval requests answered, then perplexity rows scored, in one count
+    (the text's rows are in the total from the start, so the share never goes back, and the
+    perplexity part, which lm-eval does not see, is not a silent stretch at the end). It is told
+    ``(total, total)`` when all are done. Either may raise to stop the evaluation there.
     """
     request.check()
     result: dict = {}
+    chunks = None
+    if request.text:  # tokenized first: its rows are part of the total from the start
+        text = Path(request.text).read_text(encoding="utf-8")
+        chunks = perplexity_rows(tokenizer, text, request.seqlen)
+    rows = len(chunks) if chunks is not None else 0
+    answered = 0  # lm-eval's requests, all of them once it is done
+
+    def zero_shot_progress(done: int, total: int) -> None:
+        nonlocal answered
+        answered = total
+        if progress is not None:
+            progress(done, total + rows)
+
+    def rows_progress(done: int, total: int) -> None:
+        if progress is not None:
+            progress(answered + done, answered + total)
+
     if request.tasks:
         include = Path(request.include_path) if request.include_path else None
         result["zero_shot"] = zero_shot(
             model, tokenizer, request.tasks, include_path=include, limit=request.limit,
-            batch_size=request.batch_size, cancelled=cancelled, progress=progress,
+            batch_size=request.batch_size, cancelled=cancelled, progress=zero_shot_progress,
         )  # fmt: skip
-    if request.text:
-        text = Path(request.text).read_text(encoding="utf-8")
-        result["perplexity"] = rolling_perplexity(model, tokenizer, text, request.seqlen)
+    if chunks is not None:
+        result["perplexity"] = rows_perplexity(model, chunks, cancelled, rows_progress)
     return result
 
 
@@ -107,8 +133,9 @@ def zero_shot(
     cancelled: Callable[[], bool] | None = None,
     progress: Progress | None = None,
 ) -> dict:
-    """``{"tasks": {name: {"metric": m, "value": v}}, "average": mean, "lm_eval": version}``;
-    ``cancelled`` and ``progress`` as for :func:`evaluate`."""
+    """``{"tasks": {name: {"metric": m, "value": v, "stderr": e}}, "average": mean,
+    "lm_eval": version}``, ``e`` lm-eval's standard error of ``v`` (None where it gives none: a
+    single document); ``cancelled`` and ``progress`` as for :func:`evaluate`."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
@@ -119,7 +146,7 @@ def zero_shot(
     try:
         output = lm_eval.simple_evaluate(
             model=wrapped, tasks=list(tasks), num_fewshot=0, limit=limit,
-            task_manager=manager, log_samples=False, bootstrap_iters=0,
+            task_manager=manager, log_samples=False, bootstrap_iters=STDERR_BOOTSTRAP_ITERS,
         )  # fmt: skip
     except Cancelled:
         raise
@@ -131,7 +158,10 @@ def zero_shot(
     for task in tasks:
         metrics = output["results"][task]
         name = "acc_norm" if "acc_norm,none" in metrics else "acc"
-        scores[task] = {"metric": name, "value": float(metrics[f"{name},none"])}
+        stderr = metrics.get(f"{name}_stderr,none")  # "N/A" where lm-eval has none
+        known = isinstance(stderr, (int, float)) and stderr == stderr  # NaN fails JSON
+        value = float(metrics[f"{name},none"])
+        scores[task] = {"metric": name, "value": value, "stderr": float(stderr) if known else None}
     average = sum(s["value"] for s in scores.values()) / len(scores)
     return {"tasks": scores, "average": average, "lm_eval": lm_eval.__version__}
 
@@ -200,8 +230,50 @@ class _BatchWatch:
             raise
 
 
-def rolling_perplexity(model, tokenizer, text: str, seqlen: int) -> float:
+def rolling_perplexity(
+    model,
+    tokenizer,
+    text: str,
+    seqlen: int,
+    cancelled: Callable[[], bool] | None = None,
+    progress: Progress | None = None,
+) -> float:
     """The protocol of docs/method.md §5: documents joined by a blank line, tokenized once,
-    non-overlapping ``seqlen`` rows, tail dropped, batch 1, the same score as calibration."""
-    chunks = tokenize_chunks(tokenizer, split_documents(text), seqlen, label="the evaluation text")
-    return Scorer(model, adapter_for(model), chunks, batch_size=1, prefix_cache=False).score()
+    non-overlapping ``seqlen`` rows, tail dropped, batch 1, the same score as calibration;
+    ``cancelled`` and ``progress`` as for :func:`rows_perplexity`."""
+    return rows_perplexity(model, perplexity_rows(tokenizer, text, seqlen), cancelled, progress)
+
+
+def perplexity_rows(tokenizer, text: str, seqlen: int) -> torch.Tensor:
+    """The rows :func:`rolling_perplexity` scores, ``[rows, seqlen]`` token ids."""
+    return tokenize_chunks(tokenizer, split_documents(text), seqlen, label="the evaluation text")
+
+
+def rows_perplexity(
+    model,
+    chunks: torch.Tensor,
+    cancelled: Callable[[], bool] | None = None,
+    progress: Progress | None = None,
+) -> float:
+    """Perplexity of ``model`` on ``chunks`` at batch 1, one row at a time so that a Stop is
+    seen and ``progress(done, total)`` told (in rows) between two rows: on a 7B with a long
+    held-out text this part alone takes minutes. Row by row at batch 1 is exactly
+    :meth:`Scorer.score`'s own arithmetic (each row's mean NLL, then their mean)."""
+
+    def interrupt() -> None:
+        if cancelled is not None and cancelled():
+            raise Cancelled("evaluation cancelled")
+
+    scorer = Scorer(
+        model, adapter_for(model), chunks, batch_size=1, prefix_cache=False, interrupt=interrupt
+    )
+    total = len(chunks)
+    nll = []
+    for row in range(total):
+        interrupt()
+        if progress is not None:
+            progress(row, total)
+        nll.append(scorer.row_nll(0, range(row, row + 1)))
+    if progress is not None:
+        progress(total, total)
+    return math.exp(torch.cat(nll).mean().item())

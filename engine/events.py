@@ -43,6 +43,9 @@ class ActivityKind(StrEnum):
     LOADING = "loading"
     EXPORT = "export"
     EVALUATION = "evaluation"
+    #: a recovery's validation (the first runs before any optimizer step); commands wait for
+    #: it as for an optimizer step, so it blocks nothing a user asks for
+    VALIDATION = "validation"
 
 
 @dataclass(frozen=True)
@@ -183,8 +186,9 @@ class Error(Event):
 
 @dataclass(frozen=True)
 class Activity(Event):
-    """Something long besides the search (a load, an export, an evaluation): its ``kind``, and
-    ``label`` to show; ``kind`` None (and ``label`` "") when it is over.
+    """Something long besides the search (a load, an export, an evaluation, a recovery's
+    validation): its ``kind``, and ``label`` to show; ``kind`` None (and ``label`` "") when it
+    is over.
 
     ``done``/``total`` count bytes or items where known, else both are 0.
     """

@@ -8,6 +8,7 @@ from typing import TextIO
 
 from . import events as ev
 from .plan import Plan, PlanStep
+from .run_view import RunView
 from .runner import Engine
 
 
@@ -18,8 +19,10 @@ class LinePrinter:
         self.out, self.err = out or sys.stdout, err or sys.stderr
         self.error: str | None = None
         self._target = 0.0
+        self._view = RunView()  # the run as the app sees it: what its end line needs
 
     def __call__(self, event: ev.Event) -> None:
+        self._view.apply(event)
         if isinstance(event, ev.Loaded):
             self._target = max(event.targets.values())
             self._print(
@@ -44,8 +47,12 @@ class LinePrinter:
         elif isinstance(event, ev.Error):
             self.error = event.message
         elif isinstance(event, ev.Finished) and event.plan:
+            if self._view.overshoot:  # a ratio far past the target is no bug: say why
+                self._print(self._view.overshoot)
             steps = len(Plan.from_dict(event.plan).steps)
             self._print(f"finished ({event.reason}) after {steps} steps")
+        elif isinstance(event, ev.Finished) and event.reason == "stopped":
+            self._print("finished (stopped) before the model was loaded")  # a Stop (SIGTERM)
 
     def _print(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -63,7 +70,8 @@ def run(engine: Engine, out_dir: Path, printer: LinePrinter | None = None) -> in
     if printer.error is not None:
         print(f"mptui: error: {printer.error}", file=printer.err, flush=True)
         return 1
-    print(f"plan written to {Path(out_dir) / 'plan.json'}", file=printer.out, flush=True)
+    if result.plan:  # none when stopped while loading: nothing was written
+        print(f"plan written to {Path(out_dir) / 'plan.json'}", file=printer.out, flush=True)
     return 0 if result.reason in ("done", "stopped") else 1
 
 

@@ -57,6 +57,9 @@ class RecoveryView:
     loss: list[tuple[int, float]] = field(default_factory=list)
     validation: list[tuple[int, float]] = field(default_factory=list)
     finished: str | None = None
+    #: ``(done, total)`` held-out examples while a validation runs (its ``Activity``), else None.
+    validating: tuple[int, int] | None = None
+    first_step: int = 0  # where this recovery started (more than 0 when resumed)
 
 
 @dataclass
@@ -81,6 +84,8 @@ class RunView:
     num_layers: int = 0
     mlp_width: int = 0
     attn_width: int = 0
+    mlp_group: int = 0  # channels per MLP-width structure
+    attn_group: int = 0  # query channels per attention-width structure
     progress: tuple[int, int] = (0, 0)
     eta_s: float = 0.0
     tokens_per_s: float = 0.0
@@ -131,6 +136,34 @@ class RunView:
         """An export is being written (quitting now would leave half a checkpoint)."""
         return self.activity is not None and self.activity.kind is ev.ActivityKind.EXPORT
 
+    @property
+    def evaluating(self) -> bool:
+        """An evaluation is under way (quitting or stopping now drops it: nothing is kept)."""
+        return self.activity is not None and self.activity.kind is ev.ActivityKind.EVALUATION
+
+    @property
+    def smallest_share(self) -> float | None:
+        """What the smallest structure of the latest scored step removes, as a share of the
+        dense model (the ratio's unit); None before any candidate is scored."""
+        if not self.candidates or not self.params_dense:
+            return None
+        return min(row.params_freed for row in self.candidates.values()) / self.params_dense
+
+    @property
+    def overshoot(self) -> str | None:
+        """``target 0.10% reached at 1.23%: the smallest structure removes 1.23%`` once the
+        search is done past a target below what any one structure removes, else None: a ratio
+        far past the target must not read as a bug, and no setting gets nearer."""
+        smallest = self.smallest_share
+        if self.finished != "done" or smallest is None or self.ratio <= self.target:
+            return None
+        if self.target >= smallest:
+            return None
+        return (
+            f"target {self.target:.2%} reached at {self.ratio:.2%}: "
+            f"the smallest structure removes {smallest:.2%}"
+        )
+
     # --- folding ------------------------------------------------------------------------------
     def apply(self, event: ev.Event) -> None:
         handler = getattr(self, f"_on_{type(event).__name__}", None)
@@ -176,6 +209,7 @@ class RunView:
         self.order, self.targets = event.order, dict(event.targets)
         self.target = max(event.targets.values())
         self.mlp_width, self.attn_width = event.mlp_width, event.attn_width
+        self.mlp_group, self.attn_group = event.mlp_group, event.attn_group
         self.num_layers = event.num_layers
         self.curve = [CurvePoint(0.0, event.dense_score, "dense", "engine")]
         self.notes = event.notes
@@ -252,6 +286,9 @@ class RunView:
 
     def _on_Activity(self, event: ev.Activity) -> None:
         self.activity = event if event.kind is not None else None
+        if self.recovery is not None:  # the recovery pane shows its validation's share too
+            validating = event.kind is ev.ActivityKind.VALIDATION
+            self.recovery.validating = (event.done, event.total) if validating else None
 
     def _on_Evaluated(self, event: ev.Evaluated) -> None:
         self.evaluation = event
@@ -260,7 +297,7 @@ class RunView:
         self.exported = event
 
     def _on_RecoveryStarted(self, event: rev.RecoveryStarted) -> None:
-        self.recovery = RecoveryView(step=event.step, steps=event.steps)
+        self.recovery = RecoveryView(step=event.step, steps=event.steps, first_step=event.step)
         for record in event.history:  # a resumed recovery shows its curves so far
             if "loss" in record:
                 self.recovery.loss.append((record["step"], record["loss"]))

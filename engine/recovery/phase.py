@@ -16,7 +16,7 @@ from pathlib import Path
 from .. import events as ev
 from ..device_failure import device_failed, is_device_failure
 from ..errors import EngineError
-from ..events import EngineState
+from ..events import ActivityKind, EngineState
 from ..export import is_export
 from ..pruning_session import PruningSession
 from .events import RecoveryFinished
@@ -97,6 +97,8 @@ class RecoveryPhase:
             if from_export and not session.steps
             else RecoverySource("session", self._session_dir)
         )
+        # a copy of the model and the data tokenized: on a 7B, long enough to need a word
+        self._emit(ev.Activity(ActivityKind.LOADING, "preparing the recovery"))
         try:
             return prepare(
                 copy.deepcopy(session.model), session.tokenizer, settings,
@@ -105,6 +107,8 @@ class RecoveryPhase:
         except EngineError as error:
             self._emit(ev.Notice(f"recovery not started: {error}"))
             return None
+        finally:
+            self._emit(ev.Activity(None))
 
 
 __all__ = ["RecoveryPhase"]

@@ -31,6 +31,10 @@ log = logging.getLogger("mptui.engine")
 
 Emit = Callable[[ev.Event], None]
 
+#: Seconds between two reports of a validation's progress (an ``Activity`` of kind
+#: ``validation``, held-out examples done of all; its start and end are always sent).
+VALIDATION_PROGRESS_INTERVAL = 0.25
+
 
 def check(settings: RecoverySettings, source: RecoverySource) -> None:
     """The cheap checks, before a model loads: something to recover, data that exists and has
@@ -142,7 +146,22 @@ class RecoveryRun:
         return tuple(latest[key] for key in sorted(latest))
 
     def _validate(self) -> None:
-        perplexity = self.trainer.validation_perplexity()
+        """Validation perplexity, logged and sent; its progress is sent as it goes (the first
+        validation runs before any optimizer step, with nothing else on the screen moving)."""
+        step, last = self.trainer.step, None
+        label = "validating the pruned model" if step == 0 else f"validating at step {step}"
+
+        def progress(done: int, total: int) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if done in (0, total) or last is None or now - last >= VALIDATION_PROGRESS_INTERVAL:
+                last = now
+                self.emit(ev.Activity(ev.ActivityKind.VALIDATION, label, done, total))
+
+        try:
+            perplexity = self.trainer.validation_perplexity(progress)
+        finally:
+            self.emit(ev.Activity(None))
         self.folder.log({"step": self.trainer.step, "val_perplexity": perplexity})
         self.emit(rev.RecoveryValidated(self.trainer.step, perplexity))
 

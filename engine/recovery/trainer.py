@@ -210,19 +210,28 @@ class Trainer:
     def grad_accum(self) -> int:
         return math.ceil(self.settings.effective_batch / self.micro_batch)
 
-    def validation_perplexity(self) -> float:
-        """``exp`` of the mean token loss over the held-out examples (dropout off)."""
-        nll = self._with_oom_fallback(self._validation_nll)
+    def validation_perplexity(self, progress: Callable[[int, int], None] | None = None) -> float:
+        """``exp`` of the mean token loss over the held-out examples (dropout off).
+
+        ``progress(done, total)`` is told how many held-out examples are scored: ``(0, total)``
+        first, then after every micro-batch (again from 0 when an out-of-memory error lowered
+        the micro-batch and the pass starts over)."""
+        nll = self._with_oom_fallback(lambda: self._validation_nll(progress))
         return math.exp(nll / max(1, self._label_tokens(self.val)))
 
     @torch.no_grad()
-    def _validation_nll(self) -> float:
+    def _validation_nll(self, progress: Callable[[int, int], None] | None = None) -> float:
         self.model.eval()
+        total = len(self.val)
         try:
-            return sum(
-                self._nll_sum(self.val[start : start + self.micro_batch]).item()
-                for start in range(0, len(self.val), self.micro_batch)
-            )
+            if progress is not None:
+                progress(0, total)
+            nll = 0.0
+            for start in range(0, total, self.micro_batch):
+                nll += self._nll_sum(self.val[start : start + self.micro_batch]).item()
+                if progress is not None:
+                    progress(min(start + self.micro_batch, total), total)
+            return nll
         finally:
             self.model.train()
 

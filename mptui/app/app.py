@@ -35,6 +35,7 @@ from mptui.engine.api import events as ev
 
 from .gpu import NvmlReader
 from .panes import CandidatesPane, LayersPane, MemoryPane, PerplexityPane, StatusLine
+from .recovery_pane import TITLE as RECOVERY_TITLE
 from .recovery_pane import RecoveryPane
 from .screens import (
     ComparisonScreen,
@@ -47,7 +48,7 @@ from .screens import (
     OverrideScreen,
     QuitScreen,
 )
-from .state import RunState, display_name, evaluation_rows
+from .state import RunState, display_name, evaluation_rows, override_examples
 from .themes import load_themes
 
 #: Seconds between repaints.
@@ -58,7 +59,10 @@ WIDE_COLUMNS = 140
 class MptuiApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "mptui"
+    #: ``?`` comes first: the footer shows as many as the width allows, and help (which lists
+    #: every key) must be among them at 80 columns.
     BINDINGS = [
+        Binding("question_mark", "help", "Help"),
         Binding("space", "toggle_pause", "Pause"),
         Binding("o", "override", "Override"),
         Binding("d", "order", "Order"),
@@ -70,7 +74,6 @@ class MptuiApp(App):
         Binding("r", "recover", "Recover"),
         Binding("c", "compare", "Compare"),
         Binding("l", "log_scale", "Log"),
-        Binding("question_mark", "help", "Help"),
         Binding("q", "quit_app", "Quit"),
         Binding("ctrl+d", "detach", "Detach"),
     ]
@@ -132,7 +135,7 @@ class MptuiApp(App):
         self.memory = MemoryPane(self._gpu_reader, id="memory")
         self.recovery = RecoveryPane(id="recovery")
         self.recovery.display = False
-        self.recovery.border_title = "Recovery"
+        self.recovery.border_title = RECOVERY_TITLE
         self.candidates.border_title = "Candidates"
         self.perplexity.border_title = "Perplexity"
         self.memory.border_title = "Memory"
@@ -145,7 +148,7 @@ class MptuiApp(App):
                 yield self.layers
             yield self.perplexity
             yield self.memory
-        yield Footer()
+        yield Footer(compact=True)  # one space between keys: every key fits 120 columns
 
     def on_mount(self) -> None:
         themes, problems = load_themes(self._user_theme_dir)
@@ -219,6 +222,8 @@ class MptuiApp(App):
                 self.notify(event.message, title="engine error", severity="error", timeout=30)
             elif isinstance(event, ev.Finished):
                 self.refresh_bindings()  # c (compare) exists from now on
+                if self.state.overshoot:  # a ratio far past the target is no bug: say why
+                    self.notify(self.state.overshoot, title="target overshot", timeout=20)
                 if self.attached_to:
                     # A served run stays while attached (its server ends it once no one is).
                     self.state.link = (
@@ -277,7 +282,7 @@ class MptuiApp(App):
                 self.send(cmd.Override(structure))
                 self.notify(f"next removal: {structure}")
 
-        self.push_screen(OverrideScreen(suggestion), chosen)
+        self.push_screen(OverrideScreen(suggestion, override_examples(self.state)), chosen)
 
     @on(DataTable.RowSelected, "#candidates")
     def override_selected(self, event: DataTable.RowSelected) -> None:
@@ -348,8 +353,9 @@ class MptuiApp(App):
         if self.engine is None or self._eval_request is None:
             self.notify("nothing to evaluate: start mptui with --eval-tasks or --eval-text")
             return
-        if self.state.activity:
-            self.notify(f"busy: {self.state.activity.label}", severity="warning")
+        activity = self.state.activity
+        if activity and activity.kind is not ev.ActivityKind.VALIDATION:  # that one is a step
+            self.notify(f"busy: {activity.label}", severity="warning")
             return
         self.send(cmd.Evaluate(self._eval_request))
         self.notify("evaluating dense and pruned; the search waits until it is done")
@@ -385,7 +391,7 @@ class MptuiApp(App):
                 f"{self._session_dir.parent} to compare with"
             )
             return
-        self.push_screen(ComparisonScreen(comparison))
+        self.push_screen(ComparisonScreen(comparison, self._session_dir))
 
     def action_log_scale(self) -> None:
         """Toggle a log scale on the perplexity curve."""
@@ -410,7 +416,12 @@ class MptuiApp(App):
                 self.send(cmd.Stop())  # the caller joins the engine: its summary is written
                 self.exit()
 
-        self.push_screen(QuitScreen(), chosen)
+        self.push_screen(QuitScreen(self._dropped_by_stop()), chosen)
+
+    def _dropped_by_stop(self) -> str | None:
+        """What a stop now throws away: an evaluation under way is cancelled, and nothing of
+        it is kept (an export, by contrast, is waited for)."""
+        return "the evaluation under way" if self.state.evaluating else None
 
     def action_detach(self) -> None:
         """Leave the app; the run goes on (mptui attach comes back to it)."""
@@ -428,7 +439,7 @@ class MptuiApp(App):
                 self.send(cmd.Stop())
                 self.notify("stopping the run at the next candidate; it saves and ends")
 
-        self.push_screen(DetachScreen(), chosen)
+        self.push_screen(DetachScreen(self._dropped_by_stop()), chosen)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """ctrl+d exists only when attached to a served run, c once the search has ended."""

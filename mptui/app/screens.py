@@ -3,9 +3,13 @@ quit."""
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from itertools import permutations
+from pathlib import Path
 
+from rich.cells import cell_len
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -23,40 +27,75 @@ from textual.widgets.option_list import Option
 
 from mptui.engine.api import DIMENSIONS, session_files
 
-HELP = """\
-[b]Panes[/b]
-  [b]Candidates[/b]        this step's ranking, filling in as each candidate is scored:
-                    perplexity with it removed, change against now, parameters freed
-  [b]Removed per layer[/b] ■ present · removed, for attention and MLP; bars: MLP width
-                    and attention (query) channels kept; the last commit is highlighted
-  [b]Perplexity[/b]        perplexity against pruning ratio; vertical lines: a new
-                    dimension started; x: a user override
-  [b]Memory[/b]            GPU used/total as nvidia-smi shows it, torch allocated and
-                    reserved, a short history; without a GPU the process memory
+#: The help's sections: a name (a pane, a key) and what it does, wrapped to the dialog's width.
+HELP: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    ("Panes", (
+        ("Candidates", "this step's ranking, filling in as each candidate is scored: "
+                       "perplexity with it removed, change against now, parameters freed"),
+        ("Removed per layer", "■ present · removed, for attention and MLP; bars: MLP width and "
+                              "attention (query) channels kept; the last commit is highlighted"),
+        ("Perplexity", "perplexity against pruning ratio, from the dense model to the target; "
+                       "vertical lines: a new dimension started; x: a user override"),
+        ("Memory", "GPU used/total as nvidia-smi shows it, torch allocated and reserved, a "
+                   "short history; without a GPU the process memory"),
+        ("Recovery", "after r, in the Candidates pane's place: training loss (dots) and "
+                     "validation perplexity (x, right axis) against the step"),
+    )),
+    ("Keys", (
+        ("space", "pause / resume (takes effect within one candidate)"),
+        ("o", "override the next removal (the highlighted candidate, or a typed id; the "
+              "dialog shows this model's)"),
+        ("enter", "override with the highlighted candidate"),
+        ("d", "order of the dimensions (applied from the next step)"),
+        ("g", "guided mode: every commit waits for you"),
+        ("a", "accept the engine's proposal (guided mode)"),
+        ("u", "undo the last commit"),
+        ("x", "export the model as pruned so far: a smaller checkpoint folder (transformers) "
+              "or one GGUF file for llama.cpp (f16, q8_0, bf16, f32); in the dialog tab "
+              "moves, arrows choose, enter exports"),
+        ("e", "evaluate dense against pruned (lm-eval tasks, perplexity); the search waits "
+              "while it runs"),
+        ("r", "after the search: recover with LoRA fine-tuning; space pauses it, q stops "
+              "and saves it"),
+        ("c", "after the search: this session beside the other ended sessions of the same "
+              "model and calibration in its folder (plans only, nothing is loaded)"),
+        ("l", "log scale for the perplexity curve"),
+        ("ctrl+p", "command palette: every action"),
+        ("q", "quit (asks; the plan so far is kept; an evaluation under way is dropped); on "
+              "a result it closes it and asks. Attached (mptui attach): detach, or s to stop "
+              "the run"),
+        ("ctrl+d", "attached: detach at once; the run goes on"),
+        ("?", "this help; escape closes it"),
+    )),
+)  # fmt: skip
 
-[b]Keys[/b]
-  space   pause / resume (takes effect within one candidate)
-  o       override the next removal (the highlighted candidate, or type an id such as
-          L12.attn, L7.mlp, L3.mlp-1024, L3.heads-128)
-  enter   override with the highlighted candidate
-  d       order of the dimensions (applied from the next step)
-  g       guided mode: every commit waits for you
-  a       accept the engine's proposal (guided mode)
-  u       undo the last commit
-  x       export the model as pruned so far: a smaller checkpoint folder
-          (transformers) or one GGUF file for llama.cpp (f16, q8_0, bf16,
-          f32); in the dialog tab moves, arrows choose, enter exports
-  e       evaluate dense against pruned (lm-eval tasks, perplexity); the search
-          waits while it runs
-  c       after the search: this session beside the other ended sessions of the same
-          model and calibration in its folder (plans only, nothing is loaded)
-  l       log scale for the perplexity curve
-  ctrl+p  command palette
-  q       quit (asks; the plan so far is kept); attached (mptui attach): detach,
-          or s to stop the run
-  ctrl+d  attached: detach at once; the run goes on
-  ?       this help; escape closes it
-"""
+
+def help_text(width: int) -> Text:
+    """The help in ``width`` cells: each description wrapped beside its name, continuation
+    lines under the description (a dialog narrower than the text must not wrap them under the
+    names)."""
+    text = Text()
+    for index, (section, rows) in enumerate(HELP):
+        if index:
+            text.append("\n")
+        text.append(f"{section}\n", "bold")
+        column = max(cell_len(name) for name, _what in rows) + 4
+        room = max(20, width - column)
+        for name, what in rows:
+            lines = textwrap.wrap(what, room) or [""]
+            text.append(f"  {name}".ljust(column), "bold")
+            text.append(lines[0] + "\n")
+            for line in lines[1:]:
+                text.append(" " * column + line + "\n")
+    text.rstrip()
+    return text
+
+
+class HelpText(Static):
+    """The help, wrapped again whenever its width changes."""
+
+    def on_resize(self) -> None:
+        self.update(help_text(self.size.width or 80))
 
 
 class HelpScreen(ModalScreen[None]):
@@ -64,7 +103,7 @@ class HelpScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="help-dialog"):
-            yield Static(HELP, id="help-text")
+            yield HelpText(help_text(80), id="help-text")
 
 
 class OrderScreen(ModalScreen[tuple[str, ...] | None]):
@@ -112,12 +151,11 @@ class AskScreen(ModalScreen[str | None]):
 
 
 class OverrideScreen(AskScreen):
-    def __init__(self, suggestion: str | None) -> None:
-        super().__init__(
-            "Remove next (L12.attn, L7.mlp, L3.mlp-1024, L3.heads-128):",
-            suggestion or "",
-            "structure id",
-        )
+    """The structure to remove next; ``examples`` are ids of this model
+    (:func:`~.state.override_examples`)."""
+
+    def __init__(self, suggestion: str | None, examples: str) -> None:
+        super().__init__(f"Remove next ({examples}):", suggestion or "", "structure id")
 
 
 #: The export dialog's formats (``commands.EXPORT_FORMATS``), as the user reads them.
@@ -260,18 +298,31 @@ class ExportScreen(ModalScreen[ExportChoice | None]):
         self.dismiss(ExportChoice(path, self.format, gguf_type))
 
 
-class EvaluationScreen(ModalScreen[None]):
+class ResultScreen(ModalScreen[None]):
+    """A result shown over the run (an evaluation, a comparison): escape or enter closes it,
+    ``q`` closes it and asks to quit, as ``q`` does everywhere else."""
+
+    BINDINGS = [
+        Binding("escape,enter", "dismiss", "Close"),
+        Binding("q", "close_and_quit", "Quit"),
+    ]
+
+    def action_close_and_quit(self) -> None:
+        app = self.app
+        self.dismiss()
+        app.call_later(app.run_action, "quit_app")
+
+
+class EvaluationScreen(ResultScreen):
     """Dense against pruned (and recovered), side by side; the numbers are also in the session
     folder."""
-
-    BINDINGS = [Binding("escape,q,enter", "dismiss", "Close")]
 
     def __init__(self, title: str, rows: list[tuple[str, ...]]) -> None:
         super().__init__()
         self.title_text, self.rows = title, rows
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="dialog"):
+        with Vertical(id="dialog", classes="result-dialog"):
             yield Label(self.title_text)
             table = DataTable(id="evaluation", cursor_type="none")
             recovered = ("recovered",) if self.rows and len(self.rows[0]) == 5 else ()
@@ -280,45 +331,83 @@ class EvaluationScreen(ModalScreen[None]):
             yield table
             yield Label(
                 f"{session_files.EVALUATION} and {session_files.SUMMARY_MD} in the session folder"
-                "  [b]esc[/b] close"
+                "  [b]esc[/b] close  [b]q[/b] quit"
             )
 
 
-class ComparisonScreen(ModalScreen[None]):
-    """Sessions side by side (``mptui compare``'s table, plans only); escape closes."""
+class ComparisonScreen(ResultScreen):
+    """Sessions side by side (``mptui compare``'s table, plans only), this one marked ``▶``;
+    escape closes.
 
-    BINDINGS = [Binding("escape,q", "dismiss", "Close")]
+    Headers of two words take two lines, so that the table fits 80 columns; a wider one (long
+    session names) scrolls sideways with the arrows rather than being cut."""
 
-    def __init__(self, comparison) -> None:
+    def __init__(self, comparison, current: Path | None = None) -> None:
+        """``current``: this session's folder, whose row is marked."""
         super().__init__()
         self.comparison = comparison
+        self.current = current
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="dialog"):
+        with Vertical(id="dialog", classes="result-dialog"):
             yield Label(f"Calibration {self.comparison.calibration}")
-            table = DataTable(id="comparison", cursor_type="none")
-            table.add_columns(*self.comparison.columns())
-            table.add_rows(self.comparison.rows())
+            table = DataTable(id="comparison", cursor_type="none", header_height=2)
+            for column in self.comparison.columns():
+                table.add_column(two_lines(column))
+            rows = self.comparison.rows()
+            marked = self._current_row()
+            for index, row in enumerate(rows):
+                table.add_row(*row, label="▶" if index == marked else "")
+            table.show_row_labels = marked is not None
             yield table
             yield Label(
-                "held-out perplexity and tasks: mptui compare SESSION... --eval-text FILE "
-                "--tasks a,b  [b]esc[/b] close"
+                ("▶ this session.  " if marked is not None else "")
+                + "Held-out perplexity and tasks: mptui compare SESSION... --eval-text FILE "
+                "--tasks a,b  [b]esc[/b] close  [b]q[/b] quit"
             )
+
+    def _current_row(self) -> int | None:
+        """The table row of this session (the first row is the dense model), if it is there."""
+        if self.current is None:
+            return None
+        here = Path(self.current).resolve()
+        for index, session in enumerate(self.comparison.sessions, start=1):
+            if Path(session.path).resolve() == here:
+                return index
+        return None
+
+
+def two_lines(header: str) -> str:
+    """``calib ppl`` as ``calib`` over ``ppl``: a header is often wider than its numbers."""
+    first, _space, rest = header.partition(" ")
+    return f"{first}\n{rest}" if rest else header
 
 
 class QuitScreen(ModalScreen[bool]):
+    """Quit or stay; ``dropped`` names what quitting now throws away (an evaluation under way,
+    which is not saved until it ends)."""
+
     BINDINGS = [
         Binding("y,enter", "dismiss(True)", "Quit"),
         Binding("n,escape", "dismiss(False)", "Stay"),
     ]
 
+    def __init__(self, dropped: str | None = None) -> None:
+        super().__init__()
+        self.dropped = dropped
+
     def compose(self) -> ComposeResult:
-        with Vertical(id="dialog"):
-            yield Label("Quit mptui? The plan so far is kept.  [b]y[/b] quit   [b]n[/b] stay")
+        lost = f" {self.dropped[:1].upper()}{self.dropped[1:]} is dropped." if self.dropped else ""
+        with Vertical(id="dialog", classes="message-dialog"):
+            yield Label(
+                f"Quit mptui? The plan so far is kept.{lost}  [b]y[/b] quit   [b]n[/b] stay",
+                id="quit-text",
+            )
 
 
 class DetachScreen(ModalScreen[str | None]):
-    """Attached to a served run: leaving detaches; stopping the run is a key of its own."""
+    """Attached to a served run: leaving detaches; stopping the run is a key of its own.
+    ``dropped``: what a stop would throw away (an evaluation under way); detaching keeps it."""
 
     BINDINGS = [
         Binding("y,enter", "dismiss('detach')", "Detach"),
@@ -326,8 +415,14 @@ class DetachScreen(ModalScreen[str | None]):
         Binding("n,escape", "dismiss(None)", "Stay"),
     ]
 
+    def __init__(self, dropped: str | None = None) -> None:
+        super().__init__()
+        self.dropped = dropped
+
     def compose(self) -> ComposeResult:
-        with Vertical(id="dialog"):
+        stop = f"stop the run ({self.dropped} is dropped)" if self.dropped else "stop the run"
+        with Vertical(id="dialog", classes="message-dialog"):
             yield Label(
-                "Detach? The run goes on.  [b]y[/b] detach   [b]s[/b] stop the run   [b]n[/b] stay"
+                f"Detach? The run goes on.  [b]y[/b] detach   [b]s[/b] {stop}   [b]n[/b] stay",
+                id="detach-text",
             )

@@ -68,6 +68,34 @@ class RunState(RunView):
         )
 
 
+#: The override prompt's examples before the model is known.
+GENERIC_EXAMPLES = "L<layer>.attn, L<layer>.mlp, L<layer>.mlp-<channels>, L<layer>.heads-<channels>"
+
+
+def override_examples(state: RunState) -> str:
+    """Structure ids the override prompt offers as examples: this model's own (a layer that
+    still has the block, its group sizes), so that one can be typed as shown. A fixed list
+    (``L12.attn`` on a model of 8 layers, ``mlp-1024`` where the group is 46) reads as valid
+    and is refused."""
+    rows = state.layers
+    if not rows:
+        return GENERIC_EXAMPLES
+    attn = [row.layer for row in rows if not row.attn_removed]
+    mlp = [row.layer for row in rows if not row.mlp_removed]
+    examples = []
+    if attn:
+        examples.append(f"L{attn[-1]}.attn")
+    if mlp:
+        examples.append(f"L{mlp[len(mlp) // 2]}.mlp")
+    narrowable = [i for i in mlp if rows[i].mlp_width > state.mlp_group > 0]
+    if narrowable:
+        examples.append(f"L{narrowable[0]}.mlp-{state.mlp_group}")
+    narrowable = [i for i in attn if rows[i].attn_width > state.attn_group > 0]
+    if narrowable:
+        examples.append(f"L{narrowable[0]}.heads-{state.attn_group}")
+    return ", ".join(examples) or GENERIC_EXAMPLES
+
+
 def display_name(model: str | Path) -> str:
     """The model's own name (:func:`~mptui.engine.loading.model_label`): a hub id as it is, a
     local folder by its name, never a bare ``model`` (the demo's ``demo/model`` is ``demo``)."""
@@ -112,4 +140,5 @@ __all__ = [
     "RunState",
     "display_name",
     "evaluation_rows",
+    "override_examples",
 ]
