@@ -57,7 +57,8 @@ from .errors import (
 from .eval_request import EvalRequest
 from .events import ActivityKind, EngineState
 from .gguf_rules import GGUF_TYPES, check_gguf_architecture, check_gguf_destination
-from .names import model_label
+from .methods import method_named
+from .names import check_model_path, model_label
 from .recovery import events as recovery_events
 from .recovery.settings import RecoverySettings, parse_targets
 from .remote import RemoteEngine, attach
@@ -75,6 +76,7 @@ _LAZY: dict[str, str] = {
     "Engine": "runner",
     "Outcome": "runner",
     "preflight": "session_setup",
+    "load_documents": "calibration",
     "split_documents": "calibration",
     "tokenize_chunks": "calibration",
     "SessionFolder": "session_folder",
@@ -233,8 +235,10 @@ __all__ = [
     "attach",
     "check_gguf_architecture",
     "check_gguf_destination",
+    "check_model_path",
     "commands",
     "events",
+    "method_named",
     "model_label",
     "parse_listen",
     "prune",

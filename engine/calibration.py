@@ -19,16 +19,15 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from .disk import write_bytes_atomic
 from .errors import CalibrationError, DiskFull
 from .settings import CalibrationSpec
 
 log = logging.getLogger("mptui.engine")
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch waits for the tokens: the documents are checked without it
     import datasets
+    import torch
 
 # A newline followed by one or more lines holding only whitespace (Unicode-aware, as str.strip).
 _BLANK_LINES = re.compile(r"\n(?:[^\S\n]*\n)+")
@@ -328,6 +327,8 @@ def tokenize_chunks(
             f"{label} gives {len(ids)} tokens, fewer than one chunk of {seqlen}; "
             "use a longer file or a smaller --seqlen"
         )
+    import torch
+
     count = len(ids) // seqlen
     chunks = torch.tensor(ids[: count * seqlen], dtype=torch.long).view(count, seqlen)
     if cache_file is not None:
@@ -340,6 +341,8 @@ def _read_cached(path: Path, seqlen: int) -> torch.Tensor | None:
     file replaced, rather than one bad file failing every later run)."""
     if not path.is_file():
         return None
+    import torch
+
     try:
         chunks = torch.load(path, weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
@@ -351,6 +354,8 @@ def _read_cached(path: Path, seqlen: int) -> torch.Tensor | None:
 def _save_atomic(tensor: torch.Tensor, path: Path) -> None:
     """Temp file then rename (a crash or a parallel run never leaves half a file). It is only a
     cache: on a full disk the run goes on without it."""
+    import torch
+
     buffer = io.BytesIO()
     torch.save(tensor, buffer)
     try:

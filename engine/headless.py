@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TextIO
 
 from . import events as ev
+from .methods import method_named
 from .plan import Plan, PlanStep
 from .run_view import RunView
 from .runner import Engine
@@ -25,11 +26,15 @@ class LinePrinter:
         self._view.apply(event)
         if isinstance(event, ev.Loaded):
             self._target = max(event.targets.values())
+            groups = (  # only a method that narrows widths has group sizes to tell
+                f"groups mlp {event.mlp_group} / attn {event.attn_group}; "
+                if method_named(event.method).searches_widths
+                else ""
+            )
             self._print(
                 f"loaded {event.model} ({event.architecture}, {event.num_layers} layers, "
                 f"{event.params_dense:,} params, {event.tokens:,} calibration tokens); "
-                f"dense ppl {event.dense_score:.4f}; groups mlp {event.mlp_group} / "
-                f"attn {event.attn_group}; method {event.method}"
+                f"dense ppl {event.dense_score:.4f}; {groups}method {event.method}"
             )
         elif isinstance(event, ev.StepCommitted):
             step = PlanStep.from_dict(event.step)

@@ -13,7 +13,7 @@ import torch
 
 from .errors import BadInput, UnsupportedModel
 from .memory import is_out_of_memory
-from .names import looks_like_path
+from .names import check_model_path, looks_like_path
 from .pruned_modeling import family_model_types
 
 DTYPES = {
@@ -81,8 +81,7 @@ def load_config(name_or_path: str):
 def _load_config(name_or_path: str, local_only: bool):
     from transformers import AutoConfig
 
-    if looks_like_path(name_or_path) and not Path(name_or_path).expanduser().exists():
-        raise BadInput(f"model path '{name_or_path}' does not exist")
+    check_model_path(name_or_path)
     try:
         return AutoConfig.from_pretrained(
             os.path.expanduser(name_or_path),

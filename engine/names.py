@@ -16,6 +16,14 @@ def looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep + os.sep in name
 
 
+def check_model_path(name_or_path: str) -> None:
+    """A model named by a path must exist: one line, checked before torch is imported."""
+    from .errors import BadInput
+
+    if looks_like_path(name_or_path) and not Path(name_or_path).expanduser().exists():
+        raise BadInput(f"model path '{name_or_path}' does not exist")
+
+
 #: Folder names that say nothing of the model (the demo's is ``model``): a folder so named is
 #: named by its config's hub id, else by the first ancestor with a name of its own.
 _GENERIC_FOLDERS = frozenset(

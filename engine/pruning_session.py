@@ -18,10 +18,9 @@ import torch
 from torch import nn
 
 from .adapters import Adapter, CommitRecord
-from .block_influence import block_influence, influence_order
 from .errors import BadInput
-from .fast_search import Evaluation, exhaustive, perplexity, successive_halving
-from .methods import LAYER_METHODS
+from .fast_search import Evaluation, perplexity
+from .methods import LAYER_METHODS, method_named
 from .plan import Plan, PlanModel, PlanStep
 from .scoring import Scorer
 from .settings import GroupSizes, PruneSettings
@@ -57,12 +56,9 @@ class PruningSession:
         self.params_layers_dense = sum(p.numel() for p in self.adapter.layers.parameters())
         self.params_removed = 0
         self.dense_scores = {dim: s.current_score() for dim, s in self.scorers.items()}
-        self.block_influence: list[float] | None = None
-        if self.settings.method == "shortgpt":  # on the dense model, before any replay
-            scorer = self.scorers["blocks"]
-            self.block_influence = block_influence(
-                self.model, self.adapter.layers, scorer.chunks, scorer.batch_size
-            )
+        self.method = method_named(self.settings.method)
+        # on the dense model, before any replay; ShortGPT's candidates follow it
+        self.block_influence: list[float] | None = self.method.rank(self)
         self._check_groups()
 
     # --- budget ---------------------------------------------------------------------------------
@@ -102,40 +98,16 @@ class PruningSession:
     # --- eligibility ----------------------------------------------------------------------------
     def eligible(self, dimension: str) -> list[Structure]:
         """Candidates of ``dimension`` in canonical order (docs/method.md §3)."""
-        adapter, layers = self.adapter, range(self.adapter.num_layers)
-        if dimension == "blocks" and self.settings.method in LAYER_METHODS:
-            return self._layer_candidates()
         if dimension == "blocks":
-            attn = [Structure("attn_block", i) for i in layers if adapter.has_block(i, "attn")]
-            mlp = [Structure("mlp_block", i) for i in layers if adapter.has_block(i, "mlp")]
-            return attn + mlp
+            return self.method.block_candidates(self)
         out = []
-        for layer in layers:
+        for layer in range(self.adapter.num_layers):
             candidate = self.width_structure(dimension, layer)
             if candidate is not None:
                 out.append(candidate)
         return out
 
-    def _layer_candidates(self) -> list[Structure]:
-        """SLEB's candidates are the layers still whole, ShortGPT's the one of them with the
-        lowest Block Influence. A layer left half removed (a run stopped between its two
-        commits, or a user's override of one sub-block) is finished first."""
-        half = self._half_layer()
-        if half is not None:
-            return [half]
-        whole = [
-            Structure("layer", layer)
-            for layer in range(self.adapter.num_layers)
-            if self._present_parts(Structure("layer", layer))
-        ]
-        if self.block_influence is None:
-            return whole
-        layers = {candidate.layer for candidate in whole}
-        return [
-            Structure("layer", i) for i in influence_order(self.block_influence) if i in layers
-        ][:1]
-
-    def _present_parts(self, structure: Structure) -> list[Structure]:
+    def present_parts(self, structure: Structure) -> list[Structure]:
         return [
             part
             for part in structure.parts
@@ -144,23 +116,12 @@ class PruningSession:
 
     def _half_layer(self) -> Structure | None:
         """Under a layer method, the sub-block left of a layer whose other one is gone."""
-        if self.settings.method not in LAYER_METHODS:
-            return None
-        for layer in range(self.adapter.num_layers):
-            present = self._present_parts(Structure("layer", layer))
-            if len(present) == 1:
-                return present[0]
-        return None
+        return self.method.half_layer(self)
 
     def last_removal(self) -> int:
         """How many steps the last removal took: a layer method's layer is two steps (both of
         its sub-blocks, in that order), everything else one."""
-        steps = self.steps
-        if self.settings.method in LAYER_METHODS and len(steps) >= 2:
-            before, last = steps[-2].structure, steps[-1].structure
-            if Structure("layer", last.layer).parts == (before, last):
-                return 2
-        return 1
+        return self.method.last_removal(self.steps)
 
     def width_structure(self, dimension: str, layer: int) -> Structure | None:
         """The next width step of ``layer``, or None when the layer is not eligible."""
@@ -183,14 +144,14 @@ class PruningSession:
             raise BadInput(
                 f"layer {layer} does not exist (the model has {self.adapter.num_layers})"
             )
-        if kind == "layer" and self.settings.method not in LAYER_METHODS:
+        if kind == "layer" and not self.method.whole_layers:
             raise BadInput(
                 f"L{layer} names a whole layer, a candidate of --method "
                 f"{' and '.join(LAYER_METHODS)} only"
             )
         if kind in ("attn_block", "mlp_block", "layer"):
             structure = Structure(kind, layer)
-            if len(self._present_parts(structure)) < len(structure.parts):
+            if len(self.present_parts(structure)) < len(structure.parts):
                 raise BadInput(f"{structure.id} is already removed, in part or whole")
             return structure
         candidate = self.width_structure(kind, layer)
@@ -225,15 +186,7 @@ class PruningSession:
         """The step's scoring, one evaluation at a time: exact, or successive halving when the
         settings ask for the fast search (:mod:`.fast_search`)."""
         total_rows = len(self.scorers[dimension].chunks)
-        if self.settings.fast:
-            return successive_halving(
-                candidates,
-                self.candidate_row_nll,
-                total_rows,
-                self.settings.fast_margin,
-                self.settings.fast_tolerance,
-            )
-        return exhaustive(candidates, self.candidate_row_nll, total_rows)
+        return self.method.evaluations(self, candidates, self.candidate_row_nll, total_rows)
 
     def current_score(self, dimension: str) -> float:
         return self.scorers[dimension].current_score()

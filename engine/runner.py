@@ -526,16 +526,24 @@ class Engine:
     def _commit(self, structure: Structure, score: float, chosen_by: str, stats: StepStats) -> None:
         """Commit ``structure`` as its parts, each a step of its own (a layer is its attention,
         then its MLP sub-block). ``score`` belongs to the last part; an earlier part is scored
-        on its own first, so every step's score is the perplexity after that step."""
+        on its own first, so every step's score is the perplexity after that step.
+
+        The cost is booked where it is paid: the ranking that chose ``structure`` (``stats``)
+        ran in the step of its first part, with that part's own scoring; a later part's score
+        came with the ranking, so its step costs nothing."""
         *earlier, last = structure.parts
         for part in earlier:
             started = time.monotonic()
             with self._failing_as(f"scoring {part.id}, the first part of {structure.id}"):
                 part_score = self.session.score_candidate(part)
             tokens = self.session.scorer_for(part).tokens
-            self._commit_step(
-                part, part_score, chosen_by, StepStats(time.monotonic() - started, 1, tokens)
+            paid = StepStats(
+                stats.seconds + time.monotonic() - started,
+                stats.candidates + 1,
+                stats.tokens + tokens,
             )
+            self._commit_step(part, part_score, chosen_by, paid)
+            stats = StepStats()
         self._commit_step(last, score, chosen_by, stats)
 
     def _commit_step(

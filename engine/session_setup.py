@@ -24,6 +24,7 @@ from .compiled import resolve_backend
 from .errors import BadInput
 from .fast_search import spread_rows
 from .loading import check_seqlen, check_supported, load_config, load_model
+from .methods import method_named
 from .names import model_label
 from .pruning_session import PruningSession
 from .run_request import RunRequest
@@ -40,7 +41,7 @@ FAITHFUL_BLOCK_ROWS = 256
 
 def faithful_dtype(faithful: str | None, dtype: str | None) -> str | None:
     """The reference's precision in faithful mode (docs/method.md §9), else the user's."""
-    return {"multipruner": "float16", "blockpruner": "bfloat16"}.get(faithful or "", dtype)
+    return method_named(faithful).faithful_dtype if faithful else dtype
 
 
 def preflight(request: RunRequest) -> None:
@@ -108,7 +109,12 @@ def build_session(
         settings.mlp_group,
         settings.attn_group,
     )
-    notes = _notes(adapter, groups.attn, groups.source, settings.fast)
+    notes = method_named(settings.method).notes(
+        group_source=groups.source,
+        attn_group=groups.attn,
+        attn_width=adapter.dense_kv_groups * adapter.attn_group_channels,
+        fast=settings.fast,
+    )
     for note in notes:
         emit(ev.Notice(note))
     ignore = faithful_label_mask(settings.faithful, tokenizer, model.config)
@@ -121,7 +127,9 @@ def build_session(
         scorers=scorers,
         name_or_path=request.model,
         tokenizer=tokenizer,
-        count_removed_norms=settings.faithful == "multipruner",
+        count_removed_norms=bool(
+            settings.faithful and method_named(settings.faithful).faithful_counts_norms
+        ),
     )
     session.replay(list(request.resume_steps), interrupt=check)
     emit(
@@ -160,7 +168,7 @@ def _calibration(request: RunRequest, tokenizer) -> dict[str, torch.Tensor]:
         if settings.fast:  # its first rounds' rows: a sample of the set, not its first documents
             chunks = spread_rows(chunks, spec.seed)
         return dict.fromkeys(("blocks", "mlp_channels", "attn_heads"), chunks)
-    if settings.faithful == "multipruner":
+    if method_named(settings.faithful).faithful_width_rows:
         width_rows, block_rows = faithful_rows(
             spec.source, spec.text_field, [FAITHFUL_WIDTH_ROWS, FAITHFUL_BLOCK_ROWS]
         )
@@ -175,13 +183,7 @@ def _calibration(request: RunRequest, tokenizer) -> dict[str, torch.Tensor]:
 def faithful_label_mask(faithful: str | None, tokenizer, config) -> int | None:
     """The label id the reference ignored: EOS (multipruner) or pad (blockpruner); 0 or none
     masks nothing, as in the reference's test."""
-    if faithful == "multipruner":
-        token = tokenizer.eos_token_id
-    elif faithful == "blockpruner":
-        token = getattr(config, "pad_token_id", None)
-    else:
-        return None
-    return token or None
+    return method_named(faithful).faithful_label_id(tokenizer, config) if faithful else None
 
 
 def _scorers(
@@ -209,19 +211,3 @@ def _scorers(
             )
         out[dimension] = by_tensor[id(chunks)]
     return out
-
-
-def _notes(adapter: Adapter, attn_group: int, source: str, fast: bool) -> list[str]:
-    notes = [f"group sizes: {source}"]
-    if fast:
-        notes.append(
-            "fast search (--fast): candidates are ruled out on a few rows first; an "
-            "approximation of the exact search (docs/method.md §4)"
-        )
-    attn_width = adapter.dense_kv_groups * adapter.attn_group_channels
-    if attn_group * 4 > attn_width:
-        notes.append(
-            f"the attention group ({attn_group} channels) is more than a quarter of the "
-            f"attention width ({attn_width}); each head step is coarse"
-        )
-    return notes

@@ -28,7 +28,7 @@ from .defaults import (  # noqa: F401 (every default is re-exported here)
     DEFAULT_THEME,
 )
 from .errors import BadInput
-from .methods import DEFAULT_METHOD, check_method, searches_widths
+from .methods import DEFAULT_METHOD, FAITHFUL_MODES, check_method, method_named, searches_widths
 from .structures import DIMENSIONS, Dimension
 
 
@@ -60,8 +60,6 @@ REFERENCE_GROUPS: tuple[tuple[str, int, int], ...] = (
     ("llama-3.2-3b", 768, 384),
     ("qwen2.5-7b", 1024, 896),
 )
-
-FAITHFUL_MODES = ("multipruner", "blockpruner")
 
 #: The calibration the reference drew its rows from; faithful mode's default (docs/method.md §9).
 FAITHFUL_CALIBRATION = "tatsu-lab/alpaca"
@@ -213,10 +211,8 @@ class PruneSettings:
         check_method(
             self.method, faithful=self.faithful, fast=self.fast, block_count=self.block_count
         )
-        if self.faithful == "blockpruner" and self.block_count is None:
-            raise BadInput(
-                "--faithful blockpruner needs --block-count (17 gave 21.99% on Llama-2-7B)"
-            )
+        if self.faithful is not None:
+            method_named(self.faithful).check_faithful(self.block_count)
 
     @classmethod
     def with_distribution(
@@ -232,11 +228,8 @@ class PruneSettings:
         whatever was given (docs/method.md §11); ``--faithful blockpruner`` means the same.
         """
         dims = parse_order(order)
-        if (
-            kw.get("faithful") == "blockpruner"
-            and kw.get("method", DEFAULT_METHOD) == DEFAULT_METHOD
-        ):
-            kw["method"] = "blockpruner"
+        if kw.get("faithful") and kw.get("method", DEFAULT_METHOD) == DEFAULT_METHOD:
+            kw["method"] = kw["faithful"]  # a reference's faithful mode runs its method
         if not searches_widths(kw.get("method", DEFAULT_METHOD)):
             distribution = _only_blocks(dims)
         shares = parse_distribution(distribution)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from mptui.engine.api import Comparison, Plan
+from mptui.engine.api import BadInput, Comparison, Plan, method_named
 
 PERPLEXITY = "perplexity"
 LAYERS = "layers"
@@ -65,6 +65,9 @@ class Curve:
     ratios: list[float]
     perplexities: list[float]
     marker: str = "o"
+    #: The points (indices into ``ratios``) a marker may go on: a layer method's whole-layer
+    #: points only, every point for the others; None: every point.
+    marked: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -128,9 +131,20 @@ def curves(comparison: Comparison) -> list[Curve]:
                 ratios=[0.0, *(step.ratio for step in plan.steps)],
                 perplexities=[plan.dense_score, *(step.score for step in plan.steps)],
                 marker=style.marker,
+                marked=tuple(marked_points(plan)),
             )
         )
     return found
+
+
+def marked_points(plan: Plan) -> list[int]:
+    """The points of a plan's curve (0 the dense model, ``i`` after step ``i``) its method
+    marks (docs/method.md §11): a layer method's half-removed layer is no point of its own."""
+    try:
+        method = method_named(plan.settings.get("method"))
+    except BadInput:  # a method this version does not know: every point
+        return list(range(len(plan.steps) + 1))
+    return method.drawn_points(plan.steps)
 
 
 def held_out_points(comparison: Comparison) -> list[HeldOut]:
@@ -279,15 +293,18 @@ _RECOVERED_MARK = {"marker": "o", "markersize": 7, "markerfacecolor": "white"}
 def _calibration_axes(axes, found: list[Curve], dense: float, dense_label: str) -> bool:
     """The calibration curves on ``axes``; whether its axis is logarithmic."""
     for index, curve in enumerate(found):
-        points = [
-            (x, y) for x, y in zip(curve.ratios, curve.perplexities, strict=True)
-            if math.isfinite(y) and y > 0
+        kept = [
+            i for i, y in enumerate(curve.perplexities) if math.isfinite(y) and y > 0
         ]  # fmt: skip
+        points = [(curve.ratios[i], curve.perplexities[i]) for i in kept]
+        markable = set(range(len(curve.ratios)) if curve.marked is None else curve.marked)
+        marks = [at for at, i in enumerate(kept) if i in markable]
+        start, every = mark_every(len(marks), index)
         axes.plot(
             [x for x, _ in points], [y for _, y in points],
             color=curve.colour, linestyle=curve.linestyle, linewidth=1.6,
             marker=curve.marker, markersize=marker_size(index, 6.0),
-            markevery=mark_every(len(points), index),
+            markevery=marks[start::every],
             label=curve.label,
         )  # fmt: skip
         if points:  # the end, the table's number, always marked

@@ -33,7 +33,7 @@ from mptui.engine.runner import Engine
 from mptui.engine.session_folder import SessionFolder
 from mptui.engine.structures import Structure
 from mptui.engine.summary import markdown, summarize
-from tests.conftest import run_cli
+from tests.conftest import headless_session, run_cli
 
 TARGET = 0.3
 SEQLEN = 32
@@ -351,3 +351,42 @@ def test_the_evaluation_after_a_sleb_search_scores_dense_and_pruned(
     assert evaluated.dense["perplexity"] == pytest.approx(want_dense, rel=1e-5)
     assert evaluated.pruned["perplexity"] == pytest.approx(want_pruned, rel=1e-5)
     assert want_pruned != pytest.approx(want_dense, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("method", "tells_groups"), [("multipruner", True), ("sleb", False), ("shortgpt", False)]
+)
+def test_only_a_method_that_narrows_widths_tells_its_group_sizes(
+    method, tells_groups, tiny_model_dir, calibration_file, tmp_path, capsys
+):
+    """SLEB and ShortGPT remove whole layers: a group size means nothing to them, so neither the
+    load notes (stderr, the app's notices) nor the loaded line (stdout) mention one."""
+    capsys.readouterr()
+    headless_session(
+        tiny_model_dir("llama"), calibration_file, tmp_path / "session", "--method", method
+    )
+    out, err = capsys.readouterr()
+    loaded = next(line for line in out.splitlines() if line.startswith("loaded "))
+    assert f"method {method}" in loaded
+    assert ("mptui: note: group sizes:" in err) is tells_groups, err
+    assert ("groups mlp" in loaded) is tells_groups, loaded
+
+
+def test_a_layers_ranking_is_booked_on_the_step_that_paid_it(tiny_model_dir, calibration_file):
+    """SLEB ranks the whole layers in the step of the layer's attention sub-block (its
+    StepStarted and CandidateScored events carry that step's number), then scores that
+    sub-block alone: that step carries both; the MLP step's score came with the ranking."""
+    events: list = []
+    run(request_for(tiny_model_dir("llama"), calibration_file, "sleb"), subscribers=[events.append])
+    started = {e.step: e for e in events if isinstance(e, ev.StepStarted)}
+    scored = [e.step for e in events if isinstance(e, ev.CandidateScored)]
+    steps = [e for e in events if isinstance(e, ev.StepCommitted)]
+    assert len(steps) >= 2 and len(steps) % 2 == 0
+    for attn, mlp in zip(steps[::2], steps[1::2], strict=True):
+        index = attn.step["index"]
+        assert attn.step["structure"]["kind"] == "attn_block" and index in started
+        ranked = len(started[index].candidates)
+        assert scored.count(index) == ranked > 0
+        assert attn.candidates == ranked + 1 and attn.tokens > 0 and attn.seconds > 0
+        assert (mlp.candidates, mlp.tokens) == (0, 0)
+        assert mlp.step["index"] not in started  # no ranking ran for the MLP step

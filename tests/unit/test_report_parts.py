@@ -294,3 +294,23 @@ def test_a_target_reached_shows_no_target_column_and_no_recovery_row():
     assert comparison.notes() == []
     page = render_page(comparison, [], Path("r.html"))
     assert ">target<" not in page and "<th>recovery</th>" not in page
+
+
+def test_a_layer_method_is_marked_at_whole_layer_points_only():
+    """A SLEB layer is two steps (attention, then MLP): the point between them is no model the
+    method chose, so its curve's markers sit on the dense point and after each whole layer."""
+    from mptui.report import figures
+
+    layers = [Structure(kind, layer) for layer in (2, 0, 3) for kind in ("attn_block", "mlp_block")]
+    sleb = plan_of(*layers, method="sleb")
+    blocks = plan_of(*layers, method="blockpruner")
+    comparison = comparison_of(("sleb", sleb), ("blocks", blocks))
+    by_label = {curve.label: curve for curve in curves(comparison)}
+    assert by_label["sleb (sleb)"].marked == (0, 2, 4, 6)
+    assert by_label["blocks (blockpruner)"].marked == tuple(range(7))
+    with figures._style():
+        figure, *_ = figures._perplexity_figure(comparison)
+    lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
+    assert list(lines["sleb (sleb)"].get_markevery()) == [0, 2, 4, 6]
+    assert len(lines["sleb (sleb)"].get_xdata()) == 7  # the line still runs through every step
+    assert list(lines["blocks (blockpruner)"].get_markevery()) == list(range(7))
