@@ -8,8 +8,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from .cli_common import Parser, print_error
-from .engine.defaults import DEFAULT_THEME
+from .cli_common import Parser, add_theme, print_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,14 +25,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--token", default=None, help="the token the run printed for --listen (default: none)"
     )
-    parser.add_argument(
-        "--theme", default=None, metavar="NAME", help=f"app theme (default: {DEFAULT_THEME})"
-    )
+    add_theme(parser)
     return parser
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    """``mptui attach ARGS``: ``argv`` is ARGS."""
+    parser = build_parser()
+    return from_args(parser, parser.parse_args(argv))
+
+
+def from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The command on arguments ``parser`` parsed (its own, or ``mptui``'s subparser)."""
     from mptui.engine.api import EngineError, attach
 
     try:

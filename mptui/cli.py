@@ -4,11 +4,21 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
 from . import __version__
-from .cli_common import Parser, print_error
+from .cli_common import (
+    Parser,
+    add_device,
+    add_dtype,
+    add_gguf_type,
+    add_seed,
+    add_theme,
+    did_you_mean,
+    print_error,
+)
 from .engine.defaults import (
     COMPILE_MODES,
     DEFAULT_BATCH_SIZE,
@@ -19,16 +29,22 @@ from .engine.defaults import (
     DEFAULT_FAST_TOLERANCE,
     DEFAULT_NSAMPLES,
     DEFAULT_ORDER,
-    DEFAULT_SEED,
     DEFAULT_SEQLEN,
     DEFAULT_TARGET_RATIO,
     DEFAULT_TEXT_FIELD,
-    DEFAULT_THEME,
 )
-from .engine.gguf_rules import GGUF_TYPES
-from .engine.methods import DEFAULT_METHOD, METHODS
+from .engine.methods import DEFAULT_METHOD, FAITHFUL_MODES, METHODS
 
 DEMO_DIR = Path(__file__).parent / "demo"
+
+#: What ``--demo`` sets unless the option is given, where it differs from the default: sized
+#: for the demo model. ``--help`` shows each beside the option's own default.
+DEMO_SETTINGS = {"target_ratio": 0.25, "distribution": "40:40:20", "seqlen": 128, "nsamples": 16}
+
+
+def demo_says(name: str) -> str:
+    """``; --demo: 128``, for the help of an option whose value ``--demo`` changes."""
+    return f"; --demo: {DEMO_SETTINGS[name]}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("model", nargs="?", metavar="MODEL", help="hub id or local model folder")
     parser.add_argument("--version", action="version", version=f"mptui {__version__}")
     parser.add_argument(
-        "--demo", action="store_true", help="use the bundled demo model and text (default: off)"
+        "--demo",
+        action="store_true",
+        help="use the bundled demo model and text, and the settings sized for it that the "
+        "options below name after '--demo:' (default: off)",
     )
     parser.add_argument(
         "--headless", action="store_true", help="no UI: print a line per step (default: off)"
@@ -69,13 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="T",
-        help=f"target pruning ratio T (default: {DEFAULT_TARGET_RATIO})",
+        help=f"target pruning ratio T{demo_says('target_ratio')} (default: {DEFAULT_TARGET_RATIO})",
     )
     run.add_argument(
         "--distribution",
         default=None,
         metavar="a:b:c",
-        help=f"shares of T in the order of --order (default: {DEFAULT_DISTRIBUTION})",
+        help=f"shares of T in the order of --order{demo_says('distribution')} "
+        f"(default: {DEFAULT_DISTRIBUTION})",
     )
     run.add_argument(
         "--order",
@@ -106,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--faithful",
-        choices=("multipruner", "blockpruner"),
+        choices=FAITHFUL_MODES,
         default=None,
         help="reproduce the reference's sampling, precision, label mask and count (default: off)",
     )
@@ -135,12 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --fast: also rule out a candidate that cannot beat the leader's perplexity "
         "by more than this share, 0 for none (default: %(default)s)",
     )
-    parser.add_argument(
-        "--theme",
-        default=None,
-        metavar="NAME",
-        help=f"mptui-dark, mptui-light, mptui-high-contrast or your own (default: {DEFAULT_THEME})",
-    )
+    add_theme(parser)
     run.add_argument(
         "--no-prefix-cache", action="store_true", help="naive scoring (compare) (default: off)"
     )
@@ -156,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibration",
         default=None,
         metavar="PATH",
-        help=".txt, .jsonl, .parquet or a dataset",
+        help=".txt, .jsonl, .parquet or a dataset; --demo: the demo's text",
     )
     calib.add_argument(
         "--text-field",
@@ -169,14 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help=f"documents to sample, 0: all (default: {DEFAULT_NSAMPLES})",
+        help=f"documents to sample, 0: all{demo_says('nsamples')} (default: {DEFAULT_NSAMPLES})",
     )
     calib.add_argument(
         "--seqlen",
         type=int,
         default=None,
         metavar="S",
-        help=f"tokens per chunk (default: {DEFAULT_SEQLEN})",
+        help=f"tokens per chunk{demo_says('seqlen')} (default: {DEFAULT_SEQLEN})",
     )
     calib.add_argument(
         "--batch-size",
@@ -185,18 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="B",
         help="chunks per forward (default: from the memory budget)",
     )
-    calib.add_argument(
-        "--seed", type=int, default=DEFAULT_SEED, help="sampler seed (default: %(default)s)"
-    )
+    add_seed(calib, "sampler seed")
     device = parser.add_argument_group("device")
-    device.add_argument(
-        "--dtype",
-        default=DEFAULT_DTYPE,
-        help="auto, float32, float16, bfloat16 (default: %(default)s)",
-    )
-    device.add_argument(
-        "--device", default=None, help="cuda, cuda:1, cpu (default: cuda if present)"
-    )
+    add_dtype(device, DEFAULT_DTYPE)
+    add_device(device, "cuda, cuda:1, cpu")
     device.add_argument("--device-map", default=None, help="as in transformers, e.g. auto")
     device.add_argument(
         "--workers",
@@ -227,12 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="export here: a folder for transformers, or FILE.gguf for llama.cpp (headless: "
         "when done; app: x)",
     )
-    out.add_argument(
-        "--gguf-type",
-        choices=GGUF_TYPES,
-        default=None,
-        help="weight type of a GGUF --export (default: the weights' own precision)",
-    )
+    add_gguf_type(out, "weight type of a GGUF --export (default: the weights' own precision)")
     out.add_argument(
         "--session",
         default=None,
@@ -245,14 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-tasks",
         default=None,
         metavar="a,b",
-        help="lm-eval tasks (default: the tasks of docs/method.md §5, none when only "
-        "--eval-text is given)",
+        help="lm-eval tasks; --demo: the demo's task (default: the tasks of docs/method.md §5, "
+        "none when only --eval-text is given)",
     )
     evaluation.add_argument(
         "--eval-include-path",
         default=None,
         metavar="DIR",
-        help="folder of local tasks; demo: the demo's task, which --eval-tasks mptui_demo_order "
+        help="folder of local tasks; --demo: the demo's task, which --eval-tasks mptui_demo_order "
         "also brings alone",
     )
     evaluation.add_argument(
@@ -266,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-text",
         default=None,
         metavar="FILE",
-        help="text for a rolling perplexity; demo: the demo's held-out text",
+        help="text for a rolling perplexity; --demo: the demo's held-out text",
     )
     recovery = parser.add_argument_group("recovery (the app's r key; see mptui recover --help)")
     recovery.add_argument(
@@ -287,10 +289,9 @@ def demo_defaults(args: argparse.Namespace) -> None:
     """``--demo`` fills what the user left out with settings sized for the demo model."""
     args.model = args.model or str(DEMO_DIR / "model")
     args.calibration = args.calibration or str(DEMO_DIR / "calibration.txt")
-    args.target_ratio = args.target_ratio if args.target_ratio is not None else 0.25
-    args.distribution = args.distribution or "40:40:20"
-    args.seqlen = args.seqlen if args.seqlen is not None else 128
-    args.nsamples = args.nsamples if args.nsamples is not None else 16
+    for name, value in DEMO_SETTINGS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     args.eval_text = args.eval_text or str(DEMO_DIR / "validation.txt")
     args.recover_data = args.recover_data or str(DEMO_DIR / "calibration.txt")
     if not args.eval_tasks:
@@ -321,34 +322,65 @@ def recovery_started(session: Path) -> bool:
     return (session / session_files.RECOVERY / session_files.RECOVERY_SETTINGS).is_file()
 
 
+#: ``mptui COMMAND ...``: each subcommand and the module whose ``main`` runs it.
+SUBCOMMANDS = {
+    "eval": "evaluate_cli",
+    "export": "export_cli",
+    "compare": "compare_cli",
+    "report": "report_cli",
+    "attach": "attach_cli",
+    "recover": "recover_cli",
+}
+
+
+def build_command_parser() -> argparse.ArgumentParser:
+    """``mptui COMMAND ...``: argparse subparsers, each made from the command's own parser (its
+    module's ``build_parser``), so ``mptui eval --help`` and ``mptui eval`` read the same options.
+    ``mptui MODEL`` is parsed by :func:`build_parser` instead: a subparser would take MODEL for a
+    command."""
+    parser = Parser(prog="mptui", description="The subcommands of mptui.", add_help=False)
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=Parser, required=True
+    )
+    for name, module_name in SUBCOMMANDS.items():
+        module = importlib.import_module(f".{module_name}", __package__)
+        own = module.build_parser()
+        sub = commands.add_parser(
+            name, parents=[own], add_help=False, description=own.description, help=own.prog
+        )
+        sub.set_defaults(command_parser=sub, command_run=module.from_args)
+    return parser
+
+
+def mistyped_command(word: str) -> str | None:
+    """The one-line error for ``mptui exprot ...``: a first word close to a subcommand that is
+    no path (``mptui MODEL`` takes a hub id or a folder there, and a hub id has a slash)."""
+    if not word or word.startswith("-") or word in SUBCOMMANDS or "/" in word or "\\" in word:
+        return None
+    hint = did_you_mean(word, SUBCOMMANDS)
+    if not hint or Path(word).exists():
+        return None
+    return f"unknown command '{word}'{hint}"
+
+
+def check_method(parser: argparse.ArgumentParser, method: str) -> None:
+    """An unknown ``--method`` is refused with the closest name, before anything loads."""
+    if method not in METHODS:
+        hint = did_you_mean(method, METHODS)
+        parser.error(f"--method '{method}' must be one of {', '.join(METHODS)}{hint}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["eval"]:
-        from .evaluate_cli import main as evaluate
-
-        return evaluate(argv[1:])
-    if argv[:1] == ["export"]:
-        from .export_cli import main as export
-
-        return export(argv[1:])
-    if argv[:1] == ["compare"]:
-        from .compare_cli import main as compare
-
-        return compare(argv[1:])
-    if argv[:1] == ["report"]:
-        from .report_cli import main as report
-
-        return report(argv[1:])
-    if argv[:1] == ["attach"]:
-        from .attach_cli import main as attach
-
-        return attach(argv[1:])
-    if argv[:1] == ["recover"]:
-        from .recover_cli import main as recover
-
-        return recover(argv[1:])
+    if argv[:1] and argv[0] in SUBCOMMANDS:
+        args = build_command_parser().parse_args(argv)
+        return args.command_run(args.command_parser, args)
     parser = build_parser()
+    mistyped = mistyped_command(argv[0]) if argv else None
+    if mistyped is not None:
+        parser.error(mistyped)
     args = parser.parse_args(argv)
+    check_method(parser, args.method)
     if args.demo:
         from .engine.api import EngineError
 

@@ -1,16 +1,19 @@
-"""What the ``mptui``, ``mptui eval`` and ``mptui export`` commands share: the parser whose
-usage errors are one line, the one-line error, and progress lines on stderr.
+"""What ``mptui`` and its subcommands share: the parser whose usage errors are one line and
+whose help is plain text, the options more than one command takes (each defined here once),
+``did you mean``, the one-line error, and progress lines on stderr.
 
-Imported by all three, it imports none of them, and nothing heavy: ``mptui --help`` must not
+Imported by all of them, it imports none of them, and nothing heavy: ``mptui --help`` must not
 load torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 #: The exit status of bad input (a usage error or input the engine rejected).
@@ -18,10 +21,101 @@ BAD_INPUT = 2
 
 
 class Parser(argparse.ArgumentParser):
-    """Usage errors are one line on stderr and exit status 2, like every other bad input."""
+    """Usage errors are one line on stderr and exit status 2, like every other bad input; the
+    help is plain text (module docstrings serve as descriptions: their backticks go)."""
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(BAD_INPUT, f"mptui: error: {message}\n")
+
+    def format_help(self) -> str:
+        return plain(super().format_help())
+
+
+#: Markup a docstring or a Rich string may bring into ``--help``: backticks, ``[bold]`` tags.
+_MARKUP = re.compile(r"`+|\[/?(?:bold|italic|dim|b|i|u|reverse)\]|\[/\]")
+
+
+def plain(text: str) -> str:
+    """``text`` without markup: ````mptui eval```` reads ``mptui eval``."""
+    return _MARKUP.sub("", text)
+
+
+# Options more than one command takes, each defined here once; a command passes what differs
+# (its default as the help states it).
+
+#: What ``--dtype`` takes (the engine checks it when the model loads).
+DTYPE_CHOICES = "auto, float32, float16, bfloat16"
+
+
+def add_dtype(parser, default: str | None, says: str = "%(default)s") -> None:
+    """``--dtype``: the precision the model loads in; ``says`` is the default as help shows it."""
+    parser.add_argument(
+        "--dtype", default=default, metavar="DTYPE", help=f"{DTYPE_CHOICES} (default: {says})"
+    )
+
+
+def add_device(parser, examples: str = "cuda, cpu") -> None:
+    """``--device``: where the model loads."""
+    parser.add_argument(
+        "--device", default=None, metavar="DEVICE", help=f"{examples} (default: cuda if present)"
+    )
+
+
+def add_theme(parser) -> None:
+    """``--theme``: the app's colours (``mptui`` and ``mptui attach``)."""
+    from mptui.engine.api import DEFAULT_THEME
+
+    parser.add_argument(
+        "--theme",
+        default=None,
+        metavar="NAME",
+        help=f"mptui-dark, mptui-light, mptui-high-contrast or your own (default: {DEFAULT_THEME})",
+    )
+
+
+def add_seed(parser, what: str) -> None:
+    """``--seed``: ``what`` it seeds."""
+    from mptui.engine.api import DEFAULT_SEED
+
+    parser.add_argument(
+        "--seed", type=int, default=DEFAULT_SEED, metavar="SEED",
+        help=f"{what} (default: %(default)s)",
+    )  # fmt: skip
+
+
+def add_gguf_type(parser, what: str) -> None:
+    """``--gguf-type``: the weight type of a GGUF file; ``what`` ends with its default."""
+    from mptui.engine.api import GGUF_TYPES
+
+    parser.add_argument("--gguf-type", choices=GGUF_TYPES, default=None, help=what)
+
+
+def add_lm_eval_options(parser, seqlen_metavar: str = "N") -> None:
+    """What lm-eval and the rolling perplexity take in ``mptui eval``, ``compare`` and
+    ``report``: ``--tasks``, ``--include-path``, ``--limit``, ``--seqlen``, ``--batch-size``."""
+    from mptui.engine.api import DEFAULT_EVAL_BATCH_SIZE, DEFAULT_SEQLEN
+
+    parser.add_argument("--tasks", default=None, metavar="a,b", help="lm-eval tasks to score")
+    parser.add_argument(
+        "--include-path", default=None, metavar="DIR", help="folder of local task YAML files"
+    )
+    parser.add_argument(
+        "--limit", type=int, default=None, metavar="N", help="documents per task (default: all)"
+    )
+    parser.add_argument(
+        "--seqlen", type=int, default=DEFAULT_SEQLEN, metavar=seqlen_metavar,
+        help="rows of the rolling perplexity (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--batch-size", type=int, default=DEFAULT_EVAL_BATCH_SIZE, metavar="N",
+        help="lm-eval batch size (default: %(default)s)",
+    )  # fmt: skip
+
+
+def did_you_mean(word: str, choices: Sequence[str]) -> str:
+    """``; did you mean 'export'?`` when ``word`` is close to one of ``choices``, else ``''``."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def print_error(message: object, status: int = BAD_INPUT) -> int:

@@ -16,9 +16,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mptui.engine.api import DEFAULT_EVAL_BATCH_SIZE, DEFAULT_SEQLEN, SpeedRequest
+from mptui.engine.api import SpeedRequest
 
-from .cli_common import Parser, ProgressLines, print_error
+from .cli_common import (
+    Parser,
+    ProgressLines,
+    add_device,
+    add_dtype,
+    add_lm_eval_options,
+    print_error,
+)
 
 if TYPE_CHECKING:
     from mptui.engine.api import Comparison
@@ -28,6 +35,7 @@ __all__ = [
     "build_parser",
     "check_output_file",
     "comparison_from_args",
+    "from_args",
     "main",
     "table",
 ]
@@ -40,31 +48,9 @@ def add_comparison_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--eval-text", default=None, metavar="FILE", help="held-out text for a rolling perplexity"
     )
-    parser.add_argument("--tasks", default=None, metavar="a,b", help="lm-eval tasks to score")
-    parser.add_argument("--include-path", default=None, metavar="DIR", help="folder of local tasks")
-    parser.add_argument(
-        "--limit", type=int, default=None, metavar="N", help="documents per task (default: all)"
-    )
-    parser.add_argument(
-        "--seqlen",
-        type=int,
-        default=DEFAULT_SEQLEN,
-        metavar="N",
-        help="rows of the held-out perplexity (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=DEFAULT_EVAL_BATCH_SIZE,
-        metavar="N",
-        help="lm-eval batch size (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--dtype",
-        default=None,
-        help="auto, float32, float16, bfloat16 (default: each session's own)",
-    )
-    parser.add_argument("--device", default=None, help="cuda, cpu (default: cuda if present)")
+    add_lm_eval_options(parser)
+    add_dtype(parser, None, "each session's own")
+    add_device(parser)
     parser.add_argument(
         "--force",
         action="store_true",
@@ -159,7 +145,13 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    """``mptui compare ARGS``: ``argv`` is ARGS."""
+    parser = build_parser()
+    return from_args(parser, parser.parse_args(argv))
+
+
+def from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The command on arguments ``parser`` parsed (its own, or ``mptui``'s subparser)."""
     from mptui.engine.api import EngineError, write_json_atomic
 
     try:

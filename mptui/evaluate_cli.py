@@ -11,46 +11,43 @@ import argparse
 import json
 from pathlib import Path
 
-from mptui.engine.api import DEFAULT_DTYPE, DEFAULT_EVAL_BATCH_SIZE, DEFAULT_SEQLEN
+from mptui.engine.api import DEFAULT_DTYPE
 
-from .cli_common import Doing, Parser, ProgressLines, loading_lines, print_failure
+from .cli_common import (
+    Doing,
+    Parser,
+    ProgressLines,
+    add_device,
+    add_dtype,
+    add_lm_eval_options,
+    loading_lines,
+    print_failure,
+)
 
-__all__ = ["ProgressLines", "build_parser", "main", "run"]
+__all__ = ["ProgressLines", "build_parser", "from_args", "main", "run"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="mptui eval", description=__doc__)
     parser.add_argument("model", nargs="?", help="hub id or model folder (or use --session)")
     parser.add_argument("--session", default=None, help="evaluate a session: dense and pruned")
-    parser.add_argument("--tasks", default=None, help="comma-separated lm-eval task names")
-    parser.add_argument("--include-path", default=None, help="folder of local task YAML files")
-    parser.add_argument("--limit", type=int, default=None, help="documents per task (testing)")
-    parser.add_argument("--perplexity", default=None, help="text file for a rolling perplexity")
+    add_lm_eval_options(parser)
     parser.add_argument(
-        "--seqlen",
-        type=int,
-        default=DEFAULT_SEQLEN,
-        help="rows of the rolling perplexity (default: %(default)s)",
+        "--perplexity", default=None, metavar="FILE", help="text file for a rolling perplexity"
     )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=DEFAULT_EVAL_BATCH_SIZE,
-        help="lm-eval batch size (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--dtype",
-        default=DEFAULT_DTYPE,
-        help="auto, float32, float16, bfloat16 (default: %(default)s; with --session, the "
-        "session's)",
-    )
-    parser.add_argument("--device", default=None, help="cuda, cpu (default: cuda if present)")
+    add_dtype(parser, DEFAULT_DTYPE, "%(default)s; with --session, the session's")
+    add_device(parser)
     return parser
 
 
 def main(argv: list[str]) -> int:
+    """``mptui eval ARGS``: ``argv`` is ARGS."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    return from_args(parser, parser.parse_args(argv))
+
+
+def from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The command on arguments ``parser`` parsed (its own, or ``mptui``'s subparser)."""
     if not args.model and not args.session:
         parser.error("give a MODEL or --session DIR")
     from mptui.terminal import quiet_libraries, quiet_lm_eval

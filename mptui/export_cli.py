@@ -7,10 +7,21 @@ L1 channel order, and with it every kept channel, is the one the search used.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
-from .cli_common import Doing, Parser, ProgressLines, loading_lines, print_error, print_failure
+from .cli_common import (
+    Doing,
+    Parser,
+    ProgressLines,
+    add_device,
+    add_dtype,
+    add_gguf_type,
+    loading_lines,
+    print_error,
+    print_failure,
+)
 
 
 def build_parser():
@@ -20,15 +31,13 @@ def build_parser():
         "--out", required=True, help="folder to write the checkpoint to, or FILE.gguf for GGUF"
     )
     add_format_options(parser)
-    parser.add_argument("--dtype", default=None, help="load precision (default: the session's)")
-    parser.add_argument("--device", default=None, help="cuda, cpu (default: cuda if present)")
+    add_dtype(parser, None, "the session's")
+    add_device(parser)
     return parser
 
 
 def add_format_options(parser) -> None:
     """``--format`` and ``--gguf-type``, for ``mptui export``."""
-    from mptui.engine.api import GGUF_TYPES
-
     parser.add_argument(
         "--format",
         choices=FORMATS,
@@ -36,11 +45,8 @@ def add_format_options(parser) -> None:
         help="safetensors: a folder transformers loads; gguf: one file llama.cpp runs "
         "(default: gguf when --out ends in .gguf, else safetensors)",
     )
-    parser.add_argument(
-        "--gguf-type",
-        choices=GGUF_TYPES,
-        default=None,
-        help="GGUF weight type; norms and biases stay f32 (default: the weights' own precision)",
+    add_gguf_type(
+        parser, "GGUF weight type; norms and biases stay f32 (default: the weights' own precision)"
     )
 
 
@@ -63,7 +69,13 @@ def export_format(out: Path, chosen: str | None, gguf_type: str | None) -> str:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    """``mptui export ARGS``: ``argv`` is ARGS."""
+    parser = build_parser()
+    return from_args(parser, parser.parse_args(argv))
+
+
+def from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The command on arguments ``parser`` parsed (its own, or ``mptui``'s subparser)."""
     from mptui.terminal import quiet_libraries
 
     doing = Doing("loading the model")

@@ -28,10 +28,9 @@ from mptui.engine.api import (
     DEFAULT_RECOVERY_SEQLEN,
     DEFAULT_RECOVERY_STEPS,
     DEFAULT_RECOVERY_WARMUP,
-    DEFAULT_SEED,
 )
 
-from .cli_common import Parser, ProgressLines, print_error
+from .cli_common import Parser, ProgressLines, add_device, add_dtype, add_seed, print_error
 
 if TYPE_CHECKING:
     from mptui.engine.api import RecoverySource
@@ -139,13 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_RECOVERY_SAVE_EVERY,
         help="steps between saves (default: %(default)s)",
     )
-    add(
-        "--seed",
-        metavar="SEED",
-        type=int,
-        default=DEFAULT_SEED,
-        help="data order and adapter init (default: %(default)s)",
-    )
+    add_seed(parser, "data order and adapter init")
     add("--gradient-checkpointing", action="store_true", help="less memory, slower (default: off)")
     add(
         "--session",
@@ -165,12 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="also write the unmerged peft adapter here",
     )
-    add(
-        "--dtype",
-        default=None,
-        help="load precision (default: the session's; bf16 on a GPU, fp32 on a CPU)",
-    )
-    add("--device", default=None, help="cuda, cpu (default: cuda if present)")
+    add_dtype(parser, None, "the session's; bf16 on a GPU, fp32 on a CPU")
+    add_device(parser)
     return parser
 
 
@@ -203,8 +192,13 @@ def settings_from_args(args: argparse.Namespace):
 
 
 def main(argv: list[str]) -> int:
+    """``mptui recover ARGS``: ``argv`` is ARGS."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    return from_args(parser, parser.parse_args(argv))
+
+
+def from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The command on arguments ``parser`` parsed (its own, or ``mptui``'s subparser)."""
     if not args.data and not args.demo:
         parser.error("give --data FILE|DATASET (or --demo)")
     from mptui.engine.api import EngineError, RecoveryFolder, RecoverySource

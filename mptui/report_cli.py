@@ -31,7 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    """``mptui report ARGS``: ``argv`` is ARGS."""
+    parser = build_parser()
+    return from_args(parser, parser.parse_args(argv))
+
+
+def from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The command on arguments ``parser`` parsed (its own, or ``mptui``'s subparser)."""
     from mptui.engine.api import EngineError
 
     from .report import write_report

@@ -189,8 +189,23 @@ def app_recovery(args: argparse.Namespace):
     return RecoverySettings(data=args.recover_data)
 
 
+def check_before_loading(args: argparse.Namespace) -> None:
+    """What a new run's arguments can be refused for without torch: the settings (ratio,
+    distribution, order, group sizes), a model path that does not exist and a calibration file
+    that is missing or has no text. Raises the engine's error; the checks that need the model's
+    config or tokenizer come with the engine."""
+    from mptui.engine.api import check_model_path, load_documents
+
+    if args.resume or getattr(args, "recover", False):
+        return  # the session's settings, or the export's, are read with the engine
+    build_request(args)
+    check_model_path(args.model)
+    if args.calibration and Path(args.calibration).suffix.lower() in (".txt", ".jsonl"):
+        load_documents(args.calibration, args.text_field)  # read again by the run: a cheap read
+
+
 def run_from_args(args: argparse.Namespace, argv: list[str]) -> int:
-    from mptui.engine.api import BadInput
+    from mptui.engine.api import BadInput, EngineError
 
     from . import workers
 
@@ -200,6 +215,12 @@ def run_from_args(args: argparse.Namespace, argv: list[str]) -> int:
                 "mptui: error: --fast runs on one process for now; drop --fast or --workers",
                 file=sys.stderr,
             )
+        return 2
+    try:
+        check_before_loading(args)
+    except EngineError as error:  # every rank stops; rank 0 says why
+        if os.environ.get("RANK", "0") == "0":
+            print(f"mptui: error: {error}", file=sys.stderr)
         return 2
     if args.workers and not launched_by_torchrun():
         shortage = workers.gpu_shortage(args.workers, args.gpus_per_worker)

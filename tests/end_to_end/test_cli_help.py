@@ -168,3 +168,70 @@ def test_the_three_commands_share_one_module_and_import_none_of_each_other():
         others = {"cli", "evaluate_cli", "export_cli", "attach_cli", "compare_cli"}
         assert not others & set(imported), name
         assert "cli_common" in imported
+
+
+COMMANDS = [[], ["eval"], ["export"], ["attach"], ["recover"], ["compare"], ["report"]]
+
+
+def help_text(command: list[str]) -> str:
+    env = {**os.environ, "COLUMNS": "100"}
+    result = subprocess.run(
+        [str(MPTUI), *command, "--help"], capture_output=True, text=True, env=env, check=True
+    )
+    return result.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_has_no_raw_markup(command):
+    text = help_text(command)
+    for markup in ("`", "[bold", "[/", "[dim", "%(", "%%"):
+        assert markup not in text, (markup, text)
+
+
+def test_options_more_than_one_command_takes_are_defined_once():
+    """``--dtype``, ``--device`` and the lm-eval options come from the helpers of
+    ``mptui.cli_common``: no command spells them out itself."""
+    for name in ("cli", "evaluate_cli", "export_cli", "compare_cli", "recover_cli", "attach_cli"):
+        source = (ROOT / "mptui" / f"{name}.py").read_text(encoding="utf-8")
+        for option in ("--dtype", "--device", "--theme", "--seed", "--gguf-type", "--tasks"):
+            assert f'"{option}"' not in source, (name, option)
+    shown = {tuple(command): help_options(*command) for command in COMMANDS}
+    for command in (["eval"], ["export"], ["compare"], ["recover"]):
+        assert shown[tuple(command)]["--device"] == "cuda if present"
+    assert shown[()]["--dtype"] == shown[("eval",)]["--dtype"].split(";")[0] == "auto"
+    assert shown[("compare",)]["--dtype"] == "each session's own"
+    assert shown[("eval",)]["--limit"] == shown[("compare",)]["--limit"] == "all"
+    assert shown[()]["--theme"] == shown[("attach",)]["--theme"] == defaults.DEFAULT_THEME
+
+
+def test_help_shows_the_demo_settings_where_they_differ():
+    from mptui.cli import DEMO_SETTINGS, build_parser, demo_defaults
+
+    text = " ".join(help_text([]).split())
+    for name, value in DEMO_SETTINGS.items():
+        default = getattr(defaults, f"DEFAULT_{name.upper()}")
+        assert value != default, name
+        option = f"--{name.replace('_', '-')}"
+        assert f"; --demo: {value} (default: {default})" in text, option
+    args = build_parser().parse_args(["--demo", "--seqlen", "64"])
+    demo_defaults(args)
+    assert (args.seqlen, args.nsamples, args.target_ratio) == (64, 16, 0.25)
+    assert args.distribution == "40:40:20"
+
+
+def test_subcommands_are_argparse_subparsers_and_a_model_is_still_a_model():
+    import argparse
+
+    from mptui.cli import SUBCOMMANDS, build_command_parser, build_parser
+
+    parser = build_command_parser()
+    (subparsers,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert sorted(subparsers.choices) == sorted(SUBCOMMANDS)
+    for name, sub in subparsers.choices.items():
+        assert sub.prog == f"mptui {name}"
+    args = parser.parse_args(["export", "S", "--out", "x.gguf", "--dtype", "float32"])
+    assert (args.command, args.session, args.out) == ("export", "S", "x.gguf")
+    assert args.dtype == "float32"
+    assert build_parser().parse_args(["some/model", "--seqlen", "64"]).model == "some/model"
+    for name in SUBCOMMANDS:  # the subparser's help is the command's own
+        assert help_text([name]).startswith(f"usage: mptui {name} ")
