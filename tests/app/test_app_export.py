@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from app_replay import NoGpu, Publisher, fixed_run_events
 from test_app import make_app, steps, wait_until
+from test_attached_app import served_run
 from textual.widgets import Input, RadioSet
 
 from mptui.app.app import MptuiApp
@@ -16,12 +17,6 @@ from mptui.app.screens import GGUF_CHOICES, ExportScreen
 from mptui.app.state import display_name
 from mptui.engine.api import (
     GGUF_TYPES,
-    CalibrationSpec,
-    Engine,
-    EngineServer,
-    PruneSettings,
-    RunRequest,
-    attach,
     commands,
     session_files,
 )
@@ -170,14 +165,7 @@ async def test_a_gguf_export_the_engine_refuses_is_a_notice_and_the_run_goes_on(
 async def test_an_attached_app_exports_gguf_over_the_socket(
     tiny_model_dir, calibration_file, tmp_path
 ):
-    settings = PruneSettings.with_distribution(
-        0.2, "30:40:30", calibration=CalibrationSpec(str(calibration_file), 0, 32), mlp_group=40
-    )
-    engine = Engine(RunRequest(str(tiny_model_dir("llama")), settings), linger=True)
-    server = EngineServer(engine, tmp_path, linger=True, export_dir=tmp_path / "export")
-    server.start()
-    engine.start()
-    remote = attach(str(tmp_path))
+    engine, server, remote = served_run(tiny_model_dir("llama"), calibration_file, tmp_path)
     app = MptuiApp(
         remote, gpu_reader=NoGpu(), attached_to=remote.peer,
         export_dir=Path(remote.welcome.export_dir), session_dir=Path(remote.welcome.session),

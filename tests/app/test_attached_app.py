@@ -93,19 +93,25 @@ async def test_attached_ctrl_d_detaches_and_the_run_hears_nothing(tmp_path):
         remote.close()
 
 
+def served_run(model: Path, calibration_file: Path, folder: Path):
+    """A tiny run served from ``folder`` as ``mptui --workers N`` serves one (its engine lingers
+    after the search), started, and a client attached: ``(engine, server, remote)``."""
+    settings = PruneSettings.with_distribution(
+        0.2, "30:40:30", calibration=CalibrationSpec(str(calibration_file), 0, 32), mlp_group=40
+    )
+    engine = Engine(RunRequest(str(model), settings), linger=True)
+    server = EngineServer(engine, folder, linger=True, export_dir=folder / "export")
+    server.start()
+    engine.start()
+    return engine, server, attach(str(folder))
+
+
 async def test_attached_when_the_search_ends_the_app_exports_and_q_ends_the_run(
     tiny_model_dir, calibration_file, tmp_path
 ):
     """A served run on a real engine (what ``mptui --workers N`` opens the app on) stays after
     its search while attached: x exports as in one process, and leaving ends the run."""
-    settings = PruneSettings.with_distribution(
-        0.2, "30:40:30", calibration=CalibrationSpec(str(calibration_file), 0, 32), mlp_group=40
-    )
-    engine = Engine(RunRequest(str(tiny_model_dir("llama")), settings), linger=True)
-    server = EngineServer(engine, tmp_path, linger=True, export_dir=tmp_path / "export")
-    server.start()
-    engine.start()
-    remote = attach(str(tmp_path))
+    engine, server, remote = served_run(tiny_model_dir("llama"), calibration_file, tmp_path)
     export_dir = Path(remote.welcome.export_dir)  # what mptui attach opens the app with
     app = MptuiApp(remote, gpu_reader=NoGpu(), attached_to=remote.peer, export_dir=export_dir)
     try:

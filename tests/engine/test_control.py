@@ -46,7 +46,11 @@ class EventLog:
         return ", ".join(type(e).__name__ for e in self.events[-30:])
 
 
-def make_engine(path, calibration_file, tmp_path, **settings) -> tuple[Engine, EventLog]:
+def make_engine(
+    path, calibration_file, tmp_path, *, linger: bool = False, session_dir=None, **settings
+) -> tuple[Engine, EventLog]:
+    """A tiny run (32-token rows) and the log of its events; ``linger``: the engine stays after
+    its search, as the app's does."""
     options = {"target_ratio": 0.35, "mlp_group": 40, "batch_size": 2} | settings
     target = options.pop("target_ratio")
     run_settings = PruneSettings.with_distribution(
@@ -57,7 +61,8 @@ def make_engine(path, calibration_file, tmp_path, **settings) -> tuple[Engine, E
         **options,
     )
     log = EventLog()
-    engine = Engine(RunRequest(str(path), run_settings, cache_dir=tmp_path), [log])
+    request = RunRequest(str(path), run_settings, cache_dir=tmp_path)
+    engine = Engine(request, [log], linger=linger, session_dir=session_dir)
     return engine, log
 
 
@@ -317,12 +322,10 @@ def test_a_pause_sent_with_recover_holds_the_recovery_before_its_first_step(
     never refused as if the run were over. Once the recovery is over, a Pause is refused."""
     from mptui.engine.api import RecoverySettings, recovery_events
 
-    settings = PruneSettings.with_distribution(
-        0.2, "30:40:30", calibration=CalibrationSpec(str(calibration_file), 0, 32), mlp_group=40
-    )
-    log = EventLog()
-    request = RunRequest(str(llama), settings, cache_dir=tmp_path)
-    engine = Engine(request, [log], linger=True, session_dir=tmp_path / "session")
+    engine, log = make_engine(
+        llama, calibration_file, tmp_path, linger=True, session_dir=tmp_path / "session",
+        target_ratio=0.2,
+    )  # fmt: skip
     recovery = RecoverySettings(
         data=str(calibration_file), steps=4, batch_size=2, grad_accum=1, seqlen=32,
         eval_every=4, save_every=4, val_examples=4,

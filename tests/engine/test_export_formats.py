@@ -6,15 +6,11 @@ full disk) is one line in a Notice, and the run goes on."""
 from __future__ import annotations
 
 import pytest
-from test_control import EventLog, finish, make_engine
+from test_control import finish, make_engine
 
 from mptui.engine import commands as cmd
 from mptui.engine import events as ev
 from mptui.engine.api import (
-    CalibrationSpec,
-    Engine,
-    PruneSettings,
-    RunRequest,
     describe_gguf,
 )
 
@@ -147,12 +143,10 @@ def test_after_a_recovery_a_gguf_export_holds_the_recovered_weights(
     from mptui.engine.api import RecoverySettings, recovery_events
     from mptui.engine.gguf_export import gguf_layers
 
-    settings = PruneSettings.with_distribution(
-        0.2, "30:40:30", calibration=CalibrationSpec(str(calibration_file), 0, 32), mlp_group=40
-    )
-    log = EventLog()
-    request = RunRequest(str(llama), settings, cache_dir=tmp_path)
-    engine = Engine(request, [log], linger=True, session_dir=tmp_path / "session")
+    engine, log = make_engine(
+        llama, calibration_file, tmp_path, linger=True, session_dir=tmp_path / "session",
+        target_ratio=0.2,
+    )  # fmt: skip
     recovery = RecoverySettings(
         data=str(calibration_file), steps=3, batch_size=2, grad_accum=1, seqlen=32,
         eval_every=3, save_every=3, val_examples=4, lr=1e-3,
