@@ -141,18 +141,33 @@ def headless_session(model: Path, calibration: Path, folder: Path, *extra: str) 
     return folder
 
 
-@pytest.fixture
-def small_disk(tmp_path) -> Iterator[Path]:
-    """A 64 KiB tmpfs: a real full disk, for writers that write by themselves (safetensors).
-    Skipped where this user may not mount one (mounting needs root)."""
-    folder = tmp_path / "small-disk"
+@contextlib.contextmanager
+def mounted_tmpfs(folder: Path, options: str) -> Iterator[Path]:
+    """A 64 KiB tmpfs mounted on ``folder`` with ``options``, unmounted afterwards. Skips the
+    test where this user may not mount one (mounting needs root)."""
     folder.mkdir()
-    mount = ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)]
+    mount = ["mount", "-t", "tmpfs", "-o", f"size=64k,{options}", "tmpfs", str(folder)]
     result = subprocess.run(mount, capture_output=True, text=True)
     if result.returncode:
         pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()})")
-    yield folder
-    subprocess.run(["umount", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+    """A real full disk, for writers that write by themselves (safetensors)."""
+    with mounted_tmpfs(tmp_path / "small-disk", "rw") as folder:
+        yield folder
+
+
+@pytest.fixture
+def read_only_folder(tmp_path) -> Iterator[Path]:
+    """A folder nobody can write, root included (who passes every permission check)."""
+    with mounted_tmpfs(tmp_path / "read-only", "ro") as folder:
+        yield folder
 
 
 # --- injected faults (issue 23), for the engine's and the app's tests ------------------------
