@@ -121,16 +121,18 @@ def export_gguf(
     _write_metadata(writer, model, adapter, layers, plan, gguf_type)
     vocab.write(writer)
     tensors = list(_tensors(model, adapter, layers))
-    total = sum(_stored(array, name, gguf_type).nbytes for name, array in tensors)
-    written = [0]
+    written = 0
 
     def on_written(size: int) -> None:
-        written[0] += size
+        nonlocal written
+        written += size
         if progress is not None:
-            progress(written[0], total)
+            progress(written, total)
 
-    for name, tensor in tensors:
-        _stored(tensor, name, gguf_type, on_written).add_to(writer, name)
+    stored = [(name, _stored(tensor, name, gguf_type, on_written)) for name, tensor in tensors]
+    total = sum(deferred.nbytes for _, deferred in stored)
+    for name, deferred in stored:
+        deferred.add_to(writer, name)
     with staged_file(out, f"the GGUF file {out.name!r} (none of it was kept)") as staging:
         try:
             writer.write_header_to_file(path=staging)
@@ -388,8 +390,7 @@ class _Deferred:
     def tofile(self, file) -> None:
         # A file write, not numpy's tofile: a full disk then raises ENOSPC, not a bare count.
         file.write(np.ascontiguousarray(self.array()).data)
-        if self.on_written is not None:
-            self.on_written(self.nbytes)
+        self.on_written(self.nbytes)
 
     def array(self) -> np.ndarray:
         import gguf
@@ -405,7 +406,7 @@ class _Deferred:
 
 
 def _stored(
-    tensor: torch.Tensor, name: str, gguf_type: str, on_written: Callable[[int], None] | None = None
+    tensor: torch.Tensor, name: str, gguf_type: str, on_written: Callable[[int], None]
 ) -> _Deferred:
     """How ``tensor`` is stored: 1-D ones and RoPE factors in float32; q8_0 where rows split into
     its 32-value blocks, float16 where they do not (a narrowed width need not)."""
