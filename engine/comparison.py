@@ -724,13 +724,11 @@ def _llama_cpp_speed(
     if importlib.util.find_spec("llama_cpp") is None:
         raise _NoLlamaCpp("llama-cpp-python is not installed (pip install llama-cpp-python)")
     from .gguf_export import export_gguf
-    from .gguf_rules import check_gguf_architecture
     from .speed import llama_cpp_speed
 
     with tempfile.TemporaryDirectory(prefix="mptui-speed-") as folder:
         path = Path(folder) / f"{name}.gguf"
         try:
-            check_gguf_architecture(plan.model.architecture)  # before a word of writing
             say(f"{name}: writing a temporary {gguf_type} GGUF for llama.cpp")
             export_gguf(
                 model, tokenizer, plan, path, gguf_type=gguf_type,

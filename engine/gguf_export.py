@@ -33,14 +33,9 @@ from torch import nn
 from .adapters import Adapter, adapter_for
 from .disk import staged_file
 from .errors import BadInput, UnsupportedModel
-from .gguf_rules import (
-    GGUF_FAMILIES,
-    GGUF_TYPES,
-    check_gguf_architecture,
-    check_gguf_destination,
-    refusal_for,
-)
+from .gguf_rules import GGUF_FAMILIES, GGUF_TYPES, check_gguf_destination, refusal_for
 from .gguf_vocab import gguf_vocab
+from .names import model_label
 from .plan import Plan, as_plan
 from .pruned_modeling import family_model_types
 
@@ -110,6 +105,7 @@ def export_gguf(
     out = Path(out).expanduser()
     check_gguf_destination(out)
     adapter = _checked_adapter(model)
+    rope = _rope(model.config)  # refuses a scaling llama.cpp's deci graph cannot reproduce
     gguf_type = gguf_type or _own_type(model, plan)
     if gguf_type not in GGUF_TYPES:
         raise BadInput(f"--gguf-type {gguf_type!r}: choose one of {', '.join(GGUF_TYPES)}")
@@ -118,9 +114,9 @@ def export_gguf(
     layers = gguf_layers(adapter)
     vocab = gguf_vocab(tokenizer, model.config.vocab_size)
     writer = gguf.GGUFWriter(path=None, arch=gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.DECI])
-    _write_metadata(writer, model, adapter, layers, plan, gguf_type)
+    _write_metadata(writer, model, adapter, layers, plan, gguf_type, rope)
     vocab.write(writer)
-    tensors = list(_tensors(model, adapter, layers))
+    tensors = list(_tensors(model, adapter, layers, rope))
     written = 0
 
     def on_written(size: int) -> None:
@@ -162,10 +158,8 @@ def describe_gguf(result: GgufResult) -> str:
 
 def _checked_adapter(model: nn.Module) -> Adapter:
     config = model.config
-    family = next(
-        (name for name in family_model_types(config) if name in GGUF_FAMILIES),
-        family_model_types(config)[0],
-    )
+    types = family_model_types(config)
+    family = next((name for name in types if name in GGUF_FAMILIES), types[0])
     if why := refusal_for(family):
         raise UnsupportedModel(why)
     if getattr(config, "hidden_act", "silu") != "silu":
@@ -174,7 +168,6 @@ def _checked_adapter(model: nn.Module) -> Adapter:
         raise UnsupportedModel("--format gguf: partial rotary embeddings are not supported")
     if getattr(model.lm_head, "bias", None) is not None:
         raise UnsupportedModel("--format gguf: an LM head with a bias is not supported")
-    _rope(config)  # refuses a scaling llama.cpp's deci graph cannot reproduce
     return adapter_for(model)
 
 
@@ -208,7 +201,7 @@ def _context_length(config) -> int:
     return min(length, window) if window and uses_window else length
 
 
-def _write_metadata(writer, model, adapter, layers, plan: Plan, gguf_type: str) -> None:
+def _write_metadata(writer, model, adapter, layers, plan: Plan, gguf_type: str, rope: dict) -> None:
     import gguf
 
     config = model.config
@@ -219,7 +212,7 @@ def _write_metadata(writer, model, adapter, layers, plan: Plan, gguf_type: str) 
         "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
     }
     writer.add_type(gguf.GGUFType.MODEL)
-    writer.add_name(f"{Path(plan.model.name_or_path).name} (pruned by mptui)")
+    writer.add_name(f"{model_label(plan.model.name_or_path, config)} (pruned by mptui)")
     writer.add_file_type(file_types[gguf_type])
     if gguf_type == "q8_0":
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -233,7 +226,6 @@ def _write_metadata(writer, model, adapter, layers, plan: Plan, gguf_type: str) 
     writer.add_value_length(adapter.head_dim)
     writer.add_rope_dimension_count(adapter.head_dim)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    rope = _rope(config)
     writer.add_rope_freq_base(float(rope["rope_theta"]))
     if rope.get("rope_type") == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
@@ -244,12 +236,11 @@ def _write_metadata(writer, model, adapter, layers, plan: Plan, gguf_type: str) 
 
 # --- tensors ----------------------------------------------------------------------------------
 def _tensors(
-    model: nn.Module, adapter: Adapter, layers: list[GgufLayer]
+    model: nn.Module, adapter: Adapter, layers: list[GgufLayer], rope: dict
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """``(gguf name, tensor)`` in the order llama.cpp's converter writes them."""
     embeddings = model.get_input_embeddings().weight
     yield "token_embd.weight", embeddings
-    rope = _rope(model.config)
     if rope.get("rope_type") == "llama3":
         yield "rope_freqs.weight", _llama3_rope_factors(rope, adapter.head_dim)
     for number, layer in enumerate(layers):
@@ -428,14 +419,9 @@ def _stored(
 
 
 __all__ = [
-    "GGUF_FAMILIES",
-    "GGUF_TYPES",
     "GgufLayer",
     "GgufResult",
-    "check_gguf_architecture",
-    "check_gguf_destination",
     "describe_gguf",
     "export_gguf",
     "gguf_layers",
-    "refusal_for",
 ]

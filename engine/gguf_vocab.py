@@ -143,7 +143,7 @@ def _merge_pairs(model: dict) -> list[tuple[str, str]]:
     return [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
 
 
-def _type_of(index: int, token: str, added: dict[int, dict]) -> int:
+def _type_of(index: int, added: dict[int, dict]) -> int:
     if index in added:
         return CONTROL if added[index].get("special") else USER_DEFINED
     return NORMAL
@@ -163,7 +163,7 @@ def _sentencepiece_vocab(model: dict, added: dict[int, dict], tokenizer: Any) ->
         elif _BYTE_PIECE.fullmatch(token) and index not in added:
             types.append(BYTE)
         else:
-            types.append(_type_of(index, token, added))
+            types.append(_type_of(index, added))
     return GgufVocab("llama", tokens, scores, types, add_space_prefix=_prepends_space(tokenizer))
 
 
@@ -181,7 +181,7 @@ def _byte_level_vocab(spec: dict, model: dict, added: dict[int, dict]) -> GgufVo
             "GGUF export: a BPE tokenizer without byte fallback must be byte-level"
         )
     tokens = _ordered_vocab(model, added)
-    types = [_type_of(index, token, added) for index, token in enumerate(tokens)]
+    types = [_type_of(index, added) for index in range(len(tokens))]
     merges = [f"{left} {right}" for left, right in _merge_pairs(model)]
     return GgufVocab("gpt2", tokens, [0.0] * len(tokens), types, merges, pre=_pre_tokenizer(spec))
 
