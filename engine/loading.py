@@ -95,11 +95,6 @@ def _load_config(name_or_path: str, local_only: bool):
         ) from error
 
 
-def is_hub_id(name_or_path: str) -> bool:
-    """Whether ``name_or_path`` names a model on the hub rather than a folder here."""
-    return not looks_like_path(name_or_path)
-
-
 def hub_offline() -> bool:
     """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) as huggingface_hub reads it, also when
     it was set after huggingface_hub was imported (a test, a notebook)."""
@@ -121,7 +116,7 @@ def cache_only(name_or_path: str) -> bool:
     would retry a dead network five times (about half a minute) and print each retry.
     A local folder is False: nothing to download.
     """
-    if not is_hub_id(name_or_path):
+    if looks_like_path(name_or_path):  # a local folder: nothing to download
         return False
     from huggingface_hub import try_to_load_from_cache
 
@@ -141,8 +136,15 @@ def cache_only(name_or_path: str) -> bool:
     return False
 
 
+#: Hub ids the hub has answered for in this process: the config check and the model load both
+#: ask, and one request is enough.
+_ANSWERED: set[str] = set()
+
+
 def _ask_the_hub(repo_id: str) -> None:
     """One request for the model's ``config.json``, no retries; what went wrong as one line."""
+    if repo_id in _ANSWERED:
+        return
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -154,6 +156,7 @@ def _ask_the_hub(repo_id: str) -> None:
     url = hf_hub_url(repo_id, "config.json")
     try:
         get_hf_file_metadata(url, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+        _ANSWERED.add(repo_id)
         return
     except GatedRepoError:
         problem = (

@@ -28,7 +28,7 @@ from .defaults import (  # noqa: F401 (every default is re-exported here)
     DEFAULT_THEME,
 )
 from .errors import BadInput
-from .methods import DEFAULT_METHOD, FAITHFUL_MODES, check_method, method_named, searches_widths
+from .methods import DEFAULT_METHOD, FAITHFUL_MODES, method_named
 from .structures import DIMENSIONS, Dimension
 
 
@@ -208,8 +208,8 @@ class PruneSettings:
                 f"--fast cannot be used with --faithful {self.faithful}: the reference scores "
                 "every candidate on every row"
             )
-        check_method(
-            self.method, faithful=self.faithful, fast=self.fast, block_count=self.block_count
+        method_named(self.method).check(
+            faithful=self.faithful, fast=self.fast, block_count=self.block_count
         )
         if self.faithful is not None:
             method_named(self.faithful).check_faithful(self.block_count)
@@ -230,7 +230,7 @@ class PruneSettings:
         dims = parse_order(order)
         if kw.get("faithful") and kw.get("method", DEFAULT_METHOD) == DEFAULT_METHOD:
             kw["method"] = kw["faithful"]  # a reference's faithful mode runs its method
-        if not searches_widths(kw.get("method", DEFAULT_METHOD)):
+        if not method_named(kw.get("method", DEFAULT_METHOD)).searches_widths:
             distribution = _only_blocks(dims)
         shares = parse_distribution(distribution)
         return cls(target_ratio, dims, dict(zip(dims, shares, strict=True)), **kw)

@@ -37,16 +37,6 @@ def method_named(name: str | None) -> Method:
         raise BadInput(f"--method '{name}' must be one of {', '.join(METHODS)}") from None
 
 
-def check_method(method: str, *, faithful: str | None, fast: bool, block_count: int | None) -> None:
-    """One line of BadInput for a method that does not exist or a setting it cannot honour."""
-    method_named(method).check(faithful=faithful, fast=fast, block_count=block_count)
-
-
-def searches_widths(method: str) -> bool:
-    """Only MultiPruner removes MLP channels and attention heads; the others prune blocks."""
-    return method_named(method).searches_widths
-
-
 __all__ = [
     "DEFAULT_METHOD",
     "FAITHFUL_MODES",
@@ -55,7 +45,5 @@ __all__ = [
     "REGISTRY",
     "LayerMethod",
     "Method",
-    "check_method",
     "method_named",
-    "searches_widths",
 ]
