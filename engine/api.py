@@ -20,7 +20,7 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import commands, events, session_files, wire
+from . import command_table, commands, events, session_files, wire
 from .defaults import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DISTRIBUTION,
@@ -68,14 +68,69 @@ from .server import EngineServer, parse_listen
 from .settings import FAITHFUL_CALIBRATION, CalibrationSpec, PruneSettings
 from .structures import DIMENSIONS, Structure
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the lazy names below, for type checkers (tests/unit/test_api.py)
+    from .adapters import adapter_for as adapter_for
+    from .calibration import load_documents as load_documents
+    from .calibration import split_documents as split_documents
+    from .calibration import tokenize_chunks as tokenize_chunks
+    from .comparison import Comparison as Comparison
+    from .comparison import Scores as Scores
+    from .comparison import SpeedRequest as SpeedRequest
+    from .comparison import compare_sessions as compare_sessions
+    from .comparison import ratio_text as ratio_text
+    from .comparison import sibling_comparison as sibling_comparison
+    from .comparison import task_text as task_text
+    from .comparison import tokens_per_second as tokens_per_second
+    from .device_failure import device_failed as device_failed
+    from .device_failure import is_device_failure as is_device_failure
+    from .device_failure import lost_device_of as lost_device_of
+    from .disk import write_bytes_atomic as write_bytes_atomic
+    from .disk import write_json_atomic as write_json_atomic
+    from .evaluate import check_tasks as check_tasks
+    from .evaluate import evaluate as evaluate
+    from .evaluate import flat_scores as flat_scores
+    from .export import check_destination as check_destination
+    from .export import describe_export as describe_export
+    from .export import export_model as export_model
+    from .export_phase import write_model as write_model
+    from .follower import follow as follow
+    from .follower import on_replica_device as on_replica_device
+    from .gguf_export import describe_gguf as describe_gguf
+    from .gguf_export import export_gguf as export_gguf
+    from .loading import load_config as load_config
+    from .loading import load_model as load_model
+    from .model_facts import check_with_model_files as check_with_model_files
+    from .plan import LayerRow as LayerRow
+    from .plan import Plan as Plan
+    from .plan import PlanStep as PlanStep
+    from .plan import layer_rows as layer_rows
+    from .plan import read_plan_file as read_plan_file
+    from .rebuild import apply_plan as apply_plan
+    from .rebuild import rebuild_pruned as rebuild_pruned
+    from .recovery.data import calibration_text as calibration_text
+    from .recovery.folder import RecoveryFolder as RecoveryFolder
+    from .recovery.folder import recovered_model as recovered_model
+    from .recovery.run import check_recovery as check_recovery
+    from .recovery.run import prepare_recovery as prepare_recovery
+    from .recovery.source import RecoverySource as RecoverySource
+    from .runner import Engine as Engine
+    from .runner import Outcome as Outcome
     from .runner import Subscriber
+    from .scoring import Scorer as Scorer
+    from .session_check import check_session as check_session
+    from .session_folder import SessionFolder as SessionFolder
+    from .session_folder import SessionRecorder as SessionRecorder
+    from .session_setup import preflight as preflight
+    from .summary import write_summary as write_summary
+    from .team import Team as Team
+    from .team import pin_gpus as pin_gpus
 
 #: Names that need torch, by the module that defines them; loaded on first access.
 _LAZY: dict[str, str] = {
     "Engine": "runner",
     "Outcome": "runner",
     "preflight": "session_setup",
+    "check_with_model_files": "model_facts",
     "load_documents": "calibration",
     "split_documents": "calibration",
     "tokenize_chunks": "calibration",
@@ -86,6 +141,7 @@ _LAZY: dict[str, str] = {
     "export_model": "export",
     "check_destination": "export",
     "export_gguf": "gguf_export",
+    "write_model": "export_phase",
     "describe_gguf": "gguf_export",
     "apply_plan": "rebuild",
     "rebuild_pruned": "rebuild",
@@ -103,8 +159,6 @@ _LAZY: dict[str, str] = {
     "load_model": "loading",
     "load_config": "loading",
     "write_summary": "summary",
-    "run_headless": "headless",
-    "LinePrinter": "headless",
     "adapter_for": "adapters",
     "Scorer": "scoring",
     "Plan": "plan",
@@ -126,16 +180,15 @@ _LAZY: dict[str, str] = {
     "recovered_model": "recovery.folder",
     "check_recovery": "recovery.run",
     "prepare_recovery": "recovery.run",
+    "calibration_text": "recovery.data",
 }
-#: Where a public name differs from the name in its module.
-_RENAMED = {"run_headless": "run", "check_recovery": "check", "prepare_recovery": "prepare"}
 
 
 def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     module = importlib.import_module(f"{__package__}.{_LAZY[name]}")
-    value = getattr(module, _RENAMED.get(name, name))
+    value = getattr(module, name)
     globals()[name] = value
     return value
 
@@ -236,6 +289,7 @@ __all__ = [
     "check_gguf_architecture",
     "check_gguf_destination",
     "check_model_path",
+    "command_table",
     "commands",
     "events",
     "method_named",

@@ -39,6 +39,10 @@ _FILE_SUFFIXES = (".txt", ".jsonl", ".parquet")
 _SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 # The reference's split seed and its ``random.seed`` for the draws (docs/method.md §9).
 _FAITHFUL_SEED = 42
+#: More characters per token than tokenizers give on text: calibration text this many times
+#: longer than a chunk holds one, so the check before loading does not tokenize it (the load's
+#: own count still decides).
+MOST_CHARS_PER_TOKEN = 16
 
 
 # --- documents ---------------------------------------------------------------------------------
@@ -312,7 +316,7 @@ def tokenize_chunks(
     """
     if seqlen < 1:
         raise CalibrationError(f"--seqlen {seqlen} must be 1 or more")
-    text = "\n\n".join(documents)
+    text = _joined_text(documents)
     cache_file = None
     if cache_dir is not None:
         cache_file = Path(cache_dir) / f"chunks-{_cache_key(tokenizer, text, seqlen)}.pt"
@@ -322,11 +326,7 @@ def tokenize_chunks(
     # verbose=False: the whole text is longer than the model's window on purpose, and the
     # tokenizer's warning about that would only alarm (and scribble over the TUI).
     ids = tokenizer(text, verbose=False)["input_ids"]
-    if len(ids) < seqlen:
-        raise CalibrationError(
-            f"{label} gives {len(ids)} tokens, fewer than one chunk of {seqlen}; "
-            "use a longer file or a smaller --seqlen"
-        )
+    _require_one_chunk(len(ids), seqlen, label)
     import torch
 
     count = len(ids) // seqlen
@@ -370,6 +370,40 @@ def load_calibration(
     """Load, sample and tokenize ``spec``'s documents into ``[n_chunks, seqlen]`` token ids."""
     documents = load_documents(spec.source, spec.text_field)
     picked = sample_documents(documents, spec.nsamples, spec.seed)
-    return tokenize_chunks(
-        tokenizer, picked, spec.seqlen, cache_dir, label=f"calibration source '{spec.source}'"
-    )
+    return tokenize_chunks(tokenizer, picked, spec.seqlen, cache_dir, label=_source_label(spec))
+
+
+def check_one_chunk(documents: Sequence[str], spec: CalibrationSpec, tokenizer_file: Path) -> None:
+    """Before the model loads: ``spec``'s sample of ``documents`` gives one chunk, counted as
+    :func:`load_calibration` counts, with the model's ``tokenizer.json`` read by ``tokenizers``
+    (no torch). Only a text short enough to be in doubt is tokenized, so a long calibration set
+    is not tokenized twice; a file ``tokenizers`` cannot read is left to the load."""
+    text = _joined_text(sample_documents(documents, spec.nsamples, spec.seed))
+    if len(text) >= MOST_CHARS_PER_TOKEN * spec.seqlen:
+        return
+    from tokenizers import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    except Exception:  # tokenizers raises a bare Exception for a file it cannot read
+        return
+    tokenizer.no_truncation()  # as transformers calls it: the whole text, unpadded
+    tokenizer.no_padding()
+    _require_one_chunk(len(tokenizer.encode(text).ids), spec.seqlen, _source_label(spec))
+
+
+def _joined_text(documents: Sequence[str]) -> str:
+    """The one text the chunks are cut from: the documents joined by a blank line."""
+    return "\n\n".join(documents)
+
+
+def _source_label(spec: CalibrationSpec) -> str:
+    return f"calibration source '{spec.source}'"
+
+
+def _require_one_chunk(tokens: int, seqlen: int, label: str) -> None:
+    if tokens < seqlen:
+        raise CalibrationError(
+            f"{label} gives {tokens} tokens, fewer than one chunk of {seqlen}; "
+            "use a longer file or a smaller --seqlen"
+        )

@@ -21,6 +21,9 @@ class Rule:
     doc: str
     acts: bool = True
     notice: str | None = None  # said when the command does not act
+    #: False where nothing will ever read the command (the engine thread has ended, or is
+    #: ending after a stop): a sender decides for itself instead of waiting on the engine.
+    read: bool = True
 
 
 def act(doc: str) -> Rule:
@@ -37,10 +40,11 @@ def refuse(notice: str) -> Rule:
     return Rule(f"Notice: {notice}", acts=False, notice=notice)
 
 
-#: While loading nothing reads the queue (a Stop is seen at once, between the load's pieces);
-#: after a stop the engine thread has ended. These cells are for the documentation.
+#: While loading nothing reads the queue (a Stop is seen at once, between the load's pieces):
+#: this cell is for the documentation. After a stop, and once the engine thread has returned,
+#: nothing reads it ever again: a command there is the sender's to drop (the app's ``send``).
 KEPT = ignore("kept; acted on once loaded")
-ENDED = ignore("nothing: the engine has ended")
+ENDED = Rule("nothing: the engine has ended", acts=False, read=False)
 
 FINISHED = "the run is finished; export, evaluate and recover remain"
 RECOVERING = "recovering: pause, resume, stop, export and evaluate remain"
@@ -56,6 +60,7 @@ RULES: dict[type[cmd.Command], dict[S, Rule]] = {
         S.DONE: refuse(FINISHED),
         S.STOPPED: ENDED,
         S.ERROR: refuse(FINISHED),
+        S.ENDED: ENDED,
     },
     cmd.Resume: {
         S.LOADING: KEPT,
@@ -67,6 +72,7 @@ RULES: dict[type[cmd.Command], dict[S, Rule]] = {
         S.DONE: refuse(FINISHED),
         S.STOPPED: ENDED,
         S.ERROR: refuse(FINISHED),
+        S.ENDED: ENDED,
     },
     cmd.Override: {
         S.LOADING: KEPT,
@@ -78,6 +84,7 @@ RULES: dict[type[cmd.Command], dict[S, Rule]] = {
         S.DONE: refuse(FINISHED),
         S.STOPPED: ENDED,
         S.ERROR: refuse(FINISHED),
+        S.ENDED: ENDED,
     },
     cmd.Accept: {
         S.LOADING: KEPT,
@@ -91,6 +98,7 @@ RULES: dict[type[cmd.Command], dict[S, Rule]] = {
         S.DONE: refuse(FINISHED),
         S.STOPPED: ENDED,
         S.ERROR: refuse(FINISHED),
+        S.ENDED: ENDED,
     },
     cmd.SetOrder: {
         S.LOADING: KEPT,
@@ -102,6 +110,7 @@ RULES: dict[type[cmd.Command], dict[S, Rule]] = {
         S.DONE: refuse(FINISHED),
         S.STOPPED: ENDED,
         S.ERROR: refuse(FINISHED),
+        S.ENDED: ENDED,
     },
     cmd.SetGuided: {
         S.LOADING: KEPT,
@@ -116,6 +125,7 @@ RULES: dict[type[cmd.Command], dict[S, Rule]] = {
         S.DONE: refuse(FINISHED),
         S.STOPPED: ENDED,
         S.ERROR: refuse(FINISHED),
+        S.ENDED: ENDED,
     },
     cmd.Undo: {
         S.LOADING: KEPT,
@@ -127,6 +137,7 @@ RULES: dict[type[cmd.Command], dict[S, Rule]] = {
         S.DONE: refuse(FINISHED),
         S.STOPPED: ENDED,
         S.ERROR: refuse(FINISHED),
+        S.ENDED: ENDED,
     },
     cmd.Export: {
         S.LOADING: KEPT,
@@ -138,6 +149,7 @@ RULES: dict[type[cmd.Command], dict[S, Rule]] = {
         S.DONE: act("written (the recovered model once a recovery has run)"),
         S.STOPPED: ENDED,
         S.ERROR: act("written, if the model loaded"),
+        S.ENDED: ENDED,
     },
     cmd.Evaluate: {
         S.LOADING: KEPT,
@@ -149,6 +161,7 @@ RULES: dict[type[cmd.Command], dict[S, Rule]] = {
         S.DONE: act("scored (the recovered model too once a recovery has run)"),
         S.STOPPED: ENDED,
         S.ERROR: act("scored, if the model loaded"),
+        S.ENDED: ENDED,
     },
     cmd.Stop: {
         S.LOADING: act(
@@ -159,9 +172,10 @@ RULES: dict[type[cmd.Command], dict[S, Rule]] = {
         S.WAITING: act("→ stopped"),
         S.RECOVERING: act("saved within one optimizer step → stopped (`--resume` continues)"),
         S.RECOVERY_PAUSED: act("saved → stopped"),
-        S.DONE: act("the engine thread ends"),
+        S.DONE: act("the engine thread ends → ended"),
         S.STOPPED: ENDED,
-        S.ERROR: act("the engine thread ends"),
+        S.ERROR: act("the engine thread ends → ended"),
+        S.ENDED: ENDED,
     },
     cmd.Recover: {
         S.LOADING: KEPT,
@@ -173,6 +187,7 @@ RULES: dict[type[cmd.Command], dict[S, Rule]] = {
         S.DONE: act("→ recovering on a copy of the pruned model, once per session"),
         S.STOPPED: ENDED,
         S.ERROR: refuse("the run failed; `mptui recover SESSION` recovers its plan"),
+        S.ENDED: ENDED,
     },
 }
 

@@ -23,12 +23,16 @@ class EngineState(StrEnum):
     RECOVERING = "recovering"  # LoRA fine-tuning after the search (docs/method.md §10)
     RECOVERY_PAUSED = "recovery_paused"  # the recovery, paused: only its commands apply
     DONE = "done"
-    STOPPED = "stopped"
-    ERROR = "error"
+    STOPPED = "stopped"  # a Stop ended the run
+    ERROR = "error"  # failed; a lingering engine still answers exports and evaluations
+    #: The engine thread has returned (always its last event): nothing reads commands any more,
+    #: so a reader must not send one and wait for its answer.
+    ENDED = "ended"
 
     @property
     def is_final(self) -> bool:
-        return self in (EngineState.DONE, EngineState.STOPPED, EngineState.ERROR)
+        """The search is over (a lingering engine still answers), or the engine has ended."""
+        return self in (EngineState.DONE, EngineState.STOPPED, EngineState.ERROR, EngineState.ENDED)
 
     @property
     def is_paused(self) -> bool:

@@ -32,6 +32,7 @@ from .adapters import Adapter, adapter_for
 from .disk import staged_folder
 from .errors import BadInput, EngineError
 from .loading import load_config
+from .model_facts import family_model_types
 from .names import looks_like_path, model_source
 from .plan import Plan, as_plan
 from .session_files import PLAN
@@ -312,9 +313,7 @@ def _write_pruned_config(model: nn.Module, layout: dict, dtype: torch.dtype, fol
     config = _config_dict(model, dtype)
     # The family's own type (an export pruned again, made before mptui kept it, says otherwise)
     config["model_type"] = next(
-        kind
-        for kind in pruned_modeling.family_model_types(model.config)
-        if kind != LEGACY_MODEL_TYPE
+        kind for kind in family_model_types(model.config) if kind != LEGACY_MODEL_TYPE
     )
     config["architectures"] = [pruned_modeling.MptuiPrunedForCausalLM.__name__]
     module = Path(MODELING_FILE).stem

@@ -35,9 +35,9 @@ from .disk import staged_file
 from .errors import BadInput, UnsupportedModel
 from .gguf_rules import GGUF_FAMILIES, GGUF_TYPES, check_gguf_destination, refusal_for
 from .gguf_vocab import gguf_vocab
+from .model_facts import family_model_types
 from .names import model_label
 from .plan import Plan, as_plan
-from .pruned_modeling import family_model_types
 
 Progress = Callable[[int, int], None]
 #: Values per q8_0 block: a row quantizes only when its length is a multiple.

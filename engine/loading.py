@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from .errors import BadInput, UnsupportedModel
+from .errors import BadInput
 from .memory import is_out_of_memory
+from .model_facts import ModelFacts, check_supported
 from .names import check_model_path, looks_like_path
-from .pruned_modeling import family_model_types
 
 DTYPES = {
     "float32": torch.float32,
@@ -177,16 +177,11 @@ def _ask_the_hub(repo_id: str) -> None:
     raise BadInput(f"could not load model '{repo_id}': {problem}")
 
 
-def check_supported(config) -> None:
-    """One clear error, naming the supported architectures, before any weight is read."""
-    from .adapters import supported_model_types
-
-    supported = supported_model_types()
-    if not set(family_model_types(config)) & set(supported):
-        raise UnsupportedModel(
-            f"architecture '{config.model_type}' is not supported; "
-            f"supported: {', '.join(supported)}"
-        )
+def check_device(device: str | None) -> None:
+    """A GPU asked for where torch sees none (a resume on the box whose GPU failed): one line,
+    before anything loads."""
+    if device and device.startswith("cuda") and not torch.cuda.is_available():
+        raise BadInput(f"--device {device} asked for a GPU but torch sees none")
 
 
 def load_model(
@@ -207,10 +202,9 @@ def load_model(
 
     local_only = cache_only(name_or_path)
     config = _load_config(name_or_path, local_only)
-    check_supported(config)
+    check_supported(ModelFacts.from_config(config))
     device = device or default_device()
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BadInput(f"--device {device} asked for a GPU but torch sees none")
+    check_device(device)
     torch_dtype = resolve_dtype(dtype, device, checkpoint_dtype(config))
     path = os.path.expanduser(name_or_path)
     carried_code = is_mptui_export(path)
@@ -393,17 +387,6 @@ def _reporting_shard_reads(on_shard: Callable[[int, int], None] | None) -> Itera
             del _LOADING[thread]
             if not _LOADING and "safe_open" in _UNHOOKED:
                 modeling_utils.safe_open = _UNHOOKED.pop("safe_open")
-
-
-def max_positions(config) -> int | None:
-    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-
-
-def check_seqlen(seqlen: int, config) -> None:
-    """Rows longer than the model's positions would fail deep inside its forward; say so first."""
-    limit = max_positions(config)
-    if limit is not None and seqlen > limit:
-        raise BadInput(f"--seqlen {seqlen} is above this model's limit of {limit}")
 
 
 def _first_line(error: BaseException) -> str:

@@ -162,11 +162,6 @@ def check_loading_info(info: dict) -> None:
         )
 
 
-def family_model_types(config) -> list[str]:
-    """The model types a config is, most specific first (an export's config is its family's)."""
-    return [c.model_type for c in type(config).__mro__ if getattr(c, "model_type", "")]
-
-
 #: The weights' files carry this variant (``model.mptui.safetensors``): a stock class loading the
 #: folder without this code finds no weights and fails, instead of building a dense model with
 #: random weights where the pruned layers' weights are missing.

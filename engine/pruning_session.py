@@ -21,6 +21,7 @@ from .adapters import Adapter, CommitRecord
 from .errors import BadInput
 from .fast_search import Evaluation, perplexity
 from .methods import LAYER_METHODS, method_named
+from .model_facts import check_group_sizes
 from .plan import Plan, PlanModel, PlanStep
 from .scoring import Scorer
 from .settings import GroupSizes, PruneSettings
@@ -59,7 +60,7 @@ class PruningSession:
         self.method = method_named(self.settings.method)
         # on the dense model, before any replay; ShortGPT's candidates follow it
         self.block_influence: list[float] | None = self.method.rank(self)
-        self._check_groups()
+        check_group_sizes(self.groups, self.settings.shares, self.adapter.widths)
 
     # --- budget ---------------------------------------------------------------------------------
     @property
@@ -287,6 +288,11 @@ class PruningSession:
         if dimension is not None:
             self.scorers[dimension].catch_up()
 
+    def release_scorers(self) -> None:
+        """The search is over for good (a recovery starts): its calibration caches are freed."""
+        for scorer in self._distinct_scorers():
+            scorer.release()
+
     def _distinct_scorers(self) -> list[Scorer]:
         return list({id(s): s for s in self.scorers.values()}.values())
 
@@ -319,25 +325,3 @@ class PruningSession:
             steps=list(self.steps),
             written=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         )
-
-    def _check_groups(self) -> None:
-        channels = self.adapter.attn_group_channels
-        if self.groups.attn % channels:
-            raise BadInput(
-                f"--attn-group {self.groups.attn} is not whole KV groups: it must be a multiple "
-                f"of {channels} (head_dim {self.adapter.head_dim} x {self.adapter.q_per_kv} "
-                "query heads per KV head)"
-            )
-        attn_width = self.adapter.dense_kv_groups * channels
-        if self.settings.shares.get("attn_heads", 0) > 0 and self.groups.attn >= attn_width:
-            raise BadInput(
-                f"--attn-group {self.groups.attn} leaves no layer eligible: attention is "
-                f"{attn_width} query channels wide"
-            )
-        if self.settings.shares.get("mlp_channels", 0) > 0 and self.groups.mlp >= (
-            self.adapter.dense_mlp_width
-        ):
-            raise BadInput(
-                f"--mlp-group {self.groups.mlp} leaves no layer eligible: the MLP is "
-                f"{self.adapter.dense_mlp_width} channels wide"
-            )

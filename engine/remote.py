@@ -54,6 +54,15 @@ class RemoteEngine:
 
     @property
     def state(self) -> EngineState:
+        """The run's last state; ENDED once the connection is closed, however it closed (the
+        run's last event, the run killed, a detach): no command sent can be read any more."""
+        closed = self._thread is not None and not self._thread.is_alive()
+        return EngineState.ENDED if closed else self._view.state
+
+    @property
+    def run_state(self) -> EngineState:
+        """The last state the run itself reported, whatever became of this connection (a
+        recovery goes on after this side detached)."""
         return self._view.state
 
     @property

@@ -70,6 +70,9 @@ class RunView:
     architecture: str = ""
     method: str = ""
     state: EngineState = EngineState.LOADING
+    #: Once the engine thread has returned (``state`` is ENDED): the state it ended in (done,
+    #: stopped, error), which says how the run ended where ENDED alone does not.
+    ended_as: EngineState | None = None
     guided: bool = False
     dimension: str | None = None
     order: tuple[str, ...] = ()
@@ -194,6 +197,8 @@ class RunView:
         if self.activity is not None:
             events.append(self.activity)
         events.append(ev.GuidedChanged(self.guided))
+        if self.ended_as is not None:  # the state the run ended in, then that it has ended
+            events.append(ev.StateChanged(self.ended_as))
         events.append(ev.StateChanged(self.state))
         if self.ended is not None:
             events.append(self.ended)
@@ -220,7 +225,10 @@ class RunView:
             self.curve.append(CurvePoint(step.ratio, step.score, step.dimension, step.chosen_by))
 
     def _on_StateChanged(self, event: ev.StateChanged) -> None:
-        self.state = EngineState(event.state)
+        state = EngineState(event.state)
+        if state is EngineState.ENDED and self.ended_as is None:
+            self.ended_as = self.state
+        self.state = state
         if self.state not in (EngineState.WAITING, EngineState.PAUSED):
             self.proposal = None  # a proposal stands while it waits (or is paused)
 

@@ -35,10 +35,8 @@ from .errors import BadInput, Cancelled, DeviceFailed, DiskFull, EngineError, Re
 from .eval_request import EvalRequest
 from .evaluate import evaluate
 from .events import ActivityKind, EngineState
-from .export import export_model
+from .export_phase import ExportPhase
 from .fast_search import Evaluation
-from .gguf_export import export_gguf
-from .gguf_rules import GGUF_TYPES
 from .memory import sample_memory
 from .plan import Plan, PlanStep, write_plan
 from .pruning_session import PruningSession, StepStats
@@ -136,9 +134,8 @@ class Engine:
         self.failure: BaseException | None = None  # what ended the run in error, if anything
         self._write_failure: EngineError | None = None  # a subscriber's, ending the run
         self._recover_at_start = recover
-        self._recovery = RecoveryPhase(
-            request.model, request.cache_dir, session_dir, self._emit, self._set_state
-        )
+        self._recovery = RecoveryPhase(request, session_dir, self._emit, self._set_state)
+        self._export = ExportPhase(self._emit, self._failing_as)
 
     # --- caller side --------------------------------------------------------------------------
     @property
@@ -176,6 +173,15 @@ class Engine:
 
     # --- engine thread: the run -----------------------------------------------------------------
     def run(self) -> ev.Finished:
+        """The run, then (lingering) the answers to exports and evaluations until a Stop.
+        ``StateChanged(ENDED)`` is the last event whatever happened: from then on nothing reads
+        a command, and every reader (an attached client too) can know it."""
+        try:
+            return self._run()
+        finally:
+            self._set_state(EngineState.ENDED)
+
+    def _run(self) -> ev.Finished:
         reason = EngineState.DONE
         try:
             self._set_state(EngineState.LOADING)
@@ -605,54 +611,9 @@ class Engine:
 
     # --- long side work -------------------------------------------------------------------------
     def _on_export(self, command: cmd.Export) -> Outcome:
-        """A checkpoint folder or one GGUF file (``command.format``), written between two
-        candidates (or optimizer steps); a failure is a Notice and the run goes on."""
-        try:
-            _check_export(command)
-        except BadInput as error:
-            self._emit(ev.Notice(f"export failed: {error}"))
-            return Outcome.NOTHING
-        session, path = self.session, Path(command.path)
-        label = f"exporting to {path}"
-        self._emit(ev.Activity(ActivityKind.EXPORT, label))
-        progress = lambda done, total: self._emit(  # noqa: E731
-            ev.Activity(ActivityKind.EXPORT, label, done, total)
-        )
-        try:
-            with self._failing_as(label):
-                if command.format == "gguf":
-                    exported = self._export_gguf(path, command.gguf_type, progress)
-                elif self.recovery is not None:  # merged on a copy: training goes on untouched
-                    exported = _exported(self.recovery.export(session.plan(), path, progress))
-                else:
-                    result = export_model(
-                        session.model, session.tokenizer, session.plan(), path, progress=progress
-                    )
-                    exported = _exported(result)
-        except DeviceFailed:
-            raise  # the device is gone: the run ends
-        except (EngineError, OSError) as error:
-            self._emit(ev.Notice(f"export failed: {error}"))
-            return Outcome.NOTHING
-        finally:
-            self._emit(ev.Activity(None))
-        self._emit(exported)
+        """Written between two candidates (or optimizer steps); see :class:`ExportPhase`."""
+        self._export.run(self.session, self.recovery, command)
         return Outcome.NOTHING
-
-    def _export_gguf(self, path: Path, gguf_type: str | None, progress) -> ev.Exported:
-        """The model as pruned so far (once a recovery has started, the recovered one, merged on
-        a copy) as one GGUF file."""
-        session = self.session
-        model, tokenizer = session.model, session.tokenizer
-        if self.recovery is not None:
-            model, tokenizer = self.recovery.merged(), self.recovery.tokenizer
-        result = export_gguf(
-            model, tokenizer, session.plan(), path, gguf_type=gguf_type, progress=progress
-        )
-        return ev.Exported(
-            str(result.path), result.params, result.bytes, False, result.seconds,
-            format="gguf", gguf_type=result.gguf_type, stand_ins=result.stand_ins,
-        )  # fmt: skip
 
     def _on_evaluate(self, command: cmd.Evaluate) -> Outcome:
         """Dense (once per request: undo all, score, redo) and pruned, side by side."""
@@ -732,33 +693,6 @@ class Engine:
         if force or now - self._last_memory >= MEMORY_INTERVAL:
             self._last_memory = now
             self._emit(sample_memory())
-
-
-def _check_export(command: cmd.Export) -> None:
-    """Refuse an Export whose format or GGUF type the engine does not write (a client on the
-    wire may send anything), before anything is written."""
-    if not isinstance(command.path, str) or not command.path.strip():
-        raise BadInput(f"export to {command.path!r}: give a path")
-    if command.format not in cmd.EXPORT_FORMATS:
-        raise BadInput(
-            f"unknown export format {command.format!r}: choose {' or '.join(cmd.EXPORT_FORMATS)}"
-        )
-    if command.gguf_type is None:
-        return
-    if command.format != "gguf":
-        raise BadInput(
-            f"a GGUF type ({command.gguf_type!r}) goes with the gguf format only; a "
-            f"{command.format} export keeps the weights' precision"
-        )
-    if command.gguf_type not in GGUF_TYPES:
-        raise BadInput(
-            f"unknown GGUF type {command.gguf_type!r}: choose one of {', '.join(GGUF_TYPES)}"
-        )
-
-
-def _exported(result) -> ev.Exported:
-    """The event for a checkpoint folder (an :class:`~.export.ExportResult`)."""
-    return ev.Exported(str(result.path), result.params, result.bytes, result.stock, result.seconds)
 
 
 __all__ = ["Engine", "Journal", "Outcome", "RunRequest"]

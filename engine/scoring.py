@@ -303,6 +303,13 @@ class Scorer:
         self._stale_from = changed if self._stale_from is None else min(self._stale_from, changed)
         self._current_score = None
 
+    def release(self) -> None:
+        """Free the cached boundaries for good: the search is over and a recovery needs the
+        memory (on a 7B they can take several GB of the GPU). The scorer scores no more."""
+        self._boundaries.clear()
+        self._device_contexts.clear()
+        self._contexts.clear()
+
     @property
     def is_fresh(self) -> bool:
         return self._stale_from is None

@@ -21,6 +21,11 @@ holds more of the process's files than those limits.
 No client keeps a finished run alive by not reading: once the search is over, the server pings
 every client each :data:`PING_S`; one that leaves a ping unanswered for :data:`ANSWER_S` is
 dropped, and the run ends once no client is left (:class:`~.remote.RemoteEngine` answers).
+
+Each attached client is numbered (``client 2``), and what it does to the run is told in one
+line: it attached, paused, resumed or stopped the run, detached, was dropped, or was
+disconnected when the run ended. The lines go to the session log and, when the server is given
+``on_client``, to it (a headless run prints them on its output).
 """
 
 from __future__ import annotations
@@ -44,9 +49,10 @@ from typing import Protocol
 
 from . import events as ev
 from . import wire
-from .commands import Command, Stop
+from .commands import Command, Pause, Resume, Stop
 from .errors import BadInput
 from .eval_request import EvalRequest
+from .recovery.settings import RecoverySettings
 from .run_view import RunView
 from .session_files import EXPORT, LOG, SOCKET, TOKEN
 from .snapshot import Snapshot
@@ -72,6 +78,9 @@ PING_S = 3.0
 ANSWER_S = 15.0
 #: Seconds to wait before accepting again when the process is out of file descriptors.
 ACCEPT_RETRY_S = 1.0
+#: The commands whose sender the run's output names: those that change what the run is doing
+#: for everyone watching it (the others steer within it, and their effects are events).
+TOLD = {Pause: "paused the run", Resume: "resumed the run", Stop: "stopped the run"}
 
 log = logging.getLogger("mptui.serve")
 
@@ -109,10 +118,14 @@ def unix_address(path: Path) -> Iterator[str]:
 
 class _Client:
     """One attached connection: its queue of lines, the task that writes them, and the pings it
-    has not answered yet."""
+    has not answered yet. ``label`` (``client 2``) tells it apart from the other clients of the
+    run, which ``name`` (``a local client``, the refusals' word for it) does not."""
 
-    def __init__(self, name: str, peer: str, writer: asyncio.StreamWriter, backlog: int) -> None:
+    def __init__(
+        self, name: str, peer: str, writer: asyncio.StreamWriter, backlog: int, label: str
+    ) -> None:
         self.name, self.peer, self.writer, self.backlog = name, peer, writer, backlog
+        self.label = label
         self.pending: deque[bytes] = deque()
         self.wake = asyncio.Event()
         self.pings: deque[tuple[int, float]] = deque()  # (number, when sent), oldest first
@@ -181,6 +194,9 @@ class EngineServer:
     ``linger``: the engine lingers after its search, answering exports and evaluations until a
     Stop. The server keeps it so while a client is attached (the user looks at the result, as
     in the one-process app) and sends the Stop once none is, so an unwatched run still ends.
+
+    ``on_client``: given each line about a client (``client 2 paused the run``), on the
+    server's thread: it must hand the line on and return, as the engine's subscribers do.
     """
 
     def __init__(
@@ -191,10 +207,13 @@ class EngineServer:
         listen: tuple[str, int] | None = None,
         export_dir: Path | None = None,
         eval_request: EvalRequest | None = None,
+        recovery: RecoverySettings | None = None,
         backlog: int = BACKLOG,
         linger: bool = False,
+        on_client: Callable[[str], None] | None = None,
     ) -> None:
         self.engine = engine
+        self._on_client = on_client
         self.linger = linger
         self.view = RunView()  # the run as the events tell it, for the snapshot and the end
         self.session = Path(session)
@@ -206,9 +225,11 @@ class EngineServer:
         self.unix_error: str | None = None  # why engine.sock could not be made, if it could not
         self._export_dir = export_dir or self.session / EXPORT
         self._eval_request = eval_request
+        self._recovery = recovery
         self._backlog = backlog
         self._snapshot = Snapshot(self.view)
         self._clients: set[_Client] = set()
+        self._client_numbers = itertools.count(1)
         self._handshaking = 0  # connections accepted that have not said hello yet
         self._refusals = _Refusals()
         self._tasks: set[asyncio.Task] = set()
@@ -378,6 +399,7 @@ class EngineServer:
         accepted) to its end. ``peer``: whom its refusals are logged under (the host, or
         ``local``)."""
         client: _Client | None = None
+        left = "detached"  # it closed the connection, as the app does when it detaches
         try:
             try:
                 hello = await self._hello(reader, writer, name, peer, need_token)
@@ -388,29 +410,33 @@ class EngineServer:
             if len(self._clients) >= MAX_CLIENTS:
                 self._refuse(writer, peer, name, "too many clients attached")
                 return
-            client = _Client(name, peer, writer, self._backlog)
+            label = f"client {next(self._client_numbers)}"
+            client = _Client(name, peer, writer, self._backlog, label)
             writer.write(wire.encode_message("welcome", self._welcome().to_dict()))
             for line in self._snapshot.lines():  # with the live lines after it, in one go
                 client.pending.append(line)
             client.backlog += len(client.pending)
             client.wake.set()
             self._clients.add(client)
-            log.info("%s attached", name)
+            where = name if need_token else "unix socket"  # on TCP (the token), its address
+            self._tell(f"{label} ({where}) attached")
             writing = asyncio.create_task(client.write_forever())
             try:
                 problem = await self._read_commands(reader, client)
             finally:
                 writing.cancel()
-            if problem is not None:
+            if problem is not None and client in self._clients:  # not dropped already
                 self._refusals.note(peer, name, f"it sent {problem}", "dropped")
+                self._drop(client, f"it sent {problem}")
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass
+            pass  # a detach too: an app that closes with events unread resets the connection
         except asyncio.CancelledError:
-            pass  # the server is closing; ending quietly keeps asyncio (3.11) from printing it
+            # The server is closing; ending quietly keeps asyncio (3.11) from printing it.
+            left = "disconnected: the run has ended"
         finally:
-            if client is not None and client in self._clients:
+            if client is not None and client in self._clients:  # not dropped
                 self._clients.discard(client)
-                log.info("%s detached", name)
+                self._tell(f"{client.label} {left}")
                 self._end_if_unwatched()
             writer.close()
 
@@ -444,7 +470,7 @@ class EngineServer:
         return Welcome(
             pid=os.getpid(), host=socket.gethostname(), session=str(self.session),
             guided=self.view.guided, export_dir=str(self._export_dir),
-            eval_request=self._eval_request,
+            eval_request=self._eval_request, recovery=self._recovery,
         )  # fmt: skip
 
     async def _read_commands(self, reader: asyncio.StreamReader, client: _Client) -> str | None:
@@ -469,20 +495,31 @@ class EngineServer:
                 client.answered(number)
             elif kind == "command":
                 self.engine.send(value)
+                if type(value) in TOLD:
+                    self._tell(f"{client.label} {TOLD[type(value)]}")
             else:
                 return f"a {kind[:40]} line, not a command"
 
     def _drop_behind(self, client: _Client) -> None:
-        log.warning(
-            "dropped %s: it fell %d events behind (not reading?)", client.name, len(client.pending)
-        )
-        self._drop(client)
+        why = f"it fell {len(client.pending)} events behind (not reading?)"
+        log.warning("dropped %s: %s", client.name, why)
+        self._drop(client, why)
 
-    def _drop(self, client: _Client) -> None:
+    def _drop(self, client: _Client, why: str) -> None:
+        """End ``client``'s connection unread, for ``why`` (which the caller has logged)."""
         self._clients.discard(client)
         client.pending.clear()
         client.writer.transport.abort()
+        self._tell(f"{client.label} was dropped: {why}", logged=True)
         self._end_if_unwatched()
+
+    def _tell(self, line: str, *, logged: bool = False) -> None:
+        """A line about a client (``client 2 paused the run``), for the session log (unless
+        ``logged``: the caller has logged it as a warning) and ``on_client``."""
+        if not logged:
+            log.info("%s", line)
+        if self._on_client is not None:
+            self._on_client(line)
 
     def _may_end(self) -> bool:
         """A lingering engine may end once its search is over and what a client started (an
@@ -510,8 +547,9 @@ class EngineServer:
         for client in list(self._clients):
             if client.silent_for(now) > ANSWER_S:
                 what = f"it left a ping unanswered for {ANSWER_S:g} s after the search"
-                self._refusals.note(client.peer, client.name, f"{what} (not reading?)", "dropped")
-                self._drop(client)
+                why = f"{what} (not reading?)"
+                self._refusals.note(client.peer, client.name, why, "dropped")
+                self._drop(client, why)
             elif not client.ping(next(self._ping_numbers), now):
                 self._drop_behind(client)
 
@@ -548,7 +586,8 @@ class EngineServer:
                 self.token_path.unlink()
 
     def _log_to_session(self) -> None:
-        """Attaches, detaches, refusals and dropped clients go to the session's log."""
+        """Refusals, dropped clients and each client's lines (:meth:`_tell`) go to the
+        session's log."""
         handler = logging.FileHandler(self.session / LOG)
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
         log.addHandler(handler)

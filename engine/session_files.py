@@ -38,5 +38,7 @@ EXPORT = "export"
 RECOVERY = "recovery"
 RECOVERY_SETTINGS = "settings.json"
 RECOVERY_CHECKPOINT = "checkpoint.pt"
+#: What the load of an export's recovery scores the model on (it has no calibration set).
+RECOVERY_CALIBRATION = "calibration.txt"
 #: One line per optimizer step and per validation (beside the folder, for reading).
 RECOVERY_LOG = "recovery.jsonl"

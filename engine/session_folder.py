@@ -32,6 +32,7 @@ from .disk import append_line, write_json_atomic, writing
 from .errors import BadInput, DiskFull, ResultNotSaved
 from .evaluate import flat_scores
 from .plan import Plan, PlanStep, read_plan_file
+from .recovery.settings import RecoverySettings
 from .run_request import RunRequest
 from .session_files import (
     CHANNEL_ORDER,
@@ -83,6 +84,12 @@ class SavedRun:
     request: RunRequest
     out: Path | None
     export: Path | None
+    recovery: RecoverySettings | None = None  # what r (or a client's r) recovers with
+
+
+def _saved_recovery(data: dict) -> RecoverySettings | None:
+    """The recovery settings.json keeps (none in a session written before it kept one)."""
+    return RecoverySettings.from_dict(data["recovery"]) if data.get("recovery") else None
 
 
 class SessionFolder:
@@ -164,8 +171,14 @@ class SessionFolder:
 
     # --- settings --------------------------------------------------------------------------
     def write_request(
-        self, request: RunRequest, out: Path | None = None, export: Path | None = None
+        self,
+        request: RunRequest,
+        out: Path | None = None,
+        export: Path | None = None,
+        recovery: RecoverySettings | None = None,
     ) -> None:
+        """``recovery``: the recovery the run was given data for (``--recover-data``), kept so
+        that an app attached later, or a resume, can start it."""
         data = {
             "model": request.model,
             "settings": request.settings.to_dict(),
@@ -174,6 +187,7 @@ class SessionFolder:
             "device_map": request.device_map,
             "out": str(out) if out else None,
             "export": str(export) if export else None,
+            "recovery": recovery.to_dict() if recovery else None,
         }
         write_json_atomic(self.path / SETTINGS, data)
 
@@ -181,7 +195,9 @@ class SessionFolder:
         """The saved request with the journal's decisions applied: its steps to replay, and the
         order and guided mode the user last chose."""
         self.check_files()
-        data, request = self._settings(lambda data: (data, self._request(data, cache_dir)))
+        data, request, recovery = self._settings(
+            lambda data: (data, self._request(data, cache_dir), _saved_recovery(data))
+        )
         replay = self.read_journal()
         settings = request.settings
         if replay.order is not None:
@@ -190,7 +206,9 @@ class SessionFolder:
             settings = dataclasses.replace(settings, guided=replay.guided)
         request = dataclasses.replace(request, settings=settings, resume_steps=tuple(replay.steps))
         out, export = data.get("out"), data.get("export")
-        return SavedRun(request, Path(out) if out else None, Path(export) if export else None)
+        return SavedRun(
+            request, Path(out) if out else None, Path(export) if export else None, recovery
+        )
 
     def _settings(self, parse: Callable[[dict], T]) -> T:
         """``parse`` of settings.json's data; a missing key or a value of the wrong kind there

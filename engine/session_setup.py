@@ -23,8 +23,9 @@ from .channel_order import apply_order, reorder_model
 from .compiled import resolve_backend
 from .errors import BadInput
 from .fast_search import spread_rows
-from .loading import check_seqlen, check_supported, load_config, load_model
+from .loading import check_device, load_config, load_model
 from .methods import method_named
+from .model_facts import ModelFacts, check_seqlen, check_supported
 from .names import model_label
 from .pruning_session import PruningSession
 from .run_request import RunRequest
@@ -46,10 +47,12 @@ def faithful_dtype(faithful: str | None, dtype: str | None) -> str | None:
 
 def preflight(request: RunRequest) -> None:
     """The cheap checks, before anything long starts: model config and architecture, seqlen
-    against the model's limit, and a calibration source that exists and has text."""
-    config = load_config(request.model)
-    check_supported(config)
-    check_seqlen(request.settings.calibration.seqlen, config)
+    against the model's limit, a device torch has, and a calibration source that exists and
+    has text."""
+    check_device(request.device)
+    facts = ModelFacts.from_config(load_config(request.model))
+    check_supported(facts)
+    check_seqlen(request.settings.calibration.seqlen, facts)
     spec = request.settings.calibration
     if not spec.source:
         raise BadInput("no calibration text given; pass --calibration PATH")
@@ -90,7 +93,7 @@ def build_session(
     emit(ev.Activity(None))
     check()
     adapter = adapter_for(model)
-    check_seqlen(settings.calibration.seqlen, model.config)
+    check_seqlen(settings.calibration.seqlen, ModelFacts.from_config(model.config))
     chunks_by_dimension = _calibration(request, tokenizer) if leads else None
     orders = None
     if leads:

@@ -28,6 +28,7 @@ from . import commands, events
 from .errors import BadInput
 from .eval_request import EvalRequest
 from .recovery import events as recovery_events
+from .recovery.settings import RecoverySettings
 
 #: The version of the protocol; a client and a server that differ refuse each other clearly.
 PROTOCOL = 1
@@ -123,6 +124,7 @@ class Welcome:
     guided: bool
     export_dir: str
     eval_request: EvalRequest | None
+    recovery: RecoverySettings | None = None  # what r recovers with (--recover-data)
 
     def to_dict(self) -> dict:
         return {**encode_value(self), "protocol": PROTOCOL}

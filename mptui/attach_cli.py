@@ -15,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="mptui attach",
         description="Open the app on a running headless mptui. q or ctrl+d detaches (the run "
-        "goes on); q then s stops the run.",
+        "goes on; a paused run asks, r resumes it first); q then s stops the run.",
     )
     parser.add_argument(
         "target",
@@ -48,19 +48,25 @@ def from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 def run_and_report(remote, target: str, theme: str | None) -> int:
     """The app on ``remote`` until the user leaves; then one line on what became of the run."""
+    from mptui.engine.api import EngineState
+
     try:
-        run_attached(remote, theme)
+        left_paused = run_attached(remote, theme)
     finally:
         remote.close()
     with contextlib.suppress(OSError):  # the terminal may be gone
-        if remote.finished is not None:
+        if left_paused:
+            print(f"detached; {left_paused} and stays so (mptui attach {target} comes back)")
+        elif remote.finished is not None and remote.run_state is not EngineState.RECOVERING:
             print(f"the run has ended ({remote.finished.reason}); session {target}")
         else:
             print(f"detached; the run goes on (mptui attach {target} comes back)")
     return 0
 
 
-def run_attached(remote, theme: str | None) -> None:
+def run_attached(remote, theme: str | None) -> str | None:
+    """The app on ``remote``; what it left paused when the user detached so (``the run is
+    paused at step 5``), else None."""
     from mptui.app.app import MptuiApp
     from mptui.engine.api import session_files
 
@@ -71,10 +77,11 @@ def run_attached(remote, theme: str | None) -> None:
     session = Path(welcome.session)
     log = session / session_files.LOG if session.is_dir() else cache_dir() / "attach.log"
     with terminal_kept_logs_to(log):
-        MptuiApp(
+        return MptuiApp(
             remote,
             theme_name=theme,
             eval_request=welcome.eval_request,
+            recovery=welcome.recovery,
             export_dir=Path(welcome.export_dir),
             attached_to=remote.peer,
             session_dir=session,

@@ -14,6 +14,7 @@ from .cli_common import (
     add_device,
     add_dtype,
     add_gguf_type,
+    add_listen,
     add_seed,
     add_theme,
     did_you_mean,
@@ -69,13 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--headless", action="store_true", help="no UI: print a line per step (default: off)"
     )
-    parser.add_argument(
-        "--listen",
-        default=None,
-        metavar="HOST:PORT",
-        help="headless: also serve the run on TCP, behind a printed token, for mptui attach "
-        "(default: the session folder's socket only)",
-    )
+    add_listen(parser, "headless: also serve the run on TCP")
     run = parser.add_argument_group("search")
     run.add_argument(
         "--method",
@@ -315,13 +310,6 @@ def check_listen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error(str(error))
 
 
-def recovery_started(session: Path) -> bool:
-    """``--resume`` of a session whose recovery has started continues the recovery."""
-    from .engine.api import session_files
-
-    return (session / session_files.RECOVERY / session_files.RECOVERY_SETTINGS).is_file()
-
-
 #: ``mptui COMMAND ...``: each subcommand and the module whose ``main`` runs it.
 SUBCOMMANDS = {
     "eval": "evaluate_cli",
@@ -395,10 +383,6 @@ def main(argv: list[str] | None = None) -> int:
     for option, value in (("--workers", args.workers), ("--gpus-per-worker", args.gpus_per_worker)):
         if value is not None and value < 1:
             parser.error(f"{option} {value} must be 1 or more")
-    if args.resume and args.headless and recovery_started(Path(args.resume)):
-        from .recover_cli import resume
-
-        return resume(Path(args.resume), args.device, args.device_map)
     from .run_cli import run_from_args
 
     return run_from_args(args, argv)

@@ -90,6 +90,18 @@ def add_gguf_type(parser, what: str) -> None:
     parser.add_argument("--gguf-type", choices=GGUF_TYPES, default=None, help=what)
 
 
+def add_listen(parser, what: str) -> None:
+    """``--listen HOST:PORT``: serve a headless run on TCP too, for ``mptui attach`` from
+    another machine; ``what`` starts its help."""
+    parser.add_argument(
+        "--listen",
+        default=None,
+        metavar="HOST:PORT",
+        help=f"{what}, behind a printed token, for mptui attach (default: the session "
+        "folder's socket only)",
+    )
+
+
 def add_lm_eval_options(parser, seqlen_metavar: str = "N") -> None:
     """What lm-eval and the rolling perplexity take in ``mptui eval``, ``compare`` and
     ``report``: ``--tasks``, ``--include-path``, ``--limit``, ``--seqlen``, ``--batch-size``."""

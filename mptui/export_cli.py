@@ -8,7 +8,6 @@ L1 channel order, and with it every kept channel, is the one the search used.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from .cli_common import (
@@ -161,26 +160,6 @@ def write_export(model, tokenizer, plan, out: Path, gguf_type: str | None, recov
             model, tokenizer, plan, out, gguf_type=gguf_type, progress=writing_lines()
         )
     return export_model(model, tokenizer, plan, out, progress=writing_lines(), recovery=recovery)
-
-
-def export_live(session, out: Path, session_dir: Path, gguf_type: str | None = None) -> int:
-    """Export the model a headless run just pruned (it is still in memory), as a GGUF file when
-    ``out`` names one; a lost device says that ``--resume`` exports again."""
-    from mptui.engine.api import EngineError, device_failed, is_device_failure
-
-    if session is None or not session.steps:
-        print("mptui: nothing was removed, so nothing is exported", file=sys.stderr)
-        return 1
-    try:
-        result = write_export(session.model, session.tokenizer, session.plan(), out, gguf_type)
-    except (EngineError, OSError) as error:
-        return print_error(f"the export failed: {error}", 1)
-    except RuntimeError as error:
-        if not is_device_failure(error):
-            raise
-        return print_error(device_failed(error, f"exporting to {out}", session_dir), 1)
-    print(describe(result), flush=True)
-    return 0
 
 
 def writing_lines():

@@ -8,13 +8,8 @@ the same command again). A session recovers in its own folder; an export in --se
 from __future__ import annotations
 
 import argparse
-import contextlib
-import signal
-import sys
-import time
-from collections.abc import Iterator
+import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from mptui.engine.api import (
     DEFAULT_LORA_ALPHA,
@@ -30,13 +25,18 @@ from mptui.engine.api import (
     DEFAULT_RECOVERY_WARMUP,
 )
 
-from .cli_common import Parser, ProgressLines, add_device, add_dtype, add_seed, print_error
+from .cli_common import (
+    Parser,
+    add_device,
+    add_dtype,
+    add_gguf_type,
+    add_listen,
+    add_seed,
+    print_error,
+)
 
-if TYPE_CHECKING:
-    from mptui.engine.api import RecoverySource
-
-#: Seconds between two progress lines (validations and the last step always get one).
-LINE_INTERVAL = 10.0
+#: Documents of the recovery data an export's load scores it on (it has no calibration set).
+CALIBRATION_DOCUMENTS = 256
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,9 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--export",
         default=None,
-        metavar="DIR",
-        help="write the recovered (merged) model here when done",
+        metavar="DIR|FILE.gguf",
+        help="write the recovered (merged) model here when done: a folder for transformers, "
+        "or FILE.gguf for llama.cpp",
     )
+    add_gguf_type(parser, "the GGUF file's weight type (default: the weights' own)")
     add(
         "--export-adapter",
         default=None,
@@ -160,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_dtype(parser, None, "the session's; bf16 on a GPU, fp32 on a CPU")
     add_device(parser)
+    add_listen(parser, "also serve the recovery on TCP")
     return parser
 
 
@@ -198,165 +201,145 @@ def main(argv: list[str]) -> int:
 
 
 def from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    """The command on arguments ``parser`` parsed (its own, or ``mptui``'s subparser)."""
+    """The command on arguments ``parser`` parsed (its own, or ``mptui``'s subparser): the
+    session's engine, loaded and sent straight to the recovery, served so that ``mptui attach``
+    shows it and steers it, like any headless run."""
     if not args.data and not args.demo:
         parser.error("give --data FILE|DATASET (or --demo)")
-    from mptui.engine.api import EngineError, RecoveryFolder, RecoverySource
+    from mptui.engine.api import BadInput, EngineError, parse_listen
+
+    if args.listen:
+        try:
+            parse_listen(args.listen)
+        except BadInput as error:
+            parser.error(str(error))
+
+    from .headless import Outputs, run_headless
+    from .run_cli import session_engine
+    from .terminal import quiet_libraries
+
+    quiet_libraries()
+    try:
+        settings, opened = open_recovery(args)
+    except EngineError as error:
+        return print_error(error)
+    try:
+        engine = session_engine(opened, recover=settings)
+        return run_headless(
+            engine, opened.folder.path, opened.out_dir, listen=args.listen,
+            eval_request=default_eval_request(opened.request),
+            outputs=Outputs(
+                Path(args.export) if args.export else None, args.gguf_type,
+                Path(args.export_adapter) if args.export_adapter else None,
+            ),
+        )  # fmt: skip
+    finally:
+        opened.folder.unlock()
+
+
+def open_recovery(args: argparse.Namespace):
+    """``(settings, opened)``: the recovery to run (a started one's own settings: it continues)
+    and its session, locked. Everything is checked before anything is written: the data, the
+    seqlen, a saved checkpoint, the destinations."""
+    from mptui.engine.api import RecoveryFolder, RecoverySource, check_recovery
     from mptui.places import default_session_dir
-    from mptui.terminal import quiet_libraries
 
-    quiet_libraries()
-    try:
-        settings = settings_from_args(args)
-        source = RecoverySource.find(Path(args.source)).loaded_as(args.dtype, args.device)
-        if source.is_session:
-            folder = source.path
-        else:
-            folder = Path(args.session or default_session_dir(f"{source.path}-recovered"))
-        recovery = RecoveryFolder(folder)
-        if recovery.started:
-            settings, saved = recovery.read_settings()
-            source = saved.on_device(args.device, None)
-            print(f"continuing the recovery saved in {folder} (with its settings)", flush=True)
-        return recover(folder, source, settings, args.export, args.export_adapter)
-    except EngineError as error:
-        return print_error(error)
+    from .run_cli import check_export
 
+    settings = settings_from_args(args)
+    source = RecoverySource.find(Path(args.source))
+    if source.is_session:
+        folder = source.path
+    else:
+        folder = Path(args.session or default_session_dir(f"{source.path}-recovered"))
+    recovery = RecoveryFolder(folder)
+    if recovery.started:
+        settings = recovery.read_settings()[0]
+        print(f"continuing the recovery saved in {folder} (with its settings)", flush=True)
+    check_recovery(settings, source)
+    recovery.load()  # a damaged checkpoint is one line, before anything is written
+    if args.export:
+        check_export(Path(args.export), source.model_name())
+    if args.export_adapter:
+        from mptui.engine.api import check_destination
 
-def resume(folder: Path, device: str | None = None, device_map: str | None = None) -> int:
-    """``mptui --resume DIR`` of a session whose recovery has started (headless); ``device`` or
-    ``device_map``: load there instead of where the recovery started (its GPU failed, say)."""
-    from mptui.engine.api import EngineError, RecoveryFolder
-    from mptui.terminal import quiet_libraries
-
-    quiet_libraries()
-    try:
-        settings, source = RecoveryFolder(folder).read_settings()
-        return recover(folder, source.on_device(device, device_map), settings, None, None)
-    except EngineError as error:
-        return print_error(error)
+        check_destination(Path(args.export_adapter))
+    return settings, open_recovery_session(folder, source, settings, args)
 
 
-def recover(
-    folder: Path, source: RecoverySource, settings, export: str | None, export_adapter: str | None
-) -> int:
-    """Load, check, train (resuming from the last save), then export if asked."""
+def open_recovery_session(folder: Path, source, settings, args: argparse.Namespace):
+    """A session's own folder (resumed), or a new one for an export: its request loads the
+    export and scores it on the recovery data (the export has no calibration set)."""
     from mptui.engine.api import (
+        DEFAULT_DISTRIBUTION,
+        DEFAULT_ORDER,
+        DEFAULT_SEQLEN,
+        DEFAULT_TARGET_RATIO,
+        CalibrationSpec,
+        PruneSettings,
         RecoveryFolder,
+        RunRequest,
         SessionFolder,
-        check_destination,
-        check_recovery,
-        device_failed,
-        is_device_failure,
-        prepare_recovery,
+        preflight,
+        session_files,
     )
     from mptui.places import calibration_cache_dir
 
-    from .export_cli import writing_lines
+    from .run_cli import OpenedSession, reopen_session
 
-    check_recovery(settings, source)
-    RecoveryFolder(folder).load()  # a damaged checkpoint is one line, before anything is written
-    for destination in (export, export_adapter):
-        if destination:
-            check_destination(Path(destination))
+    if (folder / session_files.SETTINGS).is_file():
+        opened = reopen_session(folder, device=args.device, dtype=args.dtype)
+        try:
+            preflight(opened.request)
+        except BaseException:
+            opened.folder.unlock()
+            raise
+        return opened
     session = SessionFolder(folder)
+    session.refuse_if_taken()
+    text = calibration_text(settings.data)
+    calibration = CalibrationSpec(source="", seqlen=min(settings.seqlen, DEFAULT_SEQLEN))
+    request = RunRequest(
+        model=str(source.path),
+        settings=PruneSettings.with_distribution(
+            DEFAULT_TARGET_RATIO, DEFAULT_DISTRIBUTION, DEFAULT_ORDER, calibration=calibration
+        ),
+        dtype=args.dtype,
+        device=args.device,
+        cache_dir=calibration_cache_dir(),
+        order_file=session.order_file,
+    )
     session.lock()
     try:
-        model, tokenizer, plan = source.load(
-            on_shard=ProgressLines("loading the pruned model", "shards")
+        path = RecoveryFolder(folder).write_calibration(text)
+        request = dataclasses.replace(
+            request,
+            settings=dataclasses.replace(
+                request.settings, calibration=dataclasses.replace(calibration, source=str(path))
+            ),
         )
-        printer = RecoveryLines()
-        run = prepare_recovery(
-            model, tokenizer, settings, RecoveryFolder(folder), printer, source,
-            calibration_cache_dir(),
-        )  # fmt: skip
-        print(f"session {folder}", flush=True)
-        with stop_on_signals() as stop:
-            try:
-                reason = run.run(poll=lambda: stop["asked"])
-            except RuntimeError as error:  # the state saved last is kept: --resume goes on
-                if not is_device_failure(error):
-                    raise
-                during = f"recovering (optimizer step {run.step + 1})"
-                return print_error(device_failed(error, during, folder), 1)
-        if reason == "stopped":
-            print(
-                f"stopped at step {run.step} of {settings.steps} (saved); continue with "
-                f"mptui --resume {folder}",
-                flush=True,
-            )
-            return 0
-        if export:
-            from mptui.engine.api import describe_export
-
-            result = run.export(plan, Path(export), progress=writing_lines())
-            print(describe_export(result), flush=True)
-        if export_adapter:
-            run.save_adapter(Path(export_adapter))
-            print(f"adapter written to {export_adapter}", flush=True)
-    finally:
+        preflight(request)
+        session.write_request(request)
+    except BaseException:
         session.unlock()
-    return 0
+        raise
+    return OpenedSession(request, session, folder, None)
 
 
-@contextlib.contextmanager
-def stop_on_signals() -> Iterator[dict]:
-    """While training, SIGTERM, SIGHUP and Ctrl-C ask the run to stop after the optimizer step
-    in progress (it saves first); a SIGKILL loses at most the steps since the last save."""
-    flag = {"asked": False}
+def calibration_text(data: str) -> str:
+    """What the load of an export scores it on: the first documents of the recovery data."""
+    from mptui.engine.api import calibration_text as text_of
 
-    def ask(signum, frame) -> None:
-        flag["asked"] = True
-
-    numbers = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
-    saved = {number: signal.signal(number, ask) for number in numbers}
-    try:
-        yield flag
-    finally:
-        for number, handler in saved.items():
-            signal.signal(number, handler)
+    return text_of(data, CALIBRATION_DOCUMENTS)
 
 
-class RecoveryLines:
-    """Headless progress: a line at the start, every validation, the end and at most every
-    :data:`LINE_INTERVAL` seconds in between; notices once training runs (an OOM fallback) as
-    warnings (before that, the search's own printer shows them)."""
+def default_eval_request(request):
+    """What an attached app's ``e`` evaluates: the rolling perplexity of the session's
+    calibration text when it is a text file on this machine, else the default tasks."""
+    from mptui.engine.api import EvalRequest
 
-    def __init__(self, out=None) -> None:
-        self.out = out
-        self._last = 0.0
-        self._validations: list[float] = []
-        self._started = False
-
-    def __call__(self, event) -> None:
-        from mptui.engine.api import events
-        from mptui.engine.api import recovery_events as rev
-
-        line = None
-        if isinstance(event, rev.RecoveryStarted):
-            self._started = True
-            start = f" from step {event.step}" if event.step else ""
-            line = (
-                f"recovering {event.steps} steps{start}: {event.trainable:,} adapter parameters "
-                f"on {event.params:,}; {event.examples} training, {event.val_examples} "
-                "validation examples"
-            )
-        elif isinstance(event, rev.RecoveryValidated):
-            self._validations.append(event.perplexity)
-            line = f"step {event.step}: validation perplexity {event.perplexity:.4f}"
-        elif isinstance(event, rev.RecoveryFinished) and len(self._validations) > 1:
-            first, last = self._validations[0], self._validations[-1]
-            line = f"recovery {event.reason}: validation perplexity {first:.4f} -> {last:.4f}"
-        elif isinstance(event, rev.RecoveryStep):
-            now = time.monotonic()
-            if now - self._last >= LINE_INTERVAL or event.step == event.steps:
-                self._last = now
-                line = (
-                    f"RECOVERING step {event.step}/{event.steps}: loss {event.loss:.4f}, "
-                    f"lr {event.lr:.2e}, {event.tokens_per_s:,.0f} tokens/s, "
-                    f"ETA {event.eta_s:.0f}s"
-                )
-        elif isinstance(event, events.Notice) and self._started:  # the search's are printed
-            line = f"mptui: warning: {event.message}"
-        if line is not None:
-            print(line, file=self.out or sys.stdout, flush=True)
+    spec = request.settings.calibration
+    text = (
+        spec.source if Path(spec.source).suffix == ".txt" and Path(spec.source).is_file() else None
+    )
+    return EvalRequest.from_options(None, text, spec.seqlen)

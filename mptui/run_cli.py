@@ -22,7 +22,7 @@ from .terminal import quiet_libraries, terminal_kept_logs_to
 from .torchrun_env import launched_by_torchrun, restarted
 
 if TYPE_CHECKING:  # the engine itself is imported when a run starts, so --help stays instant
-    from mptui.engine.api import RunRequest, SessionFolder
+    from mptui.engine.api import RecoverySettings, RunRequest, SessionFolder
 
 
 def build_request(args: argparse.Namespace):
@@ -81,38 +81,32 @@ class OpenedSession:
     folder: SessionFolder
     out_dir: Path
     export_dir: Path | None
+    recovery: RecoverySettings | None = None  # what r recovers with (--recover-data)
 
 
-def open_session(args: argparse.Namespace) -> OpenedSession:
-    """A new session, or one to resume with everything the user decided in it."""
-    from mptui.engine.api import BadInput, SessionFolder, check_session, preflight, session_files
+def open_session(args: argparse.Namespace, recovery=None) -> OpenedSession:
+    """A new session, or one to resume with everything the user decided in it; ``recovery``:
+    the recovery ``r`` starts (kept in the session's settings; a resume keeps its own unless
+    given one)."""
+    from mptui.engine.api import SessionFolder, preflight
 
     export = Path(args.export) if getattr(args, "export", None) else None
     if args.resume:
-        folder = SessionFolder(Path(args.resume))
-        folder.check_files()  # a file, or a session file replaced by a folder: one line
-        if not (folder.path / session_files.SETTINGS).is_file():
-            raise BadInput(f"'{folder.path}' is not an mptui session (no settings.json)")
-        folder.lock(claim=False)
-        try:
-            saved = folder.read_run(cache_dir=calibration_cache_dir())
-            check_session(folder, saved)  # a damaged session: one line, and no file changed
-        except BaseException:
-            folder.unlock()
-            raise
-        folder.claim()
-        request = saved.request
-        if args.device or args.device_map:  # on another device (the first one failed, say)
-            request = dataclasses.replace(request, device=args.device, device_map=args.device_map)
-        out_dir = Path(args.out) if args.out else saved.out
-        export = export or saved.export
+        opened = reopen_session(
+            Path(args.resume), device=args.device, device_map=args.device_map,
+            out=Path(args.out) if args.out else None, export=export,
+        )  # fmt: skip
+        request, folder, out_dir, export = (
+            opened.request, opened.folder, opened.out_dir, opened.export_dir,
+        )  # fmt: skip
+        recovery = recovery or opened.recovery
     else:
         request, out_dir = build_request(args)
         folder = SessionFolder(
             Path(args.session) if args.session else default_session_dir(args.model)
         )
         folder.refuse_if_taken()
-    request = dataclasses.replace(request, order_file=folder.order_file)
+        request = dataclasses.replace(request, order_file=folder.order_file)
     preflight(request)
     if getattr(args, "eval_text", None) or getattr(args, "eval_include_path", None):
         app_eval_request(args, request.settings.calibration.seqlen).check()
@@ -120,8 +114,55 @@ def open_session(args: argparse.Namespace) -> OpenedSession:
         check_export(export, request.model)
     if not args.resume:
         folder.lock()
-        folder.write_request(request, out=out_dir, export=export)
-    return OpenedSession(request, folder, out_dir or folder.path, export)
+        folder.write_request(request, out=out_dir, export=export, recovery=recovery)
+    return OpenedSession(request, folder, out_dir or folder.path, export, recovery)
+
+
+def reopen_session(
+    path: Path,
+    *,
+    device: str | None = None,
+    device_map: str | None = None,
+    dtype: str | None = None,
+    out: Path | None = None,
+    export: Path | None = None,
+) -> OpenedSession:
+    """A session to continue, locked, with everything the user decided in it; ``device``,
+    ``device_map`` or ``dtype``: load otherwise than it was (its first device failed, say). A
+    damaged session is one line, and no file of it changes. A recovery it had started loads as
+    that recovery did, unless told otherwise."""
+    from mptui.engine.api import BadInput, RecoveryFolder, SessionFolder, check_session
+    from mptui.engine.api import session_files as files
+
+    folder = SessionFolder(path)
+    folder.check_files()  # a file, or a session file replaced by a folder: one line
+    if not (folder.path / files.SETTINGS).is_file():
+        raise BadInput(f"'{folder.path}' is not an mptui session (no settings.json)")
+    folder.lock(claim=False)
+    try:
+        saved = folder.read_run(cache_dir=calibration_cache_dir())
+        check_session(folder, saved)  # a damaged session: one line, and no file changed
+        recovery = RecoveryFolder(folder.path)
+        loaded_as = recovery.read_settings()[1] if recovery.started else None
+    except BaseException:
+        folder.unlock()
+        raise
+    folder.claim()
+    request = saved.request
+    if loaded_as is not None:
+        request = dataclasses.replace(
+            request,
+            dtype=loaded_as.dtype or request.dtype,
+            device=loaded_as.device or request.device,
+        )
+    if dtype is not None:
+        request = dataclasses.replace(request, dtype=dtype)
+    if device or device_map:  # on another device (the first one failed, say)
+        request = dataclasses.replace(request, device=device, device_map=device_map)
+    request = dataclasses.replace(request, order_file=folder.order_file)
+    return OpenedSession(
+        request, folder, out or saved.out or folder.path, export or saved.export, saved.recovery
+    )
 
 
 def check_export(export: Path, model: str) -> None:
@@ -191,17 +232,20 @@ def app_recovery(args: argparse.Namespace):
 
 def check_before_loading(args: argparse.Namespace) -> None:
     """What a new run's arguments can be refused for without torch: the settings (ratio,
-    distribution, order, group sizes), a model path that does not exist and a calibration file
-    that is missing or has no text. Raises the engine's error; the checks that need the model's
-    config or tokenizer come with the engine."""
-    from mptui.engine.api import check_model_path, load_documents
+    distribution, order, group sizes), a model path that does not exist, a calibration file
+    that is missing or has no text, and what the model's own files settle (architecture,
+    --seqlen, group sizes against its widths, a calibration file too short for one chunk).
+    Raises the engine's error; what only the loaded model settles comes with the engine."""
+    from mptui.engine.api import check_model_path, check_with_model_files, load_documents
 
     if args.resume or getattr(args, "recover", False):
         return  # the session's settings, or the export's, are read with the engine
-    build_request(args)
+    request, _ = build_request(args)
     check_model_path(args.model)
+    documents = None  # a dataset is read by the run: it may need the network or a big download
     if args.calibration and Path(args.calibration).suffix.lower() in (".txt", ".jsonl"):
-        load_documents(args.calibration, args.text_field)  # read again by the run: a cheap read
+        documents = load_documents(args.calibration, args.text_field)  # a cheap read, again later
+    check_with_model_files(request, documents)
 
 
 def run_from_args(args: argparse.Namespace, argv: list[str]) -> int:
@@ -254,18 +298,19 @@ def run_from_args(args: argparse.Namespace, argv: list[str]) -> int:
 
 def lead(args: argparse.Namespace, team) -> int:
     """The run this process owns: alone, or as rank 0 of ``team``."""
-    from mptui.engine.api import Engine, EngineError, SessionRecorder
+    from mptui.engine.api import EngineError
+
+    from .headless import Outputs, run_headless
 
     quiet_libraries()
     try:
         start_recovery = recover_now(args)
-        opened = open_session(args)
+        opened = open_session(args, recovery=start_recovery or app_recovery(args))
     except EngineError as error:
         print(f"mptui: error: {error}", file=sys.stderr)
         if team is not None:
             team.broadcast(None)  # the followers leave too
         return 2
-    folder = opened.folder
     if args.headless and opened.request.settings.guided:
         print("mptui: note: guided mode is off in a headless run", file=sys.stderr)
         settings = dataclasses.replace(opened.request.settings, guided=False)
@@ -275,65 +320,33 @@ def lead(args: argparse.Namespace, team) -> int:
 
         team.broadcast(opened.request)
         opened.request = on_replica_device(opened.request, team, args.gpus_per_worker)
+    engine = session_engine(opened, recover=start_recovery, linger=not args.headless, team=team)
+    try:
+        if not args.headless:
+            return run_app(engine, opened, args)
+        return run_headless(
+            engine, opened.folder.path, opened.out_dir, listen=args.listen,
+            eval_request=app_eval_request(args, opened.request.settings.calibration.seqlen),
+            recovery=opened.recovery,
+            outputs=Outputs(opened.export_dir, getattr(args, "gguf_type", None)),
+        )  # fmt: skip
+    finally:
+        opened.folder.unlock()
+
+
+def session_engine(opened: OpenedSession, *, recover=None, linger: bool = False, team=None):
+    """The engine of ``opened``, recording into its folder. It goes straight to a recovery once
+    loaded when the session had started one (it continues it) or when ``recover`` is given."""
+    from mptui.engine.api import Engine, SessionRecorder
+
+    folder = opened.folder
     plan_dirs = [folder.path] + ([opened.out_dir] if opened.out_dir != folder.path else [])
     engine = Engine(
-        opened.request, linger=not args.headless, journal=folder, plan_dirs=plan_dirs,
-        session_dir=folder.path, recover=resumed_recovery(folder.path) or start_recovery,
-        team=team,
+        opened.request, linger=linger, journal=folder, plan_dirs=plan_dirs,
+        session_dir=folder.path, recover=resumed_recovery(folder.path) or recover, team=team,
     )  # fmt: skip
     engine.subscribe(SessionRecorder(folder, engine.plan))
-    if args.headless and start_recovery is not None:
-        from .recover_cli import RecoveryLines
-
-        engine.subscribe(RecoveryLines())
-    try:
-        if args.headless:
-            return run_headless(engine, opened, args)
-        return run_app(engine, opened, args)
-    finally:
-        folder.unlock()
-
-
-def stop_on_signals(engine, *signals: signal.Signals) -> None:
-    """A dropped SSH link (SIGHUP) or a ``kill`` (SIGTERM) stops at the next candidate and
-    saves. The handler only queues a Stop: the engine runs in another thread, so the queue's
-    lock is never held by the thread the handler interrupts."""
-    from mptui.engine.api import commands
-
-    for number in signals:
-        signal.signal(number, lambda signum, frame: engine.send(commands.Stop()))
-
-
-def run_headless(engine, opened: OpenedSession, args: argparse.Namespace) -> int:
-    """Served on the session's socket while it runs (see :mod:`.attachable`)."""
-    from mptui.engine import api
-
-    from .attachable import serve_run
-
-    stop_on_signals(engine, signal.SIGHUP, signal.SIGTERM)
-    print(f"session {opened.folder.path}", flush=True)
-    try:
-        server = serve_run(
-            engine,
-            opened.folder.path,
-            listen=args.listen,
-            export_dir=opened.export_dir,
-            eval_request=app_eval_request(args, opened.request.settings.calibration.seqlen),
-        )
-    except api.BadInput as error:  # --listen could not listen; the engine never started
-        print(f"mptui: error: {error}", file=sys.stderr)
-        return 2
-    try:
-        status = api.run_headless(engine, opened.out_dir)
-    finally:
-        server.close()
-    if opened.export_dir is not None and status == 0 and engine.result.reason == "done":
-        from .export_cli import export_live
-
-        status = export_live(
-            engine.session, opened.export_dir, opened.folder.path, getattr(args, "gguf_type", None)
-        )
-    return status
+    return engine
 
 
 def run_app(engine, opened: OpenedSession, args: argparse.Namespace) -> int:
@@ -343,6 +356,8 @@ def run_app(engine, opened: OpenedSession, args: argparse.Namespace) -> int:
     from mptui.app.app import MptuiApp
     from mptui.engine.api import commands, session_files
 
+    from .headless import stop_on_signals
+
     session_dir = opened.folder.path
     eval_request = app_eval_request(args, opened.request.settings.calibration.seqlen)
     export_dir = opened.export_dir or session_dir / session_files.EXPORT
@@ -351,7 +366,7 @@ def run_app(engine, opened: OpenedSession, args: argparse.Namespace) -> int:
         with terminal_kept_logs_to(session_dir / session_files.LOG):
             MptuiApp(
                 engine, theme_name=args.theme, eval_request=eval_request, export_dir=export_dir,
-                gguf_type=getattr(args, "gguf_type", None), recovery=app_recovery(args),
+                gguf_type=getattr(args, "gguf_type", None), recovery=opened.recovery,
                 session_dir=session_dir,
             ).run()  # fmt: skip
     finally:

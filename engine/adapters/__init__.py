@@ -5,17 +5,13 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import UnsupportedModel
-from ..pruned_modeling import family_model_types
+from ..model_facts import SUPPORTED_MODEL_TYPES, family_model_types
 from .base import Adapter, CommitRecord, ParamSpec
 from .gpt2 import GPT2Adapter
 from .llama import LlamaLikeAdapter
 from .phi3 import Phi3Adapter
 
 ADAPTERS: tuple[type[Adapter], ...] = (LlamaLikeAdapter, Phi3Adapter, GPT2Adapter)
-
-
-def supported_model_types() -> list[str]:
-    return [name for adapter in ADAPTERS for name in adapter.model_types]
 
 
 def adapter_for(model: nn.Module) -> Adapter:
@@ -27,7 +23,7 @@ def adapter_for(model: nn.Module) -> Adapter:
             return adapter(model)
     raise UnsupportedModel(
         f"architecture '{model_type}' ({type(model).__name__}) is not supported; "
-        f"supported: {', '.join(supported_model_types())}"
+        f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
     )
 
 
@@ -37,5 +33,4 @@ __all__ = [
     "CommitRecord",
     "ParamSpec",
     "adapter_for",
-    "supported_model_types",
 ]

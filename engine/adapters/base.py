@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import UnsupportedModel
+from ..model_facts import ModelFacts
 from ..pruned_modeling import is_removed, set_attributes
 from ..structures import Structure
 from ..surgery import (
@@ -75,16 +76,17 @@ class Adapter:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.config = model.config
-        self.head_dim = self._head_dim()
-        heads = self.config.num_attention_heads
-        kv_heads = getattr(self.config, "num_key_value_heads", None) or heads
-        if heads % kv_heads:
+        # Sized by the rules the checks before loading apply to config.json (model_facts).
+        widths = ModelFacts.from_config(self.config).widths()
+        if widths is None:
             raise UnsupportedModel(
-                f"{heads} attention heads do not split into {kv_heads} key/value heads"
+                f"the config of {type(model).__name__} does not give its head and MLP widths"
             )
-        self.q_per_kv = heads // kv_heads
-        self.dense_kv_groups = kv_heads
-        self.dense_mlp_width = self._dense_mlp_width()
+        self.widths = widths
+        self.head_dim = widths.head_dim
+        self.q_per_kv = widths.q_per_kv
+        self.dense_kv_groups = widths.kv_groups
+        self.dense_mlp_width = widths.mlp
         self.layers = self.decoder_layers()
         self._check_layout()
 
@@ -97,14 +99,6 @@ class Adapter:
 
     def lm_head(self) -> nn.Module:
         return self.model.lm_head
-
-    def _head_dim(self) -> int:
-        return getattr(self.config, "head_dim", None) or (
-            self.config.hidden_size // self.config.num_attention_heads
-        )
-
-    def _dense_mlp_width(self) -> int:
-        return self.config.intermediate_size
 
     def mlp_attributes(self, module: nn.Module, width: int) -> dict[str, Any]:
         """Attributes of the MLP module that must follow its width (family-specific)."""
@@ -127,7 +121,7 @@ class Adapter:
     @property
     def attn_group_channels(self) -> int:
         """Query channels in one KV group: the smallest legal attention step."""
-        return self.head_dim * self.q_per_kv
+        return self.widths.attn_group_channels
 
     def sub_module(self, layer: int, name: str) -> nn.Module:
         return getattr(self.layers[layer], name)

@@ -1,7 +1,8 @@
 """GPT-2: ``Conv1D`` projections (weights stored input-major) and a fused ``c_attn``.
 
 No gate in the MLP, so channels are ranked by the up projection alone (docs/method.md §3);
-no grouped attention, so one KV group is one head.
+no grouped attention, so one KV group is one head. Its MLP width (``n_inner``, or four times
+the hidden size when unset) is read with the other families' in :mod:`..model_facts`.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from typing import Any
 
 from torch import nn
 
+from ..model_facts import GPT2_TYPES
 from .base import Adapter, ParamSpec
 
 
 class GPT2Adapter(Adapter):
-    model_types = ("gpt2",)
+    model_types = GPT2_TYPES
     attn_norm = "ln_1"
     attn = "attn"
     mlp_norm = "ln_2"
@@ -35,9 +37,6 @@ class GPT2Adapter(Adapter):
 
     def final_norm(self) -> nn.Module:
         return self.model.transformer.ln_f
-
-    def _dense_mlp_width(self) -> int:
-        return self.config.n_inner or 4 * self.config.hidden_size
 
     def mlp_attributes(self, module: nn.Module, width: int) -> dict[str, Any]:
         return {}

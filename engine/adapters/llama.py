@@ -6,11 +6,12 @@ description because the norms act on ``head_dim`` and never change size.
 
 from __future__ import annotations
 
+from ..model_facts import LLAMA_LIKE_TYPES
 from .base import Adapter, ParamSpec
 
 
 class LlamaLikeAdapter(Adapter):
-    model_types = ("llama", "mistral", "qwen2", "qwen3")
+    model_types = LLAMA_LIKE_TYPES
     mlp_specs = (
         ParamSpec("gate_proj", "weight", 0, ("w",), scored=True),
         ParamSpec("gate_proj", "bias", 0, ("w",)),

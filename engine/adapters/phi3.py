@@ -10,11 +10,12 @@ from typing import Any
 
 from torch import nn
 
+from ..model_facts import PHI3_TYPES
 from .base import Adapter, ParamSpec
 
 
 class Phi3Adapter(Adapter):
-    model_types = ("phi3",)
+    model_types = PHI3_TYPES
     mlp_specs = (
         ParamSpec("gate_up_proj", "weight", 0, ("w", "w"), scored=True),
         ParamSpec("down_proj", "weight", 1, ("w",)),

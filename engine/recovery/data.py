@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..calibration import is_table, load_documents, open_table, tokenize_chunks
+from ..calibration import is_table, load_documents, open_table, split_documents, tokenize_chunks
 from ..errors import BadInput, CalibrationError
 
 #: Label of a token that carries no loss (the prompt, padding): PyTorch's ignore_index.
@@ -121,6 +121,19 @@ def _jsonl_rows(path: Path) -> list[dict]:
             ) from None
         rows.append(row if isinstance(row, dict) else {})
     return rows
+
+
+def calibration_text(source: str, documents: int) -> str:
+    """Plain text of the first ``documents`` examples of ``source``, blank-line separated:
+    instruction rows as prompt and response, text as it is. A recovery that starts from an
+    export has no calibration set of its own; the load scores the model on this."""
+    path = Path(source).expanduser()
+    check_data(source)
+    if _is_rows(source, path):
+        texts = [alpaca_prompt(row) + row["output"] for row in _rows(source, path)[:documents]]
+    else:
+        texts = load_documents(source)[:documents]
+    return "\n\n".join("\n".join(split_documents(text)) for text in texts) + "\n"
 
 
 def instruction_example(row: dict, tokenizer, seqlen: int) -> Example:

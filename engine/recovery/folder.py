@@ -1,6 +1,7 @@
 """Recovery's part of the session folder.
 
 ``recovery/settings.json``   what was asked (settings and the model it trains), written once
+``recovery/calibration.txt`` an export's recovery only: the text its load scores the model on
 ``recovery/checkpoint.pt``   adapter, optimizer, scheduler, RNG and step: replaced atomically
                              (write, fsync, rename) every ``--save-every`` steps and at a stop
 ``recovery/adapter/``        the peft adapter of the last save, for ``--export-adapter``
@@ -20,7 +21,13 @@ import torch
 
 from ..disk import append_line, write_bytes_atomic, write_json_atomic
 from ..errors import BadInput
-from ..session_files import RECOVERY, RECOVERY_CHECKPOINT, RECOVERY_LOG, RECOVERY_SETTINGS
+from ..session_files import (
+    RECOVERY,
+    RECOVERY_CALIBRATION,
+    RECOVERY_CHECKPOINT,
+    RECOVERY_LOG,
+    RECOVERY_SETTINGS,
+)
 from .settings import RecoverySettings
 from .source import RecoverySource
 
@@ -55,6 +62,13 @@ class RecoveryFolder:
             raise BadInput(f"'{self.session}' has no recovery to continue") from None
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
             raise BadInput(f"{self.path / RECOVERY_SETTINGS} is damaged ({error!r})") from None
+
+    def write_calibration(self, text: str) -> Path:
+        """The text the load of an export's recovery scores the model on; its path."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        path = self.path / RECOVERY_CALIBRATION
+        write_bytes_atomic(path, text.encode())
+        return path
 
     # --- checkpoint -------------------------------------------------------------------------
     def save(self, state: dict) -> None:

@@ -19,9 +19,10 @@ from ..errors import EngineError
 from ..events import ActivityKind, EngineState
 from ..export import is_export
 from ..pruning_session import PruningSession
+from ..run_request import RunRequest
 from .events import RecoveryFinished
 from .folder import RecoveryFolder
-from .run import RecoveryRun, prepare
+from .run import RecoveryRun, prepare_recovery
 from .settings import RecoverySettings
 from .source import RecoverySource
 
@@ -33,16 +34,16 @@ class RecoveryPhase:
 
     def __init__(
         self,
-        model_source: str,
-        cache_dir: Path | None,
+        request: RunRequest,
         session_dir: Path | None,
         emit: Callable[[ev.Event], None],
         set_state: Callable[[EngineState], None],
     ) -> None:
-        """``model_source``: what the run loaded (a hub id, a folder, or an export, which
-        a recovery may take as it is); ``session_dir``: where the recovery keeps its state."""
-        self._model_source = model_source
-        self._cache_dir = cache_dir
+        """``request``: what the run loaded (a hub id, a folder, or an export, which a recovery
+        may take as it is) and how; ``session_dir``: where the recovery keeps its state."""
+        self._request = request
+        self._model_source = request.model
+        self._cache_dir = request.cache_dir
         self._session_dir = session_dir
         self._emit = emit
         self._set_state = set_state
@@ -96,11 +97,12 @@ class RecoveryPhase:
             RecoverySource("export", Path(self._model_source))
             if from_export and not session.steps
             else RecoverySource("session", self._session_dir)
-        )
+        ).loaded_as(self._request.dtype, self._request.device)  # a resume loads it alike
         # a copy of the model and the data tokenized: on a 7B, long enough to need a word
         self._emit(ev.Activity(ActivityKind.LOADING, "preparing the recovery"))
+        session.release_scorers()  # nothing is scored once a recovery starts: free the GPU
         try:
-            return prepare(
+            return prepare_recovery(
                 copy.deepcopy(session.model), session.tokenizer, settings,
                 RecoveryFolder(self._session_dir), self._emit, source, self._cache_dir,
             )  # fmt: skip

@@ -18,11 +18,12 @@ from torch import nn
 from .. import events as ev
 from ..disk import staged_folder
 from ..export import export_model
-from ..loading import check_seqlen, load_config
+from ..loading import load_config
+from ..model_facts import ModelFacts, check_seqlen
 from . import events as rev
 from .data import check_data, load_examples, split_validation
 from .folder import RecoveryFolder
-from .lora import merged_copy
+from .lora import merged_copy, resolve_targets
 from .settings import RecoverySettings
 from .source import RecoverySource
 from .trainer import Trainer
@@ -36,17 +37,30 @@ Emit = Callable[[ev.Event], None]
 VALIDATION_PROGRESS_INTERVAL = 0.25
 
 
-def check(settings: RecoverySettings, source: RecoverySource) -> None:
+def check_recovery(settings: RecoverySettings, source: RecoverySource) -> None:
     """The cheap checks, before a model loads: something to recover, data that exists and has
-    the needed fields, and a seqlen the model can take. Targets are checked once it is loaded."""
-    plan = source.read_plan()
-    name = plan.model.name_or_path if source.is_session else str(source.path)
-    check_seqlen(settings.seqlen, load_config(name))
+    the needed fields, a seqlen the model can take, and targets it has."""
+    source.read_plan()  # a plan that removed nothing has nothing to recover
+    config = load_config(source.model_name())
+    check_seqlen(settings.seqlen, ModelFacts.from_config(config))
     for data in filter(None, (settings.data, settings.val_data)):
         check_data(data)
+    resolve_targets(skeleton(config), settings.targets)
 
 
-def prepare(
+def skeleton(config) -> nn.Module:
+    """The model's modules without weights (on the meta device, instant even for a 7B): their
+    names are the pruned model's, which narrows projections and never renames them. The
+    family's own class: an export's config names mptui's class, which is remote code."""
+    from accelerate import init_empty_weights
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    family = next(c for c in type(config).__mro__ if c in MODEL_FOR_CAUSAL_LM_MAPPING)
+    with init_empty_weights():
+        return MODEL_FOR_CAUSAL_LM_MAPPING[family](config)
+
+
+def prepare_recovery(
     model: nn.Module,
     tokenizer,
     settings: RecoverySettings,
@@ -60,7 +74,7 @@ def prepare(
     Nothing is written to the folder until all checks passed; then ``settings`` and ``source``
     (where the pruned model comes from) are saved for a resume.
     """
-    check_seqlen(settings.seqlen, model.config)
+    check_seqlen(settings.seqlen, ModelFacts.from_config(model.config))
     examples = load_examples(settings.data, tokenizer, settings.seqlen, cache_dir)
     if settings.val_data:
         train = examples

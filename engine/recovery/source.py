@@ -79,6 +79,10 @@ class RecoverySource:
             )
         return plan
 
+    def model_name(self) -> str:
+        """What the pruned model was loaded from: the session's model, or the export itself."""
+        return self.read_plan().model.name_or_path if self.is_session else str(self.path)
+
     def load(self, on_shard: Progress | None = None) -> tuple[nn.Module, Any, Plan]:
         """``(model, tokenizer, plan)``: the pruned model as the search left it."""
         plan = self.read_plan()

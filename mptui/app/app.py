@@ -25,9 +25,9 @@ from textual.widgets import DataTable, Footer
 
 from mptui.engine.api import (
     DEFAULT_THEME,
-    EngineState,
     EvalRequest,
     RecoverySettings,
+    command_table,
     session_files,
 )
 from mptui.engine.api import commands as cmd
@@ -257,14 +257,16 @@ class MptuiApp(App):
 
     # --- actions ----------------------------------------------------------------------------
     def send(self, command: cmd.Command) -> None:
+        """Hand ``command`` to the engine, which answers it as the command table says for the
+        state it reads it in (a refusal comes back as its Notice). Only where the table says
+        nothing will ever read it (the run has ended) is it decided here: it would wait in the
+        engine's queue for ever."""
         if self.engine is None:
             return
-        ended = self.engine.state in (EngineState.ERROR, EngineState.STOPPED)
-        if ended and not isinstance(command, cmd.Stop):
-            # The engine's thread has ended: a command would wait in its queue for ever.
-            self.notify(f"the run has ended ({self.engine.state}); q leaves", severity="warning")
-            return
-        self.engine.send(command)
+        if command_table.rule(command, self.engine.state).read:
+            self.engine.send(command)
+        elif not isinstance(command, cmd.Stop):  # a Stop asks for what has already happened
+            self.notify("the run has ended; q leaves", severity="warning")
 
     def action_toggle_pause(self) -> None:
         """Pause the engine, or resume it (within one candidate)."""
@@ -424,22 +426,43 @@ class MptuiApp(App):
         return "the evaluation under way" if self.state.evaluating else None
 
     def action_detach(self) -> None:
-        """Leave the app; the run goes on (mptui attach comes back to it)."""
-        self.exit()
+        """Leave the app; the run goes on (mptui attach comes back to it). A paused run asks
+        first, as q does, rather than be left waiting for someone to resume it."""
+        if self._paused_now() is None:
+            self.exit()
+        else:
+            self._ask_detach()
 
     def _ask_detach(self) -> None:
-        if self._run_ended or self.state.finished:  # nothing left to leave running
+        paused = self._paused_now()
+        # Nothing left to leave running; a paused recovery after the search still asks.
+        if self._run_ended or (self.state.finished and paused is None):
             self.exit()
             return
 
         def chosen(answer: str | None) -> None:
-            if answer == "detach":
+            if answer == "resume":
+                self.send(cmd.Resume())  # written before the connection closes: it is read
                 self.exit()
+            elif answer == "detach":
+                self.exit(paused)  # mptui attach's last line says what was left paused
             elif answer == "stop":
                 self.send(cmd.Stop())
                 self.notify("stopping the run at the next candidate; it saves and ends")
 
-        self.push_screen(DetachScreen(self._dropped_by_stop()), chosen)
+        self.push_screen(DetachScreen(self._dropped_by_stop(), paused), chosen)
+
+    def _paused_now(self) -> str | None:
+        """What detaching now leaves paused (``the run is paused at step 5``), or None."""
+        state = self.state
+        if not state.paused or self._run_ended:
+            return None
+        if state.recovering:
+            recovery = state.recovery
+            if recovery is None or not recovery.steps:  # paused before its first step
+                return "the recovery is paused"
+            return f"the recovery is paused at step {recovery.step}/{recovery.steps}"
+        return f"the run is paused at step {state.step}" if state.step else "the run is paused"
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """ctrl+d exists only when attached to a served run, c once the search has ended."""

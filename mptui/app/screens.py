@@ -63,8 +63,9 @@ HELP: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         ("ctrl+p", "command palette: every action"),
         ("q", "quit (asks; the plan so far is kept; an evaluation under way is dropped); on "
               "a result it closes it and asks. Attached (mptui attach): detach, or s to stop "
-              "the run"),
-        ("ctrl+d", "attached: detach at once; the run goes on"),
+              "the run; while it is paused, r resumes it and detaches (y leaves it paused)"),
+        ("ctrl+d", "attached: detach at once; the run goes on (while it is paused, it asks "
+                   "as q does)"),
         ("?", "this help; escape closes it"),
     )),
 )  # fmt: skip
@@ -407,22 +408,38 @@ class QuitScreen(ModalScreen[bool]):
 
 class DetachScreen(ModalScreen[str | None]):
     """Attached to a served run: leaving detaches; stopping the run is a key of its own.
-    ``dropped``: what a stop would throw away (an evaluation under way); detaching keeps it."""
+    ``dropped``: what a stop would throw away (an evaluation under way); detaching keeps it.
+    ``paused``: what is paused, when something is (``the run is paused at step 5``): detached,
+    it would wait for someone to attach and resume it, so the dialog says so and ``r``
+    resumes it before detaching."""
 
     BINDINGS = [
         Binding("y,enter", "dismiss('detach')", "Detach"),
+        Binding("r", "resume", "Resume and detach"),
         Binding("s", "dismiss('stop')", "Stop the run"),
         Binding("n,escape", "dismiss(None)", "Stay"),
     ]
 
-    def __init__(self, dropped: str | None = None) -> None:
+    def __init__(self, dropped: str | None = None, paused: str | None = None) -> None:
         super().__init__()
         self.dropped = dropped
+        self.paused = paused
 
     def compose(self) -> ComposeResult:
         stop = f"stop the run ({self.dropped} is dropped)" if self.dropped else "stop the run"
-        with Vertical(id="dialog", classes="message-dialog"):
-            yield Label(
-                f"Detach? The run goes on.  [b]y[/b] detach   [b]s[/b] {stop}   [b]n[/b] stay",
-                id="detach-text",
+        if self.paused:
+            question = (
+                f"Detach? {self.paused[:1].upper()}{self.paused[1:]}: it stays paused after "
+                "you detach.  [b]r[/b] resume and detach   [b]y[/b] detach, leave it paused   "
             )
+        else:
+            question = "Detach? The run goes on.  [b]y[/b] detach   "
+        with Vertical(id="dialog", classes="message-dialog"):
+            yield Label(f"{question}[b]s[/b] {stop}   [b]n[/b] stay", id="detach-text")
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """``r`` only when something is paused."""
+        return action != "resume" or self.paused is not None
+
+    def action_resume(self) -> None:
+        self.dismiss("resume")

@@ -48,7 +48,9 @@ class RunState(RunView):
 
     @property
     def state_label(self) -> str:
-        label = STATE_LABELS[self.state]
+        """The state, in capitals; once the engine has ended, the state it ended in: how the
+        run ended is what the user needs."""
+        label = STATE_LABELS[self.ended_as or self.state]
         recovery = self.recovery
         if self.recovering and recovery is not None:
             return f"{label} step {recovery.step}/{recovery.steps}"

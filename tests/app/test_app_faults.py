@@ -9,13 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import weights_file
 from test_app import make_app, steps, wait_until
 from textual.widgets import Input
 
 from mptui.app.app import MptuiApp
 from mptui.app.screens import ExportScreen
 from mptui.engine import export, session_files
-from mptui.engine.api import SessionFolder
+from mptui.engine.api import EngineState, SessionFolder
 from mptui.engine.pruning_session import PruningSession
 from tests.conftest import DeviceFault, arm_on_call
 
@@ -58,8 +59,12 @@ def resume_hint(session: Path) -> str:
 
 async def ended_in_error(pilot, app: MptuiApp) -> str:
     """The line the run ended with, once the app shows it: as the one engine error notice and
-    on the status line, in the ERROR state."""
-    await wait_until(pilot, lambda: app.state.state == "error" and app.state.error)
+    on the status line, in the ERROR state (which the status line keeps once the engine has
+    ended, as it does after a failure after the search)."""
+    await wait_until(
+        pilot,
+        lambda: EngineState.ERROR in (app.state.state, app.state.ended_as) and app.state.error,
+    )
     line = app.state.error
     await wait_until(pilot, lambda: line in str(app.query_one("#status").render()))
     await wait_until(pilot, lambda: line in notices(app))  # the notice comes in its own message
@@ -92,6 +97,29 @@ async def test_a_full_disk_at_the_journal_ends_the_run_with_one_line_in_the_app(
         committed = [step.structure.id for step in steps(app)]
         assert len(committed) == 2 and journal_of(session) == committed
         assert len(app.state.steps) == 2  # the screen shows what was kept, nothing more
+        await pilot.press("q", "y")
+    assert app.return_code in (None, 0)
+
+
+async def test_a_failed_run_that_lingers_still_exports_from_the_app(
+    disk_full, tiny_model_dir, calibration_file, tmp_path
+):
+    """Failed (a full disk at the journal) but lingering in ERROR: the command table acts on an
+    Export there, and the app sends it (it used to refuse every command but Stop)."""
+    session = tmp_path / "session"
+    app = make_app(tiny_model_dir("llama"), calibration_file, tmp_path, session=session)
+    disk_full(session_files.JOURNAL, 2)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ended_in_error(pilot, app)
+        await pilot.press("x")
+        await wait_until(
+            pilot, lambda: isinstance(app.screen, ExportScreen) and app.screen.query(Input)
+        )
+        await pilot.press("enter")  # the session's export/ folder
+        await wait_until(pilot, lambda: app.state.exported is not None)
+        assert app.state.exported.params == app.engine.session.params
+        assert weights_file(session / session_files.EXPORT).is_file()
+        assert app.engine.state is EngineState.ERROR  # still lingering
         await pilot.press("q", "y")
     assert app.return_code in (None, 0)
 
@@ -159,6 +187,6 @@ async def test_a_lost_device_after_the_search_ends_the_run_with_one_line_in_the_
             assert app.state.activity is None and not target.exists()
             assert journal_of(session) == committed and len(committed) >= 2
             await pilot.press("u")  # a command now would wait for ever: the app says so
-            await wait_until(pilot, lambda: "the run has ended (error); q leaves" in notices(app))
+            await wait_until(pilot, lambda: "the run has ended; q leaves" in notices(app))
             await pilot.press("q", "y")
     assert app.return_code in (None, 0)

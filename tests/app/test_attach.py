@@ -55,14 +55,17 @@ def test_attach_detach_attach_again_then_stop_the_run(tmp_path):
         mode = (session / session_files.SOCKET).stat().st_mode
         assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
 
-        open_app(tmux, session)  # 1: pause the run, then ctrl+d
+        open_app(tmux, session)  # 1: pause the run, then ctrl+d (which asks), y: leave it paused
         assert f"attached to process {run.pid}" in tmux.screen()
         tmux.wait_for("RUNNING")
         wait_for_file(session / session_files.PLAN)  # a step committed: there is history to replay
         tmux.run("send-keys", "-t", "demo", "space")
         tmux.wait_for("PAUSED")
         tmux.run("send-keys", "-t", "demo", "C-d")
-        assert "the run goes on" in tmux.wait_for("EXIT=0")
+        tmux.wait_for("Detach? The run is paused at step")
+        tmux.run("send-keys", "-t", "demo", "y")
+        left = tmux.wait_for("EXIT=0")
+        assert re.search(r"detached; the run is paused at step \d+ and stays so", left), left
         assert run.poll() is None
         tmux.kill()
 
@@ -78,7 +81,7 @@ def test_attach_detach_attach_again_then_stop_the_run(tmp_path):
         open_app(tmux, session)  # 3: stop the run from the app (q, s), see it end
         tmux.wait_for("PAUSED")
         tmux.run("send-keys", "-t", "demo", "q")
-        tmux.wait_for("Detach? The run goes on.")
+        tmux.wait_for("Detach? The run is paused at step")
         tmux.run("send-keys", "-t", "demo", "s")
         tmux.wait_for("STOPPED")
         tmux.wait_for("the run has ended (stopped)")
@@ -95,7 +98,9 @@ def test_attach_detach_attach_again_then_stop_the_run(tmp_path):
     assert summary["steps"] == len(json.loads((session / session_files.PLAN).read_text())["steps"])
     assert not (session / session_files.SOCKET).exists()
     log = (session / session_files.LOG).read_text()
-    assert log.count("a local client attached") == 3 and log.count("detached") == 3
+    assert log.count("(unix socket) attached") == 3 and log.count("detached") == 2
+    assert "client 1 paused the run" in log and "client 3 stopped the run" in log
+    assert "client 3 disconnected: the run has ended" in log  # it stayed to see the end
 
 
 def wait_for_file(path: Path, timeout: float = 60) -> None:

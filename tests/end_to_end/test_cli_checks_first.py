@@ -47,14 +47,6 @@ def run_spied(argv: list[str]) -> tuple[dict, str]:
     return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
 
 
-#: Cases whose check needs the model's config (read by transformers, which imports torch) or
-#: its tokenizer: they import torch before their line, for now.
-NEEDS_THE_MODEL = {
-    "unsupported", "group too wide", "attn group too wide", "not kv groups", "seqlen",
-    "calibration short",
-}  # fmt: skip
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_bad_input_is_refused_before_torch_is_imported(
     case, tiny_model_dir, calibration_file, tmp_path
@@ -69,9 +61,6 @@ def test_bad_input_is_refused_before_torch_is_imported(
     outcome, err = run_spied(args)
     lines = [line for line in err.splitlines() if line.strip() and "note:" not in line]
     assert outcome["code"] not in (0, None) and len(lines) == 1 and message in lines[0], err
-    if case in NEEDS_THE_MODEL:
-        assert outcome["torch"] is not None, f"{case} is checked before torch now: list it no more"
-        pytest.xfail("checked with the model's config or tokenizer, after torch is imported")
     assert outcome["torch"] is None, f"torch imported before the error:\n{outcome['torch']}"
 
 

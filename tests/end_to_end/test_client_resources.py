@@ -251,7 +251,7 @@ def test_a_client_that_never_reads_does_not_keep_a_finished_run(held):
     not answer; the run then ends as an unwatched one does."""
     run = held()
     stuck = stuck_client(run.session)
-    wait_for(lambda: "a local client attached" in run.log(), "attaching", run.process)
+    wait_for(lambda: "client 1 (unix socket) attached" in run.log(), "attaching", run.process)
     run.release()
     status, out, err = run.finish()  # the guard is the only limit: no timing is asserted
     stuck.close()
@@ -307,8 +307,8 @@ def test_sigterm_ends_the_run_and_saves_its_session(phase, held):
         assert "finished (stopped) before the model was loaded" in out, out
         assert "plan written" not in out
         assert not watcher.saw(ev.Loaded)
-        *before, last = watcher.states()  # the snapshot says loading too
-        assert set(before) == {"loading"} and last == "stopped"
+        *before, last, ended = watcher.states()  # the snapshot says loading too
+        assert set(before) == {"loading"} and (last, ended) == ("stopped", "ended")
         assert lock_holder(run.session) is None
         assert not (run.session / session_files.SOCKET).exists()
         assert (run.session / session_files.SETTINGS).is_file()
@@ -323,4 +323,4 @@ def test_sigterm_ends_the_run_and_saves_its_session(phase, held):
     assert "finished (stopped)" in out
     assert_saved(run.session, 0 if phase == "paused" else None)
     if phase == "searching":  # stopped while it ran, not while it was paused
-        assert watcher.states()[-3:] == ["paused", "running", "stopped"]
+        assert watcher.states()[-4:] == ["paused", "running", "stopped", "ended"]

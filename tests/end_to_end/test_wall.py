@@ -71,6 +71,7 @@ def test_help_and_version_answer_without_importing_torch(tmp_path):
         "mptui.engine.eval_request",
         "mptui.engine.plan",
         "mptui.engine.run_view",
+        "mptui.engine.model_facts",
     ],
 )
 def test_plain_value_modules_import_no_torch(module):

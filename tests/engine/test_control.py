@@ -6,7 +6,7 @@ import threading
 
 import pytest
 import torch
-from conftest import weights_file
+from conftest import DeviceFault, weights_file
 
 from mptui.engine import commands as cmd
 from mptui.engine import events as ev
@@ -96,6 +96,14 @@ def finish(engine: Engine, log: EventLog) -> ev.Finished:
     return log.of(ev.Finished)[0]
 
 
+def ending(log: EventLog) -> list[str]:
+    """The states of an ended run from the one its search ended in (just before ``Finished``);
+    the very last event is always ``StateChanged(ended)``."""
+    assert isinstance(log.events[-1], ev.StateChanged), log.summary()
+    end = log.events.index(log.of(ev.Finished)[0]) - 1
+    return [e.state for e in log.events[end:] if isinstance(e, ev.StateChanged)]
+
+
 def test_pause_stops_commits_within_one_candidate(llama, calibration_file, tmp_path):
     engine, log = make_engine(llama, calibration_file, tmp_path)
     engine.start()
@@ -178,7 +186,7 @@ def test_stop_ends_cleanly(llama, calibration_file, tmp_path):
     log.wait_count(ev.CandidateScored, 2)
     engine.send(cmd.Stop())
     assert finish(engine, log).reason == "stopped"
-    assert log.state() == "stopped"
+    assert ending(log) == ["stopped", "ended"]
 
 
 def test_an_error_becomes_an_event_and_a_clean_stop(llama, tmp_path):
@@ -188,12 +196,13 @@ def test_an_error_becomes_an_event_and_a_clean_stop(llama, tmp_path):
     assert result.reason == "error"
     (error,) = log.of(ev.Error)
     assert "missing.txt" in error.message
-    assert log.state() == "error"
+    assert ending(log) == ["error", "ended"] and engine.state is ev.EngineState.ENDED
 
 
 def test_events_carry_no_tensors(llama, calibration_file, tmp_path):
     engine, log = make_engine(llama, calibration_file, tmp_path)
     engine.run()
+    assert ending(log) == ["done", "ended"]
 
     def plain(value) -> bool:
         if isinstance(value, (str, int, float, bool, type(None))):
@@ -282,6 +291,26 @@ def test_a_lingering_engine_answers_exports_after_the_search_until_stopped(
     assert not engine.join(0.2)  # still serving
     engine.send(cmd.Stop())
     assert engine.join(TIMEOUT)
+    assert ending(log) == ["done", "ended"]
+
+
+def test_a_failure_while_lingering_ends_the_engine_after_an_error_state(
+    llama, calibration_file, tmp_path
+):
+    """A lost device while a lingering engine evaluates after its search: nothing more is
+    served, and the last word is the failure (ERROR), then that the engine has ended."""
+    from mptui.engine.evaluate import EvalRequest
+
+    engine, log = make_engine(llama, calibration_file, tmp_path, linger=True)
+    fault = DeviceFault()
+    with fault.installed():
+        engine.start()
+        log.wait_count(ev.Finished, 1)
+        fault.armed = True  # the evaluation's first forward
+        engine.send(cmd.Evaluate(EvalRequest(text=str(calibration_file), seqlen=32)))
+        assert engine.join(TIMEOUT)
+    assert fault.fired == 1 and "the GPU failed" in log.of(ev.Error)[0].message
+    assert ending(log) == ["done", "error", "ended"]
 
 
 def test_a_failed_evaluation_is_a_warning_and_the_run_goes_on(llama, calibration_file, tmp_path):

@@ -10,7 +10,7 @@ from mptui.engine import session_files
 from mptui.engine.plan import Plan, PlanModel, PlanStep, write_json_atomic
 from mptui.engine.recovery import events as rev
 from mptui.engine.recovery.folder import RecoveryFolder
-from mptui.engine.recovery.run import prepare
+from mptui.engine.recovery.run import prepare_recovery
 from mptui.engine.recovery.source import RecoverySource
 from mptui.engine.structures import Structure
 
@@ -36,7 +36,9 @@ def test_the_demo_recovery_beats_the_pruned_demo_model_on_validation_perplexity(
     # a fifth of the demo's 300 steps keeps the suite quick; the same recipe otherwise
     settings = dataclasses.replace(demo_recovery_settings(), steps=60, eval_every=60)
     events: list = []
-    run = prepare(pruned, tokenizer, settings, RecoveryFolder(session), events.append, source)
+    run = prepare_recovery(
+        pruned, tokenizer, settings, RecoveryFolder(session), events.append, source
+    )
     assert run.run() == "done"
     before, after = (e.perplexity for e in events if isinstance(e, rev.RecoveryValidated))
     assert after < 0.985 * before, (before, after)

@@ -20,8 +20,9 @@ from mptui.engine import export, session_files
 from mptui.engine.device_failure import is_device_failure
 from mptui.engine.pruning_session import PruningSession
 from mptui.engine.recovery.folder import RecoveryFolder
-from mptui.engine.recovery.run import prepare
+from mptui.engine.recovery.run import prepare_recovery
 from mptui.engine.recovery.source import RecoverySource
+from mptui.engine.recovery.trainer import Trainer
 from mptui.engine.session_folder import SessionFolder
 from mptui.engine.structures import Structure
 from tests.conftest import LOST, DeviceFault, arm_on_call
@@ -137,7 +138,7 @@ def test_a_lost_device_while_exporting_is_one_line_and_resume_exports(
 
 
 def test_a_lost_device_while_recovering_keeps_the_saved_state_and_resume_finishes(
-    tiny_model_dir, recovery_text, tmp_path, capsys
+    tiny_model_dir, recovery_text, tmp_path, capsys, monkeypatch
 ):
     model = tiny_model_dir("llama")
     whole = make_session(tmp_path / "whole", model)
@@ -155,7 +156,7 @@ def test_a_lost_device_while_recovering_keeps_the_saved_state_and_resume_finishe
     assert RecoveryFolder(session).saved_step() == 2
 
     fault = DeviceFault(lambda: RuntimeError(f"{LOST} (injected)"))
-    fault.armed = True  # the resumed recovery's first forward
+    arm_on_call(monkeypatch, fault, Trainer, "train_step", 1)  # the resumed recovery's first
     with fault.installed():
         assert cli_main(["--resume", str(session), "--headless"]) == 1
     line = one_error_line(capsys.readouterr().err)
@@ -177,7 +178,7 @@ def recovery_started_on(device: str, session: Path, data: Path) -> None:
     source = RecoverySource("session", session)
     model, tokenizer, _ = source.load()
     recovery = settings(data, steps=2, eval_every=2, save_every=2, warmup=1)
-    prepare(model, tokenizer, recovery, RecoveryFolder(session), lambda e: None,
+    prepare_recovery(model, tokenizer, recovery, RecoveryFolder(session), lambda e: None,
             source.loaded_as(None, device))  # fmt: skip
 
 

@@ -36,7 +36,7 @@ from mptui.engine.api import (
     commands,
     events,
 )
-from mptui.engine.recovery.run import prepare
+from mptui.engine.recovery.run import prepare_recovery
 from tests.conftest import run_cli
 from tests.engine.test_recovery import make_session
 
@@ -215,7 +215,7 @@ def test_a_full_disk_at_the_recovery_checkpoint_keeps_the_last_one(
     source = RecoverySource("session", session)
     model, tokenizer, _ = source.load()
     folder = RecoveryFolder(session)
-    run = prepare(model, tokenizer, settings, folder, lambda e: None, source)
+    run = prepare_recovery(model, tokenizer, settings, folder, lambda e: None, source)
     disk_full(session_files.RECOVERY_CHECKPOINT, 2)  # the one before training, then step 1
     with pytest.raises(DiskFull) as raised:
         run.run()

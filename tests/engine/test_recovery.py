@@ -17,12 +17,13 @@ from safetensors.torch import load_file
 
 from bench.tiny import tiny_text
 from mptui.engine import session_files
+from mptui.engine.api import CalibrationSpec, PruneSettings, RunRequest, SessionFolder
 from mptui.engine.errors import DiskFull
 from mptui.engine.plan import Plan, PlanModel, PlanStep, write_json_atomic
 from mptui.engine.recovery import events as rev
 from mptui.engine.recovery.data import IGNORE, alpaca_prompt, instruction_example
 from mptui.engine.recovery.folder import RecoveryFolder
-from mptui.engine.recovery.run import prepare
+from mptui.engine.recovery.run import prepare_recovery
 from mptui.engine.recovery.settings import RecoverySettings
 from mptui.engine.recovery.source import RecoverySource
 from mptui.engine.structures import Structure
@@ -35,12 +36,22 @@ PRUNED = [
 
 
 def make_session(folder: Path, model: Path, structures=PRUNED) -> Path:
-    """A session folder as the search leaves it: settings.json and plan.json."""
+    """A session folder as the search leaves it: its settings (calibrating on a text of its
+    own), a journal line per step and plan.json."""
     folder.mkdir(parents=True)
+    calibration = folder / "calibration.txt"
+    calibration.write_text("\n\n".join(tiny_text(8)) + "\n")
+    spec = CalibrationSpec(str(calibration), nsamples=0, seqlen=32)
+    request = RunRequest(
+        str(model), PruneSettings.with_distribution(0.2, None, calibration=spec), dtype="float32"
+    )
+    session = SessionFolder(folder)
+    session.write_request(request)
     steps = [PlanStep(i, s, 0.0, 0, 0.0, "user") for i, s in enumerate(structures, start=1)]
+    for step in steps:
+        session.record_commit(step)
     plan = Plan(PlanModel(str(model), 0, 4, 176, 64, dtype="float32"), {}, 0.0, steps)
     write_json_atomic(folder / session_files.PLAN, plan.to_dict())
-    write_json_atomic(folder / session_files.SETTINGS, {"model": str(model)})
     return folder
 
 
@@ -66,7 +77,7 @@ def start(session: Path, recovery: RecoverySettings, events: list | None = None)
     source = RecoverySource("session", session)
     model, tokenizer, plan = source.load()
     emit = events.append if events is not None else (lambda event: None)
-    return prepare(model, tokenizer, recovery, RecoveryFolder(session), emit, source), plan
+    return prepare_recovery(model, tokenizer, recovery, RecoveryFolder(session), emit, source), plan
 
 
 def adapter(session: Path) -> dict:
@@ -348,10 +359,10 @@ def test_headless_lines_warn_of_a_lowered_micro_batch_once_training_runs():
     import io
 
     from mptui.engine.events import Notice
-    from mptui.recover_cli import RecoveryLines
+    from mptui.headless import RecoveryLines
 
     out = io.StringIO()
-    lines = RecoveryLines(out)
+    lines = RecoveryLines(out=out)
     lines(Notice("group sizes: a note of the search"))  # the search's printer shows those
     lines(rev.RecoveryStarted(0, 10, 100, 1000, 8, 2, {}))
     lines(Notice("out of memory: now 4 examples per forward"))

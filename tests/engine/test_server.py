@@ -23,7 +23,7 @@ from mptui.engine.snapshot import Snapshot
 
 def steered_run_events() -> list[ev.Event]:
     """The fixed short run, then what steering adds: a proposal, a pause, an undo, a restart,
-    guided mode; after the search a recovery, paused and resumed."""
+    guided mode; after the search a recovery, paused and resumed; then the engine's end."""
     events = fixed_run_events()
     events += [
         ev.GuidedChanged(True),
@@ -53,6 +53,7 @@ def steered_run_events() -> list[ev.Event]:
         rev.RecoveryStep(2, 40, 3.7, 2e-4, 910.0, 38.0, 2, 1),
         rev.RecoveryFinished("done", 2, 40),
         ev.StateChanged(EngineState.DONE),
+        ev.StateChanged(EngineState.ENDED),
     ]
     return events
 

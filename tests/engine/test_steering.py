@@ -14,7 +14,7 @@ import random
 
 import pytest
 import torch
-from test_control import EventLog, finish
+from test_control import EventLog, ending, finish
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mptui.engine import commands as cmd
@@ -355,7 +355,7 @@ def test_stop_before_the_model_is_loaded_stops_cleanly(dense, calibration_file, 
     engine, log = engine_for(dense, calibration_file, tmp_path)
     engine.send(cmd.Stop())
     assert engine.run().reason == "stopped"
-    assert not log.of(ev.Error) and log.state() == "stopped"
+    assert not log.of(ev.Error) and ending(log) == ["stopped", "ended"]
 
 
 # --- the random driver -------------------------------------------------------------------------

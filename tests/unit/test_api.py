@@ -73,3 +73,25 @@ def test_every_name_the_app_and_clis_import_from_the_api_exists():
     assert len(wanted) > 20
     missing = [f"{path}: {name}" for path, name in sorted(wanted) if not hasattr(api, name)]
     assert not missing, missing
+
+
+def test_a_type_checker_sees_every_lazy_name_where_it_is_loaded_from():
+    """The names loaded on first use are imported under TYPE_CHECKING too, from the same module
+    and under the same original name, so a type checker knows what ``api.Engine`` is."""
+
+    from mptui.engine import api
+
+    tree = ast.parse(Path(api.__file__).read_text())
+    block = next(
+        node for node in tree.body
+        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING"
+    )  # fmt: skip
+    seen = {
+        alias.asname or alias.name: (node.module, alias.name)
+        for node in block.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    seen.pop("Subscriber")
+    lazy = {name: (module, name) for name, module in api._LAZY.items()}
+    assert seen == lazy

@@ -56,7 +56,8 @@ def test_every_command_has_a_rule_in_every_state():
 
 def test_the_table_decisions():
     """Recovery runs after a search that is done, never after a failed one; it is its own
-    state, where only pause, resume, stop, export and evaluate act."""
+    state, where only pause, resume, stop, export and evaluate act. A failed run still exports
+    and evaluates while it lingers; once stopped or ended nothing acts, nor is anything read."""
     rule = command_table.rule
     recover = cmd.Recover(RecoverySettings(data="/tmp/d.jsonl"))
     assert rule(recover, EngineState.DONE).acts
@@ -65,6 +66,12 @@ def test_the_table_decisions():
     acting = lambda state: {type(c).__name__ for c in SAMPLES if rule(c, state).acts}  # noqa: E731
     assert acting(EngineState.RECOVERING) == {"Pause", "Stop", "Export", "Evaluate"}
     assert acting(EngineState.RECOVERY_PAUSED) == {"Resume", "Stop", "Export", "Evaluate"}
+    assert acting(EngineState.ERROR) == {"Stop", "Export", "Evaluate"}
+    for state in EngineState:
+        unread = {c for c in SAMPLES if not rule(c, state).read}
+        ended = state in (EngineState.STOPPED, EngineState.ENDED)
+        assert unread == (set(SAMPLES) if ended else set()), state
+        assert not ended or acting(state) == set()
 
 
 @pytest.fixture

@@ -50,6 +50,7 @@ SAMPLES: list[ev.Event | cmd.Command] = [
     ev.DimensionChanged(None, None, ORDER),
     ev.StateChanged(ev.EngineState.WAITING),
     ev.StateChanged(ev.EngineState.RECOVERY_PAUSED),
+    ev.StateChanged(ev.EngineState.ENDED),
     ev.GuidedChanged(True),
     ev.MemorySample(900 * 2**20, ((0, 10, 20), (1, 30, 40))),
     ev.Notice("order is now blocks -> mlp_channels"),
