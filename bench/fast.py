@@ -4,7 +4,8 @@ The exact search, then the fast search for each ``--margins`` x ``--tolerances``
 to the end through the engine (:class:`~mptui.engine.runner.Engine`, what ``mptui --fast``
 runs), each from a fresh load of the model. Each final plan is judged by the ratio it reached,
 its calibration perplexity (its last step's score, on every calibration row), its held-out
-perplexity (engine/evaluate.py's rolling perplexity on ``--validation``: the same rows for every
+perplexity (engine/output/evaluate.py's rolling perplexity on ``--validation``: the same rows for
+every
 plan) and the FLOPs its search spent scoring candidates (bench/flops.py, prefix cache on: each
 candidate from its own sub-block on, LM head included, times the rows it was scored on, as the
 engine's ``CandidateScored`` events report them). A setting passes when it reached the exact
@@ -20,12 +21,12 @@ import json
 import time
 from pathlib import Path
 
-from mptui.engine import events as ev
+from mptui.engine.control import events as ev
 from mptui.engine.defaults import DEFAULT_FAST_MARGIN, DEFAULT_FAST_TOLERANCE
-from mptui.engine.evaluate import rolling_perplexity
-from mptui.engine.run_request import RunRequest
+from mptui.engine.output.evaluate import rolling_perplexity
 from mptui.engine.runner import Engine
-from mptui.engine.settings import CalibrationSpec, PruneSettings
+from mptui.engine.search.run_request import RunRequest
+from mptui.engine.search.settings import CalibrationSpec, PruneSettings
 
 from .flops import scored_flops
 

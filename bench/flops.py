@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from mptui.engine.adapters import Adapter
-from mptui.engine.structures import Structure
-from mptui.engine.surgery import RemovedBlock
+from mptui.engine.model.adapters import Adapter
+from mptui.engine.model.surgery import RemovedBlock
+from mptui.engine.search.structures import Structure
 
 
 def _linear_params(module: nn.Module) -> int:

@@ -38,11 +38,11 @@ from pathlib import Path
 
 import torch
 
-from mptui.engine.adapters import adapter_for
-from mptui.engine.pruning_session import PruningSession
-from mptui.engine.scoring import Scorer
-from mptui.engine.settings import GroupSizes, PruneSettings
-from mptui.engine.structures import Structure
+from mptui.engine.model.adapters import adapter_for
+from mptui.engine.search.pruning import PruningSession
+from mptui.engine.search.scoring import Scorer
+from mptui.engine.search.settings import GroupSizes, PruneSettings
+from mptui.engine.search.structures import Structure
 
 from .app_capture import capture_memory_pane
 from .flops import candidate_flops, evaluation_flops, scored_flops
@@ -219,7 +219,7 @@ def compiled_graphs() -> int:
 
 def matmul_peak(profile: Profile) -> float:
     """FLOP/s of the best of ``matmul_reps`` square matmuls in the run's dtype."""
-    from mptui.engine.loading import resolve_dtype
+    from mptui.engine.model.loading import resolve_dtype
 
     n, dtype = profile.matmul_n, resolve_dtype(profile.dtype, profile.device)
     a = torch.randn(n, n, device=profile.device, dtype=dtype)

@@ -39,7 +39,7 @@ def build_llama_in_memory(
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from bench.tiny import tiny_tokenizer
-    from mptui.engine.loading import resolve_dtype
+    from mptui.engine.model.loading import resolve_dtype
 
     torch.manual_seed(seed)
     config = LlamaConfig(**shape)

@@ -18,10 +18,10 @@ from pathlib import Path
 import psutil
 import torch
 
-from mptui.engine.pruning_session import StepStats
-from mptui.engine.run_request import RunRequest
-from mptui.engine.session_setup import build_session
-from mptui.engine.settings import CalibrationSpec, PruneSettings
+from mptui.engine.search.pruning import StepStats
+from mptui.engine.search.run_request import RunRequest
+from mptui.engine.search.settings import CalibrationSpec, PruneSettings
+from mptui.engine.search.setup import build_session
 
 from .flops import evaluation_flops
 from .models import build_llama_in_memory

@@ -2,9 +2,10 @@
 
 A Llama of half Llama-2-7B's depth and widths (random weights: speed does not depend on their
 values) is built in memory, pruned with a plan of the shape a ~22% MultiPruner run makes,
-and both the dense and the pruned model are exported as GGUF (``engine/gguf_export.py``). Then
+and both the dense and the pruned model are exported as GGUF (``engine/output/gguf_export.py``).
+Then
 llama.cpp (through llama-cpp-python) and transformers (float32) evaluate the same prompt and
-generate greedily, every subject in turn (``engine/speed.py``'s ``alternating``), and a table
+generate greedily, every subject in turn (``engine/output/speed.py``'s ``alternating``), and a table
 gives each phase's tokens per second, the speed-up and how close it comes to the parameter
 ideal ``1 / (1 - ratio)``.
 
@@ -164,7 +165,7 @@ def derive_plan(shape: Shape, demo: DemoRun, target: float = TARGET) -> DerivedP
     """The big model's plan: the demo run's placement, the big model's step sizes, the
     engine's budget (docs/method.md §3: a dimension goes on while ratio < its cumulative
     target, so it stops at the first step that reaches it)."""
-    from mptui.engine.structures import Structure
+    from mptui.engine.search.structures import Structure
 
     shares = [float(part) for part in DISTRIBUTION.split(":")]
     shares = [share / sum(shares) for share in shares]
@@ -221,7 +222,7 @@ def derive_plan(shape: Shape, demo: DemoRun, target: float = TARGET) -> DerivedP
 
 def as_plan(shape: Shape, derived: DerivedPlan | None, name: str):
     """An mptui plan (what ``apply_plan`` and the GGUF export read); None: the dense model."""
-    from mptui.engine.plan import Plan, PlanModel, PlanStep
+    from mptui.engine.search.plan import Plan, PlanModel, PlanStep
 
     dense = shape.params([shape.hidden] * shape.layers, [shape.intermediate] * shape.layers)
     model = PlanModel(name, dense, shape.layers, shape.intermediate, shape.hidden,
@@ -243,7 +244,7 @@ def build_models(shape: Shape, derived: DerivedPlan, seed: int = 0):
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from mptui.engine.rebuild import apply_plan
+    from mptui.engine.model.rebuild import apply_plan
 
     config = LlamaConfig(
         vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
@@ -349,8 +350,8 @@ def measure(
     import torch
 
     from bench.tiny import tiny_tokenizer
-    from mptui.engine.gguf_export import export_gguf
-    from mptui.engine.speed import alternating, llama_cpp_speed, transformers_speed
+    from mptui.engine.output.gguf_export import export_gguf
+    from mptui.engine.output.speed import alternating, llama_cpp_speed, transformers_speed
 
     started = time.monotonic()
     torch.set_num_threads(1)

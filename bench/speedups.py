@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mptui.engine.adapters import adapter_for
-from mptui.engine.calibration import load_calibration
-from mptui.engine.scoring import Scorer
-from mptui.engine.settings import CalibrationSpec
+from mptui.engine.model.adapters import adapter_for
+from mptui.engine.search.calibration import load_calibration
+from mptui.engine.search.scoring import Scorer
+from mptui.engine.search.settings import CalibrationSpec
 
 
 def timed(scorer: Scorer) -> tuple[float, float]:

@@ -16,10 +16,10 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-from mptui.engine import commands as cmd
-from mptui.engine import events as ev
 from mptui.engine.api import CalibrationSpec, PruneSettings, RunRequest
-from mptui.engine.team import longest_first
+from mptui.engine.control import commands as cmd
+from mptui.engine.control import events as ev
+from mptui.engine.workers.team import longest_first
 
 from .world import run_world
 
@@ -32,7 +32,7 @@ LLAMA2_7B_LAYERS = 32
 def split_by_cost(costs: Sequence[int], world_size: int) -> list[list[int]]:
     """Indices of ``costs`` for each rank as equally fast workers take them from a queue in
     :func:`longest_first` order: each next item goes to the least loaded (lowest rank on
-    ties). This is the balance a step gets (engine/step_work.py hands out the queue); the
+    ties). This is the balance a step gets (engine/search/step_work.py hands out the queue); the
     projection to more GPUs is made from it."""
     shares: list[list[int]] = [[] for _ in range(world_size)]
     loads = [(0, rank) for rank in range(world_size)]

@@ -2,7 +2,7 @@
 
 Each world is real: the forked processes join a process group and a store exactly as torchrun's
 workers would (rank 0 hosts the store), the leader runs the engine with ``subscriber`` and the
-followers run engine/follower.py. Forking after torch is imported keeps a world's start at a
+followers run engine/workers/follower.py. Forking after torch is imported keeps a world's start at a
 fraction of a second, where a fresh interpreter per worker costs seconds of imports.
 """
 

@@ -20,7 +20,11 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import command_table, commands, events, session_files, wire
+from .control import command_table, commands, events, wire
+from .control.events import ActivityKind, EngineState
+from .control.remote import RemoteEngine, attach
+from .control.run_view import MEMORY_HISTORY, CandidateRow, CurvePoint, RecoveryView, RunView
+from .control.server import EngineServer, parse_listen
 from .defaults import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DISTRIBUTION,
@@ -54,59 +58,44 @@ from .errors import (
     OutOfMemory,
     UnsupportedModel,
 )
-from .eval_request import EvalRequest
-from .events import ActivityKind, EngineState
-from .gguf_rules import GGUF_TYPES, check_gguf_architecture, check_gguf_destination
-from .methods import method_named
 from .names import check_model_path, model_label
+from .output.eval_request import EvalRequest
+from .output.gguf_rules import GGUF_TYPES, check_gguf_architecture, check_gguf_destination
 from .recovery import events as recovery_events
 from .recovery.settings import RecoverySettings, parse_targets
-from .remote import RemoteEngine, attach
-from .run_request import RunRequest
-from .run_view import MEMORY_HISTORY, CandidateRow, CurvePoint, RecoveryView, RunView
-from .server import EngineServer, parse_listen
-from .settings import FAITHFUL_CALIBRATION, CalibrationSpec, PruneSettings
-from .structures import DIMENSIONS, Structure
+from .search.methods import method_named
+from .search.run_request import RunRequest
+from .search.settings import FAITHFUL_CALIBRATION, CalibrationSpec, PruneSettings
+from .search.structures import DIMENSIONS, Structure
+from .session import files as session_files
 
 if TYPE_CHECKING:  # the lazy names below, for type checkers (tests/unit/test_api.py)
-    from .adapters import adapter_for as adapter_for
-    from .calibration import load_documents as load_documents
-    from .calibration import split_documents as split_documents
-    from .calibration import tokenize_chunks as tokenize_chunks
-    from .comparison import Comparison as Comparison
-    from .comparison import Scores as Scores
-    from .comparison import SpeedRequest as SpeedRequest
-    from .comparison import compare_sessions as compare_sessions
-    from .comparison import ratio_text as ratio_text
-    from .comparison import sibling_comparison as sibling_comparison
-    from .comparison import task_text as task_text
-    from .comparison import tokens_per_second as tokens_per_second
-    from .device_failure import device_failed as device_failed
-    from .device_failure import is_device_failure as is_device_failure
-    from .device_failure import lost_device_of as lost_device_of
-    from .disk import write_bytes_atomic as write_bytes_atomic
-    from .disk import write_json_atomic as write_json_atomic
-    from .evaluate import check_tasks as check_tasks
-    from .evaluate import evaluate as evaluate
-    from .evaluate import flat_scores as flat_scores
-    from .export import check_destination as check_destination
-    from .export import describe_export as describe_export
-    from .export import export_model as export_model
-    from .export_phase import write_model as write_model
-    from .follower import follow as follow
-    from .follower import on_replica_device as on_replica_device
-    from .gguf_export import describe_gguf as describe_gguf
-    from .gguf_export import export_gguf as export_gguf
-    from .loading import load_config as load_config
-    from .loading import load_model as load_model
-    from .model_facts import check_with_model_files as check_with_model_files
-    from .plan import LayerRow as LayerRow
-    from .plan import Plan as Plan
-    from .plan import PlanStep as PlanStep
-    from .plan import layer_rows as layer_rows
-    from .plan import read_plan_file as read_plan_file
-    from .rebuild import apply_plan as apply_plan
-    from .rebuild import rebuild_pruned as rebuild_pruned
+    from .model.adapters import adapter_for as adapter_for
+    from .model.device_failure import device_failed as device_failed
+    from .model.device_failure import is_device_failure as is_device_failure
+    from .model.device_failure import lost_device_of as lost_device_of
+    from .model.facts import check_with_model_files as check_with_model_files
+    from .model.loading import load_config as load_config
+    from .model.loading import load_model as load_model
+    from .model.rebuild import apply_plan as apply_plan
+    from .model.rebuild import rebuild_pruned as rebuild_pruned
+    from .output.comparison import Comparison as Comparison
+    from .output.comparison import Scores as Scores
+    from .output.comparison import SpeedRequest as SpeedRequest
+    from .output.comparison import compare_sessions as compare_sessions
+    from .output.comparison import ratio_text as ratio_text
+    from .output.comparison import sibling_comparison as sibling_comparison
+    from .output.comparison import task_text as task_text
+    from .output.comparison import tokens_per_second as tokens_per_second
+    from .output.evaluate import check_tasks as check_tasks
+    from .output.evaluate import evaluate as evaluate
+    from .output.evaluate import flat_scores as flat_scores
+    from .output.export import check_destination as check_destination
+    from .output.export import describe_export as describe_export
+    from .output.export import export_model as export_model
+    from .output.export_phase import write_model as write_model
+    from .output.gguf_export import describe_gguf as describe_gguf
+    from .output.gguf_export import export_gguf as export_gguf
     from .recovery.data import calibration_text as calibration_text
     from .recovery.folder import RecoveryFolder as RecoveryFolder
     from .recovery.folder import recovered_model as recovered_model
@@ -116,65 +105,77 @@ if TYPE_CHECKING:  # the lazy names below, for type checkers (tests/unit/test_ap
     from .runner import Engine as Engine
     from .runner import Outcome as Outcome
     from .runner import Subscriber
-    from .scoring import Scorer as Scorer
-    from .session_check import check_session as check_session
-    from .session_folder import SessionFolder as SessionFolder
-    from .session_folder import SessionRecorder as SessionRecorder
-    from .session_setup import preflight as preflight
-    from .summary import write_summary as write_summary
-    from .team import Team as Team
-    from .team import pin_gpus as pin_gpus
+    from .search.calibration import load_documents as load_documents
+    from .search.calibration import split_documents as split_documents
+    from .search.calibration import tokenize_chunks as tokenize_chunks
+    from .search.plan import LayerRow as LayerRow
+    from .search.plan import Plan as Plan
+    from .search.plan import PlanStep as PlanStep
+    from .search.plan import layer_rows as layer_rows
+    from .search.plan import read_plan_file as read_plan_file
+    from .search.scoring import Scorer as Scorer
+    from .search.setup import preflight as preflight
+    from .session.check import check_session as check_session
+    from .session.disk import write_bytes_atomic as write_bytes_atomic
+    from .session.disk import write_json_atomic as write_json_atomic
+    from .session.folder import SessionFolder as SessionFolder
+    from .session.folder import SessionRecorder as SessionRecorder
+    from .session.summary import write_summary as write_summary
+    from .workers.follower import follow as follow
+    from .workers.follower import on_replica_device as on_replica_device
+    from .workers.team import Team as Team
+    from .workers.team import pin_gpus as pin_gpus
 
 #: Names that need torch, by the module that defines them; loaded on first access.
 _LAZY: dict[str, str] = {
     "Engine": "runner",
     "Outcome": "runner",
-    "preflight": "session_setup",
-    "check_with_model_files": "model_facts",
-    "load_documents": "calibration",
-    "split_documents": "calibration",
-    "tokenize_chunks": "calibration",
-    "SessionFolder": "session_folder",
-    "SessionRecorder": "session_folder",
-    "check_session": "session_check",
-    "describe_export": "export",
-    "export_model": "export",
-    "check_destination": "export",
-    "export_gguf": "gguf_export",
-    "write_model": "export_phase",
-    "describe_gguf": "gguf_export",
-    "apply_plan": "rebuild",
-    "rebuild_pruned": "rebuild",
-    "Comparison": "comparison",
-    "Scores": "comparison",
-    "compare_sessions": "comparison",
-    "sibling_comparison": "comparison",
-    "SpeedRequest": "comparison",
-    "tokens_per_second": "comparison",
-    "ratio_text": "comparison",
-    "task_text": "comparison",
-    "check_tasks": "evaluate",
-    "evaluate": "evaluate",
-    "flat_scores": "evaluate",
-    "load_model": "loading",
-    "load_config": "loading",
-    "write_summary": "summary",
-    "adapter_for": "adapters",
-    "Scorer": "scoring",
-    "Plan": "plan",
-    "PlanStep": "plan",
-    "LayerRow": "plan",
-    "layer_rows": "plan",
-    "read_plan_file": "plan",
-    "write_json_atomic": "disk",
-    "write_bytes_atomic": "disk",
-    "device_failed": "device_failure",
-    "is_device_failure": "device_failure",
-    "lost_device_of": "device_failure",
-    "Team": "team",
-    "pin_gpus": "team",
-    "follow": "follower",
-    "on_replica_device": "follower",
+    "preflight": "search.setup",
+    "check_with_model_files": "model.facts",
+    "load_documents": "search.calibration",
+    "split_documents": "search.calibration",
+    "tokenize_chunks": "search.calibration",
+    "SessionFolder": "session.folder",
+    "SessionRecorder": "session.folder",
+    "check_session": "session.check",
+    "describe_export": "output.export",
+    "export_model": "output.export",
+    "check_destination": "output.export",
+    "export_gguf": "output.gguf_export",
+    "write_model": "output.export_phase",
+    "describe_gguf": "output.gguf_export",
+    "apply_plan": "model.rebuild",
+    "rebuild_pruned": "model.rebuild",
+    "Comparison": "output.comparison",
+    "Scores": "output.comparison",
+    "compare_sessions": "output.comparison",
+    "sibling_comparison": "output.comparison",
+    "SpeedRequest": "output.comparison",
+    "tokens_per_second": "output.comparison",
+    "ratio_text": "output.comparison",
+    "task_text": "output.comparison",
+    "check_tasks": "output.evaluate",
+    "evaluate": "output.evaluate",
+    "flat_scores": "output.evaluate",
+    "load_model": "model.loading",
+    "load_config": "model.loading",
+    "write_summary": "session.summary",
+    "adapter_for": "model.adapters",
+    "Scorer": "search.scoring",
+    "Plan": "search.plan",
+    "PlanStep": "search.plan",
+    "LayerRow": "search.plan",
+    "layer_rows": "search.plan",
+    "read_plan_file": "search.plan",
+    "write_json_atomic": "session.disk",
+    "write_bytes_atomic": "session.disk",
+    "device_failed": "model.device_failure",
+    "is_device_failure": "model.device_failure",
+    "lost_device_of": "model.device_failure",
+    "Team": "workers.team",
+    "pin_gpus": "workers.team",
+    "follow": "workers.follower",
+    "on_replica_device": "workers.follower",
     "RecoveryFolder": "recovery.folder",
     "RecoverySource": "recovery.source",
     "recovered_model": "recovery.folder",

@@ -1,13 +1,14 @@
 """The defaults of a run, in one place (docs/method.md §3), free of torch.
 
 The CLI's help shows them, so ``mptui --help`` imports this module and must stay fast: import
-nothing here that loads torch, transformers or Textual. :mod:`mptui.engine.settings` re-exports
+nothing here that loads torch, transformers or Textual. :mod:`mptui.engine.search.settings`
+re-exports
 every name.
 """
 
 from __future__ import annotations
 
-from .structures import DIMENSIONS, Dimension
+from .search.structures import DIMENSIONS, Dimension
 
 #: Stop when ``1 - params/params_dense`` reaches this (the reference's 22%).
 DEFAULT_TARGET_RATIO = 0.22
@@ -19,11 +20,11 @@ DEFAULT_ORDER: tuple[Dimension, ...] = DIMENSIONS
 DEFAULT_NSAMPLES = 0
 #: Tokens per calibration chunk, and rows of a rolling perplexity.
 DEFAULT_SEQLEN = 2048
-#: Calibration chunks per forward; None: from the device's memory (engine/batching.py).
+#: Calibration chunks per forward; None: from the device's memory (engine/model/batching.py).
 DEFAULT_BATCH_SIZE: int | None = None
 #: ``--compile``: ``auto`` compiles the scoring sub-blocks on a GPU only (on the CPU the compile
 #: time outweighs the gain for the models one prunes there), ``off`` never, or a
-#: ``torch.compile`` backend by name (engine/compiled.py).
+#: ``torch.compile`` backend by name (engine/model/compiled.py).
 COMPILE_MODES = ("auto", "off", "inductor", "aot_eager")
 DEFAULT_COMPILE = "auto"
 #: ``--fast-margin``: standard errors behind the leader that rule a candidate out (--fast).

@@ -26,29 +26,29 @@ from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
-from . import command_table
-from . import commands as cmd
-from . import directives as dv
-from . import events as ev
-from .device_failure import device_failed, is_device_failure
+from .control import command_table
+from .control import commands as cmd
+from .control import events as ev
+from .control.events import ActivityKind, EngineState
 from .errors import BadInput, Cancelled, DeviceFailed, DiskFull, EngineError, ResultNotSaved
-from .eval_request import EvalRequest
-from .evaluate import evaluate
-from .events import ActivityKind, EngineState
-from .export_phase import ExportPhase
-from .fast_search import Evaluation
-from .memory import sample_memory
-from .plan import Plan, PlanStep, write_plan
-from .pruning_session import PruningSession, StepStats
+from .model.device_failure import device_failed, is_device_failure
+from .model.memory import sample_memory
+from .output.eval_request import EvalRequest
+from .output.evaluate import evaluate
+from .output.export_phase import ExportPhase
 from .recovery.phase import RecoveryPhase
 from .recovery.run import RecoveryRun
 from .recovery.settings import RecoverySettings
-from .run_request import RunRequest
-from .session_files import PLAN
-from .session_setup import build_session
-from .step_work import LocalScoring, Scoring, StepWork, TeamScoring
-from .structures import Structure
-from .team import Team
+from .search.fast_search import Evaluation
+from .search.plan import Plan, PlanStep, write_plan
+from .search.pruning import PruningSession, StepStats
+from .search.run_request import RunRequest
+from .search.setup import build_session
+from .search.step_work import LocalScoring, Scoring, StepWork, TeamScoring
+from .search.structures import Structure
+from .session.files import PLAN
+from .workers import directives as dv
+from .workers.team import Team
 
 log = logging.getLogger("mptui.engine")
 
@@ -106,7 +106,7 @@ class Engine:
         (the app, where the user looks at the result before quitting). ``journal`` records every
         decision before it is announced; ``plan_dirs`` get plan.json after every change.
         ``loaded``: a model and tokenizer already in memory (benchmarks, tests). ``team``: this
-        is the leader of a multi-worker run (engine/team.py), whose followers score with it.
+        is the leader of a multi-worker run (engine/workers/team.py), whose followers score with it.
         ``session_dir``: where a recovery keeps its state; ``recover``: go straight to that
         recovery once loaded, without searching further (a resumed recovery)."""
         self.request = request

@@ -34,7 +34,7 @@ from .engine.defaults import (
     DEFAULT_TARGET_RATIO,
     DEFAULT_TEXT_FIELD,
 )
-from .engine.methods import DEFAULT_METHOD, FAITHFUL_MODES, METHODS
+from .engine.search.methods import DEFAULT_METHOD, FAITHFUL_MODES, METHODS
 
 DEMO_DIR = Path(__file__).parent / "demo"
 

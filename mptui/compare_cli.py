@@ -79,7 +79,7 @@ def add_comparison_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def comparison_from_args(args: argparse.Namespace) -> Comparison:
-    """The :class:`~mptui.engine.comparison.Comparison` the arguments ask for; progress of
+    """The :class:`~mptui.engine.output.comparison.Comparison` the arguments ask for; progress of
     anything long as lines on stderr. Raises the engine's one-line errors."""
     from mptui.engine.api import EvalRequest, compare_sessions
 

@@ -4,7 +4,7 @@
 (what ``torchrun`` runs), each running ``python -m mptui`` with the same options. Started by a
 launcher (``torchrun ... -m mptui MODEL --headless``, across machines with the usual rendezvous
 options), a process joins the world: rank 0 leads the session, the others follow
-(engine/team.py).
+(engine/workers/team.py).
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import threading
 
-from mptui.engine import commands as cmd
-from mptui.engine import events as ev
 from mptui.engine.api import EngineState
+from mptui.engine.control import commands as cmd
+from mptui.engine.control import events as ev
 
 
 class NoGpu:

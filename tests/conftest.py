@@ -221,7 +221,7 @@ def weights_file(folder: Path) -> Path:
 
 def written_path(fd: int) -> Path:
     """The file a write to ``fd`` is for: its own, or the one a temporary file replaces."""
-    from mptui.engine import session_files
+    from mptui.engine.session import files as session_files
 
     path = Path(os.readlink(f"/proc/self/fd/{fd}"))
     for target in vars(session_files).values():

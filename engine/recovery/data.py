@@ -15,8 +15,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..calibration import is_table, load_documents, open_table, split_documents, tokenize_chunks
 from ..errors import BadInput, CalibrationError
+from ..search.calibration import (
+    is_table,
+    load_documents,
+    open_table,
+    split_documents,
+    tokenize_chunks,
+)
 
 #: Label of a token that carries no loss (the prompt, padding): PyTorch's ignore_index.
 IGNORE = -100

@@ -1,6 +1,7 @@
 """What the recovery phase reports, as plain values (docs/engine.md, "Recovery").
 
-They share the engine's :class:`~mptui.engine.events.Event` base, so every subscriber (the app,
+They share the engine's :class:`~mptui.engine.control.events.Event` base, so every subscriber (the
+app,
 the headless printer, the session's event log) receives them like the search's events.
 """
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..events import Event
+from ..control.events import Event
 
 
 @dataclass(frozen=True)

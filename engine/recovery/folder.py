@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from ..disk import append_line, write_bytes_atomic, write_json_atomic
 from ..errors import BadInput
-from ..session_files import (
+from ..session.disk import append_line, write_bytes_atomic, write_json_atomic
+from ..session.files import (
     RECOVERY,
     RECOVERY_CALIBRATION,
     RECOVERY_CHECKPOINT,

@@ -13,13 +13,13 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from .. import events as ev
-from ..device_failure import device_failed, is_device_failure
+from ..control import events as ev
+from ..control.events import ActivityKind, EngineState
 from ..errors import EngineError
-from ..events import ActivityKind, EngineState
-from ..export import is_export
-from ..pruning_session import PruningSession
-from ..run_request import RunRequest
+from ..model.device_failure import device_failed, is_device_failure
+from ..output.export import is_export
+from ..search.pruning import PruningSession
+from ..search.run_request import RunRequest
 from .events import RecoveryFinished
 from .folder import RecoveryFolder
 from .run import RecoveryRun, prepare_recovery

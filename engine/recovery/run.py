@@ -15,11 +15,11 @@ from pathlib import Path
 
 from torch import nn
 
-from .. import events as ev
-from ..disk import staged_folder
-from ..export import export_model
-from ..loading import load_config
-from ..model_facts import ModelFacts, check_seqlen
+from ..control import events as ev
+from ..model.facts import ModelFacts, check_seqlen
+from ..model.loading import load_config
+from ..output.export import export_model
+from ..session.disk import staged_folder
 from . import events as rev
 from .data import check_data, load_examples, split_validation
 from .folder import RecoveryFolder

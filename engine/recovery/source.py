@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import BadInput
-from ..export import is_export
-from ..loading import load_model
-from ..plan import Plan, read_plan_file
-from ..rebuild import rebuild_pruned
-from ..session_files import PLAN, SETTINGS
-from ..session_folder import SessionFolder
+from ..model.loading import load_model
+from ..model.rebuild import rebuild_pruned
+from ..output.export import is_export
+from ..search.plan import Plan, read_plan_file
+from ..session.files import PLAN, SETTINGS
+from ..session.folder import SessionFolder
 
 if TYPE_CHECKING:
     from torch import nn

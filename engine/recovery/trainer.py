@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import OutOfMemory
-from ..memory import is_out_of_memory
+from ..model.memory import is_out_of_memory
 from .data import IGNORE, Example
 from .lora import add_adapters
 from .settings import RecoverySettings

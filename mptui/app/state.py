@@ -99,7 +99,7 @@ def override_examples(state: RunState) -> str:
 
 
 def display_name(model: str | Path) -> str:
-    """The model's own name (:func:`~mptui.engine.loading.model_label`): a hub id as it is, a
+    """The model's own name (:func:`~mptui.engine.model.loading.model_label`): a hub id as it is, a
     local folder by its name, never a bare ``model`` (the demo's ``demo/model`` is ``demo``)."""
     from mptui.engine.api import model_label
 

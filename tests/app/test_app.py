@@ -24,8 +24,8 @@ from mptui.engine.api import (
     commands,
 )
 from mptui.engine.api import events as ev
-from mptui.engine.evaluate import EvalRequest
-from mptui.engine.plan import PlanStep
+from mptui.engine.output.evaluate import EvalRequest
+from mptui.engine.search.plan import PlanStep
 
 TIMEOUT = 60
 
@@ -263,7 +263,7 @@ def test_state_keeps_the_last_table_until_the_next_first_score():
 
 
 def test_an_undo_makes_the_next_score_start_a_fresh_table():
-    from mptui.engine import events as ev
+    from mptui.engine.control import events as ev
 
     state = RunState()
     for event in fixed_run_events():  # the table shows step 4 of mlp_channels

@@ -12,9 +12,9 @@ from textual.widgets import DataTable
 
 from mptui.app.app import MptuiApp
 from mptui.app.screens import ComparisonScreen
-from mptui.engine import events as ev
-from mptui.engine import session_files
-from mptui.engine.plan import read_plan_file
+from mptui.engine.control import events as ev
+from mptui.engine.search.plan import read_plan_file
+from mptui.engine.session import files as session_files
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,10 @@ from textual.widgets import Input
 
 from mptui.app.app import MptuiApp
 from mptui.app.screens import ExportScreen
-from mptui.engine import export, session_files
 from mptui.engine.api import EngineState, SessionFolder
-from mptui.engine.pruning_session import PruningSession
+from mptui.engine.output import export
+from mptui.engine.search.pruning import PruningSession
+from mptui.engine.session import files as session_files
 from tests.conftest import DeviceFault, arm_on_call
 
 #: The lost device's error, as the issue words it.

@@ -29,7 +29,6 @@ from mptui.app.screens import (
     help_text,
 )
 from mptui.app.state import RecoveryView, RunState
-from mptui.engine import session_files
 from mptui.engine.api import (
     CalibrationSpec,
     Engine,
@@ -41,6 +40,7 @@ from mptui.engine.api import (
     recovery_events,
 )
 from mptui.engine.api import events as ev
+from mptui.engine.session import files as session_files
 
 SIZES = [(80, 24), (120, 36)]
 

@@ -12,7 +12,6 @@ from textual.widgets import DataTable, Input
 
 from mptui.app.app import MptuiApp
 from mptui.app.screens import EvaluationScreen, ExportScreen
-from mptui.engine import session_files
 from mptui.engine.api import (
     CalibrationSpec,
     Engine,
@@ -26,6 +25,7 @@ from mptui.engine.api import (
     recovery_events,
 )
 from mptui.engine.api import events as ev
+from mptui.engine.session import files as session_files
 
 
 def wait_for(predicate, timeout: float = 120) -> None:

@@ -15,9 +15,9 @@ from pathlib import Path
 import psutil
 from tmux_session import MPTUI, Tmux
 
-from mptui.engine import session_files
 from mptui.engine.api import attach
 from mptui.engine.api import events as ev
+from mptui.engine.session import files as session_files
 
 
 def start_headless(session: Path, *extra: str) -> tuple[subprocess.Popen, Path]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from tmux_session import MPTUI, Tmux
 
-from mptui.engine import session_files
+from mptui.engine.session import files as session_files
 
 EXIT_WITHIN = 20  # seconds
 

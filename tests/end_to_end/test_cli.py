@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from mptui.cli import main
-from mptui.engine import session_files
 from mptui.engine.api import prune
+from mptui.engine.session import files as session_files
 
 MPTUI = Path(sys.executable).parent / "mptui"
 

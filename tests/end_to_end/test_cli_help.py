@@ -123,8 +123,8 @@ def test_cli_api_and_settings_share_their_defaults():
     library API's."""
     from mptui.cli import build_parser
     from mptui.engine.api import prune
-    from mptui.engine.eval_request import EvalRequest
-    from mptui.engine.settings import PruneSettings
+    from mptui.engine.output.eval_request import EvalRequest
+    from mptui.engine.search.settings import PruneSettings
     from mptui.run_cli import build_request
 
     request, _ = build_request(build_parser().parse_args(["some/model"]))

@@ -29,12 +29,12 @@ from pathlib import Path
 
 import pytest
 
-from mptui.engine import server as served
-from mptui.engine import session_files
 from mptui.engine.api import EngineState, RemoteEngine, attach, wire
 from mptui.engine.api import commands as cmd
 from mptui.engine.api import events as ev
-from mptui.engine.session_lock import lock_holder
+from mptui.engine.control import server as served
+from mptui.engine.session import files as session_files
+from mptui.engine.session.lock import lock_holder
 
 MPTUI = Path(sys.executable).parent / "mptui"
 #: A guard against a hang, never a measure: every wait ends long before it on a sound run.

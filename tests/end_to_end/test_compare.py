@@ -24,9 +24,9 @@ from conftest import headless_session, run_cli
 
 from mptui.cli import main
 from mptui.demo.tasks import TASK, include_path
-from mptui.engine import session_files
-from mptui.engine.plan import read_plan_file
-from mptui.engine.session_folder import SessionFolder
+from mptui.engine.search.plan import read_plan_file
+from mptui.engine.session import files as session_files
+from mptui.engine.session.folder import SessionFolder
 from mptui.report.page import perplexity_text
 
 
@@ -142,16 +142,16 @@ def test_the_plan_only_table_loads_neither_torch_nor_a_model(sessions):
 def test_evaluated_once_dense_and_as_mptui_eval_scores_each_session(
     sessions, calibration_file, tmp_path, monkeypatch, capsys
 ):
-    import mptui.engine.evaluate
-    import mptui.engine.rebuild
+    import mptui.engine.model.rebuild
+    import mptui.engine.output.evaluate
 
     loads, evaluations = [], []
-    load, evaluate = mptui.engine.rebuild.load_model, mptui.engine.evaluate.evaluate
+    load, evaluate = mptui.engine.model.rebuild.load_model, mptui.engine.output.evaluate.evaluate
     monkeypatch.setattr(
-        mptui.engine.rebuild, "load_model", lambda *a, **k: loads.append(a) or load(*a, **k)
+        mptui.engine.model.rebuild, "load_model", lambda *a, **k: loads.append(a) or load(*a, **k)
     )
     monkeypatch.setattr(
-        mptui.engine.evaluate,
+        mptui.engine.output.evaluate,
         "evaluate",
         lambda *a, **k: evaluations.append(a) or evaluate(*a, **k),
     )
@@ -182,7 +182,7 @@ def test_evaluated_once_dense_and_as_mptui_eval_scores_each_session(
     assert "tasks: score ± lm-eval's standard error" in lines
     for name, row in zip(("mp", "sleb"), rows[1:], strict=True):
         copy = shutil.copytree(sessions[name], tmp_path / name)  # eval writes into the session
-        monkeypatch.setattr(mptui.engine.evaluate, "evaluate", evaluate)
+        monkeypatch.setattr(mptui.engine.output.evaluate, "evaluate", evaluate)
         assert (
             main(
                 [

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from tmux_session import Tmux
 
-from mptui.engine import session_files
+from mptui.engine.session import files as session_files
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -94,7 +94,7 @@ def wheel(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_wheel_holds_every_module_and_data_file(wheel: Path):
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {shipped(name) for name in project_files()} - {None}
-    assert "mptui/app/app.py" in expected and "mptui/engine/adapters/llama.py" in expected
+    assert "mptui/app/app.py" in expected and "mptui/engine/model/adapters/llama.py" in expected
     missing = sorted(expected - names)
     assert not missing, f"the wheel lacks {missing}"
     # One top-level package: no `engine` or `themes` of our own in the user's site-packages.

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mptui.engine.settings import FAITHFUL_CALIBRATION, resolve_group_sizes
+from mptui.engine.search.settings import FAITHFUL_CALIBRATION, resolve_group_sizes
 
 MPTUI = Path(sys.executable).parent / "mptui"
 

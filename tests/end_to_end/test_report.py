@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mptui.engine.comparison import ComparedSession, Comparison, Scores
-from mptui.engine.plan import read_plan_file
+from mptui.engine.output.comparison import ComparedSession, Comparison, Scores
+from mptui.engine.search.plan import read_plan_file
 from mptui.report import write_report
 from mptui.report.figures import session_style
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from conftest import weights_file
 
-from mptui.engine import session_files
-from mptui.engine.plan import PlanStep
-from mptui.engine.session_folder import SessionFolder
-from mptui.engine.structures import Structure
+from mptui.engine.search.plan import PlanStep
+from mptui.engine.search.structures import Structure
+from mptui.engine.session import files as session_files
+from mptui.engine.session.folder import SessionFolder
 
 MPTUI = Path(sys.executable).parent / "mptui"
 
@@ -141,9 +141,10 @@ def test_resume_of_something_that_is_not_a_session(tmp_path):
 DRIVER = """
 import sys, time
 from pathlib import Path
-from mptui.engine import commands as cmd, events as ev, session_files
+from mptui.engine.control import commands as cmd, events as ev
+from mptui.engine.session import files as session_files
 from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
-from mptui.engine.session_folder import SessionFolder
+from mptui.engine.session.folder import SessionFolder
 
 model, calibration, session, *decisions = sys.argv[1:]
 settings = PruneSettings.with_distribution(

@@ -63,15 +63,15 @@ def test_help_and_version_answer_without_importing_torch(tmp_path):
 @pytest.mark.parametrize(
     "module",
     [
-        "mptui.engine.commands",
-        "mptui.engine.events",
+        "mptui.engine.control.commands",
+        "mptui.engine.control.events",
         "mptui.engine.api",
-        "mptui.engine.settings",
-        "mptui.engine.run_request",
-        "mptui.engine.eval_request",
-        "mptui.engine.plan",
-        "mptui.engine.run_view",
-        "mptui.engine.model_facts",
+        "mptui.engine.search.settings",
+        "mptui.engine.search.run_request",
+        "mptui.engine.output.eval_request",
+        "mptui.engine.search.plan",
+        "mptui.engine.control.run_view",
+        "mptui.engine.model.facts",
     ],
 )
 def test_plain_value_modules_import_no_torch(module):
@@ -86,5 +86,7 @@ def test_plain_value_modules_import_no_torch(module):
 
 
 def test_the_plan_module_does_not_import_torch():
-    code = "import sys, mptui.engine.plan, mptui.app.state; assert 'torch' not in sys.modules"
+    code = (
+        "import sys, mptui.engine.search.plan, mptui.app.state; assert 'torch' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -16,8 +16,8 @@ from conftest import weights_file
 from tmux_session import Tmux
 
 from mptui.cli import build_parser, demo_defaults
-from mptui.engine import session_files
 from mptui.engine.api import Engine
+from mptui.engine.session import files as session_files
 from mptui.run_cli import build_request
 
 DEMO = ["--demo", "--headless", "--target-ratio", "0.1"]

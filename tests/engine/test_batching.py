@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from mptui.engine.adapters import adapter_for
-from mptui.engine.batching import activation_bytes_per_row, auto_batch_size, weight_bytes
-from mptui.engine.scoring import Scorer
+from mptui.engine.model.adapters import adapter_for
+from mptui.engine.model.batching import activation_bytes_per_row, auto_batch_size, weight_bytes
+from mptui.engine.search.scoring import Scorer
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_a_scorer_without_a_batch_size_chooses_one_and_scores_the_same(llama):
 
 def test_the_loss_never_holds_float32_logits_for_a_whole_batch(llama, monkeypatch):
     """The LM head runs on slices of at most LOSS_CHUNK_ELEMENTS logits; the score is the same."""
-    import mptui.engine.scoring as scoring
+    import mptui.engine.search.scoring as scoring
 
     model, adapter = llama
     chunks = torch.randint(0, 200, (4, 16), generator=torch.Generator().manual_seed(0))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM
 
-from mptui.engine.adapters import adapter_for
-from mptui.engine.compiled import SubBlockRunner, resolve_backend
-from mptui.engine.scoring import Scorer
+from mptui.engine.model.adapters import adapter_for
+from mptui.engine.model.compiled import SubBlockRunner, resolve_backend
+from mptui.engine.search.scoring import Scorer
 
 
 def no_compiler(graph, example_inputs):

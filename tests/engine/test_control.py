@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import DeviceFault, weights_file
 
-from mptui.engine import commands as cmd
-from mptui.engine import events as ev
 from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
+from mptui.engine.control import commands as cmd
+from mptui.engine.control import events as ev
 
 TIMEOUT = 60
 
@@ -234,7 +234,7 @@ def test_export_and_evaluate_mid_run_leave_the_search_unchanged(llama, calibrati
     on and ends with exactly the plan of a run that was never interrupted."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mptui.engine.evaluate import EvalRequest, rolling_perplexity
+    from mptui.engine.output.evaluate import EvalRequest, rolling_perplexity
 
     engine, log = make_engine(llama, calibration_file, tmp_path)
     engine.send(cmd.Pause())  # paused before the first step
@@ -299,7 +299,7 @@ def test_a_failure_while_lingering_ends_the_engine_after_an_error_state(
 ):
     """A lost device while a lingering engine evaluates after its search: nothing more is
     served, and the last word is the failure (ERROR), then that the engine has ended."""
-    from mptui.engine.evaluate import EvalRequest
+    from mptui.engine.output.evaluate import EvalRequest
 
     engine, log = make_engine(llama, calibration_file, tmp_path, linger=True)
     fault = DeviceFault()
@@ -314,7 +314,7 @@ def test_a_failure_while_lingering_ends_the_engine_after_an_error_state(
 
 
 def test_a_failed_evaluation_is_a_warning_and_the_run_goes_on(llama, calibration_file, tmp_path):
-    from mptui.engine.evaluate import EvalRequest
+    from mptui.engine.output.evaluate import EvalRequest
 
     engine, log = make_engine(llama, calibration_file, tmp_path)
     engine.send(cmd.Pause())
@@ -328,7 +328,7 @@ def test_a_failed_evaluation_is_a_warning_and_the_run_goes_on(llama, calibration
 
 def test_stop_cuts_a_long_evaluation_short(llama, calibration_file, tmp_path, local_task):
     """A dropped SSH link (SIGHUP -> Stop) must not wait for an hour of lm-eval."""
-    from mptui.engine.evaluate import EvalRequest
+    from mptui.engine.output.evaluate import EvalRequest
 
     engine, log = make_engine(llama, calibration_file, tmp_path)
     engine.send(cmd.Pause())

@@ -6,13 +6,13 @@ from __future__ import annotations
 import dataclasses
 
 from mptui.demo.recovery import DEMO_DIR, demo_recovery_settings
-from mptui.engine import session_files
-from mptui.engine.plan import Plan, PlanModel, PlanStep, write_json_atomic
 from mptui.engine.recovery import events as rev
 from mptui.engine.recovery.folder import RecoveryFolder
 from mptui.engine.recovery.run import prepare_recovery
 from mptui.engine.recovery.source import RecoverySource
-from mptui.engine.structures import Structure
+from mptui.engine.search.plan import Plan, PlanModel, PlanStep, write_json_atomic
+from mptui.engine.search.structures import Structure
+from mptui.engine.session import files as session_files
 
 #: The costliest removals of the demo's own 25% plan (its blocks and head groups).
 DEMO_REMOVALS = [

@@ -15,11 +15,11 @@ import torch
 from bench.tiny import FAMILIES
 from bench.workers import split_by_cost
 from bench.world import run_world
-from mptui.engine import commands as cmd
-from mptui.engine import events as ev
-from mptui.engine import follower
 from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
-from mptui.engine.session_setup import build_session
+from mptui.engine.control import commands as cmd
+from mptui.engine.control import events as ev
+from mptui.engine.search.setup import build_session
+from mptui.engine.workers import follower
 
 
 def request_for(path, calibration_file, cache_dir, **settings) -> RunRequest:

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from conftest import MINI_TASK_ITEMS
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mptui.engine import session_files
 from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
-from mptui.engine.evaluate import check_tasks, rolling_perplexity
-from mptui.engine.rebuild import apply_plan
+from mptui.engine.model.rebuild import apply_plan
+from mptui.engine.output.evaluate import check_tasks, rolling_perplexity
+from mptui.engine.session import files as session_files
 
 MPTUI = Path(sys.executable).parent / "mptui"
 
@@ -136,8 +136,8 @@ def test_a_session_keeps_its_channel_order_and_re_applies_exactly_it(
 ):
     """The order taken at the start is saved; re-applying the plan reads it rather than
     recomputing it, so another device's rounding cannot keep other channels."""
-    from mptui.engine.channel_order import read_order, write_order
     from mptui.engine.errors import BadInput
+    from mptui.engine.model.channel_order import read_order, write_order
 
     path = tiny_model_dir("llama")
     order_file = tmp_path / session_files.CHANNEL_ORDER

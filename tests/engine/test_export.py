@@ -15,15 +15,15 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from bench.tiny import FAMILIES
-from mptui.engine import session_files
 from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
 from mptui.engine.errors import BadInput
-from mptui.engine.evaluate import rolling_perplexity
-from mptui.engine.export import export_model
-from mptui.engine.plan import Plan, PlanModel, PlanStep
-from mptui.engine.pruned_modeling import IncompleteCheckpoint
-from mptui.engine.rebuild import apply_plan
-from mptui.engine.structures import Structure
+from mptui.engine.model.pruned_modeling import IncompleteCheckpoint
+from mptui.engine.model.rebuild import apply_plan
+from mptui.engine.output.evaluate import rolling_perplexity
+from mptui.engine.output.export import export_model
+from mptui.engine.search.plan import Plan, PlanModel, PlanStep
+from mptui.engine.search.structures import Structure
+from mptui.engine.session import files as session_files
 
 #: Loads each export in a fresh interpreter where importing mptui fails, as on a machine
 #: without it, and saves its logits and a greedy continuation.
@@ -308,7 +308,7 @@ def test_a_float32_search_of_a_half_precision_model_exports_half_precision_exact
     """The demo model is stored in float16 and searched in float32 on a CPU: the export goes
     back to float16 (exact, as the float32 weights were widened from it) and to half the size."""
     from mptui.cli import DEMO_DIR
-    from mptui.engine.loading import load_model
+    from mptui.engine.model.loading import load_model
 
     base = DEMO_DIR / "model"
     model, tokenizer = load_model(str(base), device="cpu")

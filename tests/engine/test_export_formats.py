@@ -8,11 +8,11 @@ from __future__ import annotations
 import pytest
 from test_control import finish, make_engine
 
-from mptui.engine import commands as cmd
-from mptui.engine import events as ev
 from mptui.engine.api import (
     describe_gguf,
 )
+from mptui.engine.control import commands as cmd
+from mptui.engine.control import events as ev
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is in the test extra")
 
@@ -139,9 +139,9 @@ def test_after_a_recovery_a_gguf_export_holds_the_recovered_weights(
     import gguf
     import numpy as np
 
-    from mptui.engine.adapters import adapter_for
     from mptui.engine.api import RecoverySettings, recovery_events
-    from mptui.engine.gguf_export import gguf_layers
+    from mptui.engine.model.adapters import adapter_for
+    from mptui.engine.output.gguf_export import gguf_layers
 
     engine, log = make_engine(
         llama, calibration_file, tmp_path, linger=True, session_dir=tmp_path / "session",

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from mptui.engine.export import LOAD_TIME_KEYS, export_model
-from mptui.engine.loading import load_model
-from mptui.engine.plan import Plan, PlanModel, PlanStep
-from mptui.engine.rebuild import apply_plan
-from mptui.engine.structures import Structure
+from mptui.engine.model.loading import load_model
+from mptui.engine.model.rebuild import apply_plan
+from mptui.engine.output.export import LOAD_TIME_KEYS, export_model
+from mptui.engine.search.plan import Plan, PlanModel, PlanStep
+from mptui.engine.search.structures import Structure
 
 DEMO_MODEL = Path(__file__).resolve().parents[2] / "mptui" / "demo" / "model"
 TEXT = "Return the number of items in a container."

@@ -10,10 +10,10 @@ from transformers import AutoTokenizer
 from mptui.app.state import RunState
 from mptui.engine.api import CalibrationSpec, PruneSettings, RunRequest, prune
 from mptui.engine.api import events as ev
-from mptui.engine.calibration import load_calibration
-from mptui.engine.fast_search import first_rows
-from mptui.engine.session_setup import build_session
-from mptui.engine.summary import markdown, summarize
+from mptui.engine.search.calibration import load_calibration
+from mptui.engine.search.fast_search import first_rows
+from mptui.engine.search.setup import build_session
+from mptui.engine.session.summary import markdown, summarize
 
 
 def test_a_fast_run_records_itself_and_scores_fewer_rows(tiny_model_dir, calibration_file,

@@ -16,15 +16,16 @@ from test_recovery import Killed, adapter, make_session, settings, start
 
 from bench.tiny import tiny_text
 from mptui.cli import main as cli_main
-from mptui.engine import export, session_files
-from mptui.engine.device_failure import is_device_failure
-from mptui.engine.pruning_session import PruningSession
+from mptui.engine.model.device_failure import is_device_failure
+from mptui.engine.output import export
 from mptui.engine.recovery.folder import RecoveryFolder
 from mptui.engine.recovery.run import prepare_recovery
 from mptui.engine.recovery.source import RecoverySource
 from mptui.engine.recovery.trainer import Trainer
-from mptui.engine.session_folder import SessionFolder
-from mptui.engine.structures import Structure
+from mptui.engine.search.pruning import PruningSession
+from mptui.engine.search.structures import Structure
+from mptui.engine.session import files as session_files
+from mptui.engine.session.folder import SessionFolder
 from tests.conftest import LOST, DeviceFault, arm_on_call
 
 

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from bench.tiny import tiny_text
-from mptui.engine import session_files
 from mptui.engine.api import (
     CalibrationSpec,
     DiskFull,
@@ -37,6 +36,7 @@ from mptui.engine.api import (
     events,
 )
 from mptui.engine.recovery.run import prepare_recovery
+from mptui.engine.session import files as session_files
 from tests.conftest import run_cli
 from tests.engine.test_recovery import make_session
 

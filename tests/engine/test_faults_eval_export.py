@@ -19,7 +19,10 @@ import torch
 import transformers
 
 from bench.tiny import tiny_text
-from mptui.engine import api, export, rebuild, session_files
+from mptui.engine import api
+from mptui.engine.model import rebuild
+from mptui.engine.output import export
+from mptui.engine.session import files as session_files
 from tests.conftest import LOST, DeviceFault, arm_on_call, headless_session, run_cli
 
 ON_ANY_DEVICE = "(on any device: add --device cuda:N or --device cpu)"

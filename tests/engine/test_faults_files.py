@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from bench.tiny import tiny_text
-from mptui.engine import session_files
-from mptui.engine.channel_order import read_order, write_order
+from mptui.engine.model.channel_order import read_order, write_order
 from mptui.engine.recovery.folder import RecoveryFolder
 from mptui.engine.recovery.run import prepare_recovery
 from mptui.engine.recovery.settings import RecoverySettings
 from mptui.engine.recovery.source import RecoverySource
+from mptui.engine.session import files as session_files
 from tests.conftest import run_cli
 
 RUN = ["--headless", "--seqlen", "32", "--nsamples", "2", "--target-ratio", "0.3",

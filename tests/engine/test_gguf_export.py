@@ -21,10 +21,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bench.tiny import build_tiny_model, tiny_text
 from mptui.engine.errors import BadInput, DiskFull, UnsupportedModel
-from mptui.engine.gguf_export import export_gguf, gguf_layers
-from mptui.engine.plan import Plan, PlanModel, PlanStep
-from mptui.engine.rebuild import apply_plan
-from mptui.engine.structures import Structure
+from mptui.engine.model.rebuild import apply_plan
+from mptui.engine.output.gguf_export import export_gguf, gguf_layers
+from mptui.engine.search.plan import Plan, PlanModel, PlanStep
+from mptui.engine.search.structures import Structure
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is in the test extra")
 gguf = pytest.importorskip("gguf")
@@ -126,7 +126,7 @@ def test_every_kind_of_structure_runs_in_llama_cpp_as_in_pytorch(family, models,
 
 
 def test_the_layers_say_what_llama_cpp_needs(models):
-    from mptui.engine.adapters import adapter_for
+    from mptui.engine.model.adapters import adapter_for
 
     layers = gguf_layers(adapter_for(pruned(models["llama"], EVERY_KIND)))
     assert [(x.source, x.heads, x.kv_heads, x.ffn) for x in layers] == [
@@ -235,7 +235,7 @@ def test_a_sentencepiece_tokenizer_is_llama_cpp_s_llama_vocabulary(tmp_path):
 
 
 def test_a_qwen2_style_byte_level_tokenizer_keeps_its_pre_tokenizer(tmp_path):
-    from mptui.engine.gguf_vocab import KNOWN_SPLITS
+    from mptui.engine.output.gguf_vocab import KNOWN_SPLITS
 
     split = next(regex for regex, name in KNOWN_SPLITS.items() if name == "qwen2")
     path = with_tokenizer("qwen2", byte_level_tokenizer(split), tmp_path / "model")

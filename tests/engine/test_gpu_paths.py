@@ -11,11 +11,11 @@ from torch._dynamo.testing import CompileCounter
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bench.gpu_check import DRY_RUN, MODES, build_model, build_session
-from mptui.engine import loading
-from mptui.engine.adapters import adapter_for
-from mptui.engine.calibration import CalibrationSpec, load_calibration
-from mptui.engine.memory import is_out_of_memory
-from mptui.engine.scoring import Scorer
+from mptui.engine.model import loading
+from mptui.engine.model.adapters import adapter_for
+from mptui.engine.model.memory import is_out_of_memory
+from mptui.engine.search.calibration import CalibrationSpec, load_calibration
+from mptui.engine.search.scoring import Scorer
 
 EIGHT_LAYERS = replace(DRY_RUN, shape={**DRY_RUN.shape, "num_hidden_layers": 8})
 
@@ -140,7 +140,7 @@ def test_loading_puts_the_weights_on_the_device_directly(tiny_model_dir, monkeyp
 def test_a_broadcast_carries_its_tensors_from_host_memory():
     """What the leader broadcasts (calibration rows, channel orders) keeps its shape and has every
     tensor on the CPU, so a worker pinned to other GPUs can unpickle it."""
-    from mptui.engine.team import on_host
+    from mptui.engine.workers.team import on_host
 
     orders = {"mlp": torch.arange(4), "attn": torch.arange(2)}
     value = ({"blocks": torch.ones(2, 3)}, [orders, None], "text")

@@ -21,8 +21,6 @@ import pytest
 from app_replay import Publisher
 from test_server import raw_client, wait_until
 
-from mptui.engine import server as served
-from mptui.engine import session_files
 from mptui.engine.api import (
     CalibrationSpec,
     Engine,
@@ -35,7 +33,9 @@ from mptui.engine.api import (
 )
 from mptui.engine.api import commands as cmd
 from mptui.engine.api import events as ev
-from mptui.engine.structures import Structure
+from mptui.engine.control import server as served
+from mptui.engine.search.structures import Structure
+from mptui.engine.session import files as session_files
 
 NOBODY = 65534
 

@@ -20,19 +20,19 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bench.tiny import FAMILIES
-from mptui.engine import commands as cmd
-from mptui.engine import events as ev
 from mptui.engine.api import CalibrationSpec, PruneSettings, RunRequest
-from mptui.engine.calibration import load_calibration
+from mptui.engine.control import commands as cmd
+from mptui.engine.control import events as ev
 from mptui.engine.errors import BadInput
-from mptui.engine.eval_request import EvalRequest
-from mptui.engine.evaluate import rolling_perplexity
-from mptui.engine.export import export_model
-from mptui.engine.rebuild import apply_plan
+from mptui.engine.model.rebuild import apply_plan
+from mptui.engine.output.eval_request import EvalRequest
+from mptui.engine.output.evaluate import rolling_perplexity
+from mptui.engine.output.export import export_model
 from mptui.engine.runner import Engine
-from mptui.engine.session_folder import SessionFolder
-from mptui.engine.structures import Structure
-from mptui.engine.summary import markdown, summarize
+from mptui.engine.search.calibration import load_calibration
+from mptui.engine.search.structures import Structure
+from mptui.engine.session.folder import SessionFolder
+from mptui.engine.session.summary import markdown, summarize
 from tests.conftest import headless_session, run_cli
 
 TARGET = 0.3

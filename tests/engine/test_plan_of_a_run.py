@@ -10,8 +10,8 @@ from conftest import run_cli
 from test_control import make_engine
 
 from mptui.engine.api import Engine
-from mptui.engine.plan import PLAN_FORMAT, Plan, PlanStep
-from mptui.engine.structures import Structure
+from mptui.engine.search.plan import PLAN_FORMAT, Plan, PlanStep
+from mptui.engine.search.structures import Structure
 
 TOP_KEYS = ["format", "model", "settings", "dense_score", "dense_scores", "steps", "written"]
 STEP_KEYS = [

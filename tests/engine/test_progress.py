@@ -15,8 +15,8 @@ from conftest import MINI_TASK_ITEMS
 from transformers import AutoModelForCausalLM, AutoTokenizer, modeling_utils
 
 from mptui.engine.errors import Cancelled
-from mptui.engine.evaluate import EvalRequest, evaluate
-from mptui.engine.loading import load_model
+from mptui.engine.model.loading import load_model
+from mptui.engine.output.evaluate import EvalRequest, evaluate
 
 MPTUI = Path(sys.executable).parent / "mptui"
 
@@ -152,7 +152,7 @@ def test_eval_cli_prints_load_and_evaluation_progress(sharded_llama, local_task)
 def test_an_export_reports_bytes_written_and_the_cli_prints_them(tiny_llama, tmp_path, capsys):
     from safetensors.torch import load_file
 
-    from mptui.engine.export import export_model
+    from mptui.engine.output.export import export_model
     from mptui.export_cli import writing_lines
 
     model, _ = tiny_llama

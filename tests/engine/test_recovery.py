@@ -16,17 +16,17 @@ from conftest import weights_file
 from safetensors.torch import load_file
 
 from bench.tiny import tiny_text
-from mptui.engine import session_files
 from mptui.engine.api import CalibrationSpec, PruneSettings, RunRequest, SessionFolder
 from mptui.engine.errors import DiskFull
-from mptui.engine.plan import Plan, PlanModel, PlanStep, write_json_atomic
 from mptui.engine.recovery import events as rev
 from mptui.engine.recovery.data import IGNORE, alpaca_prompt, instruction_example
 from mptui.engine.recovery.folder import RecoveryFolder
 from mptui.engine.recovery.run import prepare_recovery
 from mptui.engine.recovery.settings import RecoverySettings
 from mptui.engine.recovery.source import RecoverySource
-from mptui.engine.structures import Structure
+from mptui.engine.search.plan import Plan, PlanModel, PlanStep, write_json_atomic
+from mptui.engine.search.structures import Structure
+from mptui.engine.session import files as session_files
 
 PRUNED = [
     Structure("attn_block", 1),
@@ -311,7 +311,7 @@ def test_eval_and_export_of_a_recovered_session_use_the_recovered_model(
 
 
 def test_an_export_recovers_in_a_session_folder_of_its_own(session, text_file, tmp_path, capsys):
-    from mptui.engine.export import export_model
+    from mptui.engine.output.export import export_model
     from mptui.recover_cli import main
 
     pruned, tokenizer, plan = RecoverySource("session", session).load()
@@ -358,7 +358,7 @@ def test_parquet_instruction_rows_and_gradient_checkpointing(session, tmp_path):
 def test_headless_lines_warn_of_a_lowered_micro_batch_once_training_runs():
     import io
 
-    from mptui.engine.events import Notice
+    from mptui.engine.control.events import Notice
     from mptui.headless import RecoveryLines
 
     out = io.StringIO()

@@ -27,7 +27,7 @@ def test_importing_the_reducer_and_the_served_side_loads_no_torch(tmp_path):
     modules = ["run_view", "snapshot", "command_table", "server", "remote", "wire"]
     code = (
         "import importlib, sys\n"
-        f"for name in {modules!r}: importlib.import_module('mptui.engine.' + name)\n"
+        f"for name in {modules!r}: importlib.import_module('mptui.engine.control.' + name)\n"
         "print('LOADED', sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))\n"
     )
     result = subprocess.run(

@@ -8,14 +8,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mptui.engine.adapters import adapter_for
 from mptui.engine.api import prune
-from mptui.engine.calibration import load_calibration
 from mptui.engine.errors import OutOfMemory
-from mptui.engine.scoring import Scorer
-from mptui.engine.session_setup import faithful_label_mask
-from mptui.engine.settings import CalibrationSpec
-from mptui.engine.structures import Structure
+from mptui.engine.model.adapters import adapter_for
+from mptui.engine.search.calibration import load_calibration
+from mptui.engine.search.scoring import Scorer
+from mptui.engine.search.settings import CalibrationSpec
+from mptui.engine.search.setup import faithful_label_mask
+from mptui.engine.search.structures import Structure
 
 
 def silent_blocks_model(path, out):
@@ -52,8 +52,8 @@ def test_ties_go_to_canonical_order_and_block_count_stops_blocks(
 
 
 def test_ratio_and_params_are_exact_after_every_step(tiny_model_dir, calibration_file):
-    from mptui.engine import events as ev
     from mptui.engine.api import Engine, PruneSettings, RunRequest
+    from mptui.engine.control import events as ev
 
     settings = PruneSettings.with_distribution(
         0.3, "30:40:30", calibration=CalibrationSpec(str(calibration_file), 0, 32), mlp_group=40

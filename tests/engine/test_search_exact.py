@@ -20,8 +20,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bench.tiny import FAMILIES
 from mptui.engine.api import CalibrationSpec, prune
-from mptui.engine.calibration import load_calibration
-from mptui.engine.structures import Structure
+from mptui.engine.search.calibration import load_calibration
+from mptui.engine.search.structures import Structure
 
 TARGET = 0.35
 SHARES = {"blocks": 0.3, "mlp_channels": 0.4, "attn_heads": 0.3}

@@ -13,12 +13,12 @@ import pytest
 from app_replay import Publisher, fixed_run_events
 
 from mptui.app.state import RunState
-from mptui.engine import session_files
 from mptui.engine.api import BadInput, EngineServer, EngineState, RunView, attach, wire
 from mptui.engine.api import commands as cmd
 from mptui.engine.api import events as ev
 from mptui.engine.api import recovery_events as rev
-from mptui.engine.snapshot import Snapshot
+from mptui.engine.control.snapshot import Snapshot
+from mptui.engine.session import files as session_files
 
 
 def steered_run_events() -> list[ev.Event]:

@@ -13,11 +13,11 @@ import pytest
 from app_replay import Publisher
 from test_server import raw_client, wait_until
 
-from mptui.engine import server as served
-from mptui.engine import session_files
 from mptui.engine.api import EngineServer, attach, wire
 from mptui.engine.api import commands as cmd
 from mptui.engine.api import events as ev
+from mptui.engine.control import server as served
+from mptui.engine.session import files as session_files
 
 
 def on_server(server: EngineServer, read):

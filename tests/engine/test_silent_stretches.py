@@ -10,10 +10,6 @@ import pytest
 from test_control import EventLog, make_engine
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mptui.engine import commands as cmd
-from mptui.engine import events as ev
-from mptui.engine import session_files
-from mptui.engine.adapters import adapter_for
 from mptui.engine.api import (
     CalibrationSpec,
     Engine,
@@ -22,12 +18,16 @@ from mptui.engine.api import (
     RunRequest,
     RunView,
 )
+from mptui.engine.control import commands as cmd
+from mptui.engine.control import events as ev
 from mptui.engine.errors import Cancelled
-from mptui.engine.evaluate import EvalRequest, evaluate, perplexity_rows, rolling_perplexity
-from mptui.engine.plan import read_plan_file
+from mptui.engine.model.adapters import adapter_for
+from mptui.engine.output.evaluate import EvalRequest, evaluate, perplexity_rows, rolling_perplexity
 from mptui.engine.recovery import events as rev
 from mptui.engine.recovery import run as recovery_run
-from mptui.engine.scoring import Scorer
+from mptui.engine.search.plan import read_plan_file
+from mptui.engine.search.scoring import Scorer
+from mptui.engine.session import files as session_files
 
 
 @pytest.fixture(scope="module")

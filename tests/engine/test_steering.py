@@ -17,14 +17,14 @@ import torch
 from test_control import EventLog, ending, finish
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mptui.engine import commands as cmd
-from mptui.engine import events as ev
 from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
-from mptui.engine.plan import PlanStep
-from mptui.engine.rebuild import apply_plan
-from mptui.engine.scoring import Scorer
-from mptui.engine.session_folder import SessionFolder
-from mptui.engine.structures import DIMENSIONS, Structure
+from mptui.engine.control import commands as cmd
+from mptui.engine.control import events as ev
+from mptui.engine.model.rebuild import apply_plan
+from mptui.engine.search.plan import PlanStep
+from mptui.engine.search.scoring import Scorer
+from mptui.engine.search.structures import DIMENSIONS, Structure
+from mptui.engine.session.folder import SessionFolder
 
 TIMEOUT = 60
 
@@ -327,7 +327,7 @@ def test_the_build_can_be_cut_at_every_piece_of_work(dense, calibration_file, tm
     """Loading, ranking, dense scoring and a resume replay all call the interrupt between
     their pieces; cutting at each of them stops the build there."""
     from mptui.engine.errors import Cancelled
-    from mptui.engine.session_setup import build_session
+    from mptui.engine.search.setup import build_session
 
     engine, _ = engine_for(dense, calibration_file, tmp_path)
     plan = engine.run().plan

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from mptui.engine import session_files
 from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
-from mptui.engine.summary import markdown, summarize, write_summary
+from mptui.engine.session import files as session_files
+from mptui.engine.session.summary import markdown, summarize, write_summary
 
 
 def test_summary_matches_the_pruned_model(tiny_model_dir, calibration_file, tmp_path):
@@ -44,10 +44,10 @@ def test_summary_matches_the_pruned_model(tiny_model_dir, calibration_file, tmp_
 def test_an_evaluation_lands_in_the_session_folder_and_its_summary(
     tiny_model_dir, calibration_file, tmp_path
 ):
-    from mptui.engine import commands as cmd
-    from mptui.engine import events as ev
-    from mptui.engine.evaluate import EvalRequest
-    from mptui.engine.session_folder import SessionFolder, SessionRecorder
+    from mptui.engine.control import commands as cmd
+    from mptui.engine.control import events as ev
+    from mptui.engine.output.evaluate import EvalRequest
+    from mptui.engine.session.folder import SessionFolder, SessionRecorder
 
     settings = PruneSettings.with_distribution(
         0.3, "30:40:30", calibration=CalibrationSpec(str(calibration_file), 0, 32), mlp_group=40

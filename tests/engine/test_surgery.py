@@ -7,9 +7,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from bench.tiny import FAMILIES
-from mptui.engine.adapters import adapter_for
 from mptui.engine.errors import UnsupportedModel
-from mptui.engine.structures import Structure
+from mptui.engine.model.adapters import adapter_for
+from mptui.engine.search.structures import Structure
 
 
 def load(path):

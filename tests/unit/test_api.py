@@ -37,9 +37,9 @@ def test_the_app_and_the_clis_import_only_the_api():
 
 def test_the_scan_sees_a_forbidden_import(tmp_path):
     module = tmp_path / "m.py"
-    module.write_text("from mptui.engine.runner import Engine\nimport mptui.engine.plan\n")
+    module.write_text("from mptui.engine.runner import Engine\nimport mptui.engine.search.plan\n")
     assert engine_imports(module) == [
-        "mptui.engine.runner", "mptui.engine.runner.Engine", "mptui.engine.plan",
+        "mptui.engine.runner", "mptui.engine.runner.Engine", "mptui.engine.search.plan",
     ]  # fmt: skip
 
 

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from bench.tiny import tiny_text, tiny_tokenizer
-from mptui.engine.calibration import (
+from mptui.engine.errors import CalibrationError
+from mptui.engine.search.calibration import (
     CalibrationSpec,
     faithful_rows,
     load_calibration,
@@ -26,7 +27,6 @@ from mptui.engine.calibration import (
     split_documents,
     tokenize_chunks,
 )
-from mptui.engine.errors import CalibrationError
 
 SEQLEN = 50
 

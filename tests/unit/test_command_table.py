@@ -1,4 +1,5 @@
-"""The states/commands table is the code: docs/engine.md prints ``mptui.engine.command_table``
+"""The states/commands table is the code: docs/engine.md prints
+``mptui.engine.control.command_table``
 as it is, the table covers every command in every state, and the engine's dispatcher acts on
 it (a refusing cell gives its Notice and changes nothing)."""
 
@@ -8,9 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from mptui.engine import command_table
-from mptui.engine import commands as cmd
-from mptui.engine import events as ev
 from mptui.engine.api import (
     CalibrationSpec,
     Engine,
@@ -21,6 +19,9 @@ from mptui.engine.api import (
     RecoverySettings,
     RunRequest,
 )
+from mptui.engine.control import command_table
+from mptui.engine.control import commands as cmd
+from mptui.engine.control import events as ev
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "engine.md"
 
@@ -43,7 +44,7 @@ SAMPLES = [
 def test_the_docs_table_is_the_code_table():
     text = DOCS.read_text(encoding="utf-8")
     assert command_table.markdown() in text, (
-        "docs/engine.md's states/commands table differs from mptui.engine.command_table; "
+        "docs/engine.md's states/commands table differs from mptui.engine.control.command_table; "
         "paste this in its place:\n" + command_table.markdown()
     )
 

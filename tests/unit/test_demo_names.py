@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mptui.engine.errors import DiskFull, EngineError
-from mptui.engine.eval_request import (
+from mptui.engine.output.eval_request import (
     DEMO_TASKS_FOLDER,
     EvalRequest,
     demo_task_folder,

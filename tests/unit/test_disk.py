@@ -1,4 +1,5 @@
-"""engine/disk.py's atomic writer: whole files, nothing left beside them, the user's umask."""
+"""engine/session/disk.py's atomic writer: whole files, nothing left beside them, the user's
+umask."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import stat
 
 import pytest
 
-from mptui.engine.disk import write_bytes_atomic
+from mptui.engine.session.disk import write_bytes_atomic
 
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoConfig
 
 from mptui.engine.errors import BadInput
-from mptui.engine.loading import checkpoint_dtype, resolve_dtype
+from mptui.engine.model.loading import checkpoint_dtype, resolve_dtype
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 

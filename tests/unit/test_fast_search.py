@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mptui.engine.api import BadInput, PruneSettings
-from mptui.engine.fast_search import exhaustive, first_rows, successive_halving
-from mptui.engine.structures import Structure
+from mptui.engine.search.fast_search import exhaustive, first_rows, successive_halving
+from mptui.engine.search.structures import Structure
 
 ROWS = 32
 CANDIDATES = [Structure("attn_block", i) for i in range(4)]

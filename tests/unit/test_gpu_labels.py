@@ -12,9 +12,9 @@ import torch
 from mptui.app.gpu import NvmlReader
 from mptui.app.panes import gpu_text
 from mptui.app.state import display_name
-from mptui.engine.export import model_card
 from mptui.engine.names import model_label, model_source
-from mptui.engine.summary import markdown, summarize
+from mptui.engine.output.export import model_card
+from mptui.engine.session.summary import markdown, summarize
 
 GIB = 1024**3
 

@@ -128,8 +128,8 @@ def test_the_reader_sees_both_kinds_of_import():
     graph = import_graph()
     assert "mptui.engine.runner" in graph and "mptui.cli" in graph
     # A package's __init__ importing its own modules, and a module importing a sibling.
-    assert "mptui.engine.adapters.base" in graph["mptui.engine.adapters"]
-    assert "mptui.engine.errors" in graph["mptui.engine.adapters.base"]
+    assert "mptui.engine.model.adapters.base" in graph["mptui.engine.model.adapters"]
+    assert "mptui.engine.errors" in graph["mptui.engine.model.adapters.base"]
 
 
 def test_the_cycle_finder_names_a_cycle():

@@ -1,4 +1,5 @@
-"""A method is an object (docs/method.md §11): each lives in its own file under engine/methods/,
+"""A method is an object (docs/method.md §11): each lives in its own file under
+engine/search/methods/,
 and no code elsewhere compares a method's name; it asks the method object instead."""
 
 from __future__ import annotations
@@ -6,10 +7,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from mptui.engine.methods import METHODS, REGISTRY, method_named
+from mptui.engine.search.methods import METHODS, REGISTRY, method_named
 
 ROOT = Path(__file__).resolve().parents[2]
-METHODS_FOLDER = ROOT / "engine" / "methods"
+METHODS_FOLDER = ROOT / "engine" / "search" / "methods"
 _NAME = "|".join(METHODS)
 _QUOTED = rf"""["']({_NAME})["']"""
 #: ``x == "sleb"``, ``"sleb" != x``, ``x in ("sleb", ...)`` and ``{"sleb": ...}[x]``-style lookups.
@@ -51,7 +52,8 @@ def test_no_method_name_is_compared_outside_its_own_file():
             found += [
                 f"{path.relative_to(ROOT)}: {line}" for line in compared_names(path.read_text())
             ]
-    assert found == [], "ask the method object (engine/methods/) instead:\n" + "\n".join(found)
+    advice = "ask the method object (engine/search/methods/) instead:\n"
+    assert found == [], advice + "\n".join(found)
 
 
 def test_each_method_is_one_file_of_the_registry():
@@ -59,4 +61,4 @@ def test_each_method_is_one_file_of_the_registry():
         method = method_named(name)
         assert method is REGISTRY[name] and method.name == name
         assert (METHODS_FOLDER / f"{name}.py").is_file()
-        assert type(method).__module__ == f"mptui.engine.methods.{name}"
+        assert type(method).__module__ == f"mptui.engine.search.methods.{name}"

@@ -1,4 +1,4 @@
-"""A model's config.json and tokenizer.json, read without torch (engine/model_facts.py), give the
+"""A model's config.json and tokenizer.json, read without torch (engine/model/facts.py), give the
 facts and the refusals the loaded model gives: real files written by the tiny-model fixtures, the
 loaded config and tokenizer of the same folder to compare with. That the CLI's checks then run
 before torch is imported is tests/end_to_end/test_cli_checks_first.py."""
@@ -14,10 +14,9 @@ from huggingface_hub import constants
 from transformers import AutoConfig, AutoTokenizer, GPT2Config
 
 from bench.tiny import INTERMEDIATE
-from mptui.engine.adapters import ADAPTERS
-from mptui.engine.calibration import load_calibration, load_documents
 from mptui.engine.errors import BadInput, CalibrationError, UnsupportedModel
-from mptui.engine.model_facts import (
+from mptui.engine.model.adapters import ADAPTERS
+from mptui.engine.model.facts import (
     SUPPORTED_MODEL_TYPES,
     ModelFacts,
     Widths,
@@ -25,8 +24,9 @@ from mptui.engine.model_facts import (
     model_file,
     read_model_facts,
 )
-from mptui.engine.run_request import RunRequest
-from mptui.engine.settings import CalibrationSpec, PruneSettings
+from mptui.engine.search.calibration import load_calibration, load_documents
+from mptui.engine.search.run_request import RunRequest
+from mptui.engine.search.settings import CalibrationSpec, PruneSettings
 
 
 def request(model: Path, source: Path | str = "", seqlen: int = 32, **settings) -> RunRequest:

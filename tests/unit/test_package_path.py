@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 PROBE = """
 import importlib, json
-import mptui.engine.events, mptui.themes
+import mptui.engine.control.events, mptui.themes
 found = {}
 for name in ("mptui.setup", "mptui.bench", "mptui.tests", "mptui.engine.missing"):
     try:
@@ -21,7 +21,7 @@ for name in ("mptui.setup", "mptui.bench", "mptui.tests", "mptui.engine.missing"
         found[name] = True
     except ImportError:
         found[name] = False
-print(json.dumps({"engine": mptui.engine.events.__file__, "themes": mptui.themes.__file__,
+print(json.dumps({"engine": mptui.engine.control.events.__file__, "themes": mptui.themes.__file__,
                   "found": found}))
 """
 
@@ -34,6 +34,6 @@ def test_a_checkout_maps_only_engine_and_themes_into_mptui(tmp_path):
         env=os.environ | {"PYTHONPATH": str(ROOT)}, check=True,
     )  # fmt: skip
     seen = json.loads(result.stdout)
-    assert seen["engine"] == str(ROOT / "engine" / "events.py")
+    assert seen["engine"] == str(ROOT / "engine" / "control" / "events.py")
     assert seen["themes"] == str(ROOT / "themes" / "__init__.py")
     assert not any(seen["found"].values()), seen["found"]

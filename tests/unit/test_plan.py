@@ -10,10 +10,9 @@ import json
 import pytest
 
 from mptui.app.state import RunState
-from mptui.engine import events as ev
-from mptui.engine import session_files
+from mptui.engine.control import events as ev
 from mptui.engine.errors import BadInput
-from mptui.engine.plan import (
+from mptui.engine.search.plan import (
     PLAN_FORMAT,
     LayerRow,
     Plan,
@@ -22,8 +21,9 @@ from mptui.engine.plan import (
     layer_rows,
     read_plan_file,
 )
-from mptui.engine.structures import Structure
-from mptui.engine.summary import markdown, summarize
+from mptui.engine.search.structures import Structure
+from mptui.engine.session import files as session_files
+from mptui.engine.session.summary import markdown, summarize
 
 
 def test_a_hand_written_plan_keeps_its_shape():

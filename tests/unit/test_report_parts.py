@@ -12,9 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from mptui.engine.comparison import ComparedSession, Comparison, Recovery, Scores, session_names
-from mptui.engine.plan import Plan, PlanModel, PlanStep
-from mptui.engine.structures import Structure
+from mptui.engine.output.comparison import (
+    ComparedSession,
+    Comparison,
+    Recovery,
+    Scores,
+    session_names,
+)
+from mptui.engine.search.plan import Plan, PlanModel, PlanStep
+from mptui.engine.search.structures import Structure
 from mptui.report.figures import (
     MARKS_PER_CURVE,
     curves,

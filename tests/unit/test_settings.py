@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mptui.engine.errors import BadInput
-from mptui.engine.settings import (
+from mptui.engine.search.settings import (
     CalibrationSpec,
     PruneSettings,
     parse_distribution,

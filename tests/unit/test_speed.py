@@ -1,11 +1,12 @@
-"""``mptui.engine.speed``'s pure parts: medians per phase, and :func:`alternating`'s turns (the
+"""``mptui.engine.output.speed``'s pure parts: medians per phase, and :func:`alternating`'s turns
+(the
 order a benchmark measures its subjects in), with trivial measurements in place of models."""
 
 from __future__ import annotations
 
 import pytest
 
-from mptui.engine.speed import (
+from mptui.engine.output.speed import (
     Speed,
     alternating,
     llama_cpp_speed,

@@ -1,0 +1,1 @@
+"""Several workers on one search: the team, the followers and the directives they obey."""
