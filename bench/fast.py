@@ -60,10 +60,10 @@ class ScoringFlops:
             new_rows = event.rows - self._rows_so_far.get(event.structure, 0)
             self._rows_so_far[event.structure] = event.rows
             if event.structure not in self._per_row:
-                session = self.engine.session
-                structure = session.structure_from_id(event.structure)
-                scorer = session.scorer_for(structure)
-                self._per_row[event.structure] = scored_flops(session.adapter, scorer, structure, 1)
+                pruning = self.engine.pruning
+                structure = pruning.structure_from_id(event.structure)
+                scorer = pruning.scorer_for(structure)
+                self._per_row[event.structure] = scored_flops(pruning.adapter, scorer, structure, 1)
             self.flops += new_rows * self._per_row[event.structure]
             self.rows += new_rows
 
@@ -86,12 +86,12 @@ def run_search(args, held_out: str, fast: bool, margin: float, tolerance: float)
         raise engine.failure
     seconds = time.monotonic() - started
     steps = finished.plan["steps"]
-    session = engine.session
+    pruning = engine.pruning
     return {
         "fast": fast, "margin": margin if fast else None, "tolerance": tolerance if fast else None,
         "steps": len(steps), "structures": [s["structure"] for s in steps],
         "ratio": steps[-1]["ratio"], "calibration_ppl": steps[-1]["score"],
-        "held_out_ppl": rolling_perplexity(session.model, session.tokenizer, held_out, args.seqlen),
+        "held_out_ppl": rolling_perplexity(pruning.model, pruning.tokenizer, held_out, args.seqlen),
         "flops": counter.flops, "rows_scored": counter.rows, "seconds": seconds,
     }  # fmt: skip
 

@@ -7,7 +7,7 @@ model of Llama-2-7B's shape in memory in bf16. In order, it measures
 
 1. the dense bf16 matmul peak of this GPU (the MFU denominator, measured, beside the spec's);
 2. per scoring mode (cached and compiled, the default; cached and eager; naive, the reference's
-   cost), with its memory peak reset: the session's build (the first compile happens there),
+   cost), with its memory peak reset: the ``Pruning``'s build (the first compile happens there),
    one block step and one MLP-width step, as seconds, achieved TFLOP/s (analytic FLOPs of
    bench/flops.py) and MFU against the measured and the spec peak;
 3. after a width commit, one more MLP-width step and the graphs compiled during it (a new width
@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from mptui.engine.model.adapters import adapter_for
-from mptui.engine.search.pruning import PruningSession
+from mptui.engine.search.pruning import Pruning
 from mptui.engine.search.scoring import Scorer
 from mptui.engine.search.settings import GroupSizes, PruneSettings
 from mptui.engine.search.structures import Structure
@@ -246,8 +246,8 @@ def build_model(profile: Profile):
     return model
 
 
-def build_session(profile: Profile, mode: Mode, model) -> PruningSession:
-    """A session over random token rows (no calibration file, no channel ranking: timing only).
+def build_pruning(profile: Profile, mode: Mode, model) -> Pruning:
+    """A ``Pruning`` over random token rows (no calibration file, no channel ranking: timing only).
     Building it fills the prefix cache, and with it compiles the sub-blocks for the first time."""
     adapter = adapter_for(model)
     generator = torch.Generator().manual_seed(0)
@@ -261,30 +261,28 @@ def build_session(profile: Profile, mode: Mode, model) -> PruningSession:
     settings = PruneSettings.with_distribution(0.5, "1:1:0", mlp_group=profile.mlp_group)
     groups = GroupSizes(profile.mlp_group, adapter.attn_group_channels, "gpu-check")
     scorers = dict.fromkeys(("blocks", "mlp_channels", "attn_heads"), scorer)
-    return PruningSession(model, adapter, settings, groups, scorers, "llama2-7b-shape")
+    return Pruning(model, adapter, settings, groups, scorers, "llama2-7b-shape")
 
 
-def step_flops(session: PruningSession, candidates: list[Structure]) -> float:
+def step_flops(pruning: Pruning, candidates: list[Structure]) -> float:
     """What scoring ``candidates`` runs: from each one's sub-block on with the prefix cache (at
     the stored boundary before it), from the embeddings without; the LM head always."""
-    scorer = next(iter(session.scorers.values()))
+    scorer = next(iter(pruning.scorers.values()))
     rows = scorer.chunks.shape[0]
-    return sum(scored_flops(session.adapter, scorer, c, rows) for c in candidates)
+    return sum(scored_flops(pruning.adapter, scorer, c, rows) for c in candidates)
 
 
-def time_step(
-    session: PruningSession, dimension: str, name: str, peak: float, mode: Mode
-) -> StepTiming:
+def time_step(pruning: Pruning, dimension: str, name: str, peak: float, mode: Mode) -> StepTiming:
     """Score the candidates of ``dimension`` once (all, or the mode's sample)."""
-    device = str(next(session.model.parameters()).device)
-    candidates = mode.candidates(session.eligible(dimension))
+    device = str(next(pruning.model.parameters()).device)
+    candidates = mode.candidates(pruning.eligible(dimension))
     compiles = compiled_graphs()
     synchronize(device)
     started = time.perf_counter()
-    scores = [session.score_candidate(candidate) for candidate in candidates]
+    scores = [pruning.score_candidate(candidate) for candidate in candidates]
     synchronize(device)
     seconds = time.perf_counter() - started
-    flops = step_flops(session, candidates)
+    flops = step_flops(pruning, candidates)
     return StepTiming(
         name, len(candidates), seconds, flops, peak, scores, compiled_graphs() - compiles
     )
@@ -307,23 +305,23 @@ def agreement(compiled: StepTiming, eager: StepTiming) -> str:
     )
 
 
-def time_refresh(session: PruningSession, device: str) -> float:
+def time_refresh(pruning: Pruning, device: str) -> float:
     """Seconds for the cache to follow one commit at the first sub-block (the worst case)."""
-    candidate = session.eligible("blocks")[0]
+    candidate = pruning.eligible("blocks")[0]
     synchronize(device)
     started = time.perf_counter()
-    session.commit(candidate, 0.0, "engine")
+    pruning.commit(candidate, 0.0, "engine")
     synchronize(device)
     seconds = time.perf_counter() - started
-    session.undo()
+    pruning.undo()
     return seconds
 
 
-def commit_best(session: PruningSession, step: StepTiming, dimension: str) -> Structure:
+def commit_best(pruning: Pruning, step: StepTiming, dimension: str) -> Structure:
     """Commit the step's best candidate (its scores are in canonical order, as eligible)."""
-    candidates = session.eligible(dimension)
+    candidates = pruning.eligible(dimension)
     best = step.scores.index(min(step.scores))
-    session.commit(candidates[best], step.scores[best], "engine")
+    pruning.commit(candidates[best], step.scores[best], "engine")
     return candidates[best]
 
 
@@ -385,7 +383,7 @@ def planned_seconds(profile: Profile) -> float:
 
 
 def measure_modes(profile: Profile, report: Report, table: Table) -> None:
-    """Each mode in turn on one model, its session freed before the next (so each peak is its
+    """Each mode in turn on one model, its ``Pruning`` freed before the next (so each peak is its
     own); the model is freed on return."""
     model = build_model(profile)
     params = sum(p.numel() for p in model.parameters())
@@ -400,7 +398,7 @@ def measure_modes(profile: Profile, report: Report, table: Table) -> None:
         compiles = compiled_graphs()
         synchronize(profile.device)
         started = time.perf_counter()
-        session = build_session(profile, mode, model)
+        pruning = build_pruning(profile, mode, model)
         synchronize(profile.device)
         report.build_seconds[mode.name] = seconds = time.perf_counter() - started
         what = "dense score and prefix cache" if mode.prefix_cache else "dense score"
@@ -409,23 +407,21 @@ def measure_modes(profile: Profile, report: Report, table: Table) -> None:
         table.add(f"session build, {mode.name}", f"{seconds:.1f} s ({what})", seconds=seconds)
         for name, dimension in (("block", "blocks"), ("MLP-width", "mlp_channels")):
             step = time_step(
-                session, dimension, f"{name} step, {mode.name}", report.matmul_peak, mode
+                pruning, dimension, f"{name} step, {mode.name}", report.matmul_peak, mode
             )
             report.steps.append(step)
             table.add(step.name, step.describe(), seconds=step.seconds, flops=step.flops,
                       candidates=step.candidates, gap=choice_gap(step))  # fmt: skip
         if mode.name == "cached":
-            measure_after_commit(session, profile, report, table)
+            measure_after_commit(pruning, profile, report, table)
         report.peak_bytes[mode.name] = peak = peak_bytes(profile.device)
         table.add(f"peak memory, {mode.name}", f"{peak / 2**30:.2f} GiB", bytes=peak)
-        del session
+        del pruning
 
 
-def measure_after_commit(
-    session: PruningSession, profile: Profile, report: Report, table: Table
-) -> None:
+def measure_after_commit(pruning: Pruning, profile: Profile, report: Report, table: Table) -> None:
     """The default mode's cache, a refresh, and one width step after a width commit."""
-    scorer = session.scorers["blocks"]
+    scorer = pruning.scorers["blocks"]
     report.compiled_with = str(scorer.runner.backend or "nothing (it fell back to eager)")
     plan = scorer.cache_plan
     report.cache_stride, report.cache_stored = plan.stride, plan.stored
@@ -434,14 +430,14 @@ def measure_after_commit(
     table.add("prefix cache", f"budget {plan.budget_bytes / 2**30:.2f} GiB, stride "
                               f"{plan.stride}, {plan.stored} boundaries kept")  # fmt: skip
     table.add("batch size (from the memory budget)", str(scorer.batch_size))
-    report.refresh_seconds = time_refresh(session, profile.device)
+    report.refresh_seconds = time_refresh(pruning, profile.device)
     table.add("cache refresh after a commit at L0.attn", f"{report.refresh_seconds:.2f} s",
               seconds=report.refresh_seconds)  # fmt: skip
     width = next(s for s in report.steps if s.name == "MLP-width step, cached")
-    committed = commit_best(session, width, "mlp_channels")
-    after = time_step(session, "mlp_channels", "MLP-width step after a width commit",
+    committed = commit_best(pruning, width, "mlp_channels")
+    after = time_step(pruning, "mlp_channels", "MLP-width step after a width commit",
                       report.matmul_peak, MODES[0])  # fmt: skip
-    session.undo()  # the modes after this one score the same model
+    pruning.undo()  # the modes after this one score the same model
     report.steps.append(after)
     table.add(after.name, f"{after.describe()}; {after.compiles} graphs compiled "
                           f"(after {committed.id})", seconds=after.seconds,

@@ -1,6 +1,6 @@
 """Time the engine's search, cached against naive, in one process on the same data.
 
-For each mode the same session runs the same first steps (the plans are identical by
+For each mode the same ``Pruning`` runs the same first steps (the plans are identical by
 construction, a test checks it); we report seconds per step, candidates/s, tokens/s, achieved
 FLOP/s against a FLOP count of the work, peak memory, and the naive/cached ratios of time and of
 FLOPs.
@@ -21,7 +21,7 @@ import torch
 from mptui.engine.search.pruning import StepStats
 from mptui.engine.search.run_request import RunRequest
 from mptui.engine.search.settings import CalibrationSpec, PruneSettings
-from mptui.engine.search.setup import build_session
+from mptui.engine.search.setup import build_pruning
 
 from .flops import evaluation_flops
 from .models import build_llama_in_memory
@@ -62,34 +62,34 @@ def run_mode(args, prefix_cache: bool) -> ModeResult:
     loaded = None
     if args.model == "llama2-7b":
         loaded = build_llama_in_memory(args.device, args.dtype or "bfloat16")
-    session = build_session(request, lambda event: None, loaded)
+    pruning = build_pruning(request, lambda event: None, loaded)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    chunks = next(iter(session.scorers.values())).chunks
+    chunks = next(iter(pruning.scorers.values())).chunks
     batch, seqlen = chunks.shape
     result = ModeResult("cached" if prefix_cache else "naive", 0, 0, 0.0, 0.0, 0, 0, [])
     for _ in range(args.steps):
-        dimension = session.current_dimension()
+        dimension = pruning.current_dimension()
         if dimension is None:
             break
-        candidates = session.eligible(dimension)
+        candidates = pruning.eligible(dimension)
         started = time.perf_counter()
-        scores = {c: session.score_candidate(c) for c in candidates}
+        scores = {c: pruning.score_candidate(c) for c in candidates}
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
         best = min(candidates, key=scores.get)
         for candidate in candidates:
             start = candidate.sub_block if prefix_cache else 0
-            result.flops += evaluation_flops(session.adapter, start, batch, seqlen)
-        session.commit(best, scores[best], "engine", StepStats(seconds, len(candidates)))
+            result.flops += evaluation_flops(pruning.adapter, start, batch, seqlen)
+        pruning.commit(best, scores[best], "engine", StepStats(seconds, len(candidates)))
         result.steps += 1
         result.candidates += len(candidates)
         result.seconds += seconds
         result.tokens += len(candidates) * chunks.numel()
         result.structures.append(best.id)
     result.peak_bytes = peak_memory(args.device)
-    del session  # free the model before the other mode builds its own
+    del pruning  # free the model before the other mode builds its own
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
     return result

@@ -119,12 +119,12 @@ def demo_run(nsamples: int = 16, seqlen: int = 128) -> DemoRun:
     outcome = engine.run()
     if outcome.reason != "done":
         raise RuntimeError(f"the demo run ended with {outcome.reason!r}")
-    session = engine.session
-    structures = [step.structure for step in session.steps]
+    pruning = engine.pruning
+    structures = [step.structure for step in pruning.steps]
     return DemoRun(
         steps=[(s.kind, s.layer) for s in structures],
-        layers=session.model.config.num_hidden_layers,
-        ratio=session.plan().ratio,
+        layers=pruning.model.config.num_hidden_layers,
+        ratio=pruning.plan().ratio,
         seconds=time.monotonic() - started,
         ids=[_structure_id(s) for s in structures],
     )

@@ -55,7 +55,7 @@ class StepTimer:
     def __call__(self, event: ev.Event) -> None:
         if isinstance(event, ev.StepCommitted):
             self.seconds.append(event.seconds)
-            self.structures.append(str(event.step["structure"]))
+            self.structures.append(event.step.structure.id)
             if len(self.seconds) >= self.steps:
                 self.engine.send(cmd.Stop())
 

@@ -55,7 +55,10 @@ from .errors import (
     Cancelled,
     DiskFull,
     EngineError,
+    Message,
     OutOfMemory,
+    Part,
+    Term,
     UnsupportedModel,
 )
 from .names import check_model_path, model_label
@@ -70,6 +73,7 @@ from .search.structures import DIMENSIONS, Structure
 from .session import files as session_files
 
 if TYPE_CHECKING:  # the lazy names below, for type checkers (tests/unit/test_api.py)
+    from .control.commands import Outcome as Outcome
     from .model.adapters import adapter_for as adapter_for
     from .model.device_failure import device_failed as device_failed
     from .model.device_failure import is_device_failure as is_device_failure
@@ -103,7 +107,6 @@ if TYPE_CHECKING:  # the lazy names below, for type checkers (tests/unit/test_ap
     from .recovery.run import prepare_recovery as prepare_recovery
     from .recovery.source import RecoverySource as RecoverySource
     from .runner import Engine as Engine
-    from .runner import Outcome as Outcome
     from .runner import Subscriber
     from .search.calibration import load_documents as load_documents
     from .search.calibration import split_documents as split_documents
@@ -129,7 +132,7 @@ if TYPE_CHECKING:  # the lazy names below, for type checkers (tests/unit/test_ap
 #: Names that need torch, by the module that defines them; loaded on first access.
 _LAZY: dict[str, str] = {
     "Engine": "runner",
-    "Outcome": "runner",
+    "Outcome": "control.commands",
     "preflight": "search.setup",
     "check_with_model_files": "model.facts",
     "load_documents": "search.calibration",
@@ -277,7 +280,9 @@ __all__ = [
     "EngineState",
     "EvalRequest",
     "GGUF_TYPES",
+    "Message",
     "OutOfMemory",
+    "Part",
     "PruneSettings",
     "RemoteEngine",
     "RecoverySettings",
@@ -285,6 +290,7 @@ __all__ = [
     "RecoveryView",
     "RunView",
     "Structure",
+    "Term",
     "UnsupportedModel",
     "attach",
     "check_gguf_architecture",

@@ -35,6 +35,7 @@ from .engine.defaults import (
     DEFAULT_TEXT_FIELD,
 )
 from .engine.search.methods import DEFAULT_METHOD, FAITHFUL_MODES, METHODS
+from .flags import cli_words
 
 DEMO_DIR = Path(__file__).parent / "demo"
 
@@ -307,7 +308,7 @@ def check_listen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     try:
         parse_listen(args.listen)
     except BadInput as error:
-        parser.error(str(error))
+        parser.error(cli_words(error))
 
 
 #: ``mptui COMMAND ...``: each subcommand and the module whose ``main`` runs it.

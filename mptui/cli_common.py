@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from .flags import cli_words
+
 #: The exit status of bad input (a usage error or input the engine rejected).
 BAD_INPUT = 2
 
@@ -131,8 +133,9 @@ def did_you_mean(word: str, choices: Sequence[str]) -> str:
 
 
 def print_error(message: object, status: int = BAD_INPUT) -> int:
-    """``mptui: error: MESSAGE`` as one line on stderr; returns ``status`` (the exit status)."""
-    text = " ".join(str(message).split())
+    """``mptui: error: MESSAGE`` as one line on stderr, in the CLI's words (an engine error or
+    ``Error`` event names its settings as flags); returns ``status`` (the exit status)."""
+    text = " ".join(cli_words(message).split())
     print(f"mptui: error: {text}", file=sys.stderr, flush=True)
     return status
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from .cli_common import FAULT, print_error
+from .flags import cli_words
 
 if TYPE_CHECKING:
     from mptui.engine.api import Engine, EvalRequest, RecoverySettings
@@ -102,18 +103,18 @@ def write_outputs(engine: Engine, outputs: Outputs, session_dir: Path) -> int:
 
     from .export_cli import describe, writing_lines
 
-    session, recovery = engine.session, engine.recovery
+    pruning, recovery = engine.pruning, engine.recovery
     if outputs.export is not None:
-        if session is None or (not session.steps and recovery is None):
+        if pruning is None or (not pruning.steps and recovery is None):
             return print_error("nothing was removed, so nothing is exported", FAULT)
         gguf = outputs.export.suffix.lower() == ".gguf"
         command = commands.Export(
             str(outputs.export), "gguf" if gguf else "safetensors", outputs.gguf_type
         )
         try:
-            result = write_model(session, recovery, command, writing_lines())
+            result = write_model(pruning, recovery, command, writing_lines())
         except (EngineError, OSError) as error:
-            return print_error(f"the export failed: {error}", FAULT)
+            return print_error(f"the export failed: {cli_words(error)}", FAULT)
         except RuntimeError as error:
             if not is_device_failure(error):
                 raise
@@ -125,7 +126,7 @@ def write_outputs(engine: Engine, outputs: Outputs, session_dir: Path) -> int:
         try:
             recovery.save_adapter(outputs.adapter)
         except (EngineError, OSError) as error:
-            return print_error(f"the adapter could not be written: {error}", FAULT)
+            return print_error(f"the adapter could not be written: {cli_words(error)}", FAULT)
         print(f"adapter written to {outputs.adapter}", flush=True)
     return 0
 
@@ -171,9 +172,9 @@ class LinePrinter:
         elif isinstance(event, ev.DimensionChanged) and event.dimension:
             self._print(f"dimension {event.dimension} (runs while ratio < {event.target:.4%})")
         elif isinstance(event, ev.Notice):
-            write_line(self.err, f"mptui: note: {event.message}")
+            write_line(self.err, f"mptui: note: {cli_words(event)}")
         elif isinstance(event, ev.Error):
-            self.error = event.message
+            self.error = cli_words(event)
         elif isinstance(event, ev.Finished) and event.plan:
             if self._view.overshoot:  # a ratio far past the target is no bug: say why
                 self._print(self._view.overshoot)
@@ -182,9 +183,7 @@ class LinePrinter:
             self._print("finished (stopped) before the model was loaded")  # a Stop (SIGTERM)
 
     def _print_step(self, event) -> None:
-        from mptui.engine.api import PlanStep
-
-        step = PlanStep.from_dict(event.step)
+        step = event.step
         self._print(
             f"step {step.index:>3} {step.dimension:<12} "
             f"{step.structure.id:<14} ppl {event.score:10.4f}  "
@@ -239,7 +238,7 @@ class RecoveryLines:
                     f"ETA {event.eta_s:.0f}s"
                 )
         elif isinstance(event, ev.Notice) and self._started:
-            line = f"mptui: warning: {event.message}"
+            line = f"mptui: warning: {cli_words(event)}"
         if line is not None:
             write_line(self.out or sys.stdout, line)
 

@@ -34,6 +34,7 @@ from .cli_common import (
     add_seed,
     print_error,
 )
+from .flags import cli_words
 
 #: Documents of the recovery data an export's load scores it on (it has no calibration set).
 CALIBRATION_DOCUMENTS = 256
@@ -212,7 +213,7 @@ def from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         try:
             parse_listen(args.listen)
         except BadInput as error:
-            parser.error(str(error))
+            parser.error(cli_words(error))
 
     from .headless import Outputs, run_headless
     from .run_cli import session_engine

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .flags import cli_words
 from .places import calibration_cache_dir, default_session_dir
 from .terminal import quiet_libraries, terminal_kept_logs_to
 from .torchrun_env import launched_by_torchrun, restarted
@@ -264,7 +265,7 @@ def run_from_args(args: argparse.Namespace, argv: list[str]) -> int:
         check_before_loading(args)
     except EngineError as error:  # every rank stops; rank 0 says why
         if os.environ.get("RANK", "0") == "0":
-            print(f"mptui: error: {error}", file=sys.stderr)
+            print(f"mptui: error: {cli_words(error)}", file=sys.stderr)
         return 2
     if args.workers and not launched_by_torchrun():
         shortage = workers.gpu_shortage(args.workers, args.gpus_per_worker)
@@ -287,7 +288,7 @@ def run_from_args(args: argparse.Namespace, argv: list[str]) -> int:
         try:
             team = workers.join_team(args)
         except BadInput as error:  # this node has fewer GPUs than --gpus-per-worker asks
-            print(f"mptui: error: {error}", file=sys.stderr)
+            print(f"mptui: error: {cli_words(error)}", file=sys.stderr)
             return 2
         if not team.is_leader:
             return workers.follow(team, args)
@@ -307,7 +308,7 @@ def lead(args: argparse.Namespace, team) -> int:
         start_recovery = recover_now(args)
         opened = open_session(args, recovery=start_recovery or app_recovery(args))
     except EngineError as error:
-        print(f"mptui: error: {error}", file=sys.stderr)
+        print(f"mptui: error: {cli_words(error)}", file=sys.stderr)
         if team is not None:
             team.broadcast(None)  # the followers leave too
         return 2

@@ -19,6 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
+from .flags import cli_words
 from .places import default_session_dir
 from .terminal import quiet_libraries
 
@@ -74,7 +75,7 @@ def follow(team, args: argparse.Namespace) -> int:
         if not is_device_failure(error):
             raise
         lost = device_failed(error, "working for rank 0", session_of(args), rank=team.rank)
-        print(f"mptui: error: {lost}", file=sys.stderr, flush=True)
+        print(f"mptui: error: {cli_words(lost)}", file=sys.stderr, flush=True)
         return 1
 
 

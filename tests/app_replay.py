@@ -8,6 +8,8 @@ import threading
 from mptui.engine.api import EngineState
 from mptui.engine.control import commands as cmd
 from mptui.engine.control import events as ev
+from mptui.engine.search.plan import PlanStep
+from mptui.engine.search.structures import Structure
 
 
 class NoGpu:
@@ -56,13 +58,13 @@ def fixed_run_events() -> list[ev.Event]:
     ]  # fmt: skip
     # two blocks reach the blocks target (0.125 >= 0.1); step 3 is the first MLP-width step
     commits = [
-        ("blocks", {"kind": "attn_block", "layer": 6}, 39.2, 0.025, "engine"),
-        ("blocks", {"kind": "mlp_block", "layer": 7}, 44.8, 0.125, "engine"),
-        ("mlp_channels", {"kind": "mlp_channels", "layer": 2, "remove": 46, "width_after": 466},
-         45.6, 0.136, "user"),
-    ]  # fmt: skip
+        (Structure("attn_block", 6), 39.2, 0.025, "engine"),
+        (Structure("mlp_block", 7), 44.8, 0.125, "engine"),
+        (Structure("mlp_channels", 2, 46, 466), 45.6, 0.136, "user"),
+    ]
     current = "blocks"
-    for index, (dimension, structure, score, ratio, chosen_by) in enumerate(commits, start=1):
+    for index, (structure, score, ratio, chosen_by) in enumerate(commits, start=1):
+        dimension = structure.dimension
         if dimension != current:
             current = dimension
             events.append(
@@ -70,8 +72,7 @@ def fixed_run_events() -> list[ev.Event]:
             )
         first = "L0.attn" if dimension == "blocks" else "L0.mlp-46"
         events.append(ev.StepStarted(index, dimension, (first,), score))
-        step = {"index": index, "dimension": dimension, "structure": structure, "score": score,
-                "params": 0, "ratio": ratio, "chosen_by": chosen_by}  # fmt: skip
+        step = PlanStep(index, structure, score, 0, ratio, chosen_by)
         events.append(ev.StepCommitted(step, score, ratio, ratio * 1.2, 0, 1.5, 16, 131072))
         events.append(ev.MemorySample(rss_bytes=(900 + 40 * index) * 2**20))
     events.append(ev.StepStarted(4, "mlp_channels", tuple(f"L{i}.mlp-46" for i in range(7)), 45.6))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import RECOVER_SESSION, Message
 from . import commands as cmd
 from .events import EngineState as S
 
@@ -20,7 +21,7 @@ class Rule:
 
     doc: str
     acts: bool = True
-    notice: str | None = None  # said when the command does not act
+    notice: Message | None = None  # said when the command does not act
     #: False where nothing will ever read the command (the engine thread has ended, or is
     #: ending after a stop): a sender decides for itself instead of waiting on the engine.
     read: bool = True
@@ -35,9 +36,10 @@ def ignore(doc: str) -> Rule:
     return Rule(doc, acts=False)
 
 
-def refuse(notice: str) -> Rule:
-    """Nothing happens; a Notice says ``notice``."""
-    return Rule(f"Notice: {notice}", acts=False, notice=notice)
+def refuse(*notice: object) -> Rule:
+    """Nothing happens; a Notice says ``notice`` (pieces, as :meth:`Message.of` joins them)."""
+    said = Message.of(*notice)
+    return Rule(f"Notice: {said}", acts=False, notice=said)
 
 
 #: While loading nothing reads the queue (a Stop is seen at once, between the load's pieces):
@@ -186,7 +188,7 @@ RULES: dict[type[cmd.Command], dict[S, Rule]] = {
         S.RECOVERY_PAUSED: refuse("a recovery is under way"),
         S.DONE: act("→ recovering on a copy of the pruned model, once per session"),
         S.STOPPED: ENDED,
-        S.ERROR: refuse("the run failed; `mptui recover SESSION` recovers its plan"),
+        S.ERROR: refuse("the run failed; ", RECOVER_SESSION, " recovers its plan"),
         S.ENDED: ENDED,
     },
 }

@@ -8,6 +8,7 @@ what each command does in each state. Plain values only: importing this loads no
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 from ..output.eval_request import EvalRequest
 from ..recovery.settings import RecoverySettings
@@ -16,6 +17,14 @@ from ..recovery.settings import RecoverySettings
 @dataclass(frozen=True)
 class Command:
     """Base of all commands."""
+
+
+class Outcome(Enum):
+    """What handling a command did to the run."""
+
+    NOTHING = "nothing"  # no change the step in progress cares about
+    CHANGED = "changed"  # the model changed (a commit or an undo): the step starts afresh
+    STOP = "stop"  # the run ends here
 
 
 @dataclass(frozen=True)

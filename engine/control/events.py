@@ -1,4 +1,5 @@
-"""What the engine reports, as frozen values of plain Python types (never tensors).
+"""What the engine reports, as frozen values of plain Python types and the plan's own torch-free
+values (:class:`PlanStep`), never tensors.
 
 Subscribers (the app, the headless printer, the session journal) receive these from the engine
 thread; they must not block it for long.
@@ -8,8 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Self
 
+from ..errors import Message, Part
 from ..search.methods import DEFAULT_METHOD
+from ..search.plan import PlanStep
 
 
 class EngineState(StrEnum):
@@ -79,7 +83,7 @@ class Loaded(Event):
     targets: dict[str, float]
     tokens: int
     notes: tuple[str, ...] = ()
-    steps: tuple[dict, ...] = ()  # a resumed session's replayed plan steps, as in plan.json
+    steps: tuple[PlanStep, ...] = ()  # a resumed session's replayed plan steps
     method: str = DEFAULT_METHOD  # the search (docs/method.md §11)
 
 
@@ -129,9 +133,10 @@ class Proposal(Event):
 
 @dataclass(frozen=True)
 class StepCommitted(Event):
-    """A removal was committed. ``step`` is the plan entry exactly as written to plan.json."""
+    """A removal was committed. ``step`` is the plan entry as written to plan.json (the wire and
+    the event log write it as :meth:`PlanStep.to_dict`, the plan file's JSON)."""
 
-    step: dict
+    step: PlanStep
     score: float
     ratio: float
     ratio_layers: float
@@ -179,14 +184,36 @@ class MemorySample(Event):
     cuda: tuple[tuple[int, int, int], ...] = ()
 
 
-@dataclass(frozen=True)
-class Notice(Event):
+class Said:
+    """What :class:`Notice` and :class:`Error` share: ``message`` is the engine's words as a
+    script reads them; ``parts``, only where they name a setting or a way on, the same message
+    in parts (:class:`Message`), for a front end to word its own way (mptui/flags.py)."""
+
     message: str
+    parts: tuple[Part, ...]
+
+    @classmethod
+    def of(cls, *pieces: object) -> Self:
+        """The event saying ``pieces`` (joined as :meth:`Message.of` joins them)."""
+        message = Message.of(*pieces)
+        return cls(str(message), message.parts if message.worded else ())  # type: ignore[call-arg]
+
+    @property
+    def said(self) -> Message:
+        """The message in parts, whichever way it was made."""
+        return Message(self.parts) if self.parts else Message.of(self.message)
 
 
 @dataclass(frozen=True)
-class Error(Event):
+class Notice(Said, Event):
     message: str
+    parts: tuple[Part, ...] = ()
+
+
+@dataclass(frozen=True)
+class Error(Said, Event):
+    message: str
+    parts: tuple[Part, ...] = ()
 
 
 @dataclass(frozen=True)

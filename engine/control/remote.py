@@ -10,6 +10,7 @@ pings itself, so a finished run stays for as long as this side reads. Torch-free
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import socket
@@ -17,8 +18,9 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import BadInput
-from ..session.files import SETTINGS, SOCKET
+from ..errors import BadInput, Message, resume, setting
+from ..session.files import PLAN, RECOVERY_LOG, SETTINGS, SOCKET
+from ..session.lock import lock_holder
 from . import events as ev
 from . import wire
 from .commands import Command
@@ -133,7 +135,10 @@ def attach(target: str, token: str | None = None) -> RemoteEngine:
         if not match:
             raise BadInput(f"'{target}' is neither a session folder nor HOST:PORT")
         if not token:
-            raise BadInput(f"attaching to {target} needs --token (the run printed it at start)")
+            raise BadInput(
+                f"attaching to {target} needs ", setting("token"),
+                " (the run printed it at start)",
+            )  # fmt: skip
         sock = _connect_tcp(match.group(1), int(match.group(2)))
     try:
         return _handshake(sock, target, token)
@@ -145,12 +150,7 @@ def attach(target: str, token: str | None = None) -> RemoteEngine:
 def _connect_unix(folder: Path) -> socket.socket:
     path = folder / SOCKET
     if not path.exists():
-        if not (folder / SETTINGS).is_file():
-            raise BadInput(f"'{folder}' is not an mptui session (no settings.json)")
-        raise BadInput(
-            f"no run is serving {folder}: it has ended, or it runs in an app of its own "
-            "(only headless runs can be attached)"
-        )
+        raise BadInput(why_nothing_serves(folder))
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(CONNECT_TIMEOUT_S)
     try:
@@ -158,9 +158,16 @@ def _connect_unix(folder: Path) -> socket.socket:
             sock.connect(address)
     except ConnectionRefusedError:
         sock.close()
+        holder = lock_holder(folder)
+        if holder is not None:
+            raise BadInput(
+                f"{holder} holds {folder} but does not answer on its {SOCKET}; it may be "
+                "stuck (its log: mptui.log in the folder)"
+            ) from None
         raise BadInput(
-            f"no live run in {folder}: {SOCKET} was left by a run that was killed "
-            f"(mptui --resume {folder} continues it)"
+            f"no live run in {folder}: {SOCKET} was left by a run that was killed (",
+            resume(folder),
+            " continues it)",
         ) from None
     except PermissionError:
         sock.close()
@@ -169,6 +176,46 @@ def _connect_unix(folder: Path) -> socket.socket:
         sock.close()
         raise BadInput(f"cannot attach to {folder} ({error.strerror or error})") from None
     return sock
+
+
+def why_nothing_serves(folder: Path) -> Message:
+    """The real reason a session has no socket, from its files (torch-free, read-only): not a
+    session; a live process that does not serve it (an app of its own); a run that stopped
+    before its model loaded; or one that has ended, with what it reached."""
+    if not (folder / SETTINGS).is_file():
+        return Message.of(f"'{folder}' is not an mptui session (no settings.json)")
+    holder = lock_holder(folder)
+    if holder is not None:
+        return Message.of(
+            f"{holder} runs {folder} without serving it: it is an app of its own (only a "
+            "headless run, mptui recover or ", setting("workers"), " can be attached), or its "
+            "socket could not be made (its output said why)",
+        )  # fmt: skip
+    if not (folder / PLAN).is_file():
+        return Message.of(
+            f"nothing runs {folder}: its run stopped before the model loaded (", resume(folder),
+            " starts it again)",
+        )  # fmt: skip
+    return Message.of(f"nothing runs {folder}: its run has ended", _what_it_reached(folder))
+
+
+def _what_it_reached(folder: Path) -> Message:
+    """``(done after 12 steps; recovery stopped at step 40 of 300)``-like words, from the
+    session's summary and recovery log; empty when they say nothing readable."""
+    parts = []
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        plan = json.loads((folder / PLAN).read_text())
+        parts.append(f"{len(plan['steps'])} steps removed")
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        steps = [
+            json.loads(line)["step"]
+            for line in (folder / RECOVERY_LOG).read_text().splitlines()
+            if line.strip()
+        ]
+        if steps:
+            parts.append(f"recovered to step {max(steps)}")
+    reached = f" ({', '.join(parts)})" if parts else ""
+    return Message.of(reached, "; ", resume(folder), " opens it again")
 
 
 def _connect_tcp(host: str, port: int) -> socket.socket:

@@ -102,7 +102,7 @@ class RunView:
     proposal: ev.Proposal | None = None  # stands while waiting, or paused from waiting
     memory: deque = field(default_factory=lambda: deque(maxlen=MEMORY_HISTORY))
     notice: ev.Notice | None = None  # the latest
-    error: str | None = None
+    failed: ev.Error | None = None  # what the run failed with
     ended: ev.Finished | None = None
     notes: tuple[str, ...] = ()
     activity: ev.Activity | None = None  # a load, an export or an evaluation under way
@@ -192,8 +192,8 @@ class RunView:
         events += self.memory
         if self.notice is not None:
             events.append(self.notice)
-        if self.error is not None:
-            events.append(ev.Error(self.error))
+        if self.failed is not None:
+            events.append(self.failed)
         if self.activity is not None:
             events.append(self.activity)
         events.append(ev.GuidedChanged(self.guided))
@@ -218,8 +218,7 @@ class RunView:
         self.num_layers = event.num_layers
         self.curve = [CurvePoint(0.0, event.dense_score, "dense", "engine")]
         self.notes = event.notes
-        for data in event.steps:  # a resumed session shows what it had already removed
-            step = PlanStep.from_dict(data)
+        for step in event.steps:  # a resumed session shows what it had already removed
             self.steps.append(step)
             self.ratio, self.ratio_layers, self.score = step.ratio, step.ratio_layers, step.score
             self.curve.append(CurvePoint(step.ratio, step.score, step.dimension, step.chosen_by))
@@ -264,7 +263,7 @@ class RunView:
 
     def _on_StepCommitted(self, event: ev.StepCommitted) -> None:
         self.proposal = None
-        step = PlanStep.from_dict(event.step)
+        step = event.step
         self.steps.append(step)
         self.last_commit_layer = step.structure.layer
         self.ratio, self.ratio_layers, self.score = event.ratio, event.ratio_layers, event.score
@@ -287,7 +286,7 @@ class RunView:
         self.notice = event
 
     def _on_Error(self, event: ev.Error) -> None:
-        self.error = event.message
+        self.failed = event
 
     def _on_Finished(self, event: ev.Finished) -> None:
         self.ended = event

@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import BadInput
+from ..errors import BadInput, setting
 from ..output.eval_request import EvalRequest
 from ..recovery.settings import RecoverySettings
 from ..session.files import EXPORT, LOG, SOCKET, TOKEN
@@ -97,7 +97,7 @@ def parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise BadInput(f"--listen wants HOST:PORT (e.g. 127.0.0.1:7077), not '{text}'")
+        raise BadInput(setting("listen"), f" wants HOST:PORT (e.g. 127.0.0.1:7077), not '{text}'")
     return host, int(port)
 
 

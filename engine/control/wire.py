@@ -5,8 +5,9 @@ Every line is one JSON object: an event is ``{"event": CLASS, "time": ..., FIELD
 of ``events.jsonl``), a command ``{"command": CLASS, FIELDS}``. The field types of the dataclass
 say how to read a value back (tuples stay tuples, an enum is its value, a nested
 :class:`EvalRequest` is rebuilt), so the round trip is exact; a ``dict`` field is a JSON object
-as it stands. A class is known by its name in :mod:`.events` or :mod:`.commands`: a new event
-or command needs no change here.
+as it stands. A :class:`PlanStep` is the plan file's entry (:meth:`PlanStep.to_dict`), not its
+dataclass fields: the JSON every version of the protocol has sent. A class is known by its name
+in :mod:`.events` or :mod:`.commands`: a new event or command needs no change here.
 
 Besides events and commands, the session layer has a few lines of its own: ``hello``,
 ``welcome``, ``refused``, and, once the search is over, ``{"ping": {"n": N}}`` from the server,
@@ -28,6 +29,7 @@ from ..errors import BadInput
 from ..output.eval_request import EvalRequest
 from ..recovery import events as recovery_events
 from ..recovery.settings import RecoverySettings
+from ..search.plan import PlanStep
 from . import commands, events
 
 #: The version of the protocol; a client and a server that differ refuse each other clearly.
@@ -145,6 +147,8 @@ def _fields(obj: Any) -> dict:
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, PlanStep):  # a dataclass whose JSON is the plan file's, not its fields
+        return value.to_dict()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return _fields(value)
     if isinstance(value, (tuple, list)):
@@ -187,6 +191,8 @@ def _convert(hint: Any, value: Any) -> Any:
         if args:
             return tuple(_convert(arg, item) for arg, item in zip(args, value, strict=True))
         return tuple(value)
+    if hint is PlanStep:
+        return _plan_step(value)
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise BadInput(f"expected an object for {hint.__name__}, got {value!r}")
@@ -199,6 +205,18 @@ def _convert(hint: Any, value: Any) -> Any:
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
+
+
+def _plan_step(value: Any) -> PlanStep:
+    """A plan entry read back; a damaged one is the line's one clear error, not a traceback."""
+    if not isinstance(value, dict):
+        raise BadInput(f"expected an object for PlanStep, got {value!r}")
+    try:
+        return PlanStep.from_dict(value)
+    except KeyError as error:
+        raise BadInput(f"bad PlanStep (no {error.args[0]!r})") from None
+    except (TypeError, ValueError, AttributeError) as error:
+        raise BadInput(f"bad PlanStep ({' '.join(str(error).split())})") from None
 
 
 __all__ = [

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DeviceFailed
+from ..errors import DeviceFailed, Message, resume, setting
 from .memory import is_out_of_memory
 
 #: How torch, the CUDA runtime and NCCL word a failed device in a RuntimeError's message.
@@ -66,7 +66,9 @@ def lost_device_of(rank: int | None = None) -> str:
 
 
 #: How a lost device's line ends: the work can go on elsewhere.
-ON_ANY_DEVICE = "(on any device: add --device cuda:N or --device cpu)"
+ON_ANY_DEVICE = Message.of(
+    "(on any device: add ", setting("device"), " cuda:N or ", setting("device"), " cpu)"
+)
 
 
 def device_failed(
@@ -89,10 +91,10 @@ def device_failed(
     message = f"{lost_device_of(rank)} ({detail}) while {during}"
     kept = "; the session keeps every committed step: " if session is not None else "; "
     if again is not None:
-        return DeviceFailed(f"{message}{kept}{again} {ON_ANY_DEVICE}")
+        return DeviceFailed(f"{message}{kept}{again} ", ON_ANY_DEVICE)
     if session is None:
         return DeviceFailed(f"{message}; nothing was committed from the step in progress")
-    return DeviceFailed(f"{message}{kept}mptui --resume {session} {ON_ANY_DEVICE}")
+    return DeviceFailed(f"{message}{kept}", resume(session), " ", ON_ANY_DEVICE)
 
 
 __all__ = [

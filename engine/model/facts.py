@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BadInput, UnsupportedModel
+from ..errors import BadInput, UnsupportedModel, setting
 from ..names import looks_like_path
 from ..search.calibration import check_one_chunk
 from ..search.settings import GroupSizes, resolve_group_sizes
@@ -175,7 +175,9 @@ def check_supported(facts: ModelFacts) -> None:
 def check_seqlen(seqlen: int, facts: ModelFacts) -> None:
     """Rows longer than the model's positions would fail deep inside its forward; say so first."""
     if facts.max_positions is not None and seqlen > facts.max_positions:
-        raise BadInput(f"--seqlen {seqlen} is above this model's limit of {facts.max_positions}")
+        raise BadInput(
+            setting("seqlen"), f" {seqlen} is above this model's limit of {facts.max_positions}"
+        )
 
 
 def check_group_sizes(groups: GroupSizes, shares: Mapping[str, float], widths: Widths) -> None:
@@ -183,19 +185,21 @@ def check_group_sizes(groups: GroupSizes, shares: Mapping[str, float], widths: W
     channels = widths.attn_group_channels
     if groups.attn % channels:
         raise BadInput(
-            f"--attn-group {groups.attn} is not whole KV groups: it must be a multiple "
+            setting("attn_group"),
+            f" {groups.attn} is not whole KV groups: it must be a multiple "
             f"of {channels} (head_dim {widths.head_dim} x {widths.q_per_kv} "
-            "query heads per KV head)"
+            "query heads per KV head)",
         )
     if shares.get("attn_heads", 0) > 0 and groups.attn >= widths.attn:
         raise BadInput(
-            f"--attn-group {groups.attn} leaves no layer eligible: attention is "
-            f"{widths.attn} query channels wide"
+            setting("attn_group"),
+            f" {groups.attn} leaves no layer eligible: attention is "
+            f"{widths.attn} query channels wide",
         )
     if shares.get("mlp_channels", 0) > 0 and groups.mlp >= widths.mlp:
         raise BadInput(
-            f"--mlp-group {groups.mlp} leaves no layer eligible: the MLP is "
-            f"{widths.mlp} channels wide"
+            setting("mlp_group"),
+            f" {groups.mlp} leaves no layer eligible: the MLP is {widths.mlp} channels wide",
         )
 
 

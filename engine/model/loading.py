@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import BadInput
+from ..errors import BadInput, setting
 from ..names import check_model_path, looks_like_path
 from .facts import ModelFacts, check_supported
 from .memory import is_out_of_memory
@@ -43,7 +43,7 @@ def resolve_dtype(
         supported = bf16_supported or torch.cuda.is_bf16_supported
         return torch.bfloat16 if supported() else torch.float32
     if dtype not in DTYPES:
-        raise BadInput(f"--dtype '{dtype}' must be one of auto, {', '.join(DTYPES)}")
+        raise BadInput(setting("dtype"), f" '{dtype}' must be one of auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
 
 
@@ -181,7 +181,7 @@ def check_device(device: str | None) -> None:
     """A GPU asked for where torch sees none (a resume on the box whose GPU failed): one line,
     before anything loads."""
     if device and device.startswith("cuda") and not torch.cuda.is_available():
-        raise BadInput(f"--device {device} asked for a GPU but torch sees none")
+        raise BadInput(setting("device"), f" {device} asked for a GPU but torch sees none")
 
 
 def load_model(
@@ -247,7 +247,10 @@ def load_model(
         if not is_out_of_memory(error):
             raise
         raise BadInput(
-            "out of memory while loading the model; use --device-map auto or a smaller --dtype"
+            "out of memory while loading the model; use ",
+            setting("device_map"),
+            " auto or a smaller ",
+            setting("dtype"),
         ) from error
     if any(p.device.type == "meta" for p in model.parameters()):
         raise BadInput("the device map offloads weights to disk; give it enough GPU/CPU memory")

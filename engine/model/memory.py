@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import psutil
 import torch
@@ -44,3 +45,19 @@ def sample_memory() -> MemorySample:
     return MemorySample(
         rss_bytes=psutil.Process().memory_info().rss, cuda=cuda, time=time.monotonic()
     )
+
+
+class MemorySampler:
+    """Memory events at most every ``interval`` seconds while work goes on, and at once when
+    forced (after a commit): often enough for the pane, never a cost per candidate."""
+
+    def __init__(self, emit: Callable[[MemorySample], None], interval: float = 1.0) -> None:
+        self._emit = emit
+        self._interval = interval
+        self._last = 0.0
+
+    def __call__(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last >= self._interval:
+            self._last = now
+            self._emit(sample_memory())

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import BadInput, EngineError
+from ..errors import BadInput, EngineError, setting
 from ..names import model_label
 from ..search.methods import DEFAULT_METHOD
 from ..search.plan import Plan, as_plan, read_plan_file
@@ -35,7 +35,7 @@ from ..session.files import (
 )
 from ..session.lock import lock_holder
 from .eval_request import EvalRequest
-from .gguf_rules import GGUF_TYPES
+from .gguf_rules import FORMAT_GGUF, GGUF_TYPES
 from .speed import Speed
 
 COMPARISON_FORMAT = "mptui.comparison/1"
@@ -102,14 +102,15 @@ class SpeedRequest:
     def check(self) -> None:
         """One line of :class:`BadInput` before any model loads."""
         for option, value in (
-            ("--speed-repeats", self.repeats), ("prompt tokens", self.prompt_tokens),
+            (setting("speed.repeats"), self.repeats), ("prompt tokens", self.prompt_tokens),
             ("new tokens", self.new_tokens),
         ):  # fmt: skip
             if value < 1:
-                raise BadInput(f"{option} must be at least 1 (got {value})")
+                raise BadInput(option, f" must be at least 1 (got {value})")
         if self.gguf_type is not None and self.gguf_type not in GGUF_TYPES:
             raise BadInput(
-                f"--speed-gguf-type {self.gguf_type!r}: choose one of {', '.join(GGUF_TYPES)}"
+                setting("speed.gguf_type"),
+                f" {self.gguf_type!r}: choose one of {', '.join(GGUF_TYPES)}",
             )
 
     def words(self) -> str:
@@ -524,7 +525,7 @@ def compare_sessions(
         seen.add(path.resolve())
     forced = [sentence for other in sessions[1:] for sentence in differences(sessions[0], other)]
     if forced and not force:
-        raise BadInput(f"{forced[0]}; --force compares them anyway")
+        raise BadInput(f"{forced[0]}; ", setting("force"), " compares them anyway")
     recoveries = [read_recovery(path) for path, _plan in sessions]
     comparison = plan_comparison(sessions, forced, recoveries)
     if evaluation is None and speed is None:
@@ -674,7 +675,9 @@ def speed_prompt(tokenizer, tokens: int) -> list[int]:
         if len(ids) >= tokens:
             return ids[:tokens]
         text += " " + SPEED_TEXT
-    raise BadInput(f"--speed: the tokenizer makes fewer than {tokens} tokens of the prompt")
+    raise BadInput(
+        setting("speed"), f": the tokenizer makes fewer than {tokens} tokens of the prompt"
+    )
 
 
 def measure_speed(
@@ -698,8 +701,9 @@ def measure_speed(
     context = getattr(model.config, "max_position_embeddings", None)
     if context and request.prompt_tokens + request.new_tokens > context:
         raise BadInput(
-            f"--speed: a {request.prompt_tokens}-token prompt and {request.new_tokens} new "
-            f"tokens do not fit {name}'s context of {context} tokens"
+            setting("speed"),
+            f": a {request.prompt_tokens}-token prompt and {request.new_tokens} new tokens do "
+            f"not fit {name}'s context of {context} tokens",
         )
     parameter = next(model.parameters())
     on = f"{str(parameter.dtype).removeprefix('torch.')} on {parameter.device.type}"
@@ -751,7 +755,7 @@ def _llama_cpp_speed(
 def _gguf_reason(error: Exception) -> str:
     """The exporter's refusal without what only ``mptui export`` needs to hear (the option's
     name, the other format)."""
-    return str(error).removeprefix("--format gguf: ").split("; GGUF export supports")[0]
+    return str(error).removeprefix(f"{FORMAT_GGUF}: ").split("; GGUF export supports")[0]
 
 
 def _with_results(scores: Scores, results: dict) -> Scores:

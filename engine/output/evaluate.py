@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import BadInput, Cancelled
+from ..errors import BadInput, Cancelled, setting
 from ..model.adapters import adapter_for
 from ..search.calibration import split_documents, tokenize_chunks
 from ..search.scoring import Scorer
@@ -109,7 +109,9 @@ def check_tasks(tasks: Sequence[str], include_path: str | Path | None = None):
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise BadInput(
-            f"unknown lm-eval task(s): {', '.join(unknown)}; give --include-path for local tasks"
+            f"unknown lm-eval task(s): {', '.join(unknown)}; give ",
+            setting("include_path"),
+            " for local tasks",
         )
     return manager
 

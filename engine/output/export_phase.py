@@ -16,7 +16,7 @@ from ..control import events as ev
 from ..control.events import ActivityKind
 from ..errors import BadInput, DeviceFailed, EngineError
 from ..recovery.run import RecoveryRun
-from ..search.pruning import PruningSession
+from ..search.pruning import Pruning
 from .export import ExportResult, export_model
 from .gguf_export import GgufResult, export_gguf
 from .gguf_rules import GGUF_TYPES
@@ -47,7 +47,7 @@ def check_export(command: cmd.Export) -> None:
 
 
 def write_model(
-    session: PruningSession,
+    pruning: Pruning,
     recovery: RecoveryRun | None,
     command: cmd.Export,
     progress: Progress | None = None,
@@ -55,9 +55,9 @@ def write_model(
     """The model as pruned so far (the recovered one once ``recovery`` has started) written as
     ``command`` asks; raises the engine's errors (or OSError) when it cannot be."""
     check_export(command)
-    path, plan = Path(command.path), session.plan()
+    path, plan = Path(command.path), pruning.plan()
     if command.format == "gguf":
-        model, tokenizer = session.model, session.tokenizer
+        model, tokenizer = pruning.model, pruning.tokenizer
         if recovery is not None:
             model, tokenizer = recovery.merged(), recovery.tokenizer
         return export_gguf(
@@ -65,7 +65,7 @@ def write_model(
         )
     if recovery is not None:
         return recovery.export(plan, path, progress)
-    return export_model(session.model, session.tokenizer, plan, path, progress=progress)
+    return export_model(pruning.model, pruning.tokenizer, plan, path, progress=progress)
 
 
 def exported_event(result: ExportResult | GgufResult) -> ev.Exported:
@@ -88,13 +88,11 @@ class ExportPhase:
         self._emit = emit
         self._failing_as = failing_as
 
-    def run(
-        self, session: PruningSession, recovery: RecoveryRun | None, command: cmd.Export
-    ) -> None:
+    def run(self, pruning: Pruning, recovery: RecoveryRun | None, command: cmd.Export) -> None:
         try:
             check_export(command)
         except BadInput as error:
-            self._emit(ev.Notice(f"export failed: {error}"))
+            self._emit(ev.Notice.of("export failed: ", error))
             return
         label = f"exporting to {command.path}"
         self._emit(ev.Activity(ActivityKind.EXPORT, label))
@@ -104,11 +102,11 @@ class ExportPhase:
 
         try:
             with self._failing_as(label):
-                result = write_model(session, recovery, command, progress)
+                result = write_model(pruning, recovery, command, progress)
         except DeviceFailed:
             raise
         except (EngineError, OSError) as error:
-            self._emit(ev.Notice(f"export failed: {error}"))
+            self._emit(ev.Notice.of("export failed: ", error))
             return
         finally:
             self._emit(ev.Activity(None))

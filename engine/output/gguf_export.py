@@ -30,13 +30,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import BadInput, UnsupportedModel
+from ..errors import BadInput, UnsupportedModel, setting
 from ..model.adapters import Adapter, adapter_for
 from ..model.facts import family_model_types
 from ..names import model_label
 from ..search.plan import Plan, as_plan
 from ..session.disk import staged_file
-from .gguf_rules import GGUF_FAMILIES, GGUF_TYPES, check_gguf_destination, refusal_for
+from .gguf_rules import (
+    FORMAT_GGUF,
+    GGUF_FAMILIES,
+    GGUF_TYPES,
+    check_gguf_destination,
+    refusal_for,
+)
 from .gguf_vocab import gguf_vocab
 
 Progress = Callable[[int, int], None]
@@ -82,7 +88,7 @@ def gguf_layers(adapter: Adapter) -> list[GgufLayer]:
         heads = groups * adapter.q_per_kv
         layers.append(GgufLayer(index, heads, groups, ffn, attention_stand_in, mlp_stand_in))
     if not layers:
-        raise BadInput("--format gguf: the plan removed every layer; nothing is left to serve")
+        raise BadInput(FORMAT_GGUF, ": the plan removed every layer; nothing is left to serve")
     return layers
 
 
@@ -108,9 +114,11 @@ def export_gguf(
     rope = _rope(model.config)  # refuses a scaling llama.cpp's deci graph cannot reproduce
     gguf_type = gguf_type or _own_type(model, plan)
     if gguf_type not in GGUF_TYPES:
-        raise BadInput(f"--gguf-type {gguf_type!r}: choose one of {', '.join(GGUF_TYPES)}")
+        raise BadInput(
+            setting("gguf_type"), f" {gguf_type!r}: choose one of {', '.join(GGUF_TYPES)}"
+        )
     if tokenizer is None:
-        raise BadInput("--format gguf needs the model's tokenizer, and this model has none")
+        raise BadInput(FORMAT_GGUF, " needs the model's tokenizer, and this model has none")
     layers = gguf_layers(adapter)
     vocab = gguf_vocab(tokenizer, model.config.vocab_size)
     writer = gguf.GGUFWriter(path=None, arch=gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.DECI])
@@ -163,11 +171,11 @@ def _checked_adapter(model: nn.Module) -> Adapter:
     if why := refusal_for(family):
         raise UnsupportedModel(why)
     if getattr(config, "hidden_act", "silu") != "silu":
-        raise UnsupportedModel(f"--format gguf: the activation {config.hidden_act!r} is not silu")
+        raise UnsupportedModel(FORMAT_GGUF, f": the activation {config.hidden_act!r} is not silu")
     if getattr(config, "partial_rotary_factor", 1.0) not in (None, 1.0):
-        raise UnsupportedModel("--format gguf: partial rotary embeddings are not supported")
+        raise UnsupportedModel(FORMAT_GGUF, ": partial rotary embeddings are not supported")
     if getattr(model.lm_head, "bias", None) is not None:
-        raise UnsupportedModel("--format gguf: an LM head with a bias is not supported")
+        raise UnsupportedModel(FORMAT_GGUF, ": an LM head with a bias is not supported")
     return adapter_for(model)
 
 
@@ -186,8 +194,8 @@ def _rope(config) -> dict:
     kind = rope.get("rope_type", "default")
     if kind not in ("default", "linear", "llama3"):
         raise UnsupportedModel(
-            f"--format gguf: RoPE scaling {kind!r} is not supported (default, linear and llama3 "
-            "are)"
+            FORMAT_GGUF,
+            f": RoPE scaling {kind!r} is not supported (default, linear and llama3 are)",
         )
     return rope
 

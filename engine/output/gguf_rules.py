@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import BadInput, UnsupportedModel
+from ..errors import BadInput, Message, UnsupportedModel, setting
 
 #: ``--gguf-type`` choices; 1-D tensors (norms, biases) are always written in float32.
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
 #: Families whose layers llama.cpp's ``deci`` graph computes exactly (model types).
 GGUF_FAMILIES = ("llama", "mistral", "qwen2", "phi3")
+#: How a GGUF export's refusals begin (``--format gguf``).
+FORMAT_GGUF = Message.of(setting("format"), " gguf")
 #: Why the other families cannot be written, for the one-line refusal.
 _REFUSED_BECAUSE = {
     "qwen3": "its per-head q/k norms have no place in llama.cpp's deci layers",
@@ -26,15 +28,17 @@ _ARCHITECTURE_FAMILY = {
 }
 
 
-def refusal_for(family: str) -> str | None:
+def refusal_for(family: str) -> Message | None:
     """One line saying why ``family`` (a model type) cannot be exported as GGUF, or None."""
     if family in GGUF_FAMILIES:
         return None
     why = _REFUSED_BECAUSE.get(family, "llama.cpp's deci layers do not describe it")
-    return (
-        f"--format gguf: a {family} model cannot be written as GGUF ({why}); GGUF export "
-        f"supports {', '.join(GGUF_FAMILIES)}, and every family exports as safetensors "
-        "(--format safetensors)"
+    return Message.of(
+        FORMAT_GGUF,
+        f": a {family} model cannot be written as GGUF ({why}); GGUF export supports "
+        f"{', '.join(GGUF_FAMILIES)}, and every family exports as safetensors (",
+        setting("format"),
+        " safetensors)",
     )
 
 
@@ -48,7 +52,10 @@ def check_gguf_architecture(architecture: str) -> None:
 def check_gguf_destination(out: Path) -> None:
     """``out`` must name a ``.gguf`` file in an existing folder, and may replace only a GGUF."""
     if out.suffix.lower() != ".gguf":
-        raise BadInput(f"--format gguf writes one file: give --out a name ending in .gguf ({out})")
+        raise BadInput(
+            FORMAT_GGUF, " writes one file: give ", setting("export.path"),
+            f" a name ending in .gguf ({out})",
+        )  # fmt: skip
     if out.is_dir():
         raise BadInput(f"GGUF destination '{out}' is a folder; give a file name ending in .gguf")
     if not out.parent.is_dir():

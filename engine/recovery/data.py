@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import BadInput, CalibrationError
+from ..errors import BadInput, CalibrationError, setting
 from ..search.calibration import (
     is_table,
     load_documents,
@@ -66,7 +66,7 @@ def check_data(source: str) -> None:
     """Without a tokenizer: the source exists, and instruction rows have their fields."""
     path = Path(source).expanduser()
     if not is_table(source) and not path.is_file():
-        raise BadInput(f"recovery data '{source}' does not exist; check --data")
+        raise BadInput(f"recovery data '{source}' does not exist; check ", setting("recovery.data"))
     if _is_rows(source, path):
         _rows(source, path)
     elif not path.read_text(errors="replace").strip():
@@ -84,8 +84,10 @@ def load_examples(source: str, tokenizer, seqlen: int, cache_dir: Path | None = 
     examples = [e for e in examples if e.label_tokens]
     if not examples:
         raise BadInput(
-            f"recovery data '{source}' has no example with a response token within "
-            f"--seqlen {seqlen}; raise --seqlen"
+            f"recovery data '{source}' has no example with a response token within ",
+            setting("recovery.seqlen"),
+            f" {seqlen}; raise ",
+            setting("recovery.seqlen"),
         )
     return examples
 
@@ -166,5 +168,7 @@ def split_validation(examples: list[Example], count: int) -> tuple[list, list]:
     """The last ``count`` examples (at most half) held out: (train, validation)."""
     held = min(count, len(examples) // 2)
     if held < 1:
-        raise BadInput("recovery data has a single example; give more or --val-data")
+        raise BadInput(
+            "recovery data has a single example; give more or ", setting("recovery.val_data")
+        )
     return examples[:-held], examples[-held:]

@@ -12,7 +12,7 @@ import warnings
 
 from torch import nn
 
-from ..errors import BadInput
+from ..errors import BadInput, setting
 
 
 def _adaptable(module: nn.Module) -> bool:
@@ -28,7 +28,10 @@ def resolve_targets(model: nn.Module, targets: tuple[str, ...]) -> list[str]:
         found = [leaf for leaf in (target, f"{target}_proj") if leaf in leaves]
         if not found:
             have = ", ".join(sorted(leaves - {"lm_head"}))
-            raise BadInput(f"--targets: this model has no module '{target}' (it has: {have})")
+            raise BadInput(
+                setting("recovery.targets"),
+                f": this model has no module '{target}' (it has: {have})",
+            )
         resolved.append(found[0])
     return resolved
 

@@ -18,7 +18,7 @@ from ..control.events import ActivityKind, EngineState
 from ..errors import EngineError
 from ..model.device_failure import device_failed, is_device_failure
 from ..output.export import is_export
-from ..search.pruning import PruningSession
+from ..search.pruning import Pruning
 from ..search.run_request import RunRequest
 from .events import RecoveryFinished
 from .folder import RecoveryFolder
@@ -50,9 +50,9 @@ class RecoveryPhase:
         self.current: RecoveryRun | None = None
 
     def run(
-        self, session: PruningSession, settings: RecoverySettings, poll: Callable[[], bool]
+        self, pruning: Pruning, settings: RecoverySettings, poll: Callable[[], bool]
     ) -> EngineState | None:
-        """Fine-tune a copy of ``session``'s pruned model (the session keeps the pruned one,
+        """Fine-tune a copy of ``pruning``'s pruned model (the pruning keeps the pruned one,
         for dense and pruned evaluations) until done, or until ``poll`` (called after every
         optimizer step, blocking while paused) returns True.
 
@@ -62,7 +62,7 @@ class RecoveryPhase:
         if self.current is not None:
             self._emit(ev.Notice("a recovery has already run in this session"))
             return None
-        self.current = self._prepare(session, settings)
+        self.current = self._prepare(pruning, settings)
         if self.current is None:
             return None
         self._set_state(EngineState.RECOVERING)
@@ -72,12 +72,12 @@ class RecoveryPhase:
             if is_device_failure(error):  # the state saved last is kept; --resume goes on
                 during = f"recovering (optimizer step {self.current.step + 1})"
                 error = device_failed(error, during, self._session_dir)
-                message = str(error)
+                failure = ev.Error.of(error)
             else:
-                message = f"recovery failed: {error}"
+                failure = ev.Error.of("recovery failed: ", error)
             if not isinstance(error, EngineError):
                 log.exception("recovery failed")
-            self._emit(ev.Error(message))
+            self._emit(failure)
             self._emit(RecoveryFinished("error", self.current.step, settings.steps))
             end = EngineState.ERROR
         else:
@@ -85,9 +85,9 @@ class RecoveryPhase:
         self._set_state(end)
         return end
 
-    def _prepare(self, session: PruningSession, settings: RecoverySettings) -> RecoveryRun | None:
+    def _prepare(self, pruning: Pruning, settings: RecoverySettings) -> RecoveryRun | None:
         from_export = is_export(Path(self._model_source).expanduser())
-        if not session.steps and not from_export:
+        if not pruning.steps and not from_export:
             self._emit(ev.Notice("nothing was removed, so there is nothing to recover"))
             return None
         if self._session_dir is None:
@@ -95,19 +95,19 @@ class RecoveryPhase:
             return None
         source = (
             RecoverySource("export", Path(self._model_source))
-            if from_export and not session.steps
+            if from_export and not pruning.steps
             else RecoverySource("session", self._session_dir)
         ).loaded_as(self._request.dtype, self._request.device)  # a resume loads it alike
         # a copy of the model and the data tokenized: on a 7B, long enough to need a word
         self._emit(ev.Activity(ActivityKind.LOADING, "preparing the recovery"))
-        session.release_scorers()  # nothing is scored once a recovery starts: free the GPU
+        pruning.release_scorers()  # nothing is scored once a recovery starts: free the GPU
         try:
             return prepare_recovery(
-                copy.deepcopy(session.model), session.tokenizer, settings,
+                copy.deepcopy(pruning.model), pruning.tokenizer, settings,
                 RecoveryFolder(self._session_dir), self._emit, source, self._cache_dir,
             )  # fmt: skip
         except EngineError as error:
-            self._emit(ev.Notice(f"recovery not started: {error}"))
+            self._emit(ev.Notice.of("recovery not started: ", error))
             return None
         finally:
             self._emit(ev.Activity(None))

@@ -21,7 +21,7 @@ from ..defaults import (
     DEFAULT_RECOVERY_WARMUP,
     DEFAULT_SEED,
 )
-from ..errors import BadInput
+from ..errors import BadInput, setting
 
 
 @dataclass(frozen=True)
@@ -47,20 +47,33 @@ class RecoverySettings:
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        """Numbers a user can get wrong are refused with the option's name."""
+        """Numbers a user can get wrong are refused with the setting's name."""
         if not self.data:
-            raise BadInput("no recovery data given; pass --data FILE|DATASET")
-        for name in ("steps", "rank", "batch_size", "grad_accum", "seqlen", "eval_every"):
-            if getattr(self, name) < 1:
-                raise BadInput(f"--{name.replace('_', '-')} must be at least 1")
-        if self.save_every < 1:
-            raise BadInput("--save-every must be at least 1")
+            raise BadInput(
+                "no recovery data given; pass ", setting("recovery.data"), " FILE|DATASET"
+            )
+        for named, value in (
+            (setting("recovery.steps"), self.steps),
+            (setting("recovery.rank"), self.rank),
+            (setting("recovery.batch_size"), self.batch_size),
+            (setting("recovery.grad_accum"), self.grad_accum),
+            (setting("recovery.seqlen"), self.seqlen),
+            (setting("recovery.eval_every"), self.eval_every),
+            (setting("recovery.save_every"), self.save_every),
+        ):
+            if value < 1:
+                raise BadInput(named, " must be at least 1")
         if not self.lr > 0 or not self.alpha > 0:
-            raise BadInput("--lr and --alpha must be positive")
+            raise BadInput(
+                setting("recovery.lr"), " and ", setting("recovery.alpha"), " must be positive"
+            )
         if self.warmup < 0 or self.val_examples < 1 or not 0 <= self.dropout < 1:
-            raise BadInput("--warmup must be >= 0, held-out examples >= 1, dropout in [0, 1)")
+            raise BadInput(
+                setting("recovery.warmup"),
+                " must be >= 0, held-out examples >= 1, dropout in [0, 1)",
+            )
         if not self.targets:
-            raise BadInput("--targets names no module")
+            raise BadInput(setting("recovery.targets"), " names no module")
 
     @property
     def effective_batch(self) -> int:

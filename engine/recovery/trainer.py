@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..errors import OutOfMemory
+from ..errors import OutOfMemory, setting
 from ..model.memory import is_out_of_memory
 from .data import IGNORE, Example
 from .lora import add_adapters
@@ -196,8 +196,10 @@ class Trainer:
             torch.cuda.empty_cache()
         if self.micro_batch == 1:
             raise OutOfMemory(
-                "out of memory with one example per forward; lower --seqlen or turn on "
-                "--gradient-checkpointing"
+                "out of memory with one example per forward; lower ",
+                setting("recovery.seqlen"),
+                " or turn on ",
+                setting("recovery.gradient_checkpointing"),
             )
         self.micro_batch = max(1, self.micro_batch // 2)
         accum = math.ceil(self.settings.effective_batch / self.micro_batch)

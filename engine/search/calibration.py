@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import CalibrationError, DiskFull
+from ..errors import CalibrationError, DiskFull, setting
 from ..session.disk import write_bytes_atomic
 from .settings import CalibrationSpec
 
@@ -81,8 +81,9 @@ def _jsonl_documents(path: Path, text_field: str) -> list[str]:
             ) from None
         if not isinstance(row, dict) or text_field not in row:
             raise CalibrationError(
-                f"{path}: line {number} has no '{text_field}' field; "
-                "pass --text-field with the field that holds the text"
+                f"{path}: line {number} has no '{text_field}' field; pass ",
+                setting("text_field"),
+                " with the field that holds the text",
             )
         documents.append(_as_text(row[text_field], f"{path}: line {number}", text_field))
     return documents
@@ -92,8 +93,9 @@ def _as_text(value: object, where: str, text_field: str) -> str:
     """Only strings are text; ``str(None)`` would quietly calibrate on the word "None"."""
     if not isinstance(value, str):
         raise CalibrationError(
-            f"{where} has a '{text_field}' that is {type(value).__name__}, not text; "
-            "pass --text-field with a text field"
+            f"{where} has a '{text_field}' that is {type(value).__name__}, not text; pass ",
+            setting("text_field"),
+            " with a text field",
         )
     return value
 
@@ -103,7 +105,9 @@ def _column(table: datasets.Dataset, text_field: str, source: str) -> list[str]:
     if text_field not in table.column_names:
         raise CalibrationError(
             f"dataset '{source}' has no '{text_field}' column (it has "
-            f"{', '.join(table.column_names)}); pass --text-field with one of them"
+            f"{', '.join(table.column_names)}); pass ",
+            setting("text_field"),
+            " with one of them",
         )
     return [
         _as_text(value, f"dataset '{source}' row {index}", text_field)
@@ -184,8 +188,9 @@ def _named_table(name: str) -> datasets.Dataset:
     except Exception as error:  # datasets raises many types for "not reachable"
         raise CalibrationError(
             f"could not load dataset '{name}' from the hub or the local datasets cache "
-            f"({_first_line(error)}); pass a local .txt, .jsonl or .parquet file with "
-            "--calibration PATH"
+            f"({_first_line(error)}); pass a local .txt, .jsonl or .parquet file with ",
+            setting("calibration"),
+            " PATH",
         ) from error
 
 
@@ -315,7 +320,7 @@ def tokenize_chunks(
     source in the error for text shorter than one chunk.
     """
     if seqlen < 1:
-        raise CalibrationError(f"--seqlen {seqlen} must be 1 or more")
+        raise CalibrationError(setting("seqlen"), f" {seqlen} must be 1 or more")
     text = _joined_text(documents)
     cache_file = None
     if cache_dir is not None:
@@ -405,5 +410,6 @@ def _require_one_chunk(tokens: int, seqlen: int, label: str) -> None:
     if tokens < seqlen:
         raise CalibrationError(
             f"{label} gives {tokens} tokens, fewer than one chunk of {seqlen}; "
-            "use a longer file or a smaller --seqlen"
+            "use a longer file or a smaller ",
+            setting("seqlen"),
         )

@@ -13,7 +13,7 @@ survivor ends with its exact score; the choice is the lowest of those. The leade
 ruled out.
 
 The rounds take contiguous ranges of rows, so batching and the prefix cache work as in the exact
-search; :func:`spread_rows` puts the rows in a seeded random order once, when a fast session is
+search; :func:`spread_rows` puts the rows in a seeded random order once, when a fast ``Pruning`` is
 built, so that each of those ranges is a random sample of the whole calibration set rather than
 its first few documents.
 

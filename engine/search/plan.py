@@ -3,8 +3,10 @@ with its format checked.
 
 :class:`Plan` and :class:`PlanStep` are what the engine, the summary, export, evaluation and
 the app work with; :meth:`Plan.to_dict` is exactly the JSON of ``plan.json`` (docs/engine.md),
-and keys this version does not know survive a round trip in ``extra``. Events carry the dicts,
-never these objects. Torch-free, so the app and tools can read plans cheaply.
+and keys this version does not know survive a round trip in ``extra``. Events carry
+:class:`PlanStep` (``StepCommitted.step``, ``Loaded.steps``) and the wire and the event log
+write it as :meth:`PlanStep.to_dict`; ``Finished.plan`` stays the plan's JSON. Torch-free, so
+the app, ``mptui attach`` and tools can read plans and events cheaply.
 """
 
 from __future__ import annotations

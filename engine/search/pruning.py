@@ -1,7 +1,7 @@
 """The state of one pruning run: the model as pruned so far, its plan, budget and eligibility.
 
 This is the part of MultiPruner that does not care who drives it: the runner (greedy, guided,
-or a user's override) decides *which* structure; the session knows which ones are eligible,
+or a user's override) decides *which* structure; :class:`Pruning` knows which ones are eligible,
 what each would cost and free, and how to commit and undo exactly. The search method
 (:mod:`.methods`) decides what a block candidate is: a sub-block, or a whole layer.
 """
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import BadInput
+from ..errors import BadInput, setting
 from ..model.adapters import Adapter, CommitRecord
 from ..model.facts import check_group_sizes
 from .fast_search import Evaluation, perplexity
@@ -38,8 +38,10 @@ class StepStats:
 
 
 @dataclass
-class PruningSession:
-    """One run over one model. Not thread-safe: only the engine thread touches it."""
+class Pruning:
+    """The model in memory as it is being pruned: the model, its adapter, scorers and settings,
+    and the steps committed so far (with what undoes each); the session folder on disk
+    (engine/session/) is another thing. Not thread-safe: only the engine thread touches it."""
 
     model: nn.Module
     adapter: Adapter
@@ -147,8 +149,9 @@ class PruningSession:
             )
         if kind == "layer" and not self.method.whole_layers:
             raise BadInput(
-                f"L{layer} names a whole layer, a candidate of --method "
-                f"{' and '.join(LAYER_METHODS)} only"
+                f"L{layer} names a whole layer, a candidate of ",
+                setting("method"),
+                f" {' and '.join(LAYER_METHODS)} only",
             )
         if kind in ("attn_block", "mlp_block", "layer"):
             structure = Structure(kind, layer)
@@ -313,7 +316,7 @@ class PruningSession:
                 **self.settings.to_dict(),
                 "mlp_group": self.groups.mlp,
                 "attn_group": self.groups.attn,
-                "group_source": self.groups.source,
+                "group_source": str(self.groups.source),
                 "count_removed_norms": self.count_removed_norms,
                 "batch_size_used": self.scorers[first].batch_size,
                 "fast_margin": self.settings.fast_margin if self.settings.fast else None,

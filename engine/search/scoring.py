@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import OutOfMemory
+from ..errors import OutOfMemory, setting
 from ..model.adapters import Adapter
 from ..model.batching import auto_batch_size
 from ..model.compiled import SubBlockRunner
@@ -380,9 +380,10 @@ class Scorer:
     def _lower_batch(self, error: BaseException) -> None:
         if self.batch_size == 1:
             raise OutOfMemory(
-                "out of memory with batch size 1; lower --seqlen or --nsamples, or spread the "
-                "model over more devices with --device-map"
-            ) from error
+                "out of memory with batch size 1; lower ", setting("seqlen"), " or ",
+                setting("nsamples"), ", or spread the model over more devices with ",
+                setting("device_map"),
+            ) from error  # fmt: skip
         self.batch_size = max(1, self.batch_size // 2)
         self._device_contexts.clear()
         if torch.cuda.is_available():

@@ -23,7 +23,7 @@ from ..defaults import (
     DEFAULT_SEQLEN,
     DEFAULT_TEXT_FIELD,
 )
-from ..errors import BadInput
+from ..errors import BadInput, Message, Part, setting
 from .methods import DEFAULT_METHOD, FAITHFUL_MODES, method_named
 from .structures import DIMENSIONS, Dimension
 
@@ -63,11 +63,12 @@ FAITHFUL_CALIBRATION = "tatsu-lab/alpaca"
 
 @dataclass(frozen=True)
 class GroupSizes:
-    """Channels one width step removes, and where the numbers came from (shown in the UI)."""
+    """Channels one width step removes, and where the numbers came from (a load note, in the
+    words of whoever reads it: the settings given are named)."""
 
     mlp: int
     attn: int
-    source: str
+    source: Message
 
 
 def reference_group_sizes(name_or_path: str) -> tuple[int, int] | None:
@@ -88,26 +89,31 @@ def resolve_group_sizes(
 ) -> GroupSizes:
     """Explicit sizes win; then the reference's; else ~9% of the MLP width and one KV group."""
     reference = reference_group_sizes(name_or_path)
+    given = _given(mlp_group, attn_group)
     if reference:
-        given = [n for n, v in (("--mlp-group", mlp_group), ("--attn-group", attn_group)) if v]
         return GroupSizes(
             mlp_group if mlp_group is not None else reference[0],
             attn_group if attn_group is not None else reference[1],
-            "reference defaults for this model" + (f" ({', '.join(given)} given)" if given else ""),
+            Message.of("reference defaults for this model", given),
         )
     rule_mlp = max(1, round(0.09 * intermediate_size))
     mlp = mlp_group if mlp_group is not None else rule_mlp
     attn = attn_group if attn_group is not None else attn_group_channels
-    given = [n for n, v in (("--mlp-group", mlp_group), ("--attn-group", attn_group)) if v]
-    source = (
-        "given"
-        if len(given) == 2
-        else (
-            "rule: ~9% of the MLP width, one KV group"
-            + (f" ({', '.join(given)} given)" if given else "")
-        )
-    )
-    return GroupSizes(mlp, attn, source)
+    if mlp_group and attn_group:
+        return GroupSizes(mlp, attn, Message.of("given"))
+    return GroupSizes(mlp, attn, Message.of("rule: ~9% of the MLP width, one KV group", given))
+
+
+def _given(mlp_group: int | None, attn_group: int | None) -> Message:
+    """`` (mlp_group, attn_group given)``: the group sizes the user gave, by name; or nothing."""
+    given = [
+        setting(name)
+        for name, size in (("mlp_group", mlp_group), ("attn_group", attn_group))
+        if size
+    ]
+    if not given:
+        return Message()
+    return Message.of(" (", given[0], *(Message.of(", ", named) for named in given[1:]), " given)")
 
 
 def parse_distribution(text: str | None, count: int = 3) -> tuple[float, ...]:
@@ -119,13 +125,17 @@ def parse_distribution(text: str | None, count: int = 3) -> tuple[float, ...]:
         values = [float(p) for p in parts]
     except ValueError:
         raise BadInput(
-            f"--distribution '{text}' must be numbers separated by ':'"
-            f" (e.g. {DEFAULT_DISTRIBUTION})"
+            setting("distribution"),
+            f" '{text}' must be numbers separated by ':' (e.g. {DEFAULT_DISTRIBUTION})",
         ) from None
     if len(values) != count:
-        raise BadInput(f"--distribution '{text}' needs {count} shares, one per dimension")
+        raise BadInput(
+            setting("distribution"), f" '{text}' needs {count} shares, one per dimension"
+        )
     if any(v < 0 or not math.isfinite(v) for v in values) or sum(values) <= 0:
-        raise BadInput(f"--distribution '{text}' must be non-negative numbers with a positive sum")
+        raise BadInput(
+            setting("distribution"), f" '{text}' must be non-negative numbers with a positive sum"
+        )
     total = sum(values)
     return tuple(v / total for v in values)
 
@@ -136,7 +146,7 @@ def parse_order(text: str | list[str] | tuple[str, ...]) -> tuple[Dimension, ...
         if name not in DIMENSIONS:
             raise BadInput(f"unknown dimension '{name}'; use {', '.join(DIMENSIONS)}")
     if sorted(names) != sorted(DIMENSIONS):
-        raise BadInput(f"--order must name each of {', '.join(DIMENSIONS)} exactly once")
+        raise BadInput(setting("order"), f" must name each of {', '.join(DIMENSIONS)} exactly once")
     return tuple(names)  # type: ignore[return-value]
 
 
@@ -175,34 +185,46 @@ class PruneSettings:
 
     def __post_init__(self) -> None:
         if not (0.0 < self.target_ratio < 1.0):
-            raise BadInput(f"--target-ratio {self.target_ratio} must be strictly between 0 and 1")
+            raise BadInput(
+                setting("target_ratio"), f" {self.target_ratio} must be strictly between 0 and 1"
+            )
         parse_order(self.order)
-        _positive_int("--seqlen", self.calibration.seqlen)
-        for name, value in (
-            ("--mlp-group", self.mlp_group),
-            ("--attn-group", self.attn_group),
-            ("--batch-size", self.batch_size),
+        _positive_int(setting("seqlen"), self.calibration.seqlen)
+        for named, value in (
+            (setting("mlp_group"), self.mlp_group),
+            (setting("attn_group"), self.attn_group),
+            (setting("batch_size"), self.batch_size),
+            (setting("block_count"), self.block_count),
         ):
             if value is not None:
-                _positive_int(name, value)
-        if self.block_count is not None:
-            _positive_int("--block-count", self.block_count)
+                _positive_int(named, value)
         if self.calibration.nsamples < 0:
-            raise BadInput(f"--nsamples {self.calibration.nsamples} must be 0 (all) or more")
+            raise BadInput(
+                setting("nsamples"), f" {self.calibration.nsamples} must be 0 (all) or more"
+            )
         if self.compile not in COMPILE_MODES:
-            raise BadInput(f"--compile '{self.compile}' must be one of {', '.join(COMPILE_MODES)}")
+            raise BadInput(
+                setting("compile"), f" '{self.compile}' must be one of {', '.join(COMPILE_MODES)}"
+            )
         if self.faithful is not None and self.faithful not in FAITHFUL_MODES:
             raise BadInput(
-                f"--faithful '{self.faithful}' must be one of {', '.join(FAITHFUL_MODES)}"
+                setting("faithful"),
+                f" '{self.faithful}' must be one of {', '.join(FAITHFUL_MODES)}",
             )
         if not (math.isfinite(self.fast_margin) and self.fast_margin >= 0):
-            raise BadInput(f"--fast-margin {self.fast_margin} must be a number of at least 0")
+            raise BadInput(
+                setting("fast_margin"), f" {self.fast_margin} must be a number of at least 0"
+            )
         if not (0 <= self.fast_tolerance < 1):
-            raise BadInput(f"--fast-tolerance {self.fast_tolerance} must be at least 0 and below 1")
+            raise BadInput(
+                setting("fast_tolerance"), f" {self.fast_tolerance} must be at least 0 and below 1"
+            )
         if self.fast and self.faithful is not None:
             raise BadInput(
-                f"--fast cannot be used with --faithful {self.faithful}: the reference scores "
-                "every candidate on every row"
+                setting("fast"),
+                " cannot be used with ",
+                setting("faithful"),
+                f" {self.faithful}: the reference scores every candidate on every row",
             )
         method_named(self.method).check(
             faithful=self.faithful, fast=self.fast, block_count=self.block_count
@@ -254,6 +276,6 @@ def _only_blocks(dims: tuple[str, ...]) -> str:
     return ":".join("1" if d == "blocks" else "0" for d in dims)
 
 
-def _positive_int(name: str, value: object) -> None:
+def _positive_int(named: Part, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise BadInput(f"{name} {value} must be a positive whole number")
+        raise BadInput(named, f" {value} must be a positive whole number")

@@ -1,4 +1,4 @@
-"""From a run request to a ready session: load, check, rank, tokenize, score dense.
+"""From a run request to a ready ``Pruning``: load, check, rank, tokenize, score dense.
 
 Kept apart from the runner so the headless CLI, the app and resume share one path, and so every
 check on user input happens before any long work starts.
@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 
 from ..control import events as ev
-from ..errors import BadInput
+from ..errors import BadInput, Message, setting
 from ..model.adapters import Adapter, adapter_for
 from ..model.channel_order import apply_order, reorder_model
 from ..model.compiled import resolve_backend
@@ -23,7 +23,7 @@ from ..workers.team import Team
 from .calibration import faithful_rows, load_calibration, load_documents, tokenize_chunks
 from .fast_search import spread_rows
 from .methods import method_named
-from .pruning import PruningSession
+from .pruning import Pruning
 from .run_request import RunRequest
 from .scoring import Scorer
 from .settings import CalibrationSpec, resolve_group_sizes
@@ -33,6 +33,9 @@ log = logging.getLogger("mptui.engine")
 #: Rows the reference draws in faithful mode (docs/method.md §9): width rows first, then block rows.
 FAITHFUL_WIDTH_ROWS = 128
 FAITHFUL_BLOCK_ROWS = 256
+
+#: Why a run without calibration text cannot start.
+NO_CALIBRATION = Message.of("no calibration text given; pass ", setting("calibration"), " PATH")
 
 
 def faithful_dtype(faithful: str | None, dtype: str | None) -> str | None:
@@ -50,17 +53,17 @@ def preflight(request: RunRequest) -> None:
     check_seqlen(request.settings.calibration.seqlen, facts)
     spec = request.settings.calibration
     if not spec.source:
-        raise BadInput("no calibration text given; pass --calibration PATH")
+        raise BadInput(NO_CALIBRATION)
     load_documents(spec.source, spec.text_field)  # a dataset name: reachable, or one clear line
 
 
-def build_session(
+def build_pruning(
     request: RunRequest,
     emit: Callable[[ev.Event], None],
     loaded: tuple | None = None,
     interrupt: Callable[[], None] | None = None,
     team: Team | None = None,
-) -> PruningSession:
+) -> Pruning:
     """Load (or take ``loaded``: a model and tokenizer already in memory, as benchmarks do with
     big random models), check, rank, tokenize, score the dense model and replay a resume.
 
@@ -114,10 +117,10 @@ def build_session(
         fast=settings.fast,
     )
     for note in notes:
-        emit(ev.Notice(note))
+        emit(ev.Notice.of(note))
     ignore = faithful_label_mask(settings.faithful, tokenizer, model.config)
     scorers = _scorers(model, adapter, chunks_by_dimension, request, emit, ignore, check)
-    session = PruningSession(
+    pruning = Pruning(
         model=model,
         adapter=adapter,
         settings=settings,
@@ -129,29 +132,29 @@ def build_session(
             settings.faithful and method_named(settings.faithful).faithful_counts_norms
         ),
     )
-    session.replay(list(request.resume_steps), interrupt=check)
+    pruning.replay(list(request.resume_steps), interrupt=check)
     emit(
         ev.Loaded(
             model=request.model,
             architecture=type(model).__name__,
             num_layers=adapter.num_layers,
-            params_dense=session.params_dense,
-            params_layers_dense=session.params_layers_dense,
-            dense_score=session.dense_scores[settings.order[0]],
+            params_dense=pruning.params_dense,
+            params_layers_dense=pruning.params_layers_dense,
+            dense_score=pruning.dense_scores[settings.order[0]],
             mlp_group=groups.mlp,
             attn_group=groups.attn,
-            group_source=groups.source,
+            group_source=str(groups.source),
             mlp_width=adapter.dense_mlp_width,
             attn_width=adapter.dense_kv_groups * adapter.attn_group_channels,
             order=settings.order,
             targets=settings.targets(),
             tokens=next(iter(scorers.values())).tokens,
-            notes=tuple(notes),
-            steps=tuple(step.to_dict() for step in session.steps),
+            notes=tuple(map(str, notes)),
+            steps=tuple(pruning.steps),
             method=settings.method,
         )
     )
-    return session
+    return pruning
 
 
 def _calibration(request: RunRequest, tokenizer) -> dict[str, torch.Tensor]:
@@ -160,7 +163,7 @@ def _calibration(request: RunRequest, tokenizer) -> dict[str, torch.Tensor]:
     settings = request.settings
     spec: CalibrationSpec = settings.calibration
     if not spec.source:
-        raise BadInput("no calibration text given; pass --calibration PATH")
+        raise BadInput(NO_CALIBRATION)
     if settings.faithful is None:
         chunks = load_calibration(spec, tokenizer, request.cache_dir)
         if settings.fast:  # its first rounds' rows: a sample of the set, not its first documents

@@ -18,7 +18,7 @@ from ..errors import EngineError
 from ..workers import directives as dv
 from ..workers.team import Team, longest_first
 from .fast_search import Evaluation
-from .pruning import PruningSession
+from .pruning import Pruning
 from .structures import Structure
 
 #: How long the leader waits for a follower's result before looking at its commands again.
@@ -43,7 +43,7 @@ class Scoring(Protocol):
 
 
 class LocalWork:
-    """One process: the session's evaluations (exact, or ``--fast``'s rounds), one per
+    """One process: the pruning's evaluations (exact, or ``--fast``'s rounds), one per
     ``advance``."""
 
     def __init__(self, evaluations: Iterator[Evaluation]) -> None:
@@ -69,11 +69,11 @@ class LocalWork:
 
 
 class LocalScoring:
-    def __init__(self, session: PruningSession) -> None:
-        self._session = session
+    def __init__(self, pruning: Pruning) -> None:
+        self._pruning = pruning
 
     def begin(self, dimension: str, candidates: Sequence[Structure]) -> LocalWork:
-        return LocalWork(self._session.evaluations(dimension, candidates))
+        return LocalWork(self._pruning.evaluations(dimension, candidates))
 
     def mirror(self, directive: dv.Directive) -> None:
         """No one to tell."""
@@ -88,11 +88,11 @@ class LocalScoring:
 class TeamScoring:
     """The leader's end of the conversation with every follower."""
 
-    def __init__(self, team: Team, session: PruningSession, interrupt: Callable[[], None]) -> None:
+    def __init__(self, team: Team, pruning: Pruning, interrupt: Callable[[], None]) -> None:
         """``interrupt`` is called while waiting on followers and may raise to give up (a Stop
         while a follower that died is awaited)."""
         self.team = team
-        self.session = session
+        self.pruning = pruning
         self._interrupt = interrupt
         self._sent = dict.fromkeys(team.followers, 0)  # directives sent, per follower
         self._read = dict.fromkeys(team.followers, 0)  # results read, per follower
@@ -132,7 +132,7 @@ class TeamScoring:
     def verify(self, step: int) -> None:
         """After a commit or an undo every follower's model must equal the leader's, bit for
         bit, or the run stops. Waits for each follower to finish the candidate in hand."""
-        mine = dv.model_checksum(self.session.model)
+        mine = dv.model_checksum(self.pruning.model)
         for rank in self.team.followers:
             key = dv.sum_key(rank, self._version)
             while not self.team.has(key):
@@ -190,7 +190,7 @@ class TeamWork:
             index = self._claim()
             if index is not None and index not in self._scores:
                 candidate = self._candidates[index]
-                ready.append(self._record(index, self._scoring.session.score_candidate(candidate)))
+                ready.append(self._record(index, self._scoring.pruning.score_candidate(candidate)))
         if not ready and not self._queue:
             time.sleep(RESULT_POLL_SECONDS)
         return ready
@@ -207,11 +207,11 @@ class TeamWork:
     def _issue(self, indices: Sequence[int]) -> None:
         """Queue ``indices`` costliest first: by the sub-blocks each candidate runs from its
         cached boundary."""
-        session = self._scoring.session
+        pruning = self._scoring.pruning
         costs = []
         for index in indices:
             candidate = self._candidates[index]
-            costs.append(session.scorer_for(candidate).cost(candidate.sub_block))
+            costs.append(pruning.scorer_for(candidate).cost(candidate.sub_block))
         self._queue = tuple(indices[i] for i in longest_first(costs))
         self._gen = self._scoring.next_gen()
         self._gens.add(self._gen)
@@ -235,8 +235,13 @@ class TeamWork:
     def _record(self, index: int, score: float) -> Evaluation:
         """Candidate ``index`` scored on every row (followers run the exact search only)."""
         self._scores[index] = score
-        rows = len(self._scoring.session.scorer_for(self._candidates[index]).chunks)
+        rows = len(self._scoring.pruning.scorer_for(self._candidates[index]).chunks)
         return Evaluation(
             self._candidates[index], score, rows, rows, rows, 1, len(self._scores),
             len(self._candidates),
         )  # fmt: skip
+
+
+def scoring_for(pruning: Pruning, team: Team | None, interrupt: Callable[[], None]) -> Scoring:
+    """Scoring alone, or as the leader of ``team`` (``interrupt`` stops a wait for followers)."""
+    return LocalScoring(pruning) if team is None else TeamScoring(team, pruning, interrupt)

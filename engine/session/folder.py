@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..control import events as ev
-from ..errors import BadInput, DiskFull, ResultNotSaved
+from ..control import wire
+from ..errors import BadInput, DiskFull, ResultNotSaved, setting
 from ..output.evaluate import flat_scores
 from ..recovery.settings import RecoverySettings
 from ..search.plan import Plan, PlanStep, read_plan_file
@@ -123,8 +124,11 @@ class SessionFolder:
         self.check_files()
         if self.holds_session():
             raise BadInput(
-                f"'{self.path}' already holds a session; continue it with --resume {self.path} "
-                "or give --session a new folder"
+                f"'{self.path}' already holds a session; continue it with ",
+                setting("resume"),
+                f" {self.path} or give ",
+                setting("session"),
+                " a new folder",
             )
 
     @property
@@ -347,7 +351,8 @@ class SessionRecorder:
     def __call__(self, event: ev.Event) -> None:
         # the journal and plan.json are written by the engine, before any event is sent
         if not isinstance(event, (ev.Progress, ev.MemorySample)):
-            record = {"event": type(event).__name__, **dataclasses.asdict(event)}
+            # the wire's values, not asdict's: a PlanStep is logged as plan.json's entry
+            record = {"event": type(event).__name__, **wire.encode_value(event)}
             append_line(self.folder.path / EVENTS, json.dumps(record, default=str) + "\n",
                         fsync=False)  # fmt: skip
         if isinstance(event, ev.Evaluated):

@@ -1,6 +1,6 @@
 """A follower of a multi-worker run: a replica that scores what the leader hands it.
 
-It builds the same session as the leader (the leader's request, calibration tokens and channel
+It builds the same ``Pruning`` as the leader (the leader's request, calibration tokens and channel
 order, broadcast), then obeys directives (engine/workers/directives.py) until told to stop. Between
 two
 candidates it looks for a new directive: a pause, an override or an undo on the leader reaches
@@ -11,17 +11,17 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..search.pruning import PruningSession
+from ..search.pruning import Pruning
 from ..search.run_request import RunRequest
-from ..search.setup import build_session
+from ..search.setup import build_pruning
 from . import directives as dv
 from .team import Team
 
 
 class Follower:
-    def __init__(self, team: Team, session: PruningSession) -> None:
+    def __init__(self, team: Team, pruning: Pruning) -> None:
         self.team = team
-        self.session = session
+        self.pruning = pruning
         self._seq = 0  # directives read
         self._sent = 0  # results sent
         self._version = 0  # changes applied
@@ -45,24 +45,24 @@ class Follower:
         return self.team.has(dv.op_key(self.team.rank, self._seq))
 
     def _obey(self, directive: dv.Directive) -> None:
-        session = self.session
+        pruning = self.pruning
         if isinstance(directive, dv.Score):
             self._score(directive)
         elif isinstance(directive, dv.Commit):
-            session.commit(
-                session.structure_from_id(directive.structure), directive.score, directive.chosen_by
+            pruning.commit(
+                pruning.structure_from_id(directive.structure), directive.score, directive.chosen_by
             )
             self._report_checksum()
         elif isinstance(directive, dv.UndoCommit):
-            session.undo()
+            pruning.undo()
             self._report_checksum()
         elif isinstance(directive, dv.Order):
-            session.settings = session.settings.with_order(directive.order)
+            pruning.settings = pruning.settings.with_order(directive.order)
         # Hold: nothing is being scored between directives, so there is nothing to stop
 
     def _score(self, directive: dv.Score) -> None:
-        session = self.session
-        candidates = session.eligible(directive.dimension)
+        pruning = self.pruning
+        candidates = pruning.eligible(directive.dimension)
         if tuple(c.id for c in candidates) != directive.ids:  # replicas agree (checksums)
             raise RuntimeError(
                 f"rank {self.team.rank} sees other {directive.dimension} candidates than rank 0"
@@ -72,7 +72,7 @@ class Follower:
             if position >= len(directive.queue):
                 return
             index = directive.queue[position]
-            score = session.score_candidate(candidates[index])
+            score = pruning.score_candidate(candidates[index])
             result = dv.Result(directive.gen, index, score)
             self.team.put(dv.score_key(self.team.rank, self._sent), result)
             self._sent += 1
@@ -80,7 +80,7 @@ class Follower:
     def _report_checksum(self) -> None:
         self._version += 1
         key = dv.sum_key(self.team.rank, self._version)
-        self.team.put(key, dv.model_checksum(self.session.model))
+        self.team.put(key, dv.model_checksum(self.pruning.model))
 
 
 def on_replica_device(request: RunRequest, team: Team, gpus_per_worker: int) -> RunRequest:
@@ -103,6 +103,6 @@ def follow(team: Team, gpus_per_worker: int = 1) -> int:
         order_file=None,  # the leader's order arrives by broadcast
         cache_dir=None,
     )
-    session = build_session(request, lambda event: None, team=team)
-    Follower(team, session).run()
+    pruning = build_pruning(request, lambda event: None, team=team)
+    Follower(team, pruning).run()
     return 0

@@ -44,12 +44,14 @@ def pin_gpus(gpus_per_worker: int) -> None:
         devices = [str(i) for i in range(torch.cuda.device_count())]
     mine = devices[local_rank * gpus_per_worker : (local_rank + 1) * gpus_per_worker]
     if len(mine) < gpus_per_worker:
-        from ..errors import BadInput
+        from ..errors import BadInput, setting
 
         raise BadInput(
             f"worker {local_rank} needs GPUs {local_rank * gpus_per_worker}-"
-            f"{(local_rank + 1) * gpus_per_worker - 1} but {len(devices)} are visible: lower "
-            "--workers or --gpus-per-worker"
+            f"{(local_rank + 1) * gpus_per_worker - 1} but {len(devices)} are visible: lower ",
+            setting("workers"),
+            " or ",
+            setting("gpus_per_worker"),
         )
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
 

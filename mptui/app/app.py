@@ -32,6 +32,7 @@ from mptui.engine.api import (
 )
 from mptui.engine.api import commands as cmd
 from mptui.engine.api import events as ev
+from mptui.flags import cli_words
 
 from .gpu import NvmlReader
 from .panes import CandidatesPane, LayersPane, MemoryPane, PerplexityPane, StatusLine
@@ -211,7 +212,7 @@ class MptuiApp(App):
             self.state.apply(event)
             changed = True
             if isinstance(event, ev.Notice):
-                self.notify(event.message, timeout=6)
+                self.notify(cli_words(event), timeout=6)
             elif isinstance(event, ev.Exported):
                 self.notify(exported_line(event), title="exported", timeout=15)
             elif isinstance(event, ev.Evaluated):
@@ -219,7 +220,7 @@ class MptuiApp(App):
                 rows = evaluation_rows(event.dense, event.pruned, event.recovered)
                 self.push_screen(EvaluationScreen(title, rows))
             elif isinstance(event, ev.Error):
-                self.notify(event.message, title="engine error", severity="error", timeout=30)
+                self.notify(cli_words(event), title="engine error", severity="error", timeout=30)
             elif isinstance(event, ev.Finished):
                 self.refresh_bindings()  # c (compare) exists from now on
                 if self.state.overshoot:  # a ratio far past the target is no bug: say why
@@ -385,7 +386,7 @@ class MptuiApp(App):
         try:
             comparison = sibling_comparison(self._session_dir, plan)
         except (EngineError, OSError) as error:
-            self.notify(f"cannot compare: {error}", severity="warning")
+            self.notify(f"cannot compare: {cli_words(error)}", severity="warning")
             return
         if comparison is None:
             self.notify(

@@ -20,6 +20,7 @@ from mptui.engine.api import (
     RunView,
     layer_rows,
 )
+from mptui.flags import cli_words
 
 STATE_LABELS = {
     EngineState.LOADING: "LOADING",
@@ -40,6 +41,11 @@ class RunState(RunView):
     app presents it."""
 
     link: str = ""  # attached to a served run: to whom, or that the run has ended
+
+    @property
+    def error(self) -> str | None:
+        """The line the run failed with, in the CLI's words (as the headless run prints it)."""
+        return cli_words(self.failed) if self.failed is not None else None
 
     @property
     def layers(self) -> list[LayerRow]:

@@ -26,6 +26,7 @@ from mptui.engine.api import (
 from mptui.engine.api import events as ev
 from mptui.engine.output.evaluate import EvalRequest
 from mptui.engine.search.plan import PlanStep
+from mptui.engine.search.structures import Structure
 
 TIMEOUT = 60
 
@@ -85,7 +86,7 @@ def worked(events: list) -> list:
 
 
 def steps(app: MptuiApp) -> list[PlanStep]:
-    return list(app.engine.session.steps) if app.engine.session else []
+    return list(app.engine.pruning.steps) if app.engine.pruning else []
 
 
 def shown_commits(app: MptuiApp) -> int:
@@ -160,7 +161,7 @@ async def test_order_screen_changes_the_next_dimension(llama, calibration_file, 
         await pilot.press("space")
         await wait_until(pilot, lambda: len(steps(app)) >= 1)
         assert steps(app)[0].dimension == "attn_heads"
-        assert app.engine.session.settings.order[0] == "attn_heads"
+        assert app.engine.pruning.settings.order[0] == "attn_heads"
 
 
 async def test_undo_restores_the_previous_state(llama, calibration_file, tmp_path):
@@ -168,7 +169,7 @@ async def test_undo_restores_the_previous_state(llama, calibration_file, tmp_pat
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_until(pilot, lambda: app.state.proposal is not None)
         await pilot.press("a")
-        # wait on what the screen shows (the app state), not on the engine's own session
+        # wait on what the screen shows (the app state), not on the engine's own pruning
         await wait_until(pilot, lambda: shown_commits(app) == 1 and app.state.proposal)
         layers_after_one = [row.__dict__.copy() for row in app.state.layers]
         ratio_after_one = app.state.ratio
@@ -236,7 +237,7 @@ async def test_evaluate_and_export_from_the_app(llama, calibration_file, tmp_pat
         )
         await pilot.press("enter")
         await wait_until(pilot, lambda: app.state.exported is not None)
-        assert app.state.exported.params == app.engine.session.params
+        assert app.state.exported.params == app.engine.pruning.params
         assert weights_file(tmp_path / "export").is_file()
         assert app.state.activity is None
         await pilot.press("space")
@@ -249,7 +250,7 @@ async def test_evaluate_and_export_from_the_app(llama, calibration_file, tmp_pat
         app.screen.query_one(Input).value = str(tmp_path / "final")
         await pilot.press("enter")
         await wait_until(pilot, lambda: app.state.exported is not first)
-        assert app.state.exported.params == app.engine.session.params < first.params
+        assert app.state.exported.params == app.engine.pruning.params < first.params
 
 
 def test_state_keeps_the_last_table_until_the_next_first_score():
@@ -268,9 +269,7 @@ def test_an_undo_makes_the_next_score_start_a_fresh_table():
     state = RunState()
     for event in fixed_run_events():  # the table shows step 4 of mlp_channels
         state.apply(event)
-    step = {"index": 4, "dimension": "mlp_channels", "score": 45.9, "params": 0,
-            "structure": {"kind": "mlp_channels", "layer": 3, "remove": 46, "width_after": 466},
-            "ratio": 0.14, "chosen_by": "engine"}  # fmt: skip
+    step = PlanStep(4, Structure("mlp_channels", 3, 46, 466), 45.9, 0, 0.14, "engine")
     state.apply(ev.StepCommitted(step, 45.9, 0.14, 0.16, 0, 1.0, 7, 1))
     state.apply(ev.StepUndone(4, "L3.mlp-46", 45.6, 0.136))
     # step 4 is scored again: same number, same dimension, but only fresh scores are shown

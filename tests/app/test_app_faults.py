@@ -17,7 +17,7 @@ from mptui.app.app import MptuiApp
 from mptui.app.screens import ExportScreen
 from mptui.engine.api import EngineState, SessionFolder
 from mptui.engine.output import export
-from mptui.engine.search.pruning import PruningSession
+from mptui.engine.search.pruning import Pruning
 from mptui.engine.session import files as session_files
 from tests.conftest import DeviceFault, arm_on_call
 
@@ -118,7 +118,7 @@ async def test_a_failed_run_that_lingers_still_exports_from_the_app(
         )
         await pilot.press("enter")  # the session's export/ folder
         await wait_until(pilot, lambda: app.state.exported is not None)
-        assert app.state.exported.params == app.engine.session.params
+        assert app.state.exported.params == app.engine.pruning.params
         assert weights_file(session / session_files.EXPORT).is_file()
         assert app.engine.state is EngineState.ERROR  # still lingering
         await pilot.press("q", "y")
@@ -131,7 +131,7 @@ async def test_a_lost_device_at_a_candidate_ends_the_run_with_one_line_in_the_ap
     session = tmp_path / "session"
     app = make_app(tiny_model_dir("llama"), calibration_file, tmp_path, session=session)
     fault = DeviceFault(lambda: RuntimeError(LAUNCH_FAILURE))
-    arm_on_call(monkeypatch, fault, PruningSession, "candidate_row_nll", 10)  # 8, then 2 of 7
+    arm_on_call(monkeypatch, fault, Pruning, "candidate_row_nll", 10)  # 8, then 2 of 7
     with fault.installed():
         async with app.run_test(size=(120, 40)) as pilot:
             line = await ended_in_error(pilot, app)

@@ -252,8 +252,8 @@ async def test_the_override_prompt_offers_this_models_structures(llama, calibrat
         await wait_until(pilot, lambda: app.screen.query(Input))
         prompt = str(app.screen.query_one(Label).render())
         examples = prompt.removeprefix("Remove next (").removesuffix("):").split(", ")
-        session = app.engine.session
-        layers = session.adapter.num_layers
+        pruning = app.engine.pruning
+        layers = pruning.adapter.num_layers
         assert examples == [
             f"L{layers - 1}.attn", f"L{layers // 2}.mlp", f"L0.mlp-{app.state.mlp_group}",
             f"L0.heads-{app.state.attn_group}",
@@ -417,7 +417,7 @@ async def test_a_target_below_the_smallest_structure_says_it_was_overshot(
         loaded = next(e for e in seen if isinstance(e, ev.Loaded))
         scored = [e for e in seen if isinstance(e, ev.CandidateScored)]
         smallest = min(e.params_freed for e in scored) / loaded.params_dense
-        ratio = app.engine.session.ratio()
+        ratio = app.engine.pruning.ratio()
         assert len(steps(app)) == 1 and 0.001 < smallest <= ratio
         sentence = (
             f"target 0.10% reached at {ratio:.2%}: the smallest structure removes {smallest:.2%}"

@@ -134,7 +134,7 @@ async def test_recover_pause_evaluate_and_export_in_the_app(
         )
         await pilot.press("enter")
         await wait_until(pilot, lambda: app.state.exported is not None)
-        assert app.state.exported.params == engine.session.params
+        assert app.state.exported.params == engine.pruning.params
         assert "recovered by LoRA" in (tmp_path / "export" / "README.md").read_text()
         assert engine.recovery.step == step and app.state.state == "recovery_paused"
         await pilot.press("space")
@@ -170,7 +170,7 @@ def test_a_stopped_recovery_continues_when_the_session_is_resumed(
     assert engine.join(60)
     stopped = next(e for e in events if isinstance(e, recovery_events.RecoveryFinished))
     assert stopped.reason == "stopped" and 0 < stopped.step < 40
-    resumed = dataclasses.replace(request, resume_steps=tuple(engine.session.steps))
+    resumed = dataclasses.replace(request, resume_steps=tuple(engine.pruning.steps))
     again: list = []
     second = Engine(resumed, [again.append], session_dir=tmp_path, recover=recovery)
     assert second.run().reason == "done"
@@ -227,7 +227,7 @@ def test_a_recovery_that_fails_says_so_and_the_engine_keeps_answering(
     def out_of_memory(module, args, kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory (injected)")
 
-    engine.session.model.register_forward_pre_hook(out_of_memory, with_kwargs=True)  # copied
+    engine.pruning.model.register_forward_pre_hook(out_of_memory, with_kwargs=True)  # copied
     engine.send(commands.Recover(RecoverySettings(data=str(calibration_file), batch_size=1,
                                                   seqlen=32, val_examples=4)))  # fmt: skip
     wait_for(lambda: any(isinstance(e, events.Error) for e in seen))

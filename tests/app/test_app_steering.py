@@ -10,7 +10,7 @@ from mptui.engine.api import events as ev
 
 
 def commits(app: MptuiApp) -> int:
-    return len(app.engine.session.steps) if app.engine.session else 0
+    return len(app.engine.pruning.steps) if app.engine.pruning else 0
 
 
 @pytest.fixture

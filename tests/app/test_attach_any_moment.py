@@ -20,9 +20,11 @@ from mptui.engine.api import (
     Engine,
     EngineServer,
     EngineState,
+    PlanStep,
     PruneSettings,
     RecoverySettings,
     RunRequest,
+    Structure,
     attach,
 )
 from mptui.engine.api import commands as cmd
@@ -41,9 +43,7 @@ def search_done() -> list[ev.Event]:
         ev.Proposal(4, "L1.mlp-46", 46.2),
         ev.StateChanged(EngineState.WAITING),
         ev.StepCommitted(
-            {"index": 4, "dimension": "mlp_channels",
-             "structure": {"kind": "mlp_channels", "layer": 1, "remove": 46, "width_after": 466},
-             "score": 46.2, "params": 0, "ratio": 0.15, "chosen_by": "engine"},
+            PlanStep(4, Structure("mlp_channels", 1, 46, 466), 46.2, 0, 0.15, "engine"),
             46.2, 0.15, 0.18, 0, 1.5, 7, 131072,
         ),
         ev.StateChanged(EngineState.RUNNING),

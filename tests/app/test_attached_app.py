@@ -147,7 +147,7 @@ async def test_attached_when_the_search_ends_the_app_exports_and_q_ends_the_run(
             await settle(pilot, lambda: isinstance(app.screen, ExportScreen))
             await pilot.press("enter")
             await settle(pilot, lambda: app.state.exported is not None, timeout=60)
-            assert app.state.exported.params == engine.session.params
+            assert app.state.exported.params == engine.pruning.params
             assert weights_file(tmp_path / "export").is_file()
             assert engine.join(timeout=0.5) is False  # still there for us
             await pilot.press("q")  # the search is over: no question, leave

@@ -8,7 +8,16 @@ import pytest
 import torch
 from conftest import DeviceFault, weights_file
 
-from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
+from mptui.engine.api import (
+    CalibrationSpec,
+    Engine,
+    Part,
+    Plan,
+    PlanStep,
+    PruneSettings,
+    RunRequest,
+    Structure,
+)
 from mptui.engine.control import commands as cmd
 from mptui.engine.control import events as ev
 
@@ -164,17 +173,17 @@ def test_guided_mode_waits_and_undo_restores_the_model(llama, calibration_file, 
     assert not log.of(ev.StepCommitted) and log.state() == "waiting"
     ids = torch.randint(0, 500, (1, 16), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
-        before = engine.session.model(ids).logits.clone()
+        before = engine.pruning.model(ids).logits.clone()
     engine.send(cmd.Accept())
     log.wait_count(ev.Proposal, 2)
-    assert log.of(ev.StepCommitted)[0].step["chosen_by"] == "engine"
+    assert log.of(ev.StepCommitted)[0].step.chosen_by == "engine"
     engine.send(cmd.Undo())
     log.wait_count(ev.StepUndone, 1)
     log.wait_count(ev.Proposal, 3)
     with torch.inference_mode():
-        after = engine.session.model(ids).logits
+        after = engine.pruning.model(ids).logits
     torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
-    assert engine.session.steps == []
+    assert engine.pruning.steps == []
     assert log.of(ev.Proposal)[2].structure == log.of(ev.Proposal)[0].structure
     engine.send(cmd.SetGuided(False))
     assert finish(engine, log).reason == "done"
@@ -211,6 +220,8 @@ def test_events_carry_no_tensors(llama, calibration_file, tmp_path):
             return all(plain(v) for v in value)
         if isinstance(value, dict):
             return all(plain(k) and plain(v) for k, v in value.items())
+        if isinstance(value, (PlanStep, Structure, Part)):  # torch-free values: plan, message
+            return plain(list(vars(value).values()))
         return False
 
     for event in log.events:
@@ -227,6 +238,8 @@ def test_events_carry_no_tensors(llama, calibration_file, tmp_path):
     } <= kinds
     progress = log.of(ev.Progress)[0]
     assert progress.n > 0 and progress.tokens_per_s > 0
+    (finished,) = log.of(ev.Finished)  # each commit carried its plan.json entry, typed
+    assert [e.step for e in log.of(ev.StepCommitted)] == Plan.from_dict(finished.plan).steps
 
 
 def test_export_and_evaluate_mid_run_leave_the_search_unchanged(llama, calibration_file, tmp_path):

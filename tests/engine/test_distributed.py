@@ -18,7 +18,7 @@ from bench.world import run_world
 from mptui.engine.api import CalibrationSpec, Engine, PruneSettings, RunRequest
 from mptui.engine.control import commands as cmd
 from mptui.engine.control import events as ev
-from mptui.engine.search.setup import build_session
+from mptui.engine.search.setup import build_pruning
 from mptui.engine.workers import follower
 
 
@@ -167,14 +167,14 @@ def test_a_replica_that_diverges_stops_the_run_after_the_commit(
     """Rank 1's replica differs from rank 0's by one bit of one weight: the checksum after the
     first commit catches it, and the run ends there with that step in its plan."""
 
-    def diverging_session(request, on_event, team):
-        session = build_session(request, on_event, team=team)
-        weight = session.model.get_output_embeddings().weight
+    def diverging_pruning(request, on_event, team):
+        pruning = build_pruning(request, on_event, team=team)
+        weight = pruning.model.get_output_embeddings().weight
         with torch.no_grad():
             weight.view(-1).view(torch.int32)[7] ^= 1
-        return session
+        return pruning
 
-    monkeypatch.setattr(follower, "build_session", diverging_session)  # forked: rank 1 only
+    monkeypatch.setattr(follower, "build_pruning", diverging_pruning)  # forked: rank 1 only
     request = request_for(tiny_model_dir("llama"), calibration_file, tmp_path)
     errors, plan, reason = run_world(2, request, Errors)
     assert reason == "error" and len(plan) == 1

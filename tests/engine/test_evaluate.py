@@ -80,7 +80,7 @@ def test_a_plan_applied_to_the_dense_model_reproduces_the_pruned_one(
     ids = torch.randint(0, 500, (2, 20), generator=torch.Generator().manual_seed(3))
     with torch.inference_mode():
         torch.testing.assert_close(
-            fresh(ids).logits, engine.session.model(ids).logits, rtol=1e-6, atol=1e-6
+            fresh(ids).logits, engine.pruning.model(ids).logits, rtol=1e-6, atol=1e-6
         )
     assert fresh.num_parameters() == plan["steps"][-1]["params"]
 
@@ -157,7 +157,7 @@ def test_a_session_keeps_its_channel_order_and_re_applies_exactly_it(
     ids = torch.randint(0, 500, (2, 20), generator=torch.Generator().manual_seed(3))
     with torch.inference_mode():
         torch.testing.assert_close(
-            fresh_with(order_file)(ids).logits, engine.session.model(ids).logits, rtol=0, atol=0
+            fresh_with(order_file)(ids).logits, engine.pruning.model(ids).logits, rtol=0, atol=0
         )
     # another order on file is the one used: the kept gate rows follow it
     reversed_orders = {

@@ -94,13 +94,13 @@ def test_every_family_exports_a_checkpoint_that_loads_without_mptui(
     expected, exports = {}, {}
     for family in FAMILIES:
         engine = run_engine(tiny_model_dir(family), calibration_file)
-        session = engine.session
-        kinds = {step.structure.kind for step in session.steps}
+        pruning = engine.pruning
+        kinds = {step.structure.kind for step in pruning.steps}
         assert {"mlp_channels", "attn_heads"} <= kinds and kinds & {"attn_block", "mlp_block"}
-        result = export_model(session.model, session.tokenizer, session.plan(), tmp_path / family)
+        result = export_model(pruning.model, pruning.tokenizer, pruning.plan(), tmp_path / family)
         assert not result.stock
-        assert result.params == session.params == kept_parameter_count(tmp_path / family)
-        expected[tmp_path / family] = engine_outputs(session.model)
+        assert result.params == pruning.params == kept_parameter_count(tmp_path / family)
+        expected[tmp_path / family] = engine_outputs(pruning.model)
         exports[tmp_path / family] = True
     loaded = load_elsewhere(tmp_path, exports)
     for folder, want in expected.items():

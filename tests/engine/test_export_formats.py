@@ -160,7 +160,7 @@ def test_after_a_recovery_a_gguf_export_holds_the_recovered_weights(
         engine.send(cmd.Export(str(out), format="gguf", gguf_type="f32"))
         log.wait_count(ev.Exported, 1)
         assert export_failures(log) == [] and log.of(ev.Exported)[0].format == "gguf"
-        merged, pruned = engine.recovery.merged(), engine.session.model
+        merged, pruned = engine.recovery.merged(), engine.pruning.model
         layer = next(g for g in gguf_layers(adapter_for(merged)) if g.ffn and not g.mlp_stand_in)
         number = gguf_layers(adapter_for(merged)).index(layer)
         (tensor,) = [

@@ -12,7 +12,7 @@ from mptui.engine.api import CalibrationSpec, PruneSettings, RunRequest, prune
 from mptui.engine.api import events as ev
 from mptui.engine.search.calibration import load_calibration
 from mptui.engine.search.fast_search import first_rows
-from mptui.engine.search.setup import build_session
+from mptui.engine.search.setup import build_pruning
 from mptui.engine.session.summary import markdown, summarize
 
 
@@ -54,9 +54,9 @@ def test_the_fast_rounds_take_a_seeded_spread_of_the_rows_and_the_exact_search_t
     def rows(fast: bool, seed: int = 42) -> tuple[torch.Tensor, torch.Tensor]:
         spec = CalibrationSpec(str(calibration_file), 0, 16, seed)
         settings = PruneSettings.with_distribution(0.2, "1:1:0", calibration=spec, fast=fast)
-        session = build_session(RunRequest(str(path), settings), lambda event: None)
+        pruning = build_pruning(RunRequest(str(path), settings), lambda event: None)
         as_cut = load_calibration(spec, AutoTokenizer.from_pretrained(path))
-        return session.scorers["blocks"].chunks, as_cut
+        return pruning.scorers["blocks"].chunks, as_cut
 
     exact, as_cut = rows(False)
     assert torch.equal(exact, as_cut)

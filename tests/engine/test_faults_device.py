@@ -22,7 +22,7 @@ from mptui.engine.recovery.folder import RecoveryFolder
 from mptui.engine.recovery.run import prepare_recovery
 from mptui.engine.recovery.source import RecoverySource
 from mptui.engine.recovery.trainer import Trainer
-from mptui.engine.search.pruning import PruningSession
+from mptui.engine.search.pruning import Pruning
 from mptui.engine.search.structures import Structure
 from mptui.engine.session import files as session_files
 from mptui.engine.session.folder import SessionFolder
@@ -100,7 +100,7 @@ def test_a_lost_device_keeps_the_committed_steps_and_resume_finishes_the_plan(
 ):  # fmt: skip
     session, model = tmp_path / "session", tiny_model_dir("llama")
     fault = DeviceFault()
-    arm_on_call(monkeypatch, fault, PruningSession, method, call)
+    arm_on_call(monkeypatch, fault, Pruning, method, call)
     with fault.installed():
         status = run(session, model, calibration_file)
     out, err = capsys.readouterr()

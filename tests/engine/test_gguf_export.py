@@ -312,7 +312,7 @@ def test_families_llama_cpp_cannot_run_are_refused_naming_what_works(
         export_gguf(model, AutoTokenizer.from_pretrained(path), plan_for(path), tmp_path / "m.gguf")
     message = str(raised.value)
     assert f"a {family} model cannot be written as GGUF" in message
-    assert "supports llama, mistral, qwen2, phi3" in message and "--format safetensors" in message
+    assert "supports llama, mistral, qwen2, phi3" in message and "(format safetensors)" in message
     assert list(tmp_path.iterdir()) == []
 
 

@@ -10,7 +10,7 @@ import torch
 from torch._dynamo.testing import CompileCounter
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bench.gpu_check import DRY_RUN, MODES, build_model, build_session
+from bench.gpu_check import DRY_RUN, MODES, build_model, build_pruning
 from mptui.engine.model import loading
 from mptui.engine.model.adapters import adapter_for
 from mptui.engine.model.memory import is_out_of_memory
@@ -20,11 +20,11 @@ from mptui.engine.search.scoring import Scorer
 EIGHT_LAYERS = replace(DRY_RUN, shape={**DRY_RUN.shape, "num_hidden_layers": 8})
 
 
-def commit_best(session, dimension: str) -> None:
-    candidates = session.eligible(dimension)
-    scores = [session.score_candidate(candidate) for candidate in candidates]
+def commit_best(pruning, dimension: str) -> None:
+    candidates = pruning.eligible(dimension)
+    scores = [pruning.score_candidate(candidate) for candidate in candidates]
     best = min(range(len(scores)), key=scores.__getitem__)
-    session.commit(candidates[best], scores[best], "engine")
+    pruning.commit(candidates[best], scores[best], "engine")
 
 
 def test_width_changes_do_not_recompile_the_sub_blocks():
@@ -34,15 +34,15 @@ def test_width_changes_do_not_recompile_the_sub_blocks():
     counter = CompileCounter()
     warnings: list[str] = []
     profile = replace(EIGHT_LAYERS, compile_backend=counter)
-    session = build_session(profile, MODES[0], build_model(profile))  # cached and compiled
-    session.scorers["mlp_channels"]._on_warning = warnings.append
+    pruning = build_pruning(profile, MODES[0], build_model(profile))  # cached and compiled
+    pruning.scorers["mlp_channels"]._on_warning = warnings.append
     compiles = []
     for step in range(12):
-        commit_best(session, "mlp_channels")
+        commit_best(pruning, "mlp_channels")
         if step < 6:
-            commit_best(session, "attn_heads")
+            commit_best(pruning, "attn_heads")
         compiles.append(counter.frame_count)
-    runner = session.scorers["mlp_channels"].runner
+    runner = pruning.scorers["mlp_channels"].runner
     assert runner.backend is counter, warnings  # still compiled: no fallback to eager
     assert compiles[1] == compiles[-1], compiles  # no compile after the second commit
     assert compiles[-1] <= 8  # a static and a dynamic graph per function, and the last batch

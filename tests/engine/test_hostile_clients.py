@@ -34,7 +34,6 @@ from mptui.engine.api import (
 from mptui.engine.api import commands as cmd
 from mptui.engine.api import events as ev
 from mptui.engine.control import server as served
-from mptui.engine.search.structures import Structure
 from mptui.engine.session import files as session_files
 
 NOBODY = 65534
@@ -209,11 +208,7 @@ def search_engine(model: Path, calibration: Path, cache: Path) -> Engine:
 
 def committed(events: list[ev.Event]) -> list[tuple[str, int]]:
     """Each StepCommitted's structure and the candidates its step scored."""
-    return [
-        (Structure.from_dict(e.step["structure"]).id, e.candidates)
-        for e in events
-        if isinstance(e, ev.StepCommitted)
-    ]
+    return [(e.step.structure.id, e.candidates) for e in events if isinstance(e, ev.StepCommitted)]
 
 
 def decisions(plan: dict) -> list[tuple]:

@@ -142,13 +142,13 @@ def assert_stops_at_target(steps) -> None:
 def test_sleb_removes_the_layers_a_plain_search_removes(family, tiny_model_dir, calibration_file):
     path = tiny_model_dir(family)
     engine = run(request_for(path, calibration_file, "sleb"))
-    steps = engine.session.steps
+    steps = engine.pruning.steps
     layers = removed_layers(steps)
     assert_stops_at_target(steps)
     want_layers, want_scores = plain_sleb(path, calibration_file, len(layers))
     assert layers == want_layers
     assert [s.score for s in steps[1::2]] == pytest.approx(want_scores, rel=1e-4)
-    assert engine.session.plan().settings["method"] == "sleb"
+    assert engine.pruning.plan().settings["method"] == "sleb"
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -157,7 +157,7 @@ def test_shortgpt_removes_layers_lowest_block_influence_first(
 ):
     path = tiny_model_dir(family)
     engine = run(request_for(path, calibration_file, "shortgpt"))
-    plan = engine.session.plan()
+    plan = engine.pruning.plan()
     layers = removed_layers(plan.steps)
     assert_stops_at_target(plan.steps)
     influence = plain_block_influence(path, calibration_file)
@@ -178,17 +178,17 @@ def test_a_stopped_session_resumes_to_the_same_plan(
 ):
     """Under --fast too: the resumed search scores the same seeded order of the rows."""
     request = request_for(tiny_model_dir("llama"), calibration_file, method, fast=fast)
-    whole = run(request).session.steps
+    whole = run(request).pruning.steps
     folder = SessionFolder(tmp_path / "session")
     folder.path.mkdir()
     folder.write_request(request)
     engine = Engine(request, journal=folder)
     engine.subscribe(lambda e: engine.send(cmd.Stop()) if isinstance(e, ev.StepCommitted) else None)
     assert engine.run().reason == "stopped"
-    assert structures(engine.session.steps) == structures(whole[:2])  # a layer is both, or none
+    assert structures(engine.pruning.steps) == structures(whole[:2])  # a layer is both, or none
     saved = folder.read_run()
     assert saved.request.settings.method == method
-    resumed = run(saved.request, journal=folder).session.steps
+    resumed = run(saved.request, journal=folder).pruning.steps
     assert structures(resumed) == structures(whole)
     assert [s.score for s in resumed] == pytest.approx([s.score for s in whole], rel=1e-5)
 
@@ -199,20 +199,20 @@ def test_a_layer_left_half_removed_is_finished_first(
     method, target, tiny_model_dir, calibration_file
 ):
     request = request_for(tiny_model_dir("qwen2"), calibration_file, method, target)
-    whole = run(request).session.steps
+    whole = run(request).pruning.steps
     assert whole[0].ratio >= target or target == TARGET
     half = dataclasses.replace(request, resume_steps=tuple(whole[:1]))
-    assert structures(run(half).session.steps) == structures(whole)
+    assert structures(run(half).pruning.steps) == structures(whole)
 
 
 def test_undo_puts_back_the_whole_layer(tiny_model_dir, calibration_file):
     request = request_for(tiny_model_dir("gpt2"), calibration_file, "sleb")
-    whole = run(request).session.steps
+    whole = run(request).pruning.steps
     engine, seen = Engine(request), []
 
     def undo_the_first_layer(event: ev.Event) -> None:
         seen.append(event)
-        first_layer = isinstance(event, ev.StepCommitted) and event.step["index"] == 2
+        first_layer = isinstance(event, ev.StepCommitted) and event.step.index == 2
         if first_layer and not any(isinstance(e, ev.StepUndone) for e in seen):
             engine.send(cmd.Undo())
 
@@ -221,7 +221,7 @@ def test_undo_puts_back_the_whole_layer(tiny_model_dir, calibration_file):
     undone = [e for e in seen if isinstance(e, ev.StepUndone)]
     assert [e.index for e in undone] == [2, 1]
     assert undone[-1].ratio == 0
-    assert structures(engine.session.steps) == structures(whole)
+    assert structures(engine.pruning.steps) == structures(whole)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -229,14 +229,14 @@ def test_undo_puts_back_the_whole_layer(tiny_model_dir, calibration_file):
 def test_an_export_gives_the_live_pruned_logits(
     method, family, tiny_model_dir, calibration_file, tmp_path
 ):
-    session = run(request_for(tiny_model_dir(family), calibration_file, method)).session
-    export_model(session.model, session.tokenizer, session.plan(), tmp_path / "export")
+    pruning = run(request_for(tiny_model_dir(family), calibration_file, method)).pruning
+    export_model(pruning.model, pruning.tokenizer, pruning.plan(), tmp_path / "export")
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "export", trust_remote_code=True)
     ids = torch.randint(3, 500, (2, 24), generator=torch.Generator().manual_seed(5))
     with torch.inference_mode():
-        want, got = session.model(ids).logits, exported.eval()(ids).logits
+        want, got = pruning.model(ids).logits, exported.eval()(ids).logits
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
-    assert exported.num_parameters() == session.params
+    assert exported.num_parameters() == pruning.params
 
 
 def test_the_headless_run_takes_the_method(tiny_model_dir, calibration_file, tmp_path, capsys):
@@ -282,10 +282,10 @@ def test_blockpruner_is_the_blocks_only_search(tiny_model_dir, calibration_file)
 
 def test_only_a_layer_method_takes_a_whole_layer_override(tiny_model_dir, calibration_file):
     path = tiny_model_dir("mistral")
-    blocks = run(request_for(path, calibration_file, "blockpruner")).session
+    blocks = run(request_for(path, calibration_file, "blockpruner")).pruning
     with pytest.raises(BadInput, match="names a whole layer"):
         blocks.structure_from_id("L1")
-    layers = run(request_for(path, calibration_file, "sleb")).session
+    layers = run(request_for(path, calibration_file, "sleb")).pruning
     kept = next(i for i in range(4) if i not in removed_layers(layers.steps))
     assert layers.structure_from_id(f"L{kept}") == Structure("layer", kept)
     with pytest.raises(BadInput, match="already removed"):
@@ -295,10 +295,10 @@ def test_only_a_layer_method_takes_a_whole_layer_override(tiny_model_dir, calibr
 def test_sleb_takes_the_fast_search(tiny_model_dir, calibration_file):
     """With a margin nothing is ruled out by, successive halving ends in the exact choice."""
     path = tiny_model_dir("phi3")
-    exact = run(request_for(path, calibration_file, "sleb")).session.steps
+    exact = run(request_for(path, calibration_file, "sleb")).pruning.steps
     fast = run(
         request_for(path, calibration_file, "sleb", fast=True, fast_margin=1e9, fast_tolerance=0)
-    ).session
+    ).pruning
     assert fast.plan().settings["fast"] is True
     assert structures(fast.steps) == structures(exact)
 
@@ -308,8 +308,8 @@ def test_the_summary_names_the_method_and_a_rebuild_gives_the_live_model(
 ):
     """Evaluating or exporting a session later rebuilds the model from the plan alone."""
     path = tiny_model_dir("qwen3")
-    session = run(request_for(path, calibration_file, "shortgpt")).session
-    plan = session.plan().to_dict()
+    pruning = run(request_for(path, calibration_file, "shortgpt")).pruning
+    plan = pruning.plan().to_dict()
     summary = summarize(plan)
     assert summary["method"] == "shortgpt" and "steps of shortgpt" in markdown(summary)
     rebuilt, _tokenizer = plain_model(path)
@@ -317,9 +317,9 @@ def test_the_summary_names_the_method_and_a_rebuild_gives_the_live_model(
     ids = torch.randint(3, 500, (2, 24), generator=torch.Generator().manual_seed(5))
     with torch.inference_mode():
         torch.testing.assert_close(
-            rebuilt(ids).logits, session.model(ids).logits, rtol=0, atol=1e-5
+            rebuilt(ids).logits, pruning.model(ids).logits, rtol=0, atol=1e-5
         )
-    assert rebuilt.num_parameters() == session.params
+    assert rebuilt.num_parameters() == pruning.params
 
 
 def wait_for(events: list, kind: type, timeout: float = 60.0):
@@ -345,7 +345,7 @@ def test_the_evaluation_after_a_sleb_search_scores_dense_and_pruned(
     model, tokenizer = plain_model(path)
     text = calibration_file.read_text()
     want_dense = rolling_perplexity(model, tokenizer, text, SEQLEN)
-    for layer in removed_layers(engine.session.steps):
+    for layer in removed_layers(engine.pruning.steps):
         zero_layer(model, layer)
     want_pruned = rolling_perplexity(model, tokenizer, text, SEQLEN)
     assert evaluated.dense["perplexity"] == pytest.approx(want_dense, rel=1e-5)
@@ -383,10 +383,10 @@ def test_a_layers_ranking_is_booked_on_the_step_that_paid_it(tiny_model_dir, cal
     steps = [e for e in events if isinstance(e, ev.StepCommitted)]
     assert len(steps) >= 2 and len(steps) % 2 == 0
     for attn, mlp in zip(steps[::2], steps[1::2], strict=True):
-        index = attn.step["index"]
-        assert attn.step["structure"]["kind"] == "attn_block" and index in started
+        index = attn.step.index
+        assert attn.step.structure.kind == "attn_block" and index in started
         ranked = len(started[index].candidates)
         assert scored.count(index) == ranked > 0
         assert attn.candidates == ranked + 1 and attn.tokens > 0 and attn.seconds > 0
         assert (mlp.candidates, mlp.tokens) == (0, 0)
-        assert mlp.step["index"] not in started  # no ranking ran for the MLP step
+        assert mlp.step.index not in started  # no ranking ran for the MLP step

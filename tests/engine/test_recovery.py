@@ -319,10 +319,13 @@ def test_an_export_recovers_in_a_session_folder_of_its_own(session, text_file, t
     state = tmp_path / "state"
     argv = [str(tmp_path / "export"), "--data", str(text_file), "--steps", "2", "--seqlen", "32",
             "--batch-size", "2", "--grad-accum", "1", "--session", str(state),
-            "--export", str(tmp_path / "recovered")]  # fmt: skip
+            "--export", str(tmp_path / "recovered"),
+            "--export-adapter", str(tmp_path / "adapter")]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "exported to" in out and "recovery done: validation perplexity" in out
+    assert f"adapter written to {tmp_path / 'adapter'}" in out
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
     assert RecoveryFolder(state).read_settings()[1] == RecoverySource("export", tmp_path / "export")
     assert RecoveryFolder(state).saved_step() == 2
     stored = load_file(weights_file(tmp_path / "recovered"))

@@ -63,7 +63,7 @@ def test_ratio_and_params_are_exact_after_every_step(tiny_model_dir, calibration
 
     def check(event):
         if isinstance(event, ev.StepCommitted):
-            model = engine.session.model
+            model = engine.pruning.model
             counted.append((event.params, model.num_parameters(), event.ratio))
 
     engine.subscribe(check)
@@ -152,7 +152,7 @@ def test_out_of_memory_lowers_the_batch_then_explains(tiny_model_dir, calibratio
     assert scorer.batch_size == 2
     assert warnings[-1] == "out of memory while scoring; batch size lowered to 2"
     limit["batch"] = 0
-    with pytest.raises(OutOfMemory, match="lower --seqlen or --nsamples"):
+    with pytest.raises(OutOfMemory, match="lower seqlen or nsamples"):
         scorer.score()
     handle.remove()
 

@@ -4,6 +4,8 @@ sees, clients that stop reading, the socket's mode, a stale socket, and the TCP 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import socket
 import stat
 import threading
@@ -19,6 +21,7 @@ from mptui.engine.api import events as ev
 from mptui.engine.api import recovery_events as rev
 from mptui.engine.control.snapshot import Snapshot
 from mptui.engine.session import files as session_files
+from mptui.engine.session.folder import SessionFolder
 
 
 def steered_run_events() -> list[ev.Event]:
@@ -169,8 +172,47 @@ def test_the_socket_is_the_owners_only_and_a_stale_one_is_replaced(tmp_path):
     finally:
         server.close()
     assert not (tmp_path / session_files.SOCKET).exists()
-    with pytest.raises(BadInput, match="no run is serving"):
+    with pytest.raises(BadInput, match="its run stopped before the model loaded"):
         attach(str(tmp_path))
+
+
+def test_attaching_where_nothing_serves_says_the_real_reason(tmp_path):
+    """No socket, or one nobody answers on: which of the real cases it is, from the folder."""
+    folder = tmp_path / "session"
+    folder.mkdir()
+
+    def refusal() -> str:
+        with pytest.raises(BadInput) as raised:
+            attach(str(folder))
+        return str(raised.value)
+
+    assert refusal() == f"'{folder}' is not an mptui session (no settings.json)"
+    (folder / session_files.SETTINGS).write_text("{}")
+    assert refusal() == (
+        f"nothing runs {folder}: its run stopped before the model loaded "
+        f"(a resume of {folder} starts it again)"
+    )
+    plan = {"steps": [{}, {}, {}]}
+    (folder / session_files.PLAN).write_text(json.dumps(plan))
+    (folder / session_files.RECOVERY_LOG).write_text(
+        "".join(json.dumps({"step": step, "loss": 1.0}) + "\n" for step in (1, 2, 3, 4))
+    )
+    assert refusal() == (
+        f"nothing runs {folder}: its run has ended (3 steps removed, recovered to step 4); "
+        f"a resume of {folder} opens it again"
+    )
+    owner = SessionFolder(folder)
+    owner.lock()  # an app of its own holds the session and serves nothing
+    try:
+        assert refusal().startswith(f"process {os.getpid()} runs {folder} without serving it")
+        stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stale.bind(str(folder / session_files.SOCKET))  # bound, never listening
+        try:
+            assert refusal().startswith(f"process {os.getpid()} holds {folder} but does not answer")
+        finally:
+            stale.close()
+    finally:
+        owner.unlock()
 
 
 @pytest.mark.parametrize(

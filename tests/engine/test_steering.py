@@ -23,7 +23,7 @@ from mptui.engine.control import events as ev
 from mptui.engine.model.rebuild import apply_plan
 from mptui.engine.search.plan import PlanStep
 from mptui.engine.search.scoring import Scorer
-from mptui.engine.search.structures import DIMENSIONS, Structure
+from mptui.engine.search.structures import DIMENSIONS
 from mptui.engine.session.folder import SessionFolder
 
 TIMEOUT = 60
@@ -69,16 +69,16 @@ def assert_consistent(engine: Engine, log: EventLog, dense) -> None:
     """The run's invariants: no error; the plan is the commits minus the undos; the live model
     has the plan's parameter count and is exactly the plan re-applied to the dense model."""
     assert not log.of(ev.Error), log.of(ev.Error)
-    session = engine.session
-    steps = session.steps
+    pruning = engine.pruning
+    steps = pruning.steps
     assert len(steps) == len(log.of(ev.StepCommitted)) - len(log.of(ev.StepUndone))
     assert [s.index for s in steps] == list(range(1, len(steps) + 1))
-    expected_params = steps[-1].params if steps else session.params_dense
-    assert session.model.num_parameters() == expected_params == session.params
+    expected_params = steps[-1].params if steps else pruning.params_dense
+    assert pruning.model.num_parameters() == expected_params == pruning.params
     fresh = copy.deepcopy(dense[0])
-    apply_plan(fresh, session.plan())
+    apply_plan(fresh, pruning.plan())
     assert fresh.num_parameters() == expected_params
-    torch.testing.assert_close(logits(fresh), logits(session.model), rtol=0, atol=0)
+    torch.testing.assert_close(logits(fresh), logits(pruning.model), rtol=0, atol=0)
 
 
 def paused(log: EventLog) -> None:
@@ -108,15 +108,15 @@ def test_commands_while_paused_take_effect_at_once(dense, calibration_file, tmp_
     paused(log)
     engine.send(cmd.Override("L1.mlp"))
     log.wait_count(ev.StepCommitted, 1)
-    assert log.of(ev.StepCommitted)[0].step["chosen_by"] == "user"
+    assert log.of(ev.StepCommitted)[0].step.chosen_by == "user"
     engine.send(cmd.SetOrder(("mlp_channels", "blocks", "attn_heads")))
     log.wait_for(lambda log: any("order is now" in w.message for w in log.of(ev.Notice)))
-    assert engine.session.settings.order[0] == "mlp_channels"
+    assert engine.pruning.settings.order[0] == "mlp_channels"
     engine.send(cmd.Undo())
     log.wait_count(ev.StepUndone, 1)
     engine.send(cmd.Export(str(tmp_path / "export")))
     log.wait_count(ev.Exported, 1)
-    assert log.state() == "paused" and not engine.session.steps
+    assert log.state() == "paused" and not engine.pruning.steps
     assert not log.of(ev.CandidateScored)  # nothing ran but what was asked
     engine.send(cmd.Resume())
     plan = finish(engine, log).plan
@@ -152,8 +152,8 @@ def test_guided_pause_then_accept_commits_and_stays_paused(dense, calibration_fi
     log.wait_count(ev.StepCommitted, 1)
     assert log.state() == "paused"  # not "running" while still paused
     committed = log.of(ev.StepCommitted)[0].step
-    assert committed["chosen_by"] == "engine"
-    assert Structure.from_dict(committed["structure"]).id == proposal
+    assert committed.chosen_by == "engine"
+    assert committed.structure.id == proposal
     engine.send(cmd.Resume())
     log.wait_count(ev.Proposal, 2)  # the next step is scored and proposed
     assert log.state() == "waiting"
@@ -173,10 +173,10 @@ def test_guided_pause_then_resume_keeps_the_proposal(dense, calibration_file, tm
     engine.send(cmd.Accept())  # the proposal is still there to accept
     log.wait_count(ev.StepCommitted, 1)
     committed = log.of(ev.StepCommitted)[0].step
-    assert Structure.from_dict(committed["structure"]).id == log.of(ev.Proposal)[0].structure
+    assert committed.structure.id == log.of(ev.Proposal)[0].structure
     engine.send(cmd.Stop())
     assert finish(engine, log).reason == "stopped"
-    assert len(engine.session.steps) == 1
+    assert len(engine.pruning.steps) == 1
 
 
 def test_override_then_undo_in_one_drain_leaves_no_stale_width(dense, calibration_file, tmp_path):
@@ -248,19 +248,19 @@ def test_a_failed_refresh_leaves_model_plan_and_journal_agreeing(
     monkeypatch.setattr(Scorer, "_refresh", failing)
     result = engine.run()
     assert result.reason == "error" and "injected" in log.of(ev.Error)[0].message
-    steps = engine.session.steps
+    steps = engine.pruning.steps
     assert len(steps) == 1 == len(log.of(ev.StepCommitted))
     assert folder.read_journal().steps == steps
     assert result.plan["steps"] == [step.to_dict() for step in steps]
-    assert engine.session.model.num_parameters() == steps[-1].params
+    assert engine.pruning.model.num_parameters() == steps[-1].params
     fresh = copy.deepcopy(dense[0])
     apply_plan(fresh, result.plan)
-    torch.testing.assert_close(logits(fresh), logits(engine.session.model), rtol=0, atol=0)
+    torch.testing.assert_close(logits(fresh), logits(engine.pruning.model), rtol=0, atol=0)
     # and the cache was put back: the next score is the model's own
-    session = engine.session
-    for scorer in session._distinct_scorers():
+    pruning = engine.pruning
+    for scorer in pruning._distinct_scorers():
         scorer.catch_up()
-        naive = Scorer(session.model, session.adapter, scorer.chunks, 2, prefix_cache=False)
+        naive = Scorer(pruning.model, pruning.adapter, scorer.chunks, 2, prefix_cache=False)
         assert scorer.current_score() == pytest.approx(naive.score(), rel=1e-6)
 
 
@@ -290,7 +290,7 @@ def test_the_refresh_writes_in_place(dense, calibration_file, tmp_path):
     engine.send(cmd.Pause())
     engine.start()
     paused(log)
-    scorer = engine.session.scorers["blocks"]
+    scorer = engine.pruning.scorers["blocks"]
     before = {b: t.data_ptr() for b, t in scorer._boundaries.items()}
     engine.send(cmd.Override("L0.attn"))
     log.wait_count(ev.StepCommitted, 1)
@@ -306,19 +306,19 @@ def test_only_the_running_dimension_refreshes_at_commit(dense, calibration_file,
     engine.send(cmd.Pause())
     engine.start()
     paused(log)
-    session = engine.session
-    blocks, widths = session.scorers["blocks"], session.scorers["mlp_channels"]
+    pruning = engine.pruning
+    blocks, widths = pruning.scorers["blocks"], pruning.scorers["mlp_channels"]
     if blocks is widths:  # one calibration set: give widths their own to see the difference
-        widths = Scorer(session.model, session.adapter, blocks.chunks[:1], 2)
-        session.scorers["mlp_channels"] = session.scorers["attn_heads"] = widths
+        widths = Scorer(pruning.model, pruning.adapter, blocks.chunks[:1], 2)
+        pruning.scorers["mlp_channels"] = pruning.scorers["attn_heads"] = widths
     engine.send(cmd.Override("L1.attn"))  # small: the block dimension still runs after it
     log.wait_count(ev.StepCommitted, 1)
-    assert session.current_dimension() == "blocks"
+    assert pruning.current_dimension() == "blocks"
     assert blocks.is_fresh and not widths.is_fresh
     engine.send(cmd.Stop())
     finish(engine, log)
     widths.catch_up()
-    naive = Scorer(session.model, session.adapter, widths.chunks, 2, prefix_cache=False)
+    naive = Scorer(pruning.model, pruning.adapter, widths.chunks, 2, prefix_cache=False)
     assert widths.current_score() == pytest.approx(naive.score(), rel=1e-6)
 
 
@@ -327,14 +327,14 @@ def test_the_build_can_be_cut_at_every_piece_of_work(dense, calibration_file, tm
     """Loading, ranking, dense scoring and a resume replay all call the interrupt between
     their pieces; cutting at each of them stops the build there."""
     from mptui.engine.errors import Cancelled
-    from mptui.engine.search.setup import build_session
+    from mptui.engine.search.setup import build_pruning
 
     engine, _ = engine_for(dense, calibration_file, tmp_path)
     plan = engine.run().plan
     replayed = tuple(map(PlanStep.from_dict, plan["steps"]))
     request = dataclasses.replace(engine.request, resume_steps=replayed)
     calls: list[int] = []
-    build_session(
+    build_pruning(
         request, lambda e: None, (copy.deepcopy(dense[0]), dense[1]), lambda: calls.append(1)
     )
     layers, steps = 3, len(plan["steps"])
@@ -348,7 +348,7 @@ def test_the_build_can_be_cut_at_every_piece_of_work(dense, calibration_file, tm
                 raise Cancelled("stop")
 
         with pytest.raises(Cancelled):
-            build_session(request, lambda e: None, (copy.deepcopy(dense[0]), dense[1]), interrupt)
+            build_pruning(request, lambda e: None, (copy.deepcopy(dense[0]), dense[1]), interrupt)
 
 
 def test_stop_before_the_model_is_loaded_stops_cleanly(dense, calibration_file, tmp_path):
@@ -500,8 +500,8 @@ def test_a_failed_journal_write_undoes_the_commit(dense, calibration_file, tmp_p
     engine, log = engine_for(dense, calibration_file, tmp_path, journal=folder)
     result = engine.run()
     assert result.reason == "error" and "No space left" in log.of(ev.Error)[0].message
-    assert len(engine.session.steps) == 2 == len(log.of(ev.StepCommitted))
-    assert folder.read_journal().steps == engine.session.steps
+    assert len(engine.pruning.steps) == 2 == len(log.of(ev.StepCommitted))
+    assert folder.read_journal().steps == engine.pruning.steps
     fresh = copy.deepcopy(dense[0])
     apply_plan(fresh, result.plan)
-    torch.testing.assert_close(logits(fresh), logits(engine.session.model), rtol=0, atol=0)
+    torch.testing.assert_close(logits(fresh), logits(engine.pruning.model), rtol=0, atol=0)

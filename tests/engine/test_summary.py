@@ -18,7 +18,7 @@ def test_summary_matches_the_pruned_model(tiny_model_dir, calibration_file, tmp_
     )
     engine = Engine(RunRequest(str(tiny_model_dir("phi3")), settings))
     plan = engine.run().plan
-    adapter, model = engine.session.adapter, engine.session.model
+    adapter, model = engine.pruning.adapter, engine.pruning.model
     summary = summarize(plan)
     for row in summary["layers"]:
         layer = row["layer"]

@@ -77,7 +77,7 @@ def test_jsonl_one_document_per_line_from_its_field(tmp_path):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ('{"text": "ok"}\n{"body": "x"}\n', "line 2 has no 'text' field; pass --text-field"),
+        ('{"text": "ok"}\n{"body": "x"}\n', "line 2 has no 'text' field; pass text_field"),
         ('{"text": "ok"}\n\n{"text": \n', "line 3 is not valid JSON"),
         ('["text"]\n', "line 1 has no 'text' field"),
         ('{"text": "ok"}\n{"text": null}\n', "line 2 has a 'text' that is NoneType, not text"),
@@ -223,7 +223,7 @@ def test_parquet_file(tmp_path):
 def test_unreachable_dataset_name_fails_fast_and_clearly(monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     start = time.monotonic()
-    expected = r"could not load dataset 'nobody/nothing' from the hub or .* --calibration PATH"
+    expected = r"could not load dataset 'nobody/nothing' from the hub or .* with calibration PATH"
     with pytest.raises(CalibrationError, match=expected):
         load_documents("nobody/nothing")
     assert time.monotonic() - start < 60  # liveness, not speed: hub retries would take minutes

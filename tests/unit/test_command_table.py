@@ -77,12 +77,12 @@ def test_the_table_decisions():
 
 @pytest.fixture
 def engine(calibration_file) -> Engine:
-    """An engine that is never started: its dispatcher alone, on a stand-in session."""
+    """An engine that is never started: its dispatcher alone, on a stand-in pruning."""
     settings = PruneSettings.with_distribution(
         0.2, "30:40:30", calibration=CalibrationSpec(str(calibration_file), 0, 32)
     )
     built = Engine(RunRequest("unused", settings))
-    built.session = object()  # a refusal must not touch it
+    built.pruning = object()  # a refusal must not touch it
     return built
 
 
@@ -90,12 +90,12 @@ def engine(calibration_file) -> Engine:
 def test_the_dispatcher_refuses_as_the_table_says(engine, state):
     heard: list[ev.Event] = []
     engine.subscribe(heard.append)
-    engine._state = state
+    engine._state = state  # as if the run had got there
     for command in SAMPLES:
         rule = command_table.rule(command, state)
         if rule.acts:
             continue
         heard.clear()
         assert engine._dispatch(command) is Outcome.NOTHING
-        assert [e.message for e in heard] == ([rule.notice] if rule.notice else [])
+        assert [e.said for e in heard] == ([rule.notice] if rule.notice else [])
         assert engine.state is state

@@ -32,7 +32,7 @@ def test_auto_follows_the_checkpoint_on_a_gpu(device, checkpoint, bf16, expected
 
 def test_an_explicit_dtype_wins_and_a_bad_one_is_one_line():
     assert resolve_dtype("float16", "cpu", BF16) == F16
-    with pytest.raises(BadInput, match="--dtype 'half8' must be one of auto"):
+    with pytest.raises(BadInput, match=r"^dtype 'half8' must be one of auto"):
         resolve_dtype("half8", "cuda", BF16)
 
 

@@ -74,12 +74,12 @@ def test_the_supported_types_are_the_adapters_own():
 @pytest.mark.parametrize(
     ("settings", "error", "message"),
     [
-        ({"seqlen": 4096}, BadInput, "--seqlen 4096 is above this model's limit of 256"),
+        ({"seqlen": 4096}, BadInput, "seqlen 4096 is above this model's limit of 256"),
         ({"mlp_group": 176}, BadInput,
-         "--mlp-group 176 leaves no layer eligible: the MLP is 176 channels wide"),
+         "mlp_group 176 leaves no layer eligible: the MLP is 176 channels wide"),
         ({"attn_group": 64}, BadInput,
-         "--attn-group 64 leaves no layer eligible: attention is 64 query channels wide"),
-        ({"attn_group": 24}, BadInput, "--attn-group 24 is not whole KV groups: it must be a "
+         "attn_group 64 leaves no layer eligible: attention is 64 query channels wide"),
+        ({"attn_group": 24}, BadInput, "attn_group 24 is not whole KV groups: it must be a "
          "multiple of 16 (head_dim 8 x 2 query heads per KV head)"),
     ],
 )  # fmt: skip

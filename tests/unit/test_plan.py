@@ -150,7 +150,7 @@ def test_the_apps_layer_pane_shows_the_same_rows_and_follows_undo():
         )
     )  # fmt: skip
     for step in plan.steps:
-        state.apply(ev.StepCommitted(step.to_dict(), step.score, step.ratio, 0.0, 0, 0.0, 1, 1))
+        state.apply(ev.StepCommitted(step, step.score, step.ratio, 0.0, 0, 0.0, 1, 1))
     assert state.layers == EXPECTED_ROWS and state.last_commit_layer == 2
     state.apply(ev.StepUndone(5, "L2.mlp", 14.0, 0.04))
     assert state.layers == layer_rows(3, 96, 64, plan.steps[:4])
@@ -158,5 +158,5 @@ def test_the_apps_layer_pane_shows_the_same_rows_and_follows_undo():
     state.apply(ev.StepUndone(4, "L0.mlp-32", 13.0, 0.03))
     assert state.layers[0].mlp_width == 64  # the earlier width step still counts
     step = plan.steps[4]
-    state.apply(ev.StepCommitted(step.to_dict(), 15.0, 0.05, 0.0, 0, 0.0, 1, 1))
+    state.apply(ev.StepCommitted(step, 15.0, 0.05, 0.0, 0, 0.0, 1, 1))
     assert state.layers[2].mlp_removed and state.last_commit_layer == 2

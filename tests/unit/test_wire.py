@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
 import pytest
 
-from mptui.engine.api import BadInput, EvalRequest, RecoverySettings, wire
+from mptui.engine.api import BadInput, EvalRequest, PlanStep, RecoverySettings, Structure, wire
 from mptui.engine.api import commands as cmd
 from mptui.engine.api import events as ev
 from mptui.engine.api import recovery_events as rev
 
-STEP = {
+STEP = PlanStep(3, Structure("mlp_channels", 2, 46, 466), 45.6, 1000, 0.136, "user", 0.17, 1.5, 16,
+                131072)  # fmt: skip
+#: ``STEP`` as plan.json writes it: the JSON a step has always had on the wire and in the log.
+STEP_JSON = {
     "index": 3, "dimension": "mlp_channels",
     "structure": {"kind": "mlp_channels", "layer": 2, "remove": 46, "width_after": 466},
-    "score": 45.6, "params": 1000, "ratio": 0.136, "chosen_by": "user",
+    "score": 45.6, "params": 1000, "ratio": 0.136, "chosen_by": "user", "ratio_layers": 0.17,
+    "seconds": 1.5, "candidates": 16, "tokens": 131072,
+}  # fmt: skip
+#: A step from a newer mptui: keys this version does not know, on the step and its structure.
+NEWER_STEP_JSON = {
+    "index": 1, "dimension": "blocks", "structure": {"kind": "attn_block", "layer": 6, "why": "x"},
+    "score": 39.2, "params": 10, "ratio": 0.025, "chosen_by": "engine", "ratio_layers": 0.03,
+    "seconds": 0.5, "candidates": 8, "tokens": 4096, "note": {"nested": [1, 2]},
 }  # fmt: skip
 ORDER = ("blocks", "mlp_channels", "attn_heads")
 
@@ -37,7 +48,7 @@ SAMPLES: list[ev.Event | cmd.Command] = [
         targets={"blocks": 0.1, "mlp_channels": 0.2},
         tokens=8192,
         notes=("a note",),
-        steps=(STEP,),
+        steps=(PlanStep.from_dict(NEWER_STEP_JSON), STEP),
         time=12.5,
     ),
     ev.StepStarted(4, "mlp_channels", ("L0.mlp-46", "L1.mlp-46"), 45.6),
@@ -60,7 +71,7 @@ SAMPLES: list[ev.Event | cmd.Command] = [
     ev.Exported("/tmp/x", 1000, 4000, True, 2.5),
     ev.Exported("/x.gguf", 1000, 4000, False, 2.5, format="gguf", gguf_type="q8_0", stand_ins=2),
     ev.Evaluated({"perplexity": 40.1}, {"perplexity": 45.2}, 3, 0.136),
-    ev.Finished("done", {"format": "mptui.plan/1", "steps": [STEP]}),
+    ev.Finished("done", {"format": "mptui.plan/1", "steps": [STEP_JSON]}),
     cmd.Pause(),
     cmd.Resume(),
     cmd.Override("L12.attn"),
@@ -116,6 +127,54 @@ def test_an_event_line_has_the_shape_of_the_event_log():
     }  # fmt: skip
 
 
+def test_a_plan_step_keeps_the_json_it_always_had():
+    """Events carry a PlanStep, but a line holds plan.json's entry, exactly as when events
+    carried that dict: clients and servers of either side read each other's lines."""
+    committed = ev.StepCommitted(STEP, 45.6, 0.136, 0.17, 3_400_000, 1.5, 16, 131072, time=3.0)
+    assert json.loads(wire.encode_event(committed)) == {
+        "event": "StepCommitted", "time": 3.0, "step": STEP_JSON, "score": 45.6, "ratio": 0.136,
+        "ratio_layers": 0.17, "params": 3_400_000, "seconds": 1.5, "candidates": 16,
+        "tokens": 131072,
+    }  # fmt: skip
+    assert json.loads(wire.encode_event(SAMPLES[0]))["steps"] == [NEWER_STEP_JSON, STEP_JSON]
+    # an older server's line (a step without the cost fields) reads as a typed step
+    old = {k: v for k, v in STEP_JSON.items() if k not in ("seconds", "candidates", "tokens")}
+    _, event = wire.decode(json.dumps({**json.loads(wire.encode_event(committed)), "step": old}))
+    assert event.step == dataclasses.replace(STEP, seconds=0.0, candidates=0, tokens=0)
+    assert event.step.structure.id == "L2.mlp-46"
+
+
+def test_the_event_log_writes_the_lines_it_always_wrote(tmp_path):
+    """events.jsonl is read by reports and tests: every line is what ``dataclasses.asdict``
+    wrote when steps were plan.json's dicts, byte for byte."""
+    from mptui.engine.api import SessionFolder, SessionRecorder
+    from mptui.engine.session.files import EVENTS
+
+    logged = [
+        sample
+        for sample in SAMPLES
+        if isinstance(sample, ev.Event)
+        and not isinstance(sample, (ev.Progress, ev.MemorySample))  # never logged
+        and not (isinstance(sample, ev.Finished) and sample.plan)  # would write a summary
+    ]
+    recorder = SessionRecorder(SessionFolder(tmp_path), lambda: None)
+    for event in logged:
+        recorder(event)
+    expected = []
+    for event in logged:
+        fields = dataclasses.asdict(event)
+        if isinstance(event, ev.StepCommitted):
+            fields["step"] = event.step.to_dict()
+        if isinstance(event, ev.Loaded):
+            fields["steps"] = [step.to_dict() for step in event.steps]
+        expected.append(json.dumps({"event": type(event).__name__, **fields}, default=str))
+    lines = (tmp_path / EVENTS).read_text().splitlines()
+    assert lines == expected
+    records = {record["event"]: record for record in map(json.loads, lines)}
+    assert records["StepCommitted"]["step"] == STEP_JSON
+    assert records["Loaded"]["steps"] == [NEWER_STEP_JSON, STEP_JSON]
+
+
 def test_an_export_from_a_client_that_predates_formats_is_a_folder():
     """Lines without ``format`` and ``gguf_type`` (an older mptui attach, an older session's
     events.jsonl) read as they always did: a safetensors folder."""
@@ -143,6 +202,12 @@ def test_an_export_line_carries_its_format():
         (b'{"command": "SetOrder", "order": "blocks"}\n', "expected a list"),
         (b'{"a": 1, "b": 2}\n', "not a protocol line"),
         (b'{"event": "StateChanged", "state": "flying"}\n', "unknown EngineState 'flying'"),
+        (b'{"event": "StepCommitted", "step": 3}\n', "expected an object for PlanStep"),
+        (b'{"event": "StepCommitted", "step": {"index": 1}}\n', "bad PlanStep .no 'structure'"),
+        (
+            b'{"event": "Loaded", "steps": [{"structure": {"kind": "x", "layer": 0}}]}\n',
+            "bad PlanStep .unknown structure kind 'x'",
+        ),
     ],
 )
 def test_a_bad_line_is_one_clear_error(line, message):

@@ -1,7 +1,7 @@
 """The searches one engine runs (docs/method.md §11), one object each, and which settings each
 accepts.
 
-Every method commits the same structures through the same session; they differ only in what a
+Every method commits the same structures through the same ``Pruning``; they differ only in what a
 step's candidates are (:class:`.base.Method`). ``multipruner`` and ``blockpruner`` score
 sub-blocks (and widths); ``sleb`` and ``shortgpt`` remove whole layers, each one committed as
 its two sub-blocks. Code elsewhere asks the method object (:func:`method_named`), never compares
@@ -10,7 +10,7 @@ a name.
 
 from __future__ import annotations
 
-from ...errors import BadInput
+from ...errors import BadInput, setting
 from .base import LayerMethod, Method
 from .blockpruner import BlockPruner
 from .multipruner import MultiPruner
@@ -34,7 +34,9 @@ def method_named(name: str | None) -> Method:
     try:
         return REGISTRY[name or DEFAULT_METHOD]
     except KeyError:
-        raise BadInput(f"--method '{name}' must be one of {', '.join(METHODS)}") from None
+        raise BadInput(
+            setting("method"), f" '{name}' must be one of {', '.join(METHODS)}"
+        ) from None
 
 
 __all__ = [

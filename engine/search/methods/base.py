@@ -3,11 +3,11 @@
 A method decides a step's block candidates, which settings it accepts and refuses, how a step is
 scored, the notes it prints at load, what its faithful mode (docs/method.md §9) reproduces, and
 which of its plan's points a report marks. Everything else (scoring, commit, undo, the plan) is
-the session's, shared by all of them. Nothing outside this package compares a method's name.
+the ``Pruning``'s, shared by all of them. Nothing outside this package compares a method's name.
 
-The session is passed in, never imported (it imports this package): a method reads
-``session.adapter``, ``session.settings``, ``session.scorers``, ``session.model``,
-``session.block_influence`` and ``session.present_parts``.
+The ``Pruning`` is passed in, never imported (it imports this package): a method reads
+``pruning.adapter``, ``pruning.settings``, ``pruning.scorers``, ``pruning.model``,
+``pruning.block_influence`` and ``pruning.present_parts``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ...errors import BadInput
+from ...errors import BadInput, Message, setting
 from ..structures import Structure
 
 if TYPE_CHECKING:  # torch: a plan-only reader (compare, report) never imports it
@@ -38,21 +38,24 @@ class Method:
     def check(self, *, faithful: str | None, fast: bool, block_count: int | None) -> None:
         """One line of BadInput for a setting this method cannot honour."""
         if faithful is not None and faithful != self.name:
-            raise BadInput(f"--faithful {faithful} cannot be used with --method {self.name}")
+            raise BadInput(
+                setting("faithful"), f" {faithful} cannot be used with ", setting("method"),
+                f" {self.name}",
+            )  # fmt: skip
 
     # --- the search -------------------------------------------------------------------------------
-    def rank(self, session: Any) -> list[float] | None:
+    def rank(self, pruning: Any) -> list[float] | None:
         """A ranking computed once on the dense model (ShortGPT's Block Influence), or None."""
         return None
 
-    def block_candidates(self, session: Any) -> list[Structure]:
+    def block_candidates(self, pruning: Any) -> list[Structure]:
         """The block dimension's candidates: every sub-block still present."""
-        adapter, layers = session.adapter, range(session.adapter.num_layers)
+        adapter, layers = pruning.adapter, range(pruning.adapter.num_layers)
         attn = [Structure("attn_block", i) for i in layers if adapter.has_block(i, "attn")]
         mlp = [Structure("mlp_block", i) for i in layers if adapter.has_block(i, "mlp")]
         return attn + mlp
 
-    def half_layer(self, session: Any) -> Structure | None:
+    def half_layer(self, pruning: Any) -> Structure | None:
         """The sub-block to finish before anything else (a layer method's half-removed layer)."""
         return None
 
@@ -62,7 +65,7 @@ class Method:
 
     def evaluations(
         self,
-        session: Any,
+        pruning: Any,
         candidates: Sequence[Structure],
         row_nll: Callable[..., Any],
         total_rows: int,
@@ -71,7 +74,7 @@ class Method:
         ``--fast`` (:mod:`..fast_search`)."""
         from ..fast_search import exhaustive, successive_halving
 
-        settings = session.settings
+        settings = pruning.settings
         if settings.fast:
             return successive_halving(
                 candidates, row_nll, total_rows, settings.fast_margin, settings.fast_tolerance
@@ -80,21 +83,27 @@ class Method:
 
     # --- what it prints ---------------------------------------------------------------------------
     def notes(
-        self, *, group_source: str, attn_group: int, attn_width: int, fast: bool
-    ) -> list[str]:
+        self, *, group_source: Message, attn_group: int, attn_width: int, fast: bool
+    ) -> list[Message]:
         """The notes printed once the model is loaded."""
         notes = []
         if self.searches_widths:
-            notes.append(f"group sizes: {group_source}")
+            notes.append(Message.of("group sizes: ", group_source))
         if fast:
             notes.append(
-                "fast search (--fast): candidates are ruled out on a few rows first; an "
-                "approximation of the exact search (docs/method.md §4)"
+                Message.of(
+                    "fast search (",
+                    setting("fast"),
+                    "): candidates are ruled out on a few rows first; an approximation of the "
+                    "exact search (docs/method.md §4)",
+                )
             )
         if self.searches_widths and attn_group * 4 > attn_width:
             notes.append(
-                f"the attention group ({attn_group} channels) is more than a quarter of the "
-                f"attention width ({attn_width}); each head step is coarse"
+                Message.of(
+                    f"the attention group ({attn_group} channels) is more than a quarter of the "
+                    f"attention width ({attn_width}); each head step is coarse"
+                )
             )
         return notes
 
@@ -126,25 +135,26 @@ class LayerMethod(Method):
     def check(self, *, faithful: str | None, fast: bool, block_count: int | None) -> None:
         if faithful is not None:
             raise BadInput(
-                f"--faithful {faithful} cannot be used with --method {self.name}: faithful mode "
-                "repeats the MultiPruner and BlockPruner references only"
-            )
+                setting("faithful"), f" {faithful} cannot be used with ", setting("method"),
+                f" {self.name}: faithful mode repeats the MultiPruner and BlockPruner references "
+                "only",
+            )  # fmt: skip
         if block_count is not None:
             raise BadInput(
-                f"--block-count cannot be used with --method {self.name}: it removes whole "
-                "layers until the target ratio"
-            )
+                setting("block_count"), " cannot be used with ", setting("method"),
+                f" {self.name}: it removes whole layers until the target ratio",
+            )  # fmt: skip
 
-    def whole_layer_candidates(self, session: Any) -> list[Structure]:
+    def whole_layer_candidates(self, pruning: Any) -> list[Structure]:
         return [
             Structure("layer", layer)
-            for layer in range(session.adapter.num_layers)
-            if session.present_parts(Structure("layer", layer))
+            for layer in range(pruning.adapter.num_layers)
+            if pruning.present_parts(Structure("layer", layer))
         ]
 
-    def half_layer(self, session: Any) -> Structure | None:
-        for layer in range(session.adapter.num_layers):
-            present = session.present_parts(Structure("layer", layer))
+    def half_layer(self, pruning: Any) -> Structure | None:
+        for layer in range(pruning.adapter.num_layers):
+            present = pruning.present_parts(Structure("layer", layer))
             if len(present) == 1:
                 return present[0]
         return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...errors import BadInput
+from ...errors import BadInput, setting
 from .base import Method
 
 
@@ -19,5 +19,6 @@ class BlockPruner(Method):
     def check_faithful(self, block_count: int | None) -> None:
         if block_count is None:
             raise BadInput(
-                f"--faithful {self.name} needs --block-count (17 gave 21.99% on Llama-2-7B)"
-            )
+                setting("faithful"), f" {self.name} needs ", setting("block_count"),
+                " (17 gave 21.99% on Llama-2-7B)",
+            )  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...errors import BadInput
+from ...errors import BadInput, setting
 from ..structures import Structure
 from .base import LayerMethod
 
@@ -17,25 +17,25 @@ class ShortGpt(LayerMethod):
         super().check(faithful=faithful, fast=fast, block_count=block_count)
         if fast:
             raise BadInput(
-                f"--fast cannot be used with --method {self.name}: its ranking is computed once "
-                "and scores no candidates"
-            )
+                setting("fast"), " cannot be used with ", setting("method"),
+                f" {self.name}: its ranking is computed once and scores no candidates",
+            )  # fmt: skip
 
-    def rank(self, session: Any) -> list[float]:
+    def rank(self, pruning: Any) -> list[float]:
         """Block Influence of every layer, on the dense model before any replay."""
         from ..block_influence import block_influence
 
-        scorer = session.scorers["blocks"]
+        scorer = pruning.scorers["blocks"]
         return block_influence(
-            session.model, session.adapter.layers, scorer.chunks, scorer.batch_size
+            pruning.model, pruning.adapter.layers, scorer.chunks, scorer.batch_size
         )
 
-    def block_candidates(self, session: Any) -> list[Structure]:
-        half = self.half_layer(session)
+    def block_candidates(self, pruning: Any) -> list[Structure]:
+        half = self.half_layer(pruning)
         if half is not None:
             return [half]
         from ..block_influence import influence_order
 
-        layers = {candidate.layer for candidate in self.whole_layer_candidates(session)}
-        order = influence_order(session.block_influence)
+        layers = {candidate.layer for candidate in self.whole_layer_candidates(pruning)}
+        order = influence_order(pruning.block_influence)
         return [Structure("layer", i) for i in order if i in layers][:1]

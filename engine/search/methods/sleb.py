@@ -12,6 +12,6 @@ from .base import LayerMethod
 class Sleb(LayerMethod):
     name = "sleb"
 
-    def block_candidates(self, session: Any) -> list[Structure]:
-        half = self.half_layer(session)
-        return [half] if half is not None else self.whole_layer_candidates(session)
+    def block_candidates(self, pruning: Any) -> list[Structure]:
+        half = self.half_layer(pruning)
+        return [half] if half is not None else self.whole_layer_candidates(pruning)
