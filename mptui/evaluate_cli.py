@@ -91,7 +91,8 @@ def run(args, doing: Doing | None = None) -> dict:
     )  # fmt: skip
     request.check()
     load_config(plan.model.name_or_path if plan else args.model)  # a bad model: one line now,
-    check_tasks(request.tasks, request.include_path)  # not after lm-eval's seconds of import
+    if request.tasks:  # not after lm-eval's seconds of import (a perplexity alone asks none:
+        check_tasks(request.tasks, request.include_path)  # lm-eval's index then is not built)
     doing = doing or Doing("")
     doing("loading the model")
     if folder is None or plan is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -36,12 +37,13 @@ class Tmux:
             time.sleep(0.2)
 
     def kill(self) -> None:
-        """Kill the server (SIGHUP to what runs in it) and wait until its socket is gone, so
-        that the next ``open`` starts a fresh server."""
+        """Kill the server (SIGHUP to what runs in it) and wait until it is gone, so that the
+        next ``open`` starts a fresh server. Gone is when nothing answers on its socket: tmux
+        (3.3) leaves the socket file behind, so waiting for the file to go waited 10 s."""
         self.run("kill-server")
-        socket = Path(os.environ.get("TMUX_TMPDIR", "/tmp"), f"tmux-{os.getuid()}", self.socket)
+        path = Path(os.environ.get("TMUX_TMPDIR", "/tmp"), f"tmux-{os.getuid()}", self.socket)
         deadline = time.monotonic() + 10
-        while socket.exists() and time.monotonic() < deadline:
+        while _answers(path) and time.monotonic() < deadline:
             time.sleep(0.05)
 
     def screen(self) -> str:
@@ -68,6 +70,16 @@ class Tmux:
         while self.alive() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not self.alive(), self.screen()
+
+
+def _answers(path: Path) -> bool:
+    """Whether a server listens on the unix socket ``path`` (a left-behind file refuses)."""
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:  # no file, or nobody listening on it
+            return False
+    return True
 
 
 def wait_gone(tmux: Tmux, text: str, timeout: float = 30) -> None:

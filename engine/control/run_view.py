@@ -218,6 +218,7 @@ class RunView:
         self.num_layers = event.num_layers
         self.curve = [CurvePoint(0.0, event.dense_score, "dense", "engine")]
         self.notes = event.notes
+        self.step = len(event.steps)  # until a step starts: what a resumed session removed
         for step in event.steps:  # a resumed session shows what it had already removed
             self.steps.append(step)
             self.ratio, self.ratio_layers, self.score = step.ratio, step.ratio_layers, step.score

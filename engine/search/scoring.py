@@ -184,7 +184,10 @@ class Scorer:
             records = self._capture(ids)
             parts.append(records[0][0])
             self._contexts.setdefault(len(ids), [kwargs for _hidden, kwargs in records])
-        self._boundaries[0] = torch.cat(parts)
+        # An inference tensor, as every later boundary is: a compiled sub-block fed both kinds
+        # compiles a graph for each (dynamo guards on the difference), which doubled compiles.
+        with torch.inference_mode():
+            self._boundaries[0] = torch.cat(parts)
 
     def _context(self, batch_len: int, layer: int, device: torch.device) -> dict[str, Any]:
         if batch_len not in self._contexts:

@@ -27,24 +27,37 @@ def app_command(model: Path, calibration: Path, session: Path, *extra: str) -> s
     return "TERM=xterm-256color " + " ".join(args)
 
 
-#: Loaded at the app's start (as its sitecustomize): every norm's forward waits 50 ms, so a tiny
-#: run is still RUNNING when the test looks, however late it looks (the resume runs without it).
-SLOW_FORWARDS = """\
-import time
-import torch
+#: Loaded at the app's start (as its sitecustomize): the engine holds at its first scored
+#: candidate until it is asked to stop, so the run is RUNNING when the test looks, however late
+#: it looks (the resume runs without it). Nothing is slowed: the hold is an engine subscriber,
+#: and a Stop (the app quitting, or losing its terminal) is what lets the run go on.
+HOLD_RUNNING = """\
+from mptui.engine import runner
+from mptui.engine.control import events
 
-def slow(module, args):
-    if type(module).__name__.endswith("Norm"):
-        time.sleep(0.05)
+engine_init = runner.Engine.__init__
 
-torch.nn.modules.module.register_module_forward_pre_hook(slow)
+
+def holding(engine, *args, **kwargs):
+    engine_init(engine, *args, **kwargs)
+    held = []
+
+    def hold(event):
+        if isinstance(event, events.CandidateScored) and not held:
+            held.append(event)
+            engine._stop_requested.wait(120)
+
+    engine.subscribe(hold)
+
+
+runner.Engine.__init__ = holding
 """
 
 
-def slowed(command: str, folder: Path) -> str:
-    """``command`` with :data:`SLOW_FORWARDS` loaded into its interpreter."""
+def held_running(command: str, folder: Path) -> str:
+    """``command`` with :data:`HOLD_RUNNING` loaded into its interpreter."""
     folder.mkdir()
-    (folder / "sitecustomize.py").write_text(SLOW_FORWARDS)
+    (folder / "sitecustomize.py").write_text(HOLD_RUNNING)
     path = os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))
     return f"PYTHONPATH={path} {command}"
 
@@ -60,14 +73,22 @@ def owner_pid(session: Path) -> int:
         time.sleep(0.1)
 
 
+def exited(pid: int) -> bool:
+    """Gone, or a zombie: it has exited, and only waits for its parent (the tmux server, killed,
+    so init) to reap it, which takes init a second or two in some containers."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
 def wait_exit(pid: int) -> float:
     started = time.monotonic()
     while time.monotonic() - started < EXIT_WITHIN:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if exited(pid):
             return time.monotonic() - started
-        time.sleep(0.1)
+        time.sleep(0.05)
     os.kill(pid, 9)
     raise AssertionError(f"the app was still running {EXIT_WITHIN} s after its terminal went")
 
@@ -104,7 +125,7 @@ def test_the_app_exits_when_its_terminal_goes(
     tmux = Tmux(tmp_path)
     command = app_command(tiny_model_dir("llama"), calibration_file, session, *extra)
     if state == "running":  # a tiny run could be DONE before the screen is read
-        command = slowed(command, tmp_path / "slow")
+        command = held_running(command, tmp_path / "hold")
     tmux.open(command, 120, 40)
     try:
         pid = owner_pid(session)
@@ -133,8 +154,8 @@ def test_the_app_exits_when_its_terminal_goes(
 def test_quit_stops_the_engine_and_writes_the_summary(tiny_model_dir, calibration_file, tmp_path):
     session = tmp_path / "session"
     tmux = Tmux(tmp_path)
-    command = slowed(
-        app_command(tiny_model_dir("llama"), calibration_file, session), tmp_path / "slow"
+    command = held_running(
+        app_command(tiny_model_dir("llama"), calibration_file, session), tmp_path / "hold"
     )
     tmux.open(command, 120, 40)
     try:

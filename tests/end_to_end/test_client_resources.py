@@ -60,7 +60,9 @@ class HeldRun:
     waits on a full pipe, as under any reader that falls behind.
     """
 
-    def __init__(self, model: Path, calibration: Path, session: Path, *extra: str) -> None:
+    def __init__(
+        self, model: Path, calibration: Path, session: Path, *extra: str, env: dict | None = None
+    ) -> None:
         self.session = session
         args = [
             str(MPTUI), str(model), "--headless", "--calibration", str(calibration),
@@ -74,7 +76,7 @@ class HeldRun:
         self._filler = room - len(f"session {session}\n".encode())
         os.write(write_end, b"#" * self._filler)
         self._stderr = (session.parent / f"{session.name}.stderr").open("w+")
-        self.process = subprocess.Popen(args, stdout=write_end, stderr=self._stderr)
+        self.process = subprocess.Popen(args, stdout=write_end, stderr=self._stderr, env=env)
         os.close(write_end)
         self._stdout = os.fdopen(read_end, "rb")
         self._out = bytearray()
@@ -126,12 +128,27 @@ class HeldRun:
         return path.read_text() if path.exists() else ""
 
 
+def server_timeouts(folder: Path, **seconds: float) -> dict[str, str]:
+    """The environment of a run whose server's timeouts (module constants of
+    :mod:`mptui.engine.control.server`, e.g. ``ANSWER_S``) are ``seconds``, set by a
+    sitecustomize as the run's interpreter starts: a test that must wait one out waits a
+    second, not the default's quarter of a minute. Nothing else of the run changes."""
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(
+        "from mptui.engine.control import server\n"
+        + "".join(f"server.{name} = {value!r}\n" for name, value in seconds.items())
+    )
+    path = os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))
+    return os.environ | {"PYTHONPATH": path}
+
+
 @pytest.fixture
 def held(tiny_model_dir, calibration_file, tmp_path) -> Iterator[Callable[..., HeldRun]]:
     runs: list[HeldRun] = []
 
-    def start(*extra: str) -> HeldRun:
-        run = HeldRun(tiny_model_dir("llama"), calibration_file, tmp_path / "session", *extra)
+    def start(*extra: str, env: dict | None = None) -> HeldRun:
+        model, session = tiny_model_dir("llama"), tmp_path / "session"
+        run = HeldRun(model, calibration_file, session, *extra, env=env)
         runs.append(run)
         return run
 
@@ -245,11 +262,12 @@ def test_a_flood_of_connections_costs_the_run_a_bounded_number_of_files(held):
 
 
 # --- a client that never reads ----------------------------------------------------------------
-def test_a_client_that_never_reads_does_not_keep_a_finished_run(held):
+def test_a_client_that_never_reads_does_not_keep_a_finished_run(held, tmp_path):
     """A script that waits for the run to end must not hang because a client attached and
     stopped reading: after the search the server pings its clients, and drops one that does
-    not answer; the run then ends as an unwatched one does."""
-    run = held()
+    not answer; the run then ends as an unwatched one does. The server pings every 0.2 s and
+    drops after 1 s unanswered (3 s and 15 s by default): the same drop, sooner."""
+    run = held(env=server_timeouts(tmp_path / "timeouts", PING_S=0.2, ANSWER_S=1.0))
     stuck = stuck_client(run.session)
     wait_for(lambda: "client 1 (unix socket) attached" in run.log(), "attaching", run.process)
     run.release()

@@ -3,11 +3,12 @@ torch, and that the server ends a lingering run as it says."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import threading
 
-from app_replay import Publisher
+from app_replay import Publisher, fixed_run_events
 from test_server import wait_until
 
 from mptui.engine.api import ActivityKind, EngineServer, EngineState, RunView, attach
@@ -96,3 +97,13 @@ def test_a_lingering_run_ends_only_once_its_recovery_is_over(tmp_path):
         assert engine.got_command.wait(5) and engine.received == [cmd.Stop()]
     finally:
         server.close()
+
+
+def test_a_resumed_session_counts_its_steps_before_any_step_starts():
+    """A resumed recovery starts no step: its status shows the steps the search removed."""
+    loaded = next(e for e in fixed_run_events() if isinstance(e, ev.Loaded))
+    steps = tuple(e.step for e in fixed_run_events() if isinstance(e, ev.StepCommitted))
+    view = folded(dataclasses.replace(loaded, steps=steps))
+    assert view.step == 3 and [s.index for s in view.steps] == [1, 2, 3]
+    view.apply(ev.StepStarted(4, "mlp_channels", ("L0.mlp-46",), 45.6))
+    assert view.step == 4
