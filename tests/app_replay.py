@@ -4,8 +4,10 @@ the stand-ins the app and the server are tested with: no GPU, an engine that onl
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
+from pathlib import Path
 
-from mptui.engine.api import EngineState
+from mptui.engine.api import EngineServer, EngineState, RemoteEngine, attach
 from mptui.engine.control import commands as cmd
 from mptui.engine.control import events as ev
 from mptui.engine.search.plan import PlanStep
@@ -81,3 +83,16 @@ def fixed_run_events() -> list[ev.Event]:
                                          score - 45.6, 70_656, k, 7))  # fmt: skip
         events.append(ev.Progress(4, k, 7, 52_000.0, 4.5 * (7 - k)))
     return events
+
+
+def served_publisher(
+    folder: Path, events: Iterable[ev.Event] = ()
+) -> tuple[Publisher, EngineServer, RemoteEngine]:
+    """A :class:`Publisher` served from ``folder`` that has already sent ``events``, and a client
+    attached to it: ``(engine, server, remote)``; the caller closes the server."""
+    engine = Publisher()
+    server = EngineServer(engine, folder)
+    server.start()
+    for event in events:
+        engine.emit(event)
+    return engine, server, attach(str(folder))

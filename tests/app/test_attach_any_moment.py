@@ -8,7 +8,7 @@ import asyncio
 import dataclasses
 
 import pytest
-from app_replay import NoGpu, Publisher, fixed_run_events
+from app_replay import NoGpu, fixed_run_events, served_publisher
 from test_app_recovery import HoldAtStep
 from test_attached_app import settle
 
@@ -124,12 +124,7 @@ def seen_all(events: list[ev.Event]) -> RunState:
 @pytest.mark.parametrize("moment", MOMENTS)
 async def test_an_app_attaching_at_any_moment_shows_what_a_witness_shows(moment, tmp_path):
     before, after = MOMENTS[moment]
-    engine = Publisher()
-    server = EngineServer(engine, tmp_path)
-    server.start()
-    for event in before:
-        engine.emit(event)
-    remote = attach(str(tmp_path))
+    engine, server, remote = served_publisher(tmp_path, before)
     app = MptuiApp(remote, gpu_reader=NoGpu(), attached_to=remote.peer)
     try:
         async with app.run_test(size=(120, 40)) as pilot:
@@ -149,12 +144,7 @@ async def test_an_app_attaching_at_any_moment_shows_what_a_witness_shows(moment,
 
 async def test_an_attached_app_toggles_guided_mode_from_what_the_run_said(tmp_path):
     """The g key turns off what the engine last said was on; the app keeps no flag of its own."""
-    engine = Publisher()
-    server = EngineServer(engine, tmp_path)
-    server.start()
-    for event in searching():  # guided
-        engine.emit(event)
-    remote = attach(str(tmp_path))
+    engine, server, remote = served_publisher(tmp_path, searching())  # guided
     app = MptuiApp(remote, gpu_reader=NoGpu(), attached_to=remote.peer)
     try:
         async with app.run_test(size=(120, 40)) as pilot:

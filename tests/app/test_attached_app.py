@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from app_replay import NoGpu, Publisher, fixed_run_events
+from app_replay import NoGpu, fixed_run_events, served_publisher
 from conftest import weights_file
 from test_app_faults import notices
 
@@ -54,12 +54,7 @@ async def test_in_one_process_ctrl_d_does_nothing_and_q_asks_to_quit():
 
 
 async def test_attached_q_asks_and_s_stops_the_run_then_the_app_says_it_ended(tmp_path):
-    engine = Publisher()
-    server = EngineServer(engine, tmp_path)
-    server.start()
-    for event in fixed_run_events():
-        engine.emit(event)
-    remote = attach(str(tmp_path))
+    engine, server, remote = served_publisher(tmp_path, fixed_run_events())
     app = MptuiApp(remote, gpu_reader=NoGpu(), attached_to=remote.peer)
     try:
         async with app.run_test(size=(120, 40)) as pilot:
@@ -87,10 +82,7 @@ async def test_attached_q_asks_and_s_stops_the_run_then_the_app_says_it_ended(tm
 
 
 async def test_attached_ctrl_d_detaches_and_the_run_hears_nothing(tmp_path):
-    engine = Publisher()
-    server = EngineServer(engine, tmp_path)
-    server.start()
-    remote = attach(str(tmp_path))
+    engine, server, remote = served_publisher(tmp_path)
     app = MptuiApp(remote, gpu_reader=NoGpu(), attached_to=remote.peer)
     try:
         async with app.run_test(size=(120, 40)) as pilot:
@@ -184,12 +176,7 @@ async def test_attached_the_detach_dialog_names_what_is_paused(what, tmp_path):
     """The step (the recovery's step) is named; a paused recovery asks though the search is
     over (q would leave at once otherwise). n stays and sends nothing; r sends Resume."""
     events, question = PAUSED[what]
-    engine = Publisher()
-    server = EngineServer(engine, tmp_path)
-    server.start()
-    for event in events:
-        engine.emit(event)
-    remote = attach(str(tmp_path))
+    engine, server, remote = served_publisher(tmp_path, events)
     app = MptuiApp(remote, gpu_reader=NoGpu(), attached_to=remote.peer)
     try:
         async with app.run_test(size=(120, 40)) as pilot:
