@@ -15,11 +15,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from mptui.engine.api import (
+    BadInput,
+    EngineError,
+    EvalRequest,
+    RecoverySettings,
+    RunView,
+    commands,
+    method_named,
+)
+from mptui.engine.api import events as ev
+from mptui.engine.api import recovery_events as rev
+
 from .cli_common import FAULT, print_error
+from .export_cli import describe, export_format, writing_lines
 from .flags import cli_words
 
-if TYPE_CHECKING:
-    from mptui.engine.api import Engine, EvalRequest, RecoverySettings
+if TYPE_CHECKING:  # loaded with torch, when a run starts
+    from mptui.engine.api import Engine
 
 #: Seconds between two recovery progress lines (validations and the last step always get one).
 RECOVERY_LINE_INTERVAL = 10.0
@@ -48,8 +61,6 @@ def run_headless(
     """Run ``engine`` to its end while serving it; 0 when done or stopped, 1 when it failed
     (or what it was to write could not be written), 2 when ``listen`` cannot listen. An app
     attached to it evaluates ``eval_request`` and recovers with ``recovery``."""
-    from mptui.engine.api import BadInput
-
     from .attachable import serve_run
 
     stop_on_signals(engine, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
@@ -84,8 +95,6 @@ def stop_on_signals(engine, *signals: signal.Signals) -> None:
     """A dropped SSH link (SIGHUP), a ``kill`` (SIGTERM) or Ctrl-C stops at the next candidate
     (or optimizer step) and saves. The handler only queues a Stop: the engine runs in another
     thread, so the queue's lock is never held by the thread the handler interrupts."""
-    from mptui.engine.api import commands
-
     for number in signals:
         signal.signal(number, lambda signum, frame: engine.send(commands.Stop()))
 
@@ -93,24 +102,14 @@ def stop_on_signals(engine, *signals: signal.Signals) -> None:
 def write_outputs(engine: Engine, outputs: Outputs, session_dir: Path) -> int:
     """The export and the adapter a finished run was asked for, written from the model in
     memory (the recovered one after a recovery) through the engine's own export."""
-    from mptui.engine.api import (
-        EngineError,
-        commands,
-        device_failed,
-        is_device_failure,
-        write_model,
-    )
-
-    from .export_cli import describe, writing_lines
+    from mptui.engine.api import device_failed, is_device_failure, write_model
 
     pruning, recovery = engine.pruning, engine.recovery
     if outputs.export is not None:
         if pruning is None or (not pruning.steps and recovery is None):
             return print_error("nothing was removed, so nothing is exported", FAULT)
-        gguf = outputs.export.suffix.lower() == ".gguf"
-        command = commands.Export(
-            str(outputs.export), "gguf" if gguf else "safetensors", outputs.gguf_type
-        )
+        format_ = export_format(outputs.export, None, None)  # told by the name, as on `export`
+        command = commands.Export(str(outputs.export), format_, outputs.gguf_type)
         try:
             result = write_model(pruning, recovery, command, writing_lines())
         except (EngineError, OSError) as error:
@@ -143,17 +142,12 @@ class LinePrinter:
     needs (the load, each dimension, notes on stderr, the end)."""
 
     def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
-        from mptui.engine.api import RunView
-
         self.out, self.err = out or sys.stdout, err or sys.stderr
         self.error: str | None = None
         self._target = 0.0
         self._view = RunView()  # the run as the app sees it: what its end line needs
 
     def __call__(self, event) -> None:
-        from mptui.engine.api import events as ev
-        from mptui.engine.api import method_named
-
         self._view.apply(event)
         if isinstance(event, ev.Loaded):
             self._target = max(event.targets.values())
@@ -211,9 +205,6 @@ class RecoveryLines:
         self._started = False
 
     def __call__(self, event) -> None:
-        from mptui.engine.api import events as ev
-        from mptui.engine.api import recovery_events as rev
-
         line = None
         if isinstance(event, rev.RecoveryStarted):
             self._started = True

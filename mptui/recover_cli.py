@@ -8,7 +8,6 @@ the same command again). A session recovers in its own folder; an export in --se
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 from mptui.engine.api import (
@@ -299,25 +298,19 @@ def open_recovery_session(folder: Path, source, settings, args: argparse.Namespa
     session = SessionFolder(folder)
     session.refuse_if_taken()
     text = calibration_text(settings.data)
-    calibration = CalibrationSpec(source="", seqlen=min(settings.seqlen, DEFAULT_SEQLEN))
-    request = RunRequest(
-        model=str(source.path),
-        settings=PruneSettings.with_distribution(
-            DEFAULT_TARGET_RATIO, DEFAULT_DISTRIBUTION, DEFAULT_ORDER, calibration=calibration
-        ),
-        dtype=args.dtype,
-        device=args.device,
-        cache_dir=calibration_cache_dir(),
-        order_file=session.order_file,
-    )
     session.lock()
     try:
         path = RecoveryFolder(folder).write_calibration(text)
-        request = dataclasses.replace(
-            request,
-            settings=dataclasses.replace(
-                request.settings, calibration=dataclasses.replace(calibration, source=str(path))
+        calibration = CalibrationSpec(str(path), seqlen=min(settings.seqlen, DEFAULT_SEQLEN))
+        request = RunRequest(
+            model=str(source.path),
+            settings=PruneSettings.with_distribution(
+                DEFAULT_TARGET_RATIO, DEFAULT_DISTRIBUTION, DEFAULT_ORDER, calibration=calibration
             ),
+            dtype=args.dtype,
+            device=args.device,
+            cache_dir=calibration_cache_dir(),
+            order_file=session.order_file,
         )
         preflight(request)
         session.write_request(request)

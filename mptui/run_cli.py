@@ -97,10 +97,7 @@ def open_session(args: argparse.Namespace, recovery=None) -> OpenedSession:
             Path(args.resume), device=args.device, device_map=args.device_map,
             out=Path(args.out) if args.out else None, export=export,
         )  # fmt: skip
-        request, folder, out_dir, export = (
-            opened.request, opened.folder, opened.out_dir, opened.export_dir,
-        )  # fmt: skip
-        recovery = recovery or opened.recovery
+        opened.recovery = recovery or opened.recovery
     else:
         request, out_dir = build_request(args)
         folder = SessionFolder(
@@ -108,15 +105,16 @@ def open_session(args: argparse.Namespace, recovery=None) -> OpenedSession:
         )
         folder.refuse_if_taken()
         request = dataclasses.replace(request, order_file=folder.order_file)
-    preflight(request)
+        opened = OpenedSession(request, folder, out_dir or folder.path, export, recovery)
+    preflight(opened.request)
     if getattr(args, "eval_text", None) or getattr(args, "eval_include_path", None):
-        app_eval_request(args, request.settings.calibration.seqlen).check()
-    if export is not None:
-        check_export(export, request.model)
+        app_eval_request(args, opened.request.settings.calibration.seqlen).check()
+    if opened.export_dir is not None:
+        check_export(opened.export_dir, opened.request.model)
     if not args.resume:
-        folder.lock()
-        folder.write_request(request, out=out_dir, export=export, recovery=recovery)
-    return OpenedSession(request, folder, out_dir or folder.path, export, recovery)
+        opened.folder.lock()
+        opened.folder.write_request(opened.request, out=out_dir, export=export, recovery=recovery)
+    return opened
 
 
 def reopen_session(

@@ -42,8 +42,6 @@ class RecoveryPhase:
         """``request``: what the run loaded (a hub id, a folder, or an export, which a recovery
         may take as it is) and how; ``session_dir``: where the recovery keeps its state."""
         self._request = request
-        self._model_source = request.model
-        self._cache_dir = request.cache_dir
         self._session_dir = session_dir
         self._emit = emit
         self._set_state = set_state
@@ -86,7 +84,7 @@ class RecoveryPhase:
         return end
 
     def _prepare(self, pruning: Pruning, settings: RecoverySettings) -> RecoveryRun | None:
-        from_export = is_export(Path(self._model_source).expanduser())
+        from_export = is_export(Path(self._request.model).expanduser())
         if not pruning.steps and not from_export:
             self._emit(ev.Notice("nothing was removed, so there is nothing to recover"))
             return None
@@ -94,7 +92,7 @@ class RecoveryPhase:
             self._emit(ev.Notice("recovery needs a session folder for its state"))
             return None
         source = (
-            RecoverySource("export", Path(self._model_source))
+            RecoverySource("export", Path(self._request.model))
             if from_export and not pruning.steps
             else RecoverySource("session", self._session_dir)
         ).loaded_as(self._request.dtype, self._request.device)  # a resume loads it alike
@@ -104,7 +102,7 @@ class RecoveryPhase:
         try:
             return prepare_recovery(
                 copy.deepcopy(pruning.model), pruning.tokenizer, settings,
-                RecoveryFolder(self._session_dir), self._emit, source, self._cache_dir,
+                RecoveryFolder(self._session_dir), self._emit, source, self._request.cache_dir,
             )  # fmt: skip
         except EngineError as error:
             self._emit(ev.Notice.of("recovery not started: ", error))
